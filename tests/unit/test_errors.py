@@ -1,0 +1,112 @@
+"""Classifying token-endpoint failures: what may be retried and how soon."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from tokend.oauth.errors import (
+    Peer,
+    PermanentError,
+    TransientError,
+    classify_error_response,
+    parse_retry_after,
+)
+
+NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+PEER = Peer("crm", "login.microsoftonline.com")
+
+
+def _entra(error: str, *codes: int) -> dict[str, object]:
+    return {
+        "error": error,
+        "error_description": f"AADSTS{codes[0] if codes else 0}: something\r\nTrace ID: x",
+        "error_codes": list(codes),
+        "trace_id": "trace-1",
+        "correlation_id": "corr-1",
+    }
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "kind"),
+    [
+        (400, _entra("invalid_client", 7000215), PermanentError),  # bad secret
+        (401, _entra("invalid_client", 7000222), PermanentError),  # expired secret
+        (400, _entra("unauthorized_client", 700016), PermanentError),  # unknown app
+        (400, _entra("invalid_grant", 50126), PermanentError),
+        (400, _entra("interaction_required", 50076), PermanentError),
+        (400, _entra("invalid_resource", 500011), PermanentError),
+        (400, _entra("invalid_scope", 70011), PermanentError),
+        (400, {"error": "invalid_request"}, PermanentError),
+        (403, None, PermanentError),
+        (429, {"error": "too_many_requests"}, TransientError),
+        (500, None, TransientError),
+        (502, None, TransientError),
+        (503, _entra("temporarily_unavailable", 50001), TransientError),
+        (400, {"error": "temporarily_unavailable"}, TransientError),
+        (400, {"error": "slow_down"}, TransientError),
+        (408, None, TransientError),
+        (400, _entra("invalid_request", 50196), TransientError),  # loop detected
+    ],
+)
+def test_classification(status: int, body: object, kind: type) -> None:
+    assert isinstance(classify_error_response(PEER, status, {}, body, NOW), kind)
+
+
+def test_permanent_error_carries_codes_and_ids_in_one_line() -> None:
+    error = classify_error_response(PEER, 401, {}, _entra("invalid_client", 7000215), NOW)
+    assert isinstance(error, PermanentError)
+    assert error.error == "invalid_client"
+    assert error.aadsts_codes == (7000215,)
+    assert (error.trace_id, error.correlation_id) == ("trace-1", "corr-1")
+    text = str(error)
+    assert text.startswith("login.microsoftonline.com: HTTP 401 invalid_client (AADSTS7000215)")
+    assert "trace_id=trace-1" in text
+    assert "\n" not in text and "\r" not in text
+
+
+def test_loop_detection_is_flagged() -> None:
+    error = classify_error_response(PEER, 400, {}, _entra("invalid_request", 50196), NOW)
+    assert isinstance(error, TransientError)
+    assert error.loop_detected
+
+
+def test_html_body_is_described_not_echoed() -> None:
+    error = classify_error_response(PEER, 502, {}, None, NOW)
+    assert (
+        str(error)
+        == "login.microsoftonline.com: HTTP 502 with a body that is not a JSON token response"
+    )
+
+
+def test_description_is_cut_to_one_short_line() -> None:
+    body = {"error": "invalid_client", "error_description": "x" * 500 + "\nsecond line"}
+    text = str(classify_error_response(PEER, 400, {}, body, NOW))
+    assert "second line" not in text
+    assert len(text) < 260
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [
+        ("7", 7.0),
+        (" 120 ", 120.0),
+        ("0", 0.0),
+        ("Sun, 01 Mar 2026 12:00:30 GMT", 30.0),
+        ("Sun, 01 Mar 2026 11:00:00 GMT", 0.0),  # in the past: now
+        ("9999999", 86400.0),  # capped at a day
+        ("soon", None),
+        ("", None),
+        (None, None),
+        ("-5", None),
+    ],
+)
+def test_retry_after(header: str | None, seconds: float | None) -> None:
+    assert parse_retry_after(header, NOW) == seconds
+
+
+def test_retry_after_is_read_from_headers() -> None:
+    error = classify_error_response(PEER, 429, {"retry-after": "42"}, {}, NOW)
+    assert isinstance(error, TransientError)
+    assert error.retry_after == 42.0

@@ -1,0 +1,161 @@
+"""Why a token request failed, and whether trying again can help.
+
+Every failure is one of two kinds. `TransientError`: the identity provider or the network is
+having a bad moment (timeouts, 429, 5xx, HTML from a proxy, malformed bodies); retry with backoff.
+`PermanentError`: an operator must act (bad or expired secret, unknown app, missing consent,
+bad resource); retrying at the maximum backoff is only for noticing the fix.
+
+Microsoft asks clients to branch on `error`, the HTTP status and the AADSTS code list, never on
+`error_description`; so does this table. Exception text never contains a secret or a token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+from tokend.logs import redactor
+
+LOOP_DETECTED = 50196  # AADSTS50196: the same request too often; back off hard
+
+_TRANSIENT_ERRORS = frozenset({"temporarily_unavailable", "server_error", "slow_down"})
+_DESCRIPTION_LIMIT = 160
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """What a failure concerns: the token's name and the host that answered."""
+
+    token: str
+    host: str
+
+
+class TokenError(Exception):
+    """A token could not be acquired. `str()` is a one-line, secret-free explanation."""
+
+    def __init__(self, peer: Peer, reason: str) -> None:
+        super().__init__(f"{peer.host}: {reason}")
+        self.peer = peer
+        self.reason = reason
+
+
+class TransientError(TokenError):
+    """Try again later; `retry_after` (seconds) is the server's wish, if it stated one."""
+
+    def __init__(
+        self,
+        peer: Peer,
+        reason: str,
+        *,
+        retry_after: float | None = None,
+        loop_detected: bool = False,
+    ) -> None:
+        super().__init__(peer, reason)
+        self.retry_after = retry_after
+        self.loop_detected = loop_detected
+
+
+class PermanentError(TokenError):
+    """Retrying the same request cannot succeed until an operator changes something."""
+
+    def __init__(
+        self,
+        peer: Peer,
+        reason: str,
+        *,
+        error: str | None = None,
+        aadsts_codes: tuple[int, ...] = (),
+        trace_id: str | None = None,
+        correlation_id: str | None = None,
+    ) -> None:
+        super().__init__(peer, reason)
+        self.error = error
+        self.aadsts_codes = aadsts_codes
+        self.trace_id = trace_id
+        self.correlation_id = correlation_id
+
+
+def classify_error_response(
+    peer: Peer,
+    status: int,
+    headers: Mapping[str, str],
+    body: Any,
+    now: datetime,
+) -> TokenError:
+    """Turn a non-2xx token-endpoint response (body already JSON-decoded, or None) into an error."""
+    fields = body if isinstance(body, Mapping) else {}
+    error = _text(fields.get("error"))
+    codes = _aadsts_codes(fields.get("error_codes"))
+    reason = _describe(status, error, codes, fields, has_json=isinstance(body, Mapping))
+    retry_after = parse_retry_after(headers.get("retry-after"), now)
+    if LOOP_DETECTED in codes:
+        return TransientError(peer, reason, retry_after=retry_after, loop_detected=True)
+    if status == 429 or status >= 500 or status == 408 or error in _TRANSIENT_ERRORS:
+        return TransientError(peer, reason, retry_after=retry_after)
+    return PermanentError(
+        peer,
+        reason,
+        error=error,
+        aadsts_codes=codes,
+        trace_id=_text(fields.get("trace_id")),
+        correlation_id=_text(fields.get("correlation_id")),
+    )
+
+
+def parse_retry_after(value: str | None, now: datetime) -> float | None:
+    """`Retry-After` as seconds from now: delta-seconds or an HTTP date (RFC 9110 §10.2.3)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isascii() and value.isdigit():
+        return float(min(int(value), 86_400))
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        return None
+    seconds = (when - now) / timedelta(seconds=1)
+    return min(max(seconds, 0.0), 86_400.0)
+
+
+def _describe(
+    status: int,
+    error: str | None,
+    codes: tuple[int, ...],
+    fields: Mapping[str, Any],
+    *,
+    has_json: bool,
+) -> str:
+    if not has_json:
+        return f"HTTP {status} with a body that is not a JSON token response"
+    parts = [f"HTTP {status}", error or "no error code"]
+    if codes:
+        parts.append("(" + ", ".join(f"AADSTS{code}" for code in codes) + ")")
+    description = _first_line(_text(fields.get("error_description")))
+    if description:
+        parts.append(f"- {description}")
+    for key in ("trace_id", "correlation_id"):
+        if value := _text(fields.get(key)):
+            parts.append(f"{key}={value[:64]}")
+    return redactor.redact(" ".join(parts))
+
+
+def _first_line(description: str | None) -> str | None:
+    if not description:
+        return None
+    line = description.strip().splitlines()[0] if description.strip() else ""
+    return line[:_DESCRIPTION_LIMIT] + ("..." if len(line) > _DESCRIPTION_LIMIT else "")
+
+
+def _aadsts_codes(raw: Any) -> tuple[int, ...]:
+    if not isinstance(raw, list):
+        return ()
+    return tuple(code for code in raw if isinstance(code, int) and not isinstance(code, bool))
+
+
+def _text(raw: Any) -> str | None:
+    return raw if isinstance(raw, str) and raw else None

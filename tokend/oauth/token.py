@@ -1,0 +1,137 @@
+"""The `Token` value object and parsing of token-endpoint success responses.
+
+Entra ID v1 sends numbers as strings (`"expires_in": "3599"`) and adds `expires_on`; v2 sends
+integers and may add `refresh_in`. Any OAuth2 server may omit `expires_in` entirely. Expiry is
+counted from when the request was *sent*, which is safe against clock skew and slow responses.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+_MAX_LIFETIME = timedelta(days=366)
+
+
+class MalformedResponse(ValueError):
+    """A 2xx response that is not a usable token response. The text never contains the body."""
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    """An access token and what is known about its lifetime. `repr` never shows the value."""
+
+    value: str = field(repr=False)
+    token_type: str
+    expires_at: datetime
+    obtained_at: datetime
+    refresh_on: datetime | None = None
+    resource: str | None = None
+    scopes: tuple[str, ...] = ()
+    refresh_token: str | None = field(default=None, repr=False)
+
+    @property
+    def lifetime(self) -> timedelta:
+        return self.expires_at - self.obtained_at
+
+    def remaining(self, now: datetime) -> timedelta:
+        return self.expires_at - now
+
+    def is_valid(self, now: datetime) -> bool:
+        return now < self.expires_at
+
+    def __str__(self) -> str:
+        return f"{self.token_type} token expiring {self.expires_at.isoformat()}"
+
+
+def parse_token_response(
+    body: Mapping[str, Any],
+    *,
+    sent_at: datetime,
+    resource: str | None = None,
+    scopes: tuple[str, ...] = (),
+) -> Token:
+    """Build a `Token` from a decoded JSON success body, or raise `MalformedResponse`."""
+    value = body.get("access_token")
+    if not isinstance(value, str) or not value:
+        raise MalformedResponse("response has no access_token")
+    token_type = body.get("token_type", "Bearer")
+    if not isinstance(token_type, str) or not token_type:
+        raise MalformedResponse("token_type is not a string")
+    expires_at = _expiry(body, sent_at, value)
+    refresh_in = _seconds(body, "refresh_in")
+    refresh_on = sent_at + timedelta(seconds=refresh_in) if refresh_in else None
+    granted = body.get("scope")
+    return Token(
+        value=value,
+        token_type=token_type,
+        expires_at=expires_at,
+        obtained_at=sent_at,
+        refresh_on=refresh_on if refresh_on and refresh_on < expires_at else None,
+        resource=_string(body, "resource") or resource,
+        scopes=tuple(granted.split()) if isinstance(granted, str) and granted else scopes,
+        refresh_token=_string(body, "refresh_token") or None,
+    )
+
+
+def _expiry(body: Mapping[str, Any], sent_at: datetime, value: str) -> datetime:
+    expires_in = _seconds(body, "expires_in")
+    if expires_in is not None:
+        expires_at = sent_at + timedelta(seconds=expires_in)
+    elif (expires_on := _seconds(body, "expires_on")) is not None:
+        expires_at = datetime.fromtimestamp(expires_on, UTC)
+    elif (exp := _jwt_exp(value)) is not None:
+        expires_at = datetime.fromtimestamp(exp, UTC)
+    else:
+        raise MalformedResponse(
+            "response has no expires_in or expires_on, and the token is not a JWT with exp"
+        )
+    if expires_at <= sent_at:
+        raise MalformedResponse("token is already expired on arrival")
+    if expires_at - sent_at > _MAX_LIFETIME:
+        raise MalformedResponse("token lifetime is implausibly long (over a year)")
+    return expires_at
+
+
+def _seconds(body: Mapping[str, Any], key: str) -> int | None:
+    """An integer number of seconds: v2 sends ints, v1 sends strings of digits."""
+    raw = body.get(key)
+    if raw is None:
+        return None
+    if isinstance(raw, bool):
+        raise MalformedResponse(f"{key} is not a number")
+    if isinstance(raw, int):
+        number = raw
+    elif isinstance(raw, float) and raw.is_integer():
+        number = int(raw)
+    elif isinstance(raw, str) and raw.strip().isascii() and raw.strip().isdigit():
+        number = int(raw.strip())
+    else:
+        raise MalformedResponse(f"{key} is not a number")
+    if number <= 0:
+        raise MalformedResponse(f"{key} is not positive")
+    if number > 10**11:  # beyond datetime's range; no real lifetime or epoch is near
+        raise MalformedResponse(f"{key} is out of range")
+    return number
+
+
+def _string(body: Mapping[str, Any], key: str) -> str | None:
+    raw = body.get(key)
+    return raw if isinstance(raw, str) else None
+
+
+def _jwt_exp(value: str) -> int | None:
+    """The `exp` claim of a JWT, read without verification: only as a lifetime hint."""
+    parts = value.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        payload = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except ValueError:
+        return None
+    exp = payload.get("exp") if isinstance(payload, dict) else None
+    return exp if isinstance(exp, int) and not isinstance(exp, bool) and exp > 0 else None
