@@ -1,0 +1,279 @@
+"""Config loading: durations; each bad config gets its own one-line message; shipped configs load."""
+
+from __future__ import annotations
+
+import textwrap
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from tokend.config import ConfigError, load_config, parse_config, parse_duration, split_listen
+
+REPO = Path(__file__).resolve().parents[2]
+
+GOOD = """
+identities:
+  crm-app:
+    tenant: contoso.onmicrosoft.com
+    client_id: 00000000-0000-0000-0000-000000000001
+    credential: {type: client_secret, secret: {env: CRM_SECRET}}
+tokens:
+  crm:
+    identity: crm-app
+    resource: https://contoso.crm.dynamics.com
+    sinks: [{type: file, path: /run/tokend/crm.token}]
+"""
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        (600, 600),
+        ("600", 600),
+        ("600s", 600),
+        ("10m", 600),
+        ("1h", 3600),
+        ("1.5h", 5400),
+        ("1d", 86400),
+        ("250ms", 0.25),
+        (0, 0),
+        (2.5, 2.5),
+    ],
+)
+def test_durations(value: object, seconds: float) -> None:
+    assert parse_duration(value) == timedelta(seconds=seconds)
+
+
+@pytest.mark.parametrize("value", ["10 minutes", "m", "-5s", "1w", True, None, [1], -1])
+def test_bad_durations(value: object) -> None:
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration(value)
+
+
+def test_good_config_and_defaults() -> None:
+    config = parse_config(GOOD, label="config.yaml").config
+    assert config.defaults.refresh_threshold == timedelta(minutes=10)
+    assert config.defaults.backoff.max == timedelta(minutes=5)
+    assert config.listen == "127.0.0.1:9464"
+    assert config.http.max_concurrent_requests == 16
+    sink = config.tokens["crm"].sinks[0]
+    assert (sink.format, sink.mode, sink.create_dirs) == ("raw", 0o600, False)
+
+
+def test_inline_secret_is_accepted_with_a_warning() -> None:
+    text = GOOD.replace("{env: CRM_SECRET}", "s3cr3t-inline-value")
+    loaded = parse_config(text, label="config.yaml")
+    assert loaded.warnings == [
+        "config.yaml: identities.crm-app.credential.secret: secret written inline; prefer "
+        "{env: ...}, {file: ...} or {credential: ...}"
+    ]
+    assert "s3cr3t-inline-value" not in repr(loaded.config)
+
+
+def _with(replacements: dict[str, str]) -> str:
+    text = GOOD
+    for old, new in replacements.items():
+        assert old in text, old
+        text = text.replace(old, new)
+    return text
+
+
+# Each bad config, and exactly the lines `tokend check` must print for it.
+BAD_CONFIGS = [
+    (
+        {"identity: crm-app": "identity: crm-ap"},
+        [
+            "config.yaml: tokens.crm.identity: unknown identity 'crm-ap' (known: crm-app) "
+            "(did you mean 'crm-app'?)"
+        ],
+    ),
+    (
+        {"    resource:": "    refresh_treshold: 5m\n    resource:"},
+        [
+            "config.yaml: tokens.crm.refresh_treshold: unknown key (did you mean 'refresh_threshold'?)"
+        ],
+    ),
+    (
+        {
+            "resource: https://contoso.crm.dynamics.com": "scopes: [https://graph.microsoft.com/User.Read]"
+        },
+        [
+            "config.yaml: tokens.crm.scopes: app-only tokens from Entra ID v2 take exactly one scope "
+            "ending in /.default, e.g. https://graph.microsoft.com/.default"
+        ],
+    ),
+    (
+        {"    resource: https://contoso.crm.dynamics.com\n": ""},
+        [
+            "config.yaml: tokens.crm: give exactly one of resource (Entra ID v1 endpoint) or scopes "
+            "(v2 endpoint)"
+        ],
+    ),
+    (
+        {"tenant: contoso.onmicrosoft.com": "tenant: common"},
+        [
+            "config.yaml: identities.crm-app.tenant: 'common' is not a tenant: app-only tokens need "
+            "a tenant ID or domain"
+        ],
+    ),
+    (
+        {"tenant: contoso.onmicrosoft.com": "token_endpoint: http://idp.example.com/token"},
+        [
+            "config.yaml: identities.crm-app: token_endpoint: 'http://idp.example.com/token' uses "
+            "plain http; https is required except for loopback addresses"
+        ],
+    ),
+    (
+        {"tenant: contoso.onmicrosoft.com": "token_endpoint: http://127.0.0.1:8080/token"},
+        [
+            "config.yaml: identities.crm-app: token_endpoint: 'http://127.0.0.1:8080/token' uses "
+            "plain http; set allow_insecure_http: true to allow it on loopback"
+        ],
+    ),
+    (
+        {"    tenant: contoso.onmicrosoft.com\n": ""},
+        [
+            "config.yaml: identities.crm-app: give exactly one of tenant (Entra ID), token_endpoint "
+            "or issuer"
+        ],
+    ),
+    (
+        {"tenant: contoso.onmicrosoft.com": "tenant: x\n    issuer: https://idp.example.com"},
+        [
+            "config.yaml: identities.crm-app: give exactly one of tenant (Entra ID), token_endpoint "
+            "or issuer (got tenant, issuer)"
+        ],
+    ),
+    (
+        {"{env: CRM_SECRET}": "{vault_path: x}"},
+        [
+            "config.yaml: identities.crm-app.credential.secret: unknown secret reference 'vault_path' "
+            "(expected one of {env: ...}, {file: ...}, {credential: ...})"
+        ],
+    ),
+    (
+        {"type: client_secret,": "type: client_secret, auth_method: basic,"},
+        [
+            "config.yaml: identities.crm-app.credential.auth_method: must be one of "
+            "'client_secret_post' or 'client_secret_basic'"
+        ],
+    ),
+    (
+        {"{type: file, path: /run/tokend/crm.token}": "{type: file, path: /run/x, mode: 600}"},
+        [
+            "config.yaml: tokens.crm.sinks.0.mode: write the mode as a quoted octal string, "
+            'e.g. mode: "0600"'
+        ],
+    ),
+    (
+        {"{type: file, path: /run/tokend/crm.token}": '{type: file, path: /run/x, mode: "0999"}'},
+        ["config.yaml: tokens.crm.sinks.0.mode: '0999' is not an octal file mode like \"0600\""],
+    ),
+    (
+        {"{type: file, path: /run/tokend/crm.token}": "{type: file, path: /run/x, format: yaml}"},
+        ["config.yaml: tokens.crm.sinks.0.format: must be one of 'raw', 'json' or 'env'"],
+    ),
+    (
+        {"{type: file, path: /run/tokend/crm.token}": "{type: file}"},
+        ["config.yaml: tokens.crm.sinks.0.path: required key is missing"],
+    ),
+    (
+        {"{type: file, path: /run/tokend/crm.token}": "{type: file, path: /run/tokend/}"},
+        ["config.yaml: tokens.crm.sinks.0.path: '/run/tokend/' is a directory, not a file path"],
+    ),
+    (
+        {"sinks: [{type: file, path: /run/tokend/crm.token}]": "sinks: []"},
+        ["config.yaml: tokens.crm.sinks: list should have at least 1 item after validation, not 0"],
+    ),
+    (
+        {"  crm:\n": "  crm token:\n"},
+        [
+            "config.yaml: tokens.crm token: names may use letters, digits, '.', '_' and '-' "
+            "(at most 64, not starting with '.')"
+        ],
+    ),
+    (
+        {"tokens:": "listen: localhost\ntokens:"},
+        ["config.yaml: listen: 'localhost' is not host:port, e.g. 127.0.0.1:9464"],
+    ),
+    (
+        {"tokens:": "defaults: {refresh_threshold: 0s, jitter: 0.9}\ntokens:"},
+        [
+            "config.yaml: defaults.refresh_threshold: must be longer than zero",
+            "config.yaml: defaults.jitter: input should be less than or equal to 0.5",
+        ],
+    ),
+    (
+        {"tokens:": "defaults: {backoff: {min: 10s, max: 1s}}\ntokens:"},
+        ["config.yaml: defaults.backoff: max must not be shorter than min"],
+    ),
+    (
+        {"    client_id: 00000000-0000-0000-0000-000000000001\n": ""},
+        ["config.yaml: identities.crm-app.client_id: required key is missing"],
+    ),
+]
+
+
+@pytest.mark.parametrize(("replacements", "lines"), BAD_CONFIGS)
+def test_bad_config_lines(replacements: dict[str, str], lines: list[str]) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(_with(replacements), label="config.yaml")
+    assert caught.value.lines == lines
+
+
+def test_two_sinks_writing_one_file() -> None:
+    text = GOOD + textwrap.indent(
+        textwrap.dedent("""\
+            crm2:
+              identity: crm-app
+              resource: https://other.crm.dynamics.com
+              sinks: [{type: file, path: /run/tokend/crm.token}]
+        """),
+        "  ",
+    )
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, label="config.yaml")
+    assert caught.value.lines == [
+        "config.yaml: tokens.crm2.sinks.0: file /run/tokend/crm.token is also written by "
+        "tokens.crm.sinks.0"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        ("identities: [\n", "config.yaml:2:1: expected the node content, but found '<stream end>'"),
+        ("tokens: {}\ntokens: {}\n", "config.yaml:2:1: duplicate key 'tokens'"),
+        ("- a\n- b\n", "config.yaml: the config must be a mapping with identities and tokens"),
+        ("", "config.yaml: the config must be a mapping with identities and tokens"),
+    ],
+)
+def test_yaml_level_problems(text: str, line: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, label="config.yaml")
+    assert caught.value.lines == [line]
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(tmp_path / "nope.yaml")
+    assert caught.value.lines == [f"{tmp_path / 'nope.yaml'}: config file not found"]
+
+
+@pytest.mark.parametrize("name", ["example.yaml", "dev.yaml"])
+def test_shipped_configs_load(name: str) -> None:
+    loaded = load_config(REPO / "config" / name)
+    assert loaded.config.tokens
+
+
+@pytest.mark.parametrize(
+    ("listen", "parsed"),
+    [
+        ("127.0.0.1:9464", ("127.0.0.1", 9464)),
+        ("[::1]:80", ("::1", 80)),
+        ("0.0.0.0:9464", ("0.0.0.0", 9464)),  # noqa: S104 - parsed, never bound
+    ],
+)
+def test_listen(listen: str, parsed: tuple[str, int]) -> None:
+    assert split_listen(listen) == parsed

@@ -1,0 +1,28 @@
+"""Publishing tokens: the sink contract and the registry of sink types.
+
+Adding a sink type: one module with an options model and a class, plus one entry in `_BUILDERS`
+and in the `SinkOptions` union below. Nothing in the engine names a concrete sink.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from tokend.sinks.base import Sink, SinkContext, SinkError
+from tokend.sinks.file import FileSink, FileSinkOptions
+
+SinkOptions = FileSinkOptions
+
+_BUILDERS: dict[str, Callable[[Any, SinkContext], Sink]] = {
+    "file": FileSink,
+}
+
+SINK_TYPES = tuple(_BUILDERS)
+
+
+def build_sink(options: SinkOptions, context: SinkContext) -> Sink:
+    return _BUILDERS[options.type](options, context)
+
+
+__all__ = ["SINK_TYPES", "Sink", "SinkContext", "SinkError", "SinkOptions", "build_sink"]

@@ -1,0 +1,39 @@
+"""The sink contract. A sink knows how to write a token somewhere; it does not know when.
+
+The publisher (`tokend.engine.publisher`) decides when, retries failures on each sink's own
+schedule, and keeps only the newest token for a sink that is behind. A sink raises `SinkError` with
+a one-line reason naming the place it writes to; it never puts a token value in that text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from tokend.oauth.token import Token
+
+
+class SinkError(Exception):
+    """Publishing failed. `str()` is one line naming the sink's target and what went wrong."""
+
+
+@dataclass(frozen=True, slots=True)
+class SinkContext:
+    """What a sink is told about the token it serves, at construction."""
+
+    token_name: str
+    sink_name: str
+
+
+class Sink(Protocol):
+    name: str
+
+    async def publish(self, token: Token) -> None:
+        """Make `token` the current value at this sink. Raises `SinkError`."""
+        ...
+
+    async def withdraw(self) -> None:
+        """Remove the published value, so consumers fail fast instead of using a dead token."""
+        ...
+
+    async def close(self) -> None: ...

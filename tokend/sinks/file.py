@@ -1,0 +1,187 @@
+"""The file sink: the token in a file on a local or shared volume (a pod's `emptyDir`, `/run`).
+
+Writes are atomic and private (see `tokend.files`), so a consumer that reads the file at any
+instant gets a complete, current token. Formats: `raw` (the token alone, no newline), `json`
+(token and expiry for consumers that plan ahead), `env` (`NAME=value` lines for systemd
+`EnvironmentFile=` or `source`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import grp
+import json
+import pwd
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+
+from tokend import files
+from tokend.oauth.token import Token
+from tokend.sinks.base import SinkContext, SinkError
+
+_B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")  # RFC 6750 token68: safe unquoted anywhere
+
+
+def _parse_mode(value: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        # YAML reads an unquoted 0600 as octal but 600 as decimal: too easy to get wrong.
+        raise ValueError('write the mode as a quoted octal string, e.g. mode: "0600"')
+    if not isinstance(value, str) or not re.fullmatch(r"(0o?)?[0-7]{3,4}", value):
+        raise ValueError(f"'{value}' is not an octal file mode like \"0600\"")
+    mode = int(value.removeprefix("0o"), 8)
+    if mode & 0o7000:
+        raise ValueError("setuid, setgid and sticky bits are not allowed on a token file")
+    return mode
+
+
+FileMode = Annotated[int, BeforeValidator(_parse_mode)]
+
+
+class FileSinkOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["file"]
+    name: str | None = None
+    path: Path
+    format: Literal["raw", "json", "env"] = "raw"
+    mode: FileMode = Field(default=0o600, validate_default=False)
+    owner: str | int | None = None
+    group: str | int | None = None
+    create_dirs: bool = False
+    env_prefix: str = Field(default="", pattern=r"^([A-Z_][A-Z0-9_]*)?$")
+
+    @field_validator("path", mode="before")
+    @classmethod
+    def _file_path(cls, path: Any) -> Any:
+        if isinstance(path, str) and (path.endswith("/") or Path(path).name in ("", ".", "..")):
+            raise ValueError(f"'{path}' is a directory, not a file path")
+        return path
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, path: Path) -> Path:
+        return path.absolute()
+
+    def target(self) -> str:
+        """What this sink writes to; two sinks may not share one."""
+        return f"file {self.path}"
+
+    def preflight(self) -> list[str]:
+        """Problems this machine would cause at the first write (for `tokend check`)."""
+        problems = []
+        try:
+            _user_id(self.owner)
+            _group_id(self.group)
+        except SinkError as exc:
+            problems.append(str(exc))
+        if not self.create_dirs and not self.path.parent.is_dir():
+            problems.append(
+                f"directory {self.path.parent} does not exist (create it, or set create_dirs: true)"
+            )
+        return problems
+
+
+class FileSink:
+    def __init__(self, options: FileSinkOptions, context: SinkContext) -> None:
+        self.name = context.sink_name
+        self._options = options
+        self._path = options.path
+        self._swept = False
+
+    async def publish(self, token: Token) -> None:
+        await asyncio.to_thread(self._write, render(token, self._options))
+
+    async def withdraw(self) -> None:
+        await asyncio.to_thread(self._remove)
+
+    async def close(self) -> None:
+        return None
+
+    def _write(self, data: bytes) -> None:
+        directory = self._path.parent
+        try:
+            if not directory.is_dir():
+                if not self._options.create_dirs:
+                    raise SinkError(
+                        f"{self._path}: directory {directory} does not exist "
+                        "(create it, or set create_dirs: true)"
+                    )
+                directory.mkdir(mode=0o750, parents=True, exist_ok=True)
+            if not self._swept:
+                files.remove_stale_temp_files(self._path)
+                self._swept = True
+            files.write_atomic(
+                self._path,
+                data,
+                mode=self._options.mode,
+                uid=_user_id(self._options.owner),
+                gid=_group_id(self._options.group),
+            )
+        except OSError as exc:
+            raise SinkError(f"{self._path}: {_os_reason(exc)}") from None
+
+    def _remove(self) -> None:
+        try:
+            files.remove(self._path)
+        except OSError as exc:
+            raise SinkError(f"{self._path}: cannot remove: {_os_reason(exc)}") from None
+
+
+def render(token: Token, options: FileSinkOptions) -> bytes:
+    """The file's content in the configured format."""
+    if options.format == "raw":
+        return token.value.encode()
+    if options.format == "json":
+        document: dict[str, object] = {
+            "access_token": token.value,
+            "token_type": token.token_type,
+            "expires_on": int(token.expires_at.timestamp()),
+            "expires_at": rfc3339(token.expires_at),
+        }
+        if token.resource:
+            document["resource"] = token.resource
+        if token.scopes:
+            document["scopes"] = list(token.scopes)
+        return (json.dumps(document, indent=2) + "\n").encode()
+    if not _B64TOKEN.fullmatch(token.value):
+        raise SinkError(f"{options.path}: token has characters an env file cannot hold unquoted")
+    prefix = options.env_prefix
+    lines = [
+        f"{prefix}ACCESS_TOKEN={token.value}",
+        f"{prefix}TOKEN_TYPE={token.token_type}",
+        f"{prefix}EXPIRES_ON={int(token.expires_at.timestamp())}",
+    ]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def rfc3339(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _user_id(owner: str | int | None) -> int:
+    if owner is None or isinstance(owner, int):
+        return -1 if owner is None else owner
+    try:
+        return pwd.getpwnam(owner).pw_uid
+    except KeyError:
+        raise SinkError(f"owner: no user '{owner}' on this machine") from None
+
+
+def _group_id(group: str | int | None) -> int:
+    if group is None or isinstance(group, int):
+        return -1 if group is None else group
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise SinkError(f"group: no group '{group}' on this machine") from None
+
+
+def _os_reason(exc: OSError) -> str:
+    reason = exc.strerror or type(exc).__name__
+    if isinstance(exc, PermissionError):
+        return f"{reason} (check the directory's owner and mode, and the owner/group options)"
+    return reason

@@ -1,0 +1,47 @@
+"""Rules every outgoing connection follows: HTTPS with TLS 1.2 or newer, the system CA store or a
+configured bundle, and plain HTTP only to a loopback address when the config says so explicitly."""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import ssl
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx2
+
+
+def url_problem(url: str, *, allow_insecure_http: bool) -> str | None:
+    """Why `url` may not be used, or None when it may."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        return f"'{url}' is not an http(s) URL"
+    if parts.username or parts.password:
+        return "URL must not contain credentials"
+    if parts.scheme == "http":
+        if not is_loopback(parts.hostname):
+            return f"'{url}' uses plain http; https is required except for loopback addresses"
+        if not allow_insecure_http:
+            return f"'{url}' uses plain http; set allow_insecure_http: true to allow it on loopback"
+    return None
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+@functools.cache
+def ssl_context(ca_bundle: Path | None) -> ssl.SSLContext:
+    """A verifying client context (cached: loading a CA store costs milliseconds)."""
+    if ca_bundle is None:
+        context = httpx2.create_ssl_context()
+    else:
+        context = ssl.create_default_context(cafile=str(ca_bundle))
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
