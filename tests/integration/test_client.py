@@ -1,0 +1,180 @@
+"""TokenClient against the fake Entra ID over real HTTP: dialects, client auth, failures."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from datetime import timedelta
+from urllib.parse import unquote
+
+import jwt
+import pytest
+
+from tests.support import idp as faults
+from tests.support.clock import FakeClock
+from tests.support.idp import CLIENT_ID, CLIENT_SECRET, TENANT, FakeIdp
+from tokend.oauth import (
+    Endpoint,
+    HttpSettings,
+    PermanentError,
+    Token,
+    TokenClient,
+    TokenRequest,
+    TransientError,
+    build_credential,
+)
+from tokend.oauth.credentials import ClientSecretOptions
+from tokend.secrets import InlineSecret
+
+
+def _request(
+    idp: FakeIdp,
+    *,
+    version: int = 2,
+    auth: str = "client_secret_post",
+    secret: str = CLIENT_SECRET,
+    endpoint: Endpoint | None = None,
+) -> TokenRequest:
+    options = ClientSecretOptions(
+        type="client_secret", secret=InlineSecret(inline=secret), auth_method=auth
+    )  # type: ignore[arg-type]
+    return TokenRequest(
+        name="crm",
+        endpoint=endpoint or Endpoint(token_url=idp.token_url(version), allow_insecure_http=True),
+        credential=build_credential(CLIENT_ID, options),
+        resource="https://crm.example" if version == 1 else None,
+        scopes=() if version == 1 else ("https://graph.example/.default",),
+    )
+
+
+def _acquire(request: TokenRequest, clock: FakeClock | None = None, **settings: float) -> Token:
+    async def go() -> Token:
+        client = TokenClient(HttpSettings(**settings), clock=clock or FakeClock())  # type: ignore[arg-type]
+        try:
+            return await client.acquire(request)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(go())
+
+
+def _claims(idp: FakeIdp, token: Token) -> dict[str, object]:
+    key = jwt.PyJWK(idp.provider.jwks()["keys"][0])
+    return jwt.decode(
+        token.value, key, algorithms=["RS256"], options={"verify_aud": False, "verify_exp": False}
+    )  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("auth", ["client_secret_post", "client_secret_basic"])
+@pytest.mark.parametrize("version", [1, 2])
+def test_dialects_and_client_auth(idp: FakeIdp, version: int, auth: str) -> None:
+    clock = FakeClock()
+    token = _acquire(_request(idp, version=version, auth=auth), clock)
+    assert token.obtained_at == clock.now()
+    assert token.expires_at == clock.now() + timedelta(hours=1)
+    claims = _claims(idp, token)
+    assert claims["aud"] == ("https://crm.example" if version == 1 else "https://graph.example")
+    assert claims["ver"] == f"{version}.0"
+    (sent,) = idp.token_requests
+    assert sent.path.endswith("/oauth2/token" if version == 1 else "/oauth2/v2.0/token")
+    assert sent.form["grant_type"] == "client_credentials"
+    if version == 1:
+        assert sent.form["resource"] == "https://crm.example"
+    else:
+        assert sent.form["scope"] == "https://graph.example/.default"
+    if auth == "client_secret_basic":
+        assert "client_secret" not in sent.form
+        user, secret = base64.b64decode(sent.headers["authorization"][6:]).decode().split(":")
+        assert (unquote(user), unquote(secret)) == (CLIENT_ID, CLIENT_SECRET)
+    else:
+        assert (sent.form["client_id"], sent.form["client_secret"]) == (CLIENT_ID, CLIENT_SECRET)
+
+
+def test_discovery_finds_the_token_endpoint_once(idp: FakeIdp) -> None:
+    request = _request(idp, endpoint=Endpoint(issuer=idp.issuer, allow_insecure_http=True))
+
+    async def twice() -> list[Token]:
+        client = TokenClient(clock=FakeClock())
+        try:
+            return [await client.acquire(request), await client.acquire(request)]
+        finally:
+            await client.aclose()
+
+    tokens = asyncio.run(twice())
+    assert len(tokens) == 2
+    assert [r.path for r in idp.requests] == [
+        f"/{TENANT}/v2.0/.well-known/openid-configuration",
+        f"/{TENANT}/oauth2/v2.0/token",
+        f"/{TENANT}/oauth2/v2.0/token",
+    ]
+
+
+def test_missing_discovery_document_is_permanent(idp: FakeIdp) -> None:
+    request = _request(
+        idp, endpoint=Endpoint(issuer=idp.url + "/nowhere", allow_insecure_http=True)
+    )
+    with pytest.raises(PermanentError, match=r"no discovery document at .*/nowhere/\.well-known"):
+        _acquire(request)
+
+
+def test_wrong_secret_is_permanent_and_never_echoed(idp: FakeIdp) -> None:
+    with pytest.raises(PermanentError) as caught:
+        _acquire(_request(idp, secret="CANARY-wrong-secret"))
+    error = caught.value
+    assert error.error == "invalid_client"
+    assert error.aadsts_codes == (7000215,)
+    assert error.trace_id
+    assert "CANARY" not in str(error) and "CANARY" not in repr(error)
+    assert str(error).startswith("127.0.0.1: HTTP 401 invalid_client (AADSTS7000215)")
+
+
+@pytest.mark.parametrize(
+    ("fault", "message"),
+    [
+        (faults.too_many_requests("7"), "HTTP 429"),
+        (faults.html(502), "HTTP 502 with a body that is not a JSON token response"),
+        (faults.truncated_json(), "HTTP 200 with a body that is not JSON"),
+        (faults.token_body({"token_type": "Bearer", "expires_in": 60}), "no access_token"),
+        (faults.entra_error(503, "temporarily_unavailable", 50001), "temporarily_unavailable"),
+    ],
+)
+def test_transient_failures(idp: FakeIdp, fault: faults.Fault, message: str) -> None:
+    idp.fail(fault)
+    with pytest.raises(TransientError, match=message):
+        _acquire(_request(idp))
+
+
+def test_retry_after_reaches_the_caller(idp: FakeIdp) -> None:
+    idp.fail(faults.too_many_requests("7"))
+    with pytest.raises(TransientError) as caught:
+        _acquire(_request(idp))
+    assert caught.value.retry_after == 7.0
+
+
+def test_timeout_is_transient(idp: FakeIdp) -> None:
+    idp.fail(faults.hang(1.0))
+    with pytest.raises(TransientError, match="timed out"):
+        _acquire(_request(idp), read_timeout=0.1)
+
+
+def test_connection_refused_is_transient() -> None:
+    request = TokenRequest(
+        name="crm",
+        endpoint=Endpoint(token_url="http://127.0.0.1:9/token", allow_insecure_http=True),
+        credential=build_credential(
+            CLIENT_ID, ClientSecretOptions(type="client_secret", secret=InlineSecret(inline="x"))
+        ),
+    )
+    with pytest.raises(TransientError, match="ConnectError"):
+        _acquire(request)
+
+
+def test_expiry_counts_from_when_the_request_was_sent(idp: FakeIdp) -> None:
+    """A response that takes 30 s to arrive still counts the lifetime from the send time."""
+    clock = FakeClock()
+    sent = clock.now()
+    idp.fail(faults.meanwhile(lambda: clock.advance(30)))
+    token = _acquire(_request(idp), clock)
+    assert clock.now() == sent + timedelta(seconds=30)
+    assert token.obtained_at == sent
+    assert token.expires_at == sent + timedelta(hours=1)

@@ -1,0 +1,231 @@
+"""The engine on virtual time: real HTTP to the fake Entra ID, real files, a fake clock.
+
+Hours of token lifetimes pass in a moment; every planned time is checked exactly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+from tests.conftest import entra_identity
+from tests.support import idp as faults
+from tests.support.clock import FakeClock
+from tests.support.idp import CLIENT_SECRET, FakeIdp
+from tests.support.virtual import VirtualScheduler
+from tokend.config import Config
+from tokend.engine import Engine, Phase
+from tokend.oauth import TokenClient
+
+M = timedelta(minutes=1)
+H = timedelta(hours=1)
+T = TypeVar("T")
+
+
+class Durations:
+    def __init__(self) -> None:
+        self.observed: list[float] = []
+
+    def observe(self, amount: float) -> None:
+        self.observed.append(amount)
+
+
+class Harness:
+    """An engine wired to a virtual scheduler and the fake IdP."""
+
+    def __init__(self, config: Config, clock: FakeClock) -> None:
+        self.clock = clock
+        self.scheduler = VirtualScheduler(clock)
+        self.client = TokenClient(clock=clock)
+        self.engine = Engine(
+            config,
+            acquirer=self.client,
+            scheduler=self.scheduler,
+            durations=Durations(),
+            clock=clock,
+            rand=random.Random(7),
+        )
+
+    def job(self, name: str = "crm") -> Any:
+        return self.engine.jobs[name]
+
+    async def run_for(self, span: timedelta) -> int:
+        return await self.scheduler.run_until(self.clock.now() + span)
+
+
+def _config(idp: FakeIdp, tmp_path: Path, tokens: int = 1, **token_options: Any) -> Config:
+    return Config.model_validate(
+        {
+            "identities": {"app": entra_identity(idp, CLIENT_SECRET)},
+            "tokens": {
+                ("crm" if index == 0 else f"crm{index}"): {
+                    "identity": "app",
+                    "resource": "https://crm.example",
+                    "sinks": [{"type": "file", "path": str(tmp_path / f"crm{index}.token")}],
+                    **token_options,
+                }
+                for index in range(tokens)
+            },
+            "defaults": {"startup_spread": "10s"},
+        }
+    )
+
+
+def _run(idp: FakeIdp, tmp_path: Path, scenario: Callable[[Harness], Awaitable[T]], **kw: Any) -> T:
+    async def main() -> T:
+        harness = Harness(_config(idp, tmp_path, **kw), FakeClock())
+        try:
+            return await scenario(harness)
+        finally:
+            await harness.engine.stop()
+            await harness.client.aclose()
+
+    return asyncio.run(main())
+
+
+def test_refreshes_ahead_of_the_threshold_for_hours(idp: FakeIdp, tmp_path: Path) -> None:
+    async def scenario(h: Harness) -> None:
+        h.engine.start()
+        await h.run_for(6 * H)
+        job = h.job()
+        runs = [at for at, key in h.scheduler.runs if key == "crm"]
+        # 1-hour tokens, 10-minute threshold, up to 6 minutes of jitter: every 44 to 50 minutes.
+        gaps = [later - earlier for earlier, later in itertools.pairwise(runs)]
+        assert 7 <= len(runs) <= 9
+        assert all(44 * M <= gap <= 50 * M for gap in gaps), gaps
+        assert job.results["success"] == len(runs)
+        assert (tmp_path / "crm0.token").read_text() == job.token.value
+        assert job.phase(h.clock.now()) is Phase.FRESH
+
+    _run(idp, tmp_path, scenario)
+    assert idp.provider.issued["test-client"] >= 7
+
+
+def test_startup_is_spread(idp: FakeIdp, tmp_path: Path) -> None:
+    async def scenario(h: Harness) -> list[timedelta]:
+        start = h.clock.now()
+        h.engine.start()
+        await h.run_for(M)
+        return sorted(at - start for at, _ in h.scheduler.runs)
+
+    offsets = _run(idp, tmp_path, scenario, tokens=4)
+    assert offsets == [timedelta(seconds=s) for s in (0, 2.5, 5, 7.5)]
+
+
+def test_retry_after_sets_the_next_attempt(idp: FakeIdp, tmp_path: Path) -> None:
+    async def scenario(h: Harness) -> None:
+        idp.fail(faults.too_many_requests("30"))
+        start = h.clock.now()
+        h.engine.start()
+        await h.run_for(timedelta(seconds=1))
+        job = h.job()
+        assert job.phase(h.clock.now()) is Phase.RETRYING
+        assert job.next_run == start + timedelta(seconds=30)
+        await h.run_for(M)
+        assert job.phase(h.clock.now()) is Phase.FRESH
+        assert [at - start for at, _ in h.scheduler.runs] == [timedelta(0), timedelta(seconds=30)]
+
+    _run(idp, tmp_path, scenario)
+
+
+def test_failures_keep_the_last_good_token_until_it_expires(idp: FakeIdp, tmp_path: Path) -> None:
+    async def scenario(h: Harness) -> None:
+        h.engine.start()
+        await h.run_for(timedelta(seconds=1))
+        job = h.job()
+        first = job.token
+        sink_file = tmp_path / "crm0.token"
+        assert sink_file.read_text() == first.value
+        # From now on the secret is rejected: an operator must act.
+        idp.fail(*[faults.entra_error(401, "invalid_client", 7000215)] * 40)
+        await h.run_for(first.expires_at - h.clock.now() - timedelta(seconds=2))
+        assert job.phase(h.clock.now()) is Phase.FAILING
+        assert job.token is first
+        assert sink_file.read_text() == first.value
+        assert h.engine.is_ready(h.clock.now())
+        # Permanent failures retry at the maximum backoff, the last try just before expiry.
+        attempts = [at for at, _ in h.scheduler.runs][1:]
+        gaps = [b - a for a, b in itertools.pairwise(attempts)]
+        assert all(gap <= 5 * M for gap in gaps)
+        assert all(gap >= 225 * timedelta(seconds=1) for gap in gaps[:-1])
+        await h.run_for(timedelta(seconds=2))
+        last_chance = first.expires_at - timedelta(seconds=1)
+        assert last_chance in [at for at, _ in h.scheduler.runs]  # one last try before expiry
+        assert job.phase(h.clock.now()) is Phase.EXPIRED
+        assert not h.engine.is_ready(h.clock.now())
+        assert sink_file.read_text() == first.value  # on_expiry: keep (the default)
+        idp.reset()
+        await h.run_for(6 * M)
+        assert job.phase(h.clock.now()) is Phase.FRESH
+        assert job.token is not first
+        assert sink_file.read_text() == job.token.value
+
+    _run(idp, tmp_path, scenario)
+
+
+def test_a_failing_sink_is_retried_alone_and_gets_the_newest_token(
+    idp: FakeIdp, tmp_path: Path
+) -> None:
+    late_dir = tmp_path / "late"
+
+    async def scenario(h: Harness) -> None:
+        start = h.clock.now()
+        h.engine.start()
+        await h.run_for(timedelta(0))
+        job = h.job()
+        healthy, broken = job.publisher.slots
+        assert healthy.held is job.token
+        assert broken.held is None and broken.failures == 1
+        assert "does not exist" in (broken.last_error or "")
+        retry_key = "crm/sink/file-2"
+        assert h.scheduler.due(retry_key) == start + timedelta(seconds=1)  # its own backoff
+        await h.run_for(2 * H)  # several refreshes while the sink keeps failing
+        assert job.results["success"] >= 2
+        assert broken.failures > 3
+        late_dir.mkdir()
+        await h.run_for(6 * M)  # within one max-backoff step
+        assert broken.held is job.token  # the newest token, not a backlog of old ones
+        assert (late_dir / "crm.token").read_text() == job.token.value
+        assert h.scheduler.due(retry_key) is None
+
+    _run(
+        idp,
+        tmp_path,
+        scenario,
+        sinks=[
+            {"type": "file", "path": str(tmp_path / "crm.token")},
+            {"type": "file", "path": str(late_dir / "crm.token")},
+        ],
+    )
+
+
+def test_single_flight(idp: FakeIdp, tmp_path: Path) -> None:
+    async def scenario(h: Harness) -> list[bool]:
+        job = h.job()
+        return list(await asyncio.gather(job.refresh(), job.refresh(), job.refresh()))
+
+    assert _run(idp, tmp_path, scenario) == [True, True, True]
+    assert len(idp.token_requests) == 1
+
+
+def test_readiness_needs_every_sink(idp: FakeIdp, tmp_path: Path) -> None:
+    async def scenario(h: Harness) -> list[bool]:
+        seen = [h.engine.is_ready(h.clock.now())]
+        await h.engine.refresh_all()
+        seen.append(h.engine.is_ready(h.clock.now()))
+        return seen
+
+    assert _run(idp, tmp_path, scenario) == [False, True]
+
+
+def test_refresh_all_reports_any_failure(idp: FakeIdp, tmp_path: Path) -> None:
+    async def scenario(h: Harness) -> bool:
+        idp.fail(faults.html(502))
+        return await h.engine.refresh_all()
+
+    assert _run(idp, tmp_path, scenario, tokens=3) is False

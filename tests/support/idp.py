@@ -1,0 +1,169 @@
+"""A fake Entra ID for tests: tokend's development identity provider behind a fault injector,
+served over real HTTP on loopback.
+
+Queue faults with `idp.fail(...)`; each token request takes the next one (or gets a real token
+when none is queued). Every token request's form and headers are recorded for assertions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+from urllib.parse import parse_qsl
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.types import Receive, Scope, Send
+
+from tests.support.servers import serve
+from tokend.devidp import DevIdentityProvider
+
+TENANT = "test-tenant"
+CLIENT_ID = "test-client"
+CLIENT_SECRET = "test-secret-9f8e7d"
+
+Fault = Callable[[], Awaitable[Response | None]]
+"""Answers one token request; None means: answer it normally (after any side effect)."""
+
+
+@dataclass
+class RecordedRequest:
+    path: str
+    form: dict[str, str]
+    headers: dict[str, str]
+
+
+@dataclass
+class FakeIdp:
+    provider: DevIdentityProvider
+    url: str = ""
+    faults: deque[Fault] = field(default_factory=deque)
+    requests: list[RecordedRequest] = field(default_factory=list)
+
+    @property
+    def authority(self) -> str:
+        return self.url
+
+    def token_url(self, version: int = 2) -> str:
+        path = "oauth2/token" if version == 1 else "oauth2/v2.0/token"
+        return f"{self.url}/{TENANT}/{path}"
+
+    @property
+    def issuer(self) -> str:
+        return self.provider.issuer(TENANT)
+
+    def fail(self, *faults: Fault) -> None:
+        self.faults.extend(faults)
+
+    def reset(self) -> None:
+        self.faults.clear()
+        self.requests.clear()
+        self.provider.issued.clear()
+
+    @property
+    def token_requests(self) -> list[RecordedRequest]:
+        return [r for r in self.requests if r.path.endswith("/token")]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        request = Request(scope, receive)
+        body = await request.body()
+        form = dict(parse_qsl(body.decode()))
+        self.requests.append(RecordedRequest(scope["path"], form, dict(request.headers)))
+        if scope["path"].endswith("/token") and self.faults:
+            response = await self.faults.popleft()()
+            if response is not None:
+                await response(scope, receive, send)
+                return
+        await self.provider.app(scope, _replay(body), send)
+
+
+def _replay(body: bytes) -> Receive:
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return receive
+
+
+@contextmanager
+def running_idp(lifetime: timedelta = timedelta(hours=1), **options: Any) -> Iterator[FakeIdp]:
+    provider = DevIdentityProvider(clients={CLIENT_ID: CLIENT_SECRET}, lifetime=lifetime, **options)
+    idp = FakeIdp(provider)
+    with serve(idp) as url:
+        idp.url = url
+        provider.base_url = url
+        yield idp
+
+
+# --- faults ------------------------------------------------------------------------------------
+
+
+def status(code: int, body: Any = None, headers: dict[str, str] | None = None) -> Fault:
+    async def respond() -> Response:
+        if body is None:
+            return Response(status_code=code, headers=headers)
+        return JSONResponse(body, status_code=code, headers=headers)
+
+    return respond
+
+
+def raw(code: int, content: str, media_type: str, headers: dict[str, str] | None = None) -> Fault:
+    async def respond() -> Response:
+        return Response(content, status_code=code, media_type=media_type, headers=headers)
+
+    return respond
+
+
+def html(code: int = 502) -> Fault:
+    page = "<html><head><title>502 Bad Gateway</title></head><body>nginx</body></html>"
+    return raw(code, page, "text/html")
+
+
+def too_many_requests(retry_after: str) -> Fault:
+    return status(429, {"error": "too_many_requests"}, {"Retry-After": retry_after})
+
+
+def entra_error(code: int, error: str, aadsts: int, description: str = "") -> Fault:
+    return status(
+        code,
+        {
+            "error": error,
+            "error_description": f"AADSTS{aadsts}: {description or error}\r\nTrace ID: t-1",
+            "error_codes": [aadsts],
+            "trace_id": "trace-0001",
+            "correlation_id": "corr-0001",
+        },
+    )
+
+
+def truncated_json() -> Fault:
+    return raw(200, '{"token_type": "Bearer", "expires_in": 3599, "access_tok', "application/json")
+
+
+def token_body(body: dict[str, Any]) -> Fault:
+    """A 200 with exactly this JSON body (e.g. an opaque canary token)."""
+    return raw(200, json.dumps(body), "application/json")
+
+
+def meanwhile(action: Callable[[], object]) -> Fault:
+    """Do `action` while handling the request (e.g. move a fake clock), then answer normally."""
+
+    async def respond() -> None:
+        action()
+
+    return respond
+
+
+def hang(seconds: float) -> Fault:
+    async def respond() -> Response:
+        await asyncio.sleep(seconds)
+        return Response(status_code=504)
+
+    return respond

@@ -1,0 +1,54 @@
+"""A `Scheduler` on virtual time: runs due jobs one after another, moving a `FakeClock` to each
+job's time. Days of token lifetimes pass in moments, with no sleeping."""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from datetime import datetime
+
+from tests.support.clock import FakeClock
+from tokend.engine.scheduler import Job
+
+
+class VirtualScheduler:
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+        self._heap: list[tuple[datetime, int, str]] = []
+        self._pending: dict[str, tuple[int, datetime, Job]] = {}
+        self._sequence = itertools.count()
+        self.runs: list[tuple[datetime, str]] = []
+
+    def schedule(self, key: str, at: datetime, job: Job) -> None:
+        sequence = next(self._sequence)
+        self._pending[key] = (sequence, at, job)
+        heapq.heappush(self._heap, (at, sequence, key))
+
+    def cancel(self, key: str) -> None:
+        self._pending.pop(key, None)
+
+    def due(self, key: str) -> datetime | None:
+        entry = self._pending.get(key)
+        return entry[1] if entry else None
+
+    async def run_until(self, until: datetime) -> int:
+        """Run every job due up to `until` in time order; the clock ends at `until`."""
+        ran = 0
+        while self._heap:
+            at, sequence, key = self._heap[0]
+            entry = self._pending.get(key)
+            if entry is None or entry[0] != sequence:
+                heapq.heappop(self._heap)  # cancelled or replaced
+                continue
+            if at > until:
+                break
+            heapq.heappop(self._heap)
+            del self._pending[key]
+            if at > self.clock.now():
+                self.clock.set(at)
+            self.runs.append((self.clock.now(), key))
+            await entry[2]()
+            ran += 1
+        if until > self.clock.now():
+            self.clock.set(until)
+        return ran

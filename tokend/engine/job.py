@@ -1,0 +1,221 @@
+"""`TokenJob`: one configured token, its current value, and its refresh loop.
+
+A run acquires a token (one request in flight per token), publishes it, and decides the next run:
+the refresh policy after a success, backoff after a failure. The last good token stays current
+until it expires, whatever the failures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import Counter
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Protocol
+
+from tokend.clock import Clock
+from tokend.engine.policy import Backoff, RefreshPolicy, retry_at
+from tokend.engine.publisher import Publisher
+from tokend.engine.scheduler import Scheduler
+from tokend.oauth import Peer, PermanentError, Token, TokenError, TokenRequest, TransientError
+
+log = logging.getLogger("tokend.refresh")
+
+
+class Phase(StrEnum):
+    PENDING = "pending"  # never acquired yet, no failure yet
+    FRESH = "fresh"  # valid token held, last attempt succeeded
+    REFRESHING = "refreshing"  # a request is in flight
+    RETRYING = "retrying"  # last attempt failed transiently; backing off
+    FAILING = "failing"  # last attempt failed permanently; an operator must act
+    EXPIRED = "expired"  # the last good token has expired and no new one was obtained
+
+
+class Acquirer(Protocol):
+    async def acquire(self, request: TokenRequest) -> Token: ...
+
+
+class DurationObserver(Protocol):
+    def observe(self, amount: float) -> None: ...
+
+
+class TokenJob:
+    def __init__(
+        self,
+        request: TokenRequest,
+        *,
+        acquirer: Acquirer,
+        publisher: Publisher,
+        policy: RefreshPolicy,
+        backoff: Backoff,
+        clock: Clock,
+        scheduler: Scheduler,
+        rand: random.Random,
+        durations: DurationObserver,
+    ) -> None:
+        self.request = request
+        self.publisher = publisher
+        self.policy = policy
+        self.backoff = backoff
+        self.token: Token | None = None
+        self.next_run: datetime | None = None
+        self.last_success: datetime | None = None
+        self.last_error: TokenError | None = None
+        self.failures = 0
+        self.results: Counter[str] = Counter()
+        self._acquirer = acquirer
+        self._clock = clock
+        self._scheduler = scheduler
+        self._rand = rand
+        self._durations = durations
+        self._inflight: asyncio.Task[bool] | None = None
+        self._stopped = False
+
+    @property
+    def name(self) -> str:
+        return self.request.name
+
+    def phase(self, now: datetime) -> Phase:
+        if self._inflight is not None:
+            return Phase.REFRESHING
+        if self.token is not None and not self.token.is_valid(now):
+            return Phase.EXPIRED
+        if self.failures:
+            return Phase.FAILING if isinstance(self.last_error, PermanentError) else Phase.RETRYING
+        return Phase.FRESH if self.token is not None else Phase.PENDING
+
+    def is_published(self, now: datetime) -> bool:
+        """A valid token is held and every sink has been given a valid one."""
+        return (
+            self.token is not None
+            and self.token.is_valid(now)
+            and self.publisher.all_hold_valid_token(now)
+        )
+
+    def start(self, at: datetime) -> None:
+        self._plan(at)
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._scheduler.cancel(self.name)
+        self.publisher.stop()
+
+    async def refresh(self) -> bool:
+        """Acquire and publish once. True when a new token was obtained and every sink has it.
+
+        Single flight: while a refresh is in progress, another call shares its outcome rather
+        than sending a second request.
+        """
+        if self._inflight is None:
+            self._inflight = asyncio.create_task(self._refresh())
+            self._inflight.add_done_callback(self._clear_inflight)
+        return await asyncio.shield(self._inflight)
+
+    def _clear_inflight(self, task: asyncio.Task[bool]) -> None:
+        self._inflight = None
+
+    async def _refresh(self) -> bool:
+        started = time.perf_counter()
+        outcome = await self._acquire()
+        took = time.perf_counter() - started
+        self._durations.observe(took)
+        if isinstance(outcome, TokenError):
+            self._failed(outcome)
+            return False
+        self._succeeded(outcome, took)
+        return await self.publisher.publish(outcome)
+
+    async def _run(self) -> None:
+        """The scheduled run: refresh, then plan the next one."""
+        await self.refresh()
+        if not self._stopped and self.next_run is not None:
+            self._plan(self.next_run)
+
+    def _plan(self, at: datetime) -> None:
+        self.next_run = at
+        self._scheduler.schedule(self.name, at, self._run)
+
+    async def _acquire(self) -> Token | TokenError:
+        try:
+            return await self._acquirer.acquire(self.request)
+        except TokenError as exc:
+            return exc
+        except Exception as exc:
+            log.exception("unexpected error while acquiring", extra=self._extra)
+            return TransientError(Peer(self.name, "tokend"), f"internal error {type(exc).__name__}")
+
+    def _succeeded(self, token: Token, took: float) -> None:
+        now = self._clock.now()
+        if self.failures:
+            log.info("recovered after %d failed attempts", self.failures, extra=self._extra)
+        if self.token is None or token.expires_at > self.token.expires_at:
+            self.token = token
+        self.failures = 0
+        self.last_error = None
+        self.last_success = now
+        self.results["success"] += 1
+        self.next_run = self.policy.refresh_at(token, self._rand.random())
+        log.info(
+            "refreshed: expires %s (in %s), next refresh in %s, took %.2fs",
+            _clock_time(token.expires_at),
+            _span(token.expires_at - now),
+            _span(self.next_run - now),
+            took,
+            extra=self._extra,
+        )
+
+    def _failed(self, error: TokenError) -> None:
+        now = self._clock.now()
+        permanent = isinstance(error, PermanentError)
+        self.failures += 1
+        self.results["permanent_error" if permanent else "transient_error"] += 1
+        holding = self.token.expires_at if self.token and self.token.is_valid(now) else None
+        self.next_run = retry_at(
+            now=now,
+            attempt=self.failures,
+            backoff=self.backoff,
+            rand=self._rand.random(),
+            hard=permanent or (isinstance(error, TransientError) and error.loop_detected),
+            retry_after=error.retry_after if isinstance(error, TransientError) else None,
+            holding_until=holding,
+        )
+        same_as_before = self.last_error is not None and str(self.last_error) == str(error)
+        self.last_error = error
+        level = logging.DEBUG if permanent and same_as_before else logging.WARNING
+        if permanent and not same_as_before:
+            level = logging.ERROR
+        kind = "needs operator action" if permanent else "transient"
+        held = f"current token valid {_span(holding - now)} more" if holding else "no valid token"
+        log.log(
+            level,
+            "refresh failed (%s, attempt %d): %s; next try in %s; %s",
+            kind,
+            self.failures,
+            error,
+            _span(self.next_run - now),
+            held,
+            extra=self._extra,
+        )
+
+    @property
+    def _extra(self) -> dict[str, str]:
+        return {"token": self.name}
+
+
+def _clock_time(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _span(delta: timedelta) -> str:
+    """`1h02m`, `4m05s`, `12s`: short and exact enough for a log line."""
+    seconds = max(int(delta.total_seconds()), 0)
+    hours, rest = divmod(seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{seconds:02d}s"
+    return f"{seconds}s"

@@ -1,0 +1,196 @@
+"""`TokenClient`: token requests over one shared, pooled httpx2 client.
+
+Dialects differ only in the URL and the field that names the target: Entra ID v1
+(`/oauth2/token`, `resource=`), Entra ID v2 (`/oauth2/v2.0/token`, `scope=`), or any OAuth2
+server by its `token_endpoint` or its issuer's discovery document.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx2
+
+from tokend.clock import SYSTEM_CLOCK, Clock
+from tokend.oauth.credentials import Credential
+from tokend.oauth.errors import (
+    Peer,
+    PermanentError,
+    TransientError,
+    classify_error_response,
+)
+from tokend.oauth.token import MalformedResponse, Token, parse_token_response
+from tokend.secrets import SecretError
+from tokend.transport import ssl_context, url_problem
+
+_MAX_BODY = 1 << 20  # a token response is a few KiB; anything past 1 MiB is not one
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """Where to send token requests: a fixed URL, or an issuer whose discovery names it."""
+
+    token_url: str | None = None
+    issuer: str | None = None
+    allow_insecure_http: bool = False
+    ca_bundle: Path | None = None
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.token_url or self.issuer or "").hostname or "?"
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRequest:
+    """Everything needed to ask for one configured token, built once from config."""
+
+    name: str
+    endpoint: Endpoint
+    credential: Credential
+    resource: str | None = None
+    scopes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class HttpSettings:
+    connect_timeout: float = 5.0
+    read_timeout: float = 15.0
+    max_concurrent_requests: int = 16
+
+
+class TokenClient:
+    """Acquires tokens. Raises `TransientError` or `PermanentError`, never anything else."""
+
+    def __init__(
+        self, settings: HttpSettings | None = None, *, clock: Clock = SYSTEM_CLOCK
+    ) -> None:
+        self._settings = settings or HttpSettings()
+        self._clock = clock
+        self._slots = asyncio.Semaphore(self._settings.max_concurrent_requests)
+        self._clients: dict[Path | None, httpx2.AsyncClient] = {}
+        self._discovered: dict[str, str] = {}
+
+    async def acquire(self, request: TokenRequest) -> Token:
+        peer = Peer(request.name, request.endpoint.host)
+        url = await self._token_url(request.endpoint, peer)
+        try:
+            auth = request.credential.authenticate(url)
+        except SecretError as exc:
+            raise PermanentError(Peer(request.name, "config"), f"client secret: {exc}") from None
+        form = {"grant_type": request.credential.grant_type, **auth.fields}
+        if request.resource:
+            form["resource"] = request.resource
+        if request.scopes:
+            form["scope"] = " ".join(request.scopes)
+        async with self._slots:
+            sent_at = self._clock.now()
+            status, headers, body = await self._send(
+                request.endpoint,
+                peer,
+                "POST",
+                url,
+                data=form,
+                headers={"Accept": "application/json", **auth.headers},
+            )
+        if not 200 <= status < 300:
+            raise classify_error_response(peer, status, headers, body, self._clock.now())
+        if not isinstance(body, dict):
+            raise TransientError(peer, f"HTTP {status} with a body that is not JSON")
+        try:
+            return parse_token_response(
+                body, sent_at=sent_at, resource=request.resource, scopes=request.scopes
+            )
+        except MalformedResponse as exc:
+            raise TransientError(peer, f"HTTP {status} but {exc}") from None
+
+    async def aclose(self) -> None:
+        for client in self._clients.values():
+            await client.aclose()
+        self._clients.clear()
+
+    async def _token_url(self, endpoint: Endpoint, peer: Peer) -> str:
+        if endpoint.token_url:
+            return endpoint.token_url
+        if not endpoint.issuer:
+            raise PermanentError(peer, "identity has neither token_endpoint nor issuer")
+        if url := self._discovered.get(endpoint.issuer):
+            return url
+        url = await self._discover(endpoint, endpoint.issuer, peer)
+        self._discovered[endpoint.issuer] = url
+        return url
+
+    async def _discover(self, endpoint: Endpoint, issuer: str, peer: Peer) -> str:
+        document_url = issuer.rstrip("/") + "/.well-known/openid-configuration"
+        async with self._slots:
+            status, headers, body = await self._send(
+                endpoint, peer, "GET", document_url, headers={"Accept": "application/json"}
+            )
+        if status == 404:
+            raise PermanentError(peer, f"no discovery document at {document_url} (HTTP 404)")
+        if not 200 <= status < 300:
+            raise classify_error_response(peer, status, headers, body, self._clock.now())
+        token_url = body.get("token_endpoint") if isinstance(body, dict) else None
+        if not isinstance(token_url, str):
+            raise TransientError(peer, f"no token_endpoint in discovery document {document_url}")
+        if problem := url_problem(token_url, allow_insecure_http=endpoint.allow_insecure_http):
+            raise PermanentError(peer, f"discovered token_endpoint: {problem}")
+        return token_url
+
+    async def _send(
+        self, endpoint: Endpoint, peer: Peer, method: str, url: str, **kwargs: Any
+    ) -> tuple[int, httpx2.Headers, Any]:
+        """One request; returns status, headers and the JSON body (None if it is not JSON)."""
+        client = self._client(endpoint.ca_bundle)
+        try:
+            async with client.stream(method, url, **kwargs) as response:
+                raw = await _read_capped(response)
+        except httpx2.TimeoutException as exc:
+            raise TransientError(peer, f"timed out ({type(exc).__name__})") from None
+        except httpx2.TransportError as exc:
+            raise TransientError(peer, f"{type(exc).__name__}: {exc}") from None
+        except _TooLarge:
+            raise TransientError(peer, "response body larger than 1 MiB") from None
+        return response.status_code, response.headers, _json_or_none(raw)
+
+    def _client(self, ca_bundle: Path | None) -> httpx2.AsyncClient:
+        client = self._clients.get(ca_bundle)
+        if client is None:
+            settings = self._settings
+            client = httpx2.AsyncClient(
+                verify=ssl_context(ca_bundle),
+                timeout=httpx2.Timeout(settings.read_timeout, connect=settings.connect_timeout),
+                limits=httpx2.Limits(
+                    max_connections=settings.max_concurrent_requests,
+                    max_keepalive_connections=settings.max_concurrent_requests,
+                ),
+                follow_redirects=False,
+            )
+            self._clients[ca_bundle] = client
+        return client
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _read_capped(response: httpx2.Response) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > _MAX_BODY:
+            raise _TooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _json_or_none(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None

@@ -1,0 +1,94 @@
+"""The HTTP listener: /metrics, /healthz, /readyz and /status. Binds 127.0.0.1 by default.
+
+Nothing served here contains a secret or a token value.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from tokend.clock import Clock
+from tokend.engine import Engine
+from tokend.metrics import Metrics
+from tokend.status import engine_status
+
+_PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def create_app(engine: Engine, metrics: Metrics, clock: Clock) -> Starlette:
+    async def metrics_endpoint(request: Request) -> Response:
+        return Response(metrics.render(), media_type=_PROMETHEUS_TEXT)
+
+    async def healthz(request: Request) -> Response:
+        return PlainTextResponse("ok\n")
+
+    async def readyz(request: Request) -> Response:
+        now = clock.now()
+        if engine.is_ready(now):
+            return PlainTextResponse("ready\n")
+        waiting = [name for name, job in engine.jobs.items() if not job.is_published(now)]
+        return PlainTextResponse("not ready: " + ", ".join(waiting) + "\n", status_code=503)
+
+    async def status(request: Request) -> Response:
+        return JSONResponse(engine_status(engine, clock.now()))
+
+    return Starlette(
+        routes=[
+            Route("/metrics", metrics_endpoint),
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
+            Route("/status", status),
+        ]
+    )
+
+
+class ListenError(Exception):
+    """The listener could not bind; the text names the address."""
+
+
+class HttpListener:
+    """uvicorn serving the app on a socket tokend binds itself, so a busy port is a clear error
+    rather than uvicorn exiting the process, and signals stay tokend's to handle."""
+
+    def __init__(self, app: Any, host: str, port: int) -> None:
+        self._socket = _bind(host, port)
+        self.address = self._socket.getsockname()[:2]
+        config = uvicorn.Config(
+            app, log_config=None, access_log=False, lifespan="off", server_header=False
+        )
+        self._server = _SignalFreeServer(config)
+
+    async def serve(self) -> None:
+        await self._server.serve(sockets=[self._socket])
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+
+
+class _SignalFreeServer(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ListenError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
