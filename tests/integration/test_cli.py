@@ -1,0 +1,116 @@
+"""`tokend once`, `check` and `version` as real processes against the fake Entra ID."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import entra_identity, write_config
+from tests.support import idp as faults
+from tests.support.idp import CLIENT_SECRET, FakeIdp
+from tests.support.processes import tokend
+from tokend import __version__
+
+
+def _document(idp: FakeIdp, tmp_path: Path, secret: object = None) -> dict[str, object]:
+    return {
+        "identities": {"app": entra_identity(idp, secret or {"env": "APP_SECRET"})},
+        "tokens": {
+            "crm": {
+                "identity": "app",
+                "resource": "https://crm.example",
+                "sinks": [
+                    {
+                        "type": "file",
+                        "path": str(tmp_path / "out" / "crm.token"),
+                        "create_dirs": True,
+                    }
+                ],
+            },
+            "graph": {
+                "identity": "app",
+                "scopes": ["https://graph.example/.default"],
+                "sinks": [{"type": "file", "path": str(tmp_path / "graph.json"), "format": "json"}],
+            },
+        },
+        "listen": None,
+    }
+
+
+def test_version() -> None:
+    assert tokend("version").stdout == f"tokend {__version__}\n"
+    module = subprocess.run(
+        [sys.executable, "-m", "tokend", "version"], capture_output=True, text=True, check=True
+    )
+    assert module.stdout == f"tokend {__version__}\n"
+
+
+def test_once_publishes_every_token(idp: FakeIdp, tmp_path: Path) -> None:
+    config = write_config(tmp_path / "config.yaml", _document(idp, tmp_path))
+    result = tokend("once", "-c", str(config), env={"APP_SECRET": CLIENT_SECRET})
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "out" / "crm.token").read_text().startswith("eyJ")
+    assert json.loads((tmp_path / "graph.json").read_text())["token_type"] == "Bearer"
+    assert "once: 2 of 2 tokens published to all their sinks" in result.stderr
+    assert len(idp.token_requests) == 2
+
+
+def test_once_exits_1_when_any_token_fails(idp: FakeIdp, tmp_path: Path) -> None:
+    config = write_config(tmp_path / "config.yaml", _document(idp, tmp_path))
+    idp.fail(faults.entra_error(400, "invalid_resource", 500011))
+    result = tokend("once", "-c", str(config), env={"APP_SECRET": CLIENT_SECRET})
+    assert result.returncode == 1
+    assert "once: 1 of 2 tokens published" in result.stderr
+    assert "invalid_resource (AADSTS500011)" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_config_from_environment_variable(idp: FakeIdp, tmp_path: Path) -> None:
+    config = write_config(tmp_path / "elsewhere.yaml", _document(idp, tmp_path))
+    result = tokend("check", env={"TOKEND_CONFIG": str(config), "APP_SECRET": "x"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"{config}: OK: 1 identities, 2 tokens, 2 sinks")
+
+
+def test_check_prints_one_line_per_problem_and_exits_2(idp: FakeIdp, tmp_path: Path) -> None:
+    document = _document(idp, tmp_path)
+    document["tokens"]["crm"]["identity"] = "ap"  # type: ignore[index]
+    document["tokens"]["graph"]["sinks"][0]["mode"] = 600  # type: ignore[index]
+    document["tokens"]["graph"]["refresh_treshold"] = "5m"  # type: ignore[index]
+    config = write_config(tmp_path / "config.yaml", document)
+    result = tokend("check", "-c", str(config))
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f'{config}: tokens.graph.sinks.0.mode: write the mode as a quoted octal string, e.g. mode: "0600"',
+        f"{config}: tokens.graph.refresh_treshold: unknown key (did you mean 'refresh_threshold'?)",
+    ]
+    document["tokens"]["graph"]["sinks"][0]["mode"] = "0600"  # type: ignore[index]
+    del document["tokens"]["graph"]["refresh_treshold"]  # type: ignore[attr-defined]
+    write_config(config, document)
+    result = tokend("check", "-c", str(config))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"{config}: tokens.crm.identity: unknown identity 'ap' (known: app) (did you mean 'app'?)"
+    ]
+
+
+def test_check_resolves_secrets_and_sink_targets(idp: FakeIdp, tmp_path: Path) -> None:
+    document = _document(idp, tmp_path, secret={"file": str(tmp_path / "no-such-secret")})
+    document["tokens"]["graph"]["sinks"][0]["path"] = str(tmp_path / "absent" / "g.json")  # type: ignore[index]
+    config = write_config(tmp_path / "config.yaml", document)
+    result = tokend("check", "-c", str(config))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"{config}: identities.app.credential.secret: secret file {tmp_path}/no-such-secret does not exist",
+        f"{config}: tokens.graph.sinks.0: directory {tmp_path}/absent does not exist (create it, "
+        "or set create_dirs: true)",
+    ]
+
+
+def test_missing_config_is_a_clear_error(tmp_path: Path) -> None:
+    result = tokend("run", "-c", str(tmp_path / "absent.yaml"))
+    assert result.returncode == 2
+    assert result.stderr == f"{tmp_path}/absent.yaml: config file not found\n"

@@ -1,0 +1,152 @@
+"""`tokend run` as a real process: refreshes short-lived tokens, serves health and metrics,
+stops cleanly on SIGTERM and SIGINT.
+
+The identity provider here issues 3-second tokens, so the daemon's own timing (not a test sleep)
+produces several refreshes in a few seconds.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import httpx2
+import jwt
+import pytest
+
+from tests.conftest import entra_identity, write_config
+from tests.support.idp import CLIENT_SECRET, FakeIdp, running_idp
+from tests.support.processes import start_tokend, wait_for
+from tests.support.servers import free_port, serve
+from tokend.devidp import DevIdentityProvider
+
+
+@pytest.fixture(scope="module")
+def short_idp() -> Iterator[FakeIdp]:
+    with running_idp(lifetime=timedelta(seconds=3)) as idp:
+        yield idp
+
+
+def _config(idp: FakeIdp, tmp_path: Path, port: int) -> Path:
+    return write_config(
+        tmp_path / "config.yaml",
+        {
+            "identities": {"app": entra_identity(idp, CLIENT_SECRET)},
+            "tokens": {
+                "crm": {
+                    "identity": "app",
+                    "resource": "https://crm.example",
+                    "sinks": [{"type": "file", "path": str(tmp_path / "crm.token")}],
+                }
+            },
+            "defaults": {"jitter": 0, "startup_spread": 0},
+            "listen": f"127.0.0.1:{port}",
+        },
+    )
+
+
+def _metric(text: str, line_start: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(line_start):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no metric line starting {line_start!r}")
+
+
+def test_run_refreshes_publishes_and_stops_cleanly(short_idp: FakeIdp, tmp_path: Path) -> None:
+    port = free_port()
+    process = start_tokend("run", "-c", str(_config(short_idp, tmp_path, port)))
+    token_file = tmp_path / "crm.token"
+    seen: list[str] = []
+
+    def three_tokens_published() -> bool:
+        if token_file.exists():
+            value = token_file.read_text()
+            if not seen or seen[-1] != value:
+                seen.append(value)
+        return len(seen) >= 3
+
+    try:
+        wait_for(three_tokens_published, what="two refreshes after the first token")
+        base = f"http://127.0.0.1:{port}"
+        metrics = httpx2.get(f"{base}/metrics").text
+        assert _metric(metrics, 'tokend_token_refresh_total{result="success",token="crm"}') >= 3
+        assert _metric(metrics, 'tokend_token_valid{token="crm"}') == 1.0
+        assert (
+            _metric(metrics, 'tokend_sink_publish_total{result="success",sink="file",token="crm"}')
+            >= 3
+        )
+        assert _metric(metrics, "tokend_token_refresh_duration_seconds_count") >= 3
+        assert "# HELP tokend_token_expiry_timestamp_seconds" in metrics
+        assert httpx2.get(f"{base}/healthz").status_code == 200
+        assert httpx2.get(f"{base}/readyz").status_code == 200
+        status = httpx2.get(f"{base}/status").json()
+        assert status["tokens"]["crm"]["state"] in ("fresh", "refreshing")
+        assert status["tokens"]["crm"]["sinks"]["file"]["last_error"] is None
+    finally:
+        process.send_signal(signal.SIGTERM)
+        returncode = process.wait(15)
+        stderr = process.stderr.read() if process.stderr else ""
+    assert returncode == 0, stderr
+    assert "received SIGTERM" in stderr and stderr.rstrip().endswith("INFO stopped")
+    assert "Traceback" not in stderr
+    key = jwt.PyJWK(short_idp.provider.jwks()["keys"][0])
+    jwt.decode(
+        token_file.read_text(),
+        key,
+        algorithms=["RS256"],
+        options={"verify_exp": False, "verify_aud": False},
+    )
+    assert sum("token=crm refreshed" in line for line in stderr.splitlines()) >= 3
+
+
+def test_sigint_stops_cleanly(short_idp: FakeIdp, tmp_path: Path) -> None:
+    port = free_port()
+    process = start_tokend("run", "-c", str(_config(short_idp, tmp_path, port)))
+    wait_for((tmp_path / "crm.token").exists, what="first token")
+    process.send_signal(signal.SIGINT)
+    assert process.wait(15) == 0
+
+
+def test_not_ready_until_published(tmp_path: Path) -> None:
+    """Readiness waits for the first publication; here the IdP never answers successfully."""
+    provider = DevIdentityProvider(clients={})  # knows no client: every request is rejected
+    with serve(provider.app) as url:
+        provider.base_url = url
+        idp = FakeIdp(provider, url=url)
+        port = free_port()
+        process = start_tokend("run", "-c", str(_config(idp, tmp_path, port)))
+        try:
+            status = wait_for(
+                lambda: _status_when_failed(port), what="the first failure to show in /status"
+            )
+            assert status["tokens"]["crm"]["state"] == "failing"
+            assert "invalid_client (AADSTS700016)" in status["tokens"]["crm"]["last_error"]
+            response = httpx2.get(f"http://127.0.0.1:{port}/readyz")
+            assert (response.status_code, response.text) == (503, "not ready: crm\n")
+        finally:
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(15) == 0
+
+
+def _status_when_failed(port: int) -> dict[str, object] | None:
+    try:
+        status = httpx2.get(f"http://127.0.0.1:{port}/status").json()
+    except httpx2.TransportError:
+        return None
+    return status if status["tokens"]["crm"]["consecutive_failures"] else None
+
+
+def test_busy_listen_port_is_a_clear_error(short_idp: FakeIdp, tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        process = start_tokend("run", "-c", str(_config(short_idp, tmp_path, port)))
+        assert process.wait(15) == 1
+        stderr = process.stderr.read() if process.stderr else ""
+    assert f"ERROR cannot listen on 127.0.0.1:{port}: Address already in use" in stderr
+    assert "Traceback" not in stderr

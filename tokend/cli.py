@@ -1,0 +1,177 @@
+"""Command line: `tokend run | once | check | dev | status | version`.
+
+Exit status: 0 success; 1 a runtime failure (`once` could not publish everything, `status` found
+tokend unreachable or not ready); 2 the config or the command line is wrong.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import secrets
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from tokend import __version__
+from tokend.config import ConfigError, LoadedConfig, config_path, load_config, preflight
+from tokend.logs import setup_logging
+
+log = logging.getLogger("tokend")
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    setup_logging(args.log_level or "info", args.log_format or "text")
+    try:
+        return int(args.handler(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tokend",
+        description="Keeps OAuth2 access tokens fresh and publishes them to files, Vault "
+        "and Kubernetes Secrets.",
+    )
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--log-format", choices=["text", "json"])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, handler: object, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    config_help = "config file (default: $TOKEND_CONFIG, else ./config.yaml)"
+    command("run", _run, "run the daemon: keep every token fresh until stopped").add_argument(
+        "-c", "--config", help=config_help
+    )
+    command(
+        "once", _once, "acquire and publish every token once; exit 0 only if all succeeded"
+    ).add_argument("-c", "--config", help=config_help)
+    command(
+        "check",
+        _check,
+        "validate the config, resolve every secret reference and check every sink's target "
+        "(exit 2 on error)",
+    ).add_argument("-c", "--config", help=config_help)
+    dev = command("dev", _dev, "run against a built-in development identity provider")
+    dev.add_argument("-c", "--config", help="config to run (default: the bundled dev.yaml)")
+    command("version", _version, "print the version")
+    return parser
+
+
+def _load(args: argparse.Namespace) -> LoadedConfig | None:
+    """Load the config named on the command line; print its problems and return None if bad."""
+    try:
+        loaded = load_config(config_path(args.config))
+    except ConfigError as exc:
+        for line in exc.lines:
+            print(line, file=sys.stderr)
+        return None
+    _apply_log_options(args, loaded)
+    for warning in loaded.warnings:
+        log.warning("%s", warning)
+    return loaded
+
+
+def _apply_log_options(args: argparse.Namespace, loaded: LoadedConfig) -> None:
+    """The config's log settings apply unless the command line chose otherwise."""
+    options = loaded.config.log
+    setup_logging(args.log_level or options.level, args.log_format or options.format)  # type: ignore[arg-type]
+
+
+def _run(args: argparse.Namespace) -> int:
+    loaded = _load(args)
+    if loaded is None:
+        return EXIT_USAGE
+    return _serve(loaded)
+
+
+def _serve(loaded: LoadedConfig, *, announce: str | None = None, dev_idp: bool = False) -> int:
+    """Run the daemon (and, for `tokend dev`, the development identity provider beside it)."""
+    from tokend.daemon import Daemon
+    from tokend.devidp import serve_dev_idp
+    from tokend.server import ListenError
+
+    async def serve() -> int:
+        try:
+            companions = [serve_dev_idp()] if dev_idp else []
+            daemon = Daemon(loaded.config)
+        except ListenError as exc:
+            log.error("%s", exc)
+            return EXIT_FAILED
+        tasks = [asyncio.create_task(companion.serve()) for companion in companions]
+        try:
+            return await daemon.run(
+                on_started=(lambda: print(announce, flush=True)) if announce else None
+            )
+        finally:
+            for companion in companions:
+                companion.stop()
+            await asyncio.gather(*tasks)
+
+    return asyncio.run(serve())
+
+
+def _once(args: argparse.Namespace) -> int:
+    from tokend.daemon import run_once
+
+    loaded = _load(args)
+    if loaded is None:
+        return EXIT_USAGE
+    return EXIT_OK if asyncio.run(run_once(loaded.config)) else EXIT_FAILED
+
+
+def _check(args: argparse.Namespace) -> int:
+    loaded = _load(args)
+    if loaded is None:
+        return EXIT_USAGE
+    problems = preflight(loaded)
+    for line in problems:
+        print(line, file=sys.stderr)
+    if problems:
+        return EXIT_USAGE
+    config = loaded.config
+    sinks = sum(len(token.sinks) for token in config.tokens.values())
+    print(
+        f"{loaded.source}: OK: {len(config.identities)} identities, {len(config.tokens)} tokens, "
+        f"{sinks} sinks; every secret reference resolved, every sink can be written"
+    )
+    return EXIT_OK
+
+
+def _dev(args: argparse.Namespace) -> int:
+    from tokend.devidp import DEV_IDP_LISTEN, DEV_SECRET_ENV, dev_config_path
+
+    os.environ.setdefault(DEV_SECRET_ENV, secrets.token_urlsafe(24))
+    args.config = args.config or str(dev_config_path().resolve())
+    loaded = _load(args)
+    if loaded is None:
+        return EXIT_USAGE
+    tokens_dir = Path("var/tokens").absolute()
+    listen = loaded.config.listen
+    lines = [
+        "tokend dev is running. Ctrl-C stops it.",
+        f"  identity provider  http://{DEV_IDP_LISTEN}  (development only, loopback)",
+        f"  config             {loaded.source}",
+        f"  tokens             {tokens_dir}/",
+    ]
+    if listen:
+        lines += [
+            f"  metrics            http://{listen}/metrics",
+            f"  status             http://{listen}/status",
+        ]
+    announce = "\n".join(lines)
+    return _serve(loaded, announce=announce, dev_idp=True)
+
+
+def _version(args: argparse.Namespace) -> int:
+    print(f"tokend {__version__}")
+    return EXIT_OK

@@ -1,0 +1,120 @@
+"""The long-running process: engine, scheduler and HTTP listener, and the signals that stop it.
+
+SIGTERM and SIGINT stop it cleanly: nothing new starts, runs in progress (and their sink writes)
+finish within `SHUTDOWN_TIMEOUT`, sinks close, exit status 0. Sink files are replaced atomically,
+so even a kill at any instant never leaves a partial file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from tokend.clock import SYSTEM_CLOCK, Clock
+from tokend.config import Config, split_listen
+from tokend.engine import ApsScheduler, Engine, http_settings
+from tokend.metrics import Metrics
+from tokend.oauth import TokenClient
+from tokend.server import HttpListener, create_app
+
+log = logging.getLogger("tokend")
+
+SHUTDOWN_TIMEOUT = 10.0
+
+
+@dataclass
+class Daemon:
+    """A running tokend, assembled from a config; `run()` serves until `stop()` or a signal."""
+
+    config: Config
+    clock: Clock = SYSTEM_CLOCK
+
+    def __post_init__(self) -> None:
+        self.metrics = Metrics(self.clock)
+        self.client = TokenClient(http_settings(self.config), clock=self.clock)
+        self.scheduler = ApsScheduler()
+        self.engine = Engine(
+            self.config,
+            acquirer=self.client,
+            scheduler=self.scheduler,
+            durations=self.metrics.refresh_duration,
+            clock=self.clock,
+        )
+        self.metrics.watch(self.engine)
+        self.listener: HttpListener | None = None
+        if self.config.listen:
+            host, port = split_listen(self.config.listen)
+            app = create_app(self.engine, self.metrics, self.clock)
+            self.listener = HttpListener(app, host, port)
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self, on_started: Callable[[], None] | None = None) -> int:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._on_stop_signal, signum)
+        loop.add_signal_handler(signal.SIGHUP, self._on_hangup)
+        serving = asyncio.create_task(self.listener.serve()) if self.listener else None
+        self.scheduler.start()
+        self.engine.start()
+        log.info(
+            "started: %d tokens, %d identities%s",
+            len(self.config.tokens),
+            len(self.config.identities),
+            f", listening on http://{self.config.listen}" if self.listener else "",
+        )
+        if on_started:
+            on_started()
+        await self._stopping.wait()
+        return await self._shut_down(serving)
+
+    async def _shut_down(self, serving: asyncio.Task[None] | None) -> int:
+        log.info("stopping: letting refreshes in progress finish")
+        finished = await self.scheduler.stop(SHUTDOWN_TIMEOUT)
+        if not finished:
+            log.warning("stopped refreshes still running after %.0fs", SHUTDOWN_TIMEOUT)
+        await self.engine.stop()
+        await self.client.aclose()
+        if self.listener and serving:
+            self.listener.stop()
+            await serving
+        log.info("stopped")
+        return 0
+
+    def _on_stop_signal(self, signum: int) -> None:
+        log.info("received %s", signal.Signals(signum).name)
+        self.stop()
+
+    def _on_hangup(self) -> None:
+        log.warning("received SIGHUP: config reload is not supported yet; restart to apply changes")
+
+
+async def run_once(config: Config, clock: Clock = SYSTEM_CLOCK) -> bool:
+    """Acquire and publish every token once. True only if every token reached every sink."""
+    metrics = Metrics(clock)
+    client = TokenClient(http_settings(config), clock=clock)
+    engine = Engine(
+        config,
+        acquirer=client,
+        scheduler=ApsScheduler(),  # never started: sink retries are not waited for
+        durations=metrics.refresh_duration,
+        clock=clock,
+    )
+    try:
+        ok = await engine.refresh_all()
+    finally:
+        await engine.stop()
+        await client.aclose()
+    published = sum(job.is_published(clock.now()) for job in engine.jobs.values())
+    log.log(
+        logging.INFO if ok else logging.ERROR,
+        "once: %d of %d tokens published to all their sinks",
+        published,
+        len(engine.jobs),
+    )
+    return ok
