@@ -184,6 +184,12 @@ class TokenSpec(_Model):
     sinks: list[SinkOptions] = Field(min_length=1)
 
 
+def _systemd_state_directory() -> Path | None:
+    """systemd's `StateDirectory=` sets $STATE_DIRECTORY: the default unless the config says."""
+    directory = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    return Path(directory) if directory else None
+
+
 class Config(_Model):
     identities: dict[Name, Identity] = Field(min_length=1)
     tokens: dict[Name, TokenSpec] = Field(min_length=1)
@@ -191,6 +197,7 @@ class Config(_Model):
     http: HttpOptions = HttpOptions()
     log: LogOptions = LogOptions()
     listen: str | None = DEFAULT_LISTEN
+    state_dir: Path | None = Field(default_factory=_systemd_state_directory)
 
     @field_validator("listen")
     @classmethod

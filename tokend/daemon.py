@@ -61,7 +61,7 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, self._on_hangup)
         serving = asyncio.create_task(self.listener.serve()) if self.listener else None
         self.scheduler.start()
-        self.engine.start()
+        await self.engine.start()
         log.info(
             "started: %d tokens, %d identities%s",
             len(self.config.tokens),

@@ -8,8 +8,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
+import stat
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -90,7 +91,7 @@ def _run(idp: FakeIdp, tmp_path: Path, scenario: Callable[[Harness], Awaitable[T
 
 def test_refreshes_ahead_of_the_threshold_for_hours(idp: FakeIdp, tmp_path: Path) -> None:
     async def scenario(h: Harness) -> None:
-        h.engine.start()
+        await h.engine.start()
         await h.run_for(6 * H)
         job = h.job()
         runs = [at for at, key in h.scheduler.runs if key == "crm"]
@@ -109,7 +110,7 @@ def test_refreshes_ahead_of_the_threshold_for_hours(idp: FakeIdp, tmp_path: Path
 def test_startup_is_spread(idp: FakeIdp, tmp_path: Path) -> None:
     async def scenario(h: Harness) -> list[timedelta]:
         start = h.clock.now()
-        h.engine.start()
+        await h.engine.start()
         await h.run_for(M)
         return sorted(at - start for at, _ in h.scheduler.runs)
 
@@ -121,7 +122,7 @@ def test_retry_after_sets_the_next_attempt(idp: FakeIdp, tmp_path: Path) -> None
     async def scenario(h: Harness) -> None:
         idp.fail(faults.too_many_requests("30"))
         start = h.clock.now()
-        h.engine.start()
+        await h.engine.start()
         await h.run_for(timedelta(seconds=1))
         job = h.job()
         assert job.phase(h.clock.now()) is Phase.RETRYING
@@ -135,7 +136,7 @@ def test_retry_after_sets_the_next_attempt(idp: FakeIdp, tmp_path: Path) -> None
 
 def test_failures_keep_the_last_good_token_until_it_expires(idp: FakeIdp, tmp_path: Path) -> None:
     async def scenario(h: Harness) -> None:
-        h.engine.start()
+        await h.engine.start()
         await h.run_for(timedelta(seconds=1))
         job = h.job()
         first = job.token
@@ -175,7 +176,7 @@ def test_a_failing_sink_is_retried_alone_and_gets_the_newest_token(
 
     async def scenario(h: Harness) -> None:
         start = h.clock.now()
-        h.engine.start()
+        await h.engine.start()
         await h.run_for(timedelta(0))
         job = h.job()
         healthy, broken = job.publisher.slots
@@ -229,3 +230,63 @@ def test_refresh_all_reports_any_failure(idp: FakeIdp, tmp_path: Path) -> None:
         return await h.engine.refresh_all()
 
     assert _run(idp, tmp_path, scenario, tokens=3) is False
+
+
+def test_restart_resumes_stored_tokens_without_a_request(idp: FakeIdp, tmp_path: Path) -> None:
+    """A restarted tokend (same state_dir) publishes the stored token at once and refreshes it
+    on the original schedule; no request is made at start, even with the IdP failing."""
+    state_dir = tmp_path / "state"
+    config = _config(idp, tmp_path).model_copy(update={"state_dir": state_dir})
+    clock = FakeClock()
+
+    async def first_life() -> Any:
+        h = Harness(config, clock)
+        await h.engine.start()
+        await h.run_for(M)
+        await h.engine.stop()
+        await h.client.aclose()
+        return h.job().token
+
+    async def second_life() -> tuple[Any, datetime | None]:
+        h = Harness(config, clock)
+        (tmp_path / "crm0.token").unlink()  # e.g. a tmpfs emptied by a reboot
+        idp.fail(faults.html(502))  # the IdP is down at the time of the restart
+        await h.engine.start()
+        job = h.job()
+        due = h.scheduler.due("crm")
+        await h.engine.stop()
+        await h.client.aclose()
+        return job, due
+
+    stored = asyncio.run(first_life())
+    state_file = state_dir / "crm.json"
+    assert stat.S_IMODE(state_file.stat().st_mode) == 0o600
+    assert stat.S_IMODE(state_dir.stat().st_mode) == 0o700
+    requests_before = len(idp.token_requests)
+    clock.advance(10 * M)
+    job, due = asyncio.run(second_life())
+    assert len(idp.token_requests) == requests_before  # nothing asked of the IdP
+    assert job.token == stored
+    assert (tmp_path / "crm0.token").read_text() == stored.value
+    assert job.publisher.all_hold_valid_token(clock.now())
+    assert due is not None and stored.obtained_at + 44 * M <= due <= stored.obtained_at + 50 * M
+
+
+def test_stored_token_is_ignored_when_the_request_changed(idp: FakeIdp, tmp_path: Path) -> None:
+    state_dir = tmp_path / "state"
+    config = _config(idp, tmp_path).model_copy(update={"state_dir": state_dir})
+
+    async def life(cfg: Config) -> int:
+        h = Harness(cfg, FakeClock())
+        await h.engine.start()
+        await h.run_for(timedelta(0))
+        await h.engine.stop()
+        await h.client.aclose()
+        return len(idp.token_requests)
+
+    assert asyncio.run(life(config)) == 1
+    spec = config.tokens["crm"].model_copy(update={"resource": "https://other.example"})
+    changed = config.model_copy(update={"tokens": {"crm": spec}})
+    assert asyncio.run(life(changed)) == 2  # a new request for the new resource
+    (state_dir / "crm.json").write_text("{not json")
+    assert asyncio.run(life(changed)) == 3  # unreadable state: ignored, logged, re-acquired

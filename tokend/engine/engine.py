@@ -12,6 +12,7 @@ from tokend.engine.job import Acquirer, DurationObserver, TokenJob
 from tokend.engine.policy import Backoff, RefreshPolicy, startup_at
 from tokend.engine.publisher import Publisher, SinkSlot
 from tokend.engine.scheduler import Scheduler
+from tokend.engine.state import StateStore
 from tokend.oauth import Endpoint, HttpSettings, TokenRequest, build_credential
 from tokend.sinks import SinkContext, build_sink
 
@@ -33,16 +34,25 @@ class Engine:
         self._durations = durations
         self._clock = clock
         self._rand = rand or random.Random()  # noqa: S311 - jitter, not cryptography
+        self._state = StateStore(config.state_dir) if config.state_dir else None
         self.jobs: dict[str, TokenJob] = {
             name: self._build_job(name, spec) for name, spec in config.tokens.items()
         }
 
-    def start(self) -> None:
-        """Plan every token's first acquisition, spread over `defaults.startup_spread`."""
+    async def start(self) -> None:
+        """Resume stored tokens that are still valid; plan every other token's first
+        acquisition, spread over `defaults.startup_spread`."""
         now = self._clock.now()
+        stored = await asyncio.to_thread(
+            lambda: {name: job.stored_token(now) for name, job in self.jobs.items()}
+        )
+        fresh_starts = [job for name, job in self.jobs.items() if stored[name] is None]
         spread = self.config.defaults.startup_spread
-        for index, job in enumerate(self.jobs.values()):
-            job.start(startup_at(now, index, len(self.jobs), spread))
+        for index, job in enumerate(fresh_starts):
+            job.start(startup_at(now, index, len(fresh_starts), spread))
+        await asyncio.gather(
+            *(job.resume(token) for name, job in self.jobs.items() if (token := stored[name]))
+        )
 
     async def refresh_all(self) -> bool:
         """Acquire and publish every token once, concurrently. True if all succeeded everywhere."""
@@ -87,6 +97,7 @@ class Engine:
             scheduler=self._scheduler,
             rand=self._rand,
             durations=self._durations,
+            state=self._state,
         )
 
 

@@ -20,6 +20,7 @@ from tokend.clock import Clock
 from tokend.engine.policy import Backoff, RefreshPolicy, retry_at
 from tokend.engine.publisher import Publisher
 from tokend.engine.scheduler import Scheduler
+from tokend.engine.state import StateStore, fingerprint
 from tokend.oauth import Peer, PermanentError, Token, TokenError, TokenRequest, TransientError
 
 log = logging.getLogger("tokend.refresh")
@@ -55,6 +56,7 @@ class TokenJob:
         scheduler: Scheduler,
         rand: random.Random,
         durations: DurationObserver,
+        state: StateStore | None = None,
     ) -> None:
         self.request = request
         self.publisher = publisher
@@ -71,6 +73,8 @@ class TokenJob:
         self._scheduler = scheduler
         self._rand = rand
         self._durations = durations
+        self._state = state
+        self._fingerprint = fingerprint(request)
         self._inflight: asyncio.Task[bool] | None = None
         self._stopped = False
 
@@ -97,6 +101,22 @@ class TokenJob:
 
     def start(self, at: datetime) -> None:
         self._plan(at)
+
+    def stored_token(self, now: datetime) -> Token | None:
+        """The last good token from persisted state, if still valid for this same request."""
+        if self._state is None:
+            return None
+        return self._state.load(self.name, self._fingerprint, now)
+
+    async def resume(self, token: Token) -> None:
+        """Carry on with a stored token: publish it and plan its refresh as if just obtained."""
+        self.token = token
+        self.last_success = token.obtained_at
+        log.info(
+            "resumed stored token: expires %s", _clock_time(token.expires_at), extra=self._extra
+        )
+        self._plan(self.policy.refresh_at(token, self._rand.random()))
+        await self.publisher.publish(token)
 
     def stop(self) -> None:
         self._stopped = True
@@ -126,7 +146,21 @@ class TokenJob:
             self._failed(outcome)
             return False
         self._succeeded(outcome, took)
+        await self._persist(outcome)
         return await self.publisher.publish(outcome)
+
+    async def _persist(self, token: Token) -> None:
+        if self._state is None:
+            return
+        try:
+            await asyncio.to_thread(self._state.save, self.name, self._fingerprint, token)
+        except OSError as exc:
+            log.warning(
+                "could not save state in %s: %s",
+                self._state.directory,
+                exc.strerror,
+                extra=self._extra,
+            )
 
     async def _run(self) -> None:
         """The scheduled run: refresh, then plan the next one."""

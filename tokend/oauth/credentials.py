@@ -30,6 +30,7 @@ class ClientAuth:
 
 
 class Credential(Protocol):
+    client_id: str
     grant_type: str
 
     def authenticate(self, token_endpoint: str) -> ClientAuth:
@@ -52,17 +53,17 @@ class ClientSecretCredential:
     grant_type = "client_credentials"
 
     def __init__(self, client_id: str, options: ClientSecretOptions) -> None:
-        self._client_id = client_id
+        self.client_id = client_id
         self._options = options
 
     def authenticate(self, token_endpoint: str) -> ClientAuth:
         secret = self._options.secret.resolve().reveal()
         if self._options.auth_method == "client_secret_basic":
-            return ClientAuth(fields={}, headers={"Authorization": _basic(self._client_id, secret)})
-        return ClientAuth(fields={"client_id": self._client_id, "client_secret": secret})
+            return ClientAuth(fields={}, headers={"Authorization": _basic(self.client_id, secret)})
+        return ClientAuth(fields={"client_id": self.client_id, "client_secret": secret})
 
     def __repr__(self) -> str:
-        return f"ClientSecretCredential(client_id={self._client_id!r})"
+        return f"ClientSecretCredential(client_id={self.client_id!r})"
 
 
 def _basic(client_id: str, secret: str) -> str:
