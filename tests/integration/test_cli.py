@@ -64,6 +64,7 @@ def test_once_exits_1_when_any_token_fails(idp: FakeIdp, tmp_path: Path) -> None
     assert result.returncode == 1
     assert "once: 1 of 2 tokens published" in result.stderr
     assert "invalid_resource (AADSTS500011)" in result.stderr
+    assert "next try" not in result.stderr  # once makes no further attempt: none is announced
     assert "Traceback" not in result.stderr
 
 

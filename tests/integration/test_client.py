@@ -109,6 +109,15 @@ def test_discovery_finds_the_token_endpoint_once(idp: FakeIdp) -> None:
     ]
 
 
+def test_discovered_issuer_must_be_the_configured_one(idp: FakeIdp) -> None:
+    configured = idp.issuer + "/"  # the same document is fetched, but its issuer differs
+    request = _request(idp, endpoint=Endpoint(issuer=configured, allow_insecure_http=True))
+    with pytest.raises(PermanentError) as caught:
+        _acquire(request)
+    assert f"names issuer '{idp.issuer}', not the configured '{configured}'" in str(caught.value)
+    assert idp.token_requests == []
+
+
 def test_missing_discovery_document_is_permanent(idp: FakeIdp) -> None:
     request = _request(
         idp, endpoint=Endpoint(issuer=idp.url + "/nowhere", allow_insecure_http=True)

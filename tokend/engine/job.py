@@ -76,6 +76,7 @@ class TokenJob:
         self._state = state
         self._fingerprint = fingerprint(request)
         self._inflight: asyncio.Task[bool] | None = None
+        self._scheduled = False  # False for `tokend once`: no next run to speak of
         self._stopped = False
 
     @property
@@ -169,6 +170,7 @@ class TokenJob:
             self._plan(self.next_run)
 
     def _plan(self, at: datetime) -> None:
+        self._scheduled = True
         self.next_run = at
         self._scheduler.schedule(self.name, at, self._run)
 
@@ -192,11 +194,12 @@ class TokenJob:
         self.last_success = now
         self.results["success"] += 1
         self.next_run = self.policy.refresh_at(token, self._rand.random())
+        plan = f", next refresh in {_span(self.next_run - now)}" if self._scheduled else ""
         log.info(
-            "refreshed: expires %s (in %s), next refresh in %s, took %.2fs",
+            "refreshed: expires %s (in %s)%s, took %.2fs",
             _clock_time(token.expires_at),
             _span(token.expires_at - now),
-            _span(self.next_run - now),
+            plan,
             took,
             extra=self._extra,
         )
@@ -222,14 +225,15 @@ class TokenJob:
         if permanent and not same_as_before:
             level = logging.ERROR
         kind = "needs operator action" if permanent else "transient"
+        plan = f"; next try in {_span(self.next_run - now)}" if self._scheduled else ""
         held = f"current token valid {_span(holding - now)} more" if holding else "no valid token"
         log.log(
             level,
-            "refresh failed (%s, attempt %d): %s; next try in %s; %s",
+            "refresh failed (%s, attempt %d): %s%s; %s",
             kind,
             self.failures,
             error,
-            _span(self.next_run - now),
+            plan,
             held,
             extra=self._extra,
         )

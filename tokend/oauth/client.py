@@ -134,7 +134,15 @@ class TokenClient:
             raise PermanentError(peer, f"no discovery document at {document_url} (HTTP 404)")
         if not 200 <= status < 300:
             raise classify_error_response(peer, status, headers, body, self._clock.now())
-        token_url = body.get("token_endpoint") if isinstance(body, dict) else None
+        document = body if isinstance(body, dict) else {}
+        if document.get("issuer") != issuer:
+            raise PermanentError(
+                peer,
+                f"discovery document {document_url} names issuer {document.get('issuer')!r}, "
+                f"not the configured {issuer!r}; they must be identical (RFC 8414 section 3.3): "
+                "set issuer to the published value, or use token_endpoint",
+            )
+        token_url = document.get("token_endpoint")
         if not isinstance(token_url, str):
             raise TransientError(peer, f"no token_endpoint in discovery document {document_url}")
         if problem := url_problem(token_url, allow_insecure_http=endpoint.allow_insecure_http):
