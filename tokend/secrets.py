@@ -53,6 +53,11 @@ class SecretReference(BaseModel):
         """Read the secret now. Raises `SecretError`."""
         raise NotImplementedError
 
+    async def read(self) -> Secret:
+        """`resolve()` from the event loop. Local sources are read in place (microseconds);
+        a reference that does network I/O overrides this to keep the loop free."""
+        return self.resolve()
+
 
 class InlineSecret(SecretReference):
     """A secret written into the config file itself: accepted, with a warning."""

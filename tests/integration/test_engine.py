@@ -290,3 +290,34 @@ def test_stored_token_is_ignored_when_the_request_changed(idp: FakeIdp, tmp_path
     assert asyncio.run(life(changed)) == 2  # a new request for the new resource
     (state_dir / "crm.json").write_text("{not json")
     assert asyncio.run(life(changed)) == 3  # unreadable state: ignored, logged, re-acquired
+
+
+def test_on_expiry_withdraw_removes_only_that_sinks_value(idp: FakeIdp, tmp_path: Path) -> None:
+    keep_file, withdraw_file = tmp_path / "keep.token", tmp_path / "withdraw.token"
+
+    async def scenario(h: Harness) -> None:
+        await h.engine.start()
+        await h.run_for(timedelta(0))
+        job = h.job()
+        first = job.token
+        idp.fail(*[faults.html(502)] * 100)  # a long outage
+        await h.run_for(first.expires_at - h.clock.now() - timedelta(seconds=1))
+        assert withdraw_file.read_text() == first.value  # valid until the very end
+        await h.run_for(timedelta(seconds=1))
+        assert job.phase(h.clock.now()) is Phase.EXPIRED
+        assert not withdraw_file.exists()
+        assert keep_file.read_text() == first.value
+        idp.reset()
+        await h.run_for(6 * M)  # the IdP is back: within one max-backoff step
+        assert withdraw_file.read_text() == job.token.value
+        assert keep_file.read_text() == job.token.value
+
+    _run(
+        idp,
+        tmp_path,
+        scenario,
+        sinks=[
+            {"type": "file", "path": str(keep_file)},
+            {"type": "file", "path": str(withdraw_file), "on_expiry": "withdraw"},
+        ],
+    )

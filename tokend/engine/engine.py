@@ -81,6 +81,7 @@ class Engine:
                 scheduler=self._scheduler,
                 backoff=backoff,
                 rand=self._rand,
+                withdraw_on_expiry=options.on_expiry == "withdraw",
             )
             for index, options in enumerate(spec.sinks)
         ]

@@ -78,6 +78,7 @@ class TokenJob:
         self._inflight: asyncio.Task[bool] | None = None
         self._scheduled = False  # False for `tokend once`: no next run to speak of
         self._stopped = False
+        self._expiry_key = f"{request.name}/expiry"
 
     @property
     def name(self) -> str:
@@ -117,11 +118,13 @@ class TokenJob:
             "resumed stored token: expires %s", _clock_time(token.expires_at), extra=self._extra
         )
         self._plan(self.policy.refresh_at(token, self._rand.random()))
+        self._watch_expiry(token)
         await self.publisher.publish(token)
 
     def stop(self) -> None:
         self._stopped = True
         self._scheduler.cancel(self.name)
+        self._scheduler.cancel(self._expiry_key)
         self.publisher.stop()
 
     async def refresh(self) -> bool:
@@ -147,8 +150,28 @@ class TokenJob:
             self._failed(outcome)
             return False
         self._succeeded(outcome, took)
+        if self._scheduled:
+            self._watch_expiry(outcome)
         await self._persist(outcome)
         return await self.publisher.publish(outcome)
+
+    def _watch_expiry(self, token: Token) -> None:
+        """Be woken when `token` expires, in case nothing has replaced it by then."""
+        self._scheduler.schedule(self._expiry_key, token.expires_at, self._expired)
+
+    async def _expired(self) -> None:
+        now = self._clock.now()
+        token = self.token
+        if token is None or token.is_valid(now):
+            return  # replaced in time
+        log.error(
+            "token expired at %s with no replacement (last error: %s); consumers now hold an "
+            "expired token unless their sink withdraws it",
+            _clock_time(token.expires_at),
+            self.last_error or "none",
+            extra=self._extra,
+        )
+        await self.publisher.expire(now)
 
     async def _persist(self, token: Token) -> None:
         if self._state is None:

@@ -35,9 +35,11 @@ class SinkSlot:
         scheduler: Scheduler,
         backoff: Backoff,
         rand: random.Random,
+        withdraw_on_expiry: bool = False,
     ) -> None:
         self.token_name = token_name
         self.sink = sink
+        self.withdraw_on_expiry = withdraw_on_expiry
         self.held: Token | None = None
         self.wanted: Token | None = None
         self.failures = 0
@@ -83,8 +85,46 @@ class SinkSlot:
             self._succeeded(token)
             return True
 
+    async def expire(self, now: datetime) -> None:
+        """The held token has expired unreplaced: withdraw it if this sink is configured to."""
+        if not self.withdraw_on_expiry:
+            return
+        async with self._lock:
+            if self.held is None or self.held.is_valid(now):
+                return  # already withdrawn, or replaced meanwhile
+            try:
+                await self.sink.withdraw()
+            except SinkError as exc:
+                self._failed_withdrawal(str(exc))
+                return
+            except Exception as exc:
+                log.exception(
+                    "sink %s: unexpected failure to withdraw", self.name, extra=self._extra
+                )
+                self._failed_withdrawal(f"unexpected {type(exc).__name__}")
+                return
+            self.held = None
+            self.failures = 0
+            self.last_error = None
+            self._scheduler.cancel(self._retry_key)
+            log.warning("sink %s: expired token withdrawn", self.name, extra=self._extra)
+
     def stop(self) -> None:
         self._scheduler.cancel(self._retry_key)
+
+    def _failed_withdrawal(self, reason: str) -> None:
+        self.failures += 1
+        if reason != self.last_error:
+            log.warning("sink %s: cannot withdraw: %s", self.name, reason, extra=self._extra)
+        self.last_error = reason
+        now = self._clock.now()
+        at = retry_at(
+            now=now, attempt=self.failures, backoff=self._backoff, rand=self._rand.random()
+        )
+        self._scheduler.schedule(self._retry_key, at, self._retry_withdrawal)
+
+    async def _retry_withdrawal(self) -> None:
+        await self.expire(self._clock.now())
 
     def _succeeded(self, token: Token) -> None:
         if self.failures:
@@ -137,6 +177,9 @@ class Publisher:
 
     def all_hold_valid_token(self, now: datetime) -> bool:
         return all(slot.holds_valid_token(now) for slot in self.slots)
+
+    async def expire(self, now: datetime) -> None:
+        await asyncio.gather(*(slot.expire(now) for slot in self.slots))
 
     def stop(self) -> None:
         for slot in self.slots:

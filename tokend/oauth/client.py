@@ -79,7 +79,7 @@ class TokenClient:
         peer = Peer(request.name, request.endpoint.host)
         url = await self._token_url(request.endpoint, peer)
         try:
-            auth = request.credential.authenticate(url)
+            auth = await request.credential.authenticate(url)
         except SecretError as exc:
             raise PermanentError(Peer(request.name, "config"), f"client secret: {exc}") from None
         form = {"grant_type": request.credential.grant_type, **auth.fields}

@@ -33,7 +33,7 @@ class Credential(Protocol):
     client_id: str
     grant_type: str
 
-    def authenticate(self, token_endpoint: str) -> ClientAuth:
+    async def authenticate(self, token_endpoint: str) -> ClientAuth:
         """Form fields and headers for one request to `token_endpoint`. Raises `SecretError`."""
         ...
 
@@ -56,8 +56,8 @@ class ClientSecretCredential:
         self.client_id = client_id
         self._options = options
 
-    def authenticate(self, token_endpoint: str) -> ClientAuth:
-        secret = self._options.secret.resolve().reveal()
+    async def authenticate(self, token_endpoint: str) -> ClientAuth:
+        secret = (await self._options.secret.read()).reveal()
         if self._options.auth_method == "client_secret_basic":
             return ClientAuth(fields={}, headers={"Authorization": _basic(self.client_id, secret)})
         return ClientAuth(fields={"client_id": self.client_id, "client_secret": secret})

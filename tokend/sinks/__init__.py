@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from tokend.sinks.base import Sink, SinkContext, SinkError
+from tokend.sinks.base import Sink, SinkContext, SinkError, SinkOptionsBase
 from tokend.sinks.file import FileSink, FileSinkOptions
 
 SinkOptions = FileSinkOptions
@@ -25,4 +25,12 @@ def build_sink(options: SinkOptions, context: SinkContext) -> Sink:
     return _BUILDERS[options.type](options, context)
 
 
-__all__ = ["SINK_TYPES", "Sink", "SinkContext", "SinkError", "SinkOptions", "build_sink"]
+__all__ = [
+    "SINK_TYPES",
+    "Sink",
+    "SinkContext",
+    "SinkError",
+    "SinkOptions",
+    "SinkOptionsBase",
+    "build_sink",
+]

@@ -8,7 +8,9 @@ a one-line reason naming the place it writes to; it never puts a token value in 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict
 
 from tokend.oauth.token import Token
 
@@ -23,6 +25,28 @@ class SinkContext:
 
     token_name: str
     sink_name: str
+
+
+class SinkOptionsBase(BaseModel):
+    """Options every sink type has. Each type's options model adds its own `type` literal."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str | None = None
+    """The sink's label in metrics and status (default: its type, numbered if repeated)."""
+    on_expiry: Literal["keep", "withdraw"] = "keep"
+    """When the token expires with no replacement: leave the dead value (`keep`), or remove it
+    (`withdraw`) so consumers fail fast instead of calling APIs with an expired token."""
+
+    def target(self) -> str:
+        """What this sink writes to, e.g. `file /run/tokend/crm.token`; two sinks may not share
+        one (config validation rejects it)."""
+        raise NotImplementedError
+
+    def preflight(self) -> list[str]:
+        """Problems this machine would cause at the first write, found without writing (for
+        `tokend check`); one short line each, naming the target."""
+        return []
 
 
 class Sink(Protocol):

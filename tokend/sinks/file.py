@@ -17,11 +17,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import BeforeValidator, Field, field_validator
 
 from tokend import files
 from tokend.oauth.token import Token
-from tokend.sinks.base import SinkContext, SinkError
+from tokend.sinks.base import SinkContext, SinkError, SinkOptionsBase
 
 _B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")  # RFC 6750 token68: safe unquoted anywhere
 
@@ -41,11 +41,8 @@ def _parse_mode(value: Any) -> int:
 FileMode = Annotated[int, BeforeValidator(_parse_mode)]
 
 
-class FileSinkOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class FileSinkOptions(SinkOptionsBase):
     type: Literal["file"]
-    name: str | None = None
     path: Path
     format: Literal["raw", "json", "env"] = "raw"
     mode: FileMode = Field(default=0o600, validate_default=False)
@@ -67,11 +64,9 @@ class FileSinkOptions(BaseModel):
         return path.absolute()
 
     def target(self) -> str:
-        """What this sink writes to; two sinks may not share one."""
         return f"file {self.path}"
 
     def preflight(self) -> list[str]:
-        """Problems this machine would cause at the first write (for `tokend check`)."""
         problems = []
         try:
             _user_id(self.owner)
