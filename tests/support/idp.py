@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -45,6 +46,8 @@ class FakeIdp:
     url: str = ""
     faults: deque[Fault] = field(default_factory=deque)
     requests: list[RecordedRequest] = field(default_factory=list)
+    policy: Callable[[RecordedRequest], Fault | None] | None = None
+    """Consulted for token requests when no fault is queued: a fault, or None to answer."""
 
     @property
     def authority(self) -> str:
@@ -62,6 +65,7 @@ class FakeIdp:
         self.faults.extend(faults)
 
     def reset(self) -> None:
+        self.policy = None
         self.faults.clear()
         self.requests.clear()
         self.provider.issued.clear()
@@ -75,14 +79,22 @@ class FakeIdp:
             return
         request = Request(scope, receive)
         body = await request.body()
-        form = dict(parse_qsl(body.decode()))
-        self.requests.append(RecordedRequest(scope["path"], form, dict(request.headers)))
-        if scope["path"].endswith("/token") and self.faults:
-            response = await self.faults.popleft()()
+        recorded = RecordedRequest(
+            scope["path"], dict(parse_qsl(body.decode())), dict(request.headers)
+        )
+        self.requests.append(recorded)
+        fault = self._fault_for(recorded) if scope["path"].endswith("/token") else None
+        if fault is not None:
+            response = await fault()
             if response is not None:
                 await response(scope, receive, send)
                 return
         await self.provider.app(scope, _replay(body), send)
+
+    def _fault_for(self, request: RecordedRequest) -> Fault | None:
+        if self.faults:
+            return self.faults.popleft()
+        return self.policy(request) if self.policy else None
 
 
 def _replay(body: bytes) -> Receive:
@@ -131,16 +143,20 @@ def too_many_requests(retry_after: str) -> Fault:
 
 
 def entra_error(code: int, error: str, aadsts: int, description: str = "") -> Fault:
-    return status(
-        code,
-        {
+    """An Entra-shaped error; like the real service, fresh trace and correlation ids each time."""
+
+    async def respond() -> Response:
+        trace, correlation = uuid.uuid4(), uuid.uuid4()
+        body = {
             "error": error,
-            "error_description": f"AADSTS{aadsts}: {description or error}\r\nTrace ID: t-1",
+            "error_description": f"AADSTS{aadsts}: {description or error}\r\nTrace ID: {trace}",
             "error_codes": [aadsts],
-            "trace_id": "trace-0001",
-            "correlation_id": "corr-0001",
-        },
-    )
+            "trace_id": str(trace),
+            "correlation_id": str(correlation),
+        }
+        return JSONResponse(body, status_code=code)
+
+    return respond
 
 
 def truncated_json() -> Fault:

@@ -12,11 +12,11 @@ import logging
 import random
 import time
 from collections import Counter
-from datetime import datetime, timedelta
+from datetime import datetime
 from enum import StrEnum
 from typing import Protocol
 
-from tokend.clock import Clock
+from tokend.clock import Clock, format_span
 from tokend.engine.policy import Backoff, RefreshPolicy, retry_at
 from tokend.engine.publisher import Publisher
 from tokend.engine.scheduler import Scheduler
@@ -204,7 +204,9 @@ class TokenJob:
             return exc
         except Exception as exc:
             log.exception("unexpected error while acquiring", extra=self._extra)
-            return TransientError(Peer(self.name, "tokend"), f"internal error {type(exc).__name__}")
+            return TransientError(
+                Peer(self.name, "tokend"), f"internal error {type(exc).__name__}", code="internal"
+            )
 
     def _succeeded(self, token: Token, took: float) -> None:
         now = self._clock.now()
@@ -217,11 +219,11 @@ class TokenJob:
         self.last_success = now
         self.results["success"] += 1
         self.next_run = self.policy.refresh_at(token, self._rand.random())
-        plan = f", next refresh in {_span(self.next_run - now)}" if self._scheduled else ""
+        plan = f", next refresh in {format_span(self.next_run - now)}" if self._scheduled else ""
         log.info(
             "refreshed: expires %s (in %s)%s, took %.2fs",
             _clock_time(token.expires_at),
-            _span(token.expires_at - now),
+            format_span(token.expires_at - now),
             plan,
             took,
             extra=self._extra,
@@ -242,14 +244,18 @@ class TokenJob:
             retry_after=error.retry_after if isinstance(error, TransientError) else None,
             holding_until=holding,
         )
-        same_as_before = self.last_error is not None and str(self.last_error) == str(error)
+        # Log each new kind of failure; the same failure again goes to DEBUG (status and
+        # metrics show it is ongoing), so thousands of tokens in an outage don't flood the log.
+        repeated = self.last_error is not None and self.last_error.code == error.code
         self.last_error = error
-        level = logging.DEBUG if permanent and same_as_before else logging.WARNING
-        if permanent and not same_as_before:
-            level = logging.ERROR
+        level = logging.DEBUG if repeated else logging.ERROR if permanent else logging.WARNING
         kind = "needs operator action" if permanent else "transient"
-        plan = f"; next try in {_span(self.next_run - now)}" if self._scheduled else ""
-        held = f"current token valid {_span(holding - now)} more" if holding else "no valid token"
+        plan = f"; next try in {format_span(self.next_run - now)}" if self._scheduled else ""
+        held = (
+            f"current token valid {format_span(holding - now)} more"
+            if holding
+            else "no valid token"
+        )
         log.log(
             level,
             "refresh failed (%s, attempt %d): %s%s; %s",
@@ -268,15 +274,3 @@ class TokenJob:
 
 def _clock_time(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _span(delta: timedelta) -> str:
-    """`1h02m`, `4m05s`, `12s`: short and exact enough for a log line."""
-    seconds = max(int(delta.total_seconds()), 0)
-    hours, rest = divmod(seconds, 3600)
-    minutes, seconds = divmod(rest, 60)
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    if minutes:
-        return f"{minutes}m{seconds:02d}s"
-    return f"{seconds}s"

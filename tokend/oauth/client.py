@@ -81,7 +81,9 @@ class TokenClient:
         try:
             auth = await request.credential.authenticate(url)
         except SecretError as exc:
-            raise PermanentError(Peer(request.name, "config"), f"client secret: {exc}") from None
+            raise PermanentError(
+                Peer(request.name, "config"), f"client secret: {exc}", code="secret_unavailable"
+            ) from None
         form = {"grant_type": request.credential.grant_type, **auth.fields}
         if request.resource:
             form["resource"] = request.resource
@@ -100,13 +102,15 @@ class TokenClient:
         if not 200 <= status < 300:
             raise classify_error_response(peer, status, headers, body, self._clock.now())
         if not isinstance(body, dict):
-            raise TransientError(peer, f"HTTP {status} with a body that is not JSON")
+            raise TransientError(
+                peer, f"HTTP {status} with a body that is not JSON", code="not_json"
+            )
         try:
             return parse_token_response(
                 body, sent_at=sent_at, resource=request.resource, scopes=request.scopes
             )
         except MalformedResponse as exc:
-            raise TransientError(peer, f"HTTP {status} but {exc}") from None
+            raise TransientError(peer, f"HTTP {status} but {exc}", code="malformed") from None
 
     async def aclose(self) -> None:
         for client in self._clients.values():
@@ -117,7 +121,9 @@ class TokenClient:
         if endpoint.token_url:
             return endpoint.token_url
         if not endpoint.issuer:
-            raise PermanentError(peer, "identity has neither token_endpoint nor issuer")
+            raise PermanentError(
+                peer, "identity has neither token_endpoint nor issuer", code="no_endpoint"
+            )
         if url := self._discovered.get(endpoint.issuer):
             return url
         url = await self._discover(endpoint, endpoint.issuer, peer)
@@ -131,7 +137,9 @@ class TokenClient:
                 endpoint, peer, "GET", document_url, headers={"Accept": "application/json"}
             )
         if status == 404:
-            raise PermanentError(peer, f"no discovery document at {document_url} (HTTP 404)")
+            raise PermanentError(
+                peer, f"no discovery document at {document_url} (HTTP 404)", code="no_discovery"
+            )
         if not 200 <= status < 300:
             raise classify_error_response(peer, status, headers, body, self._clock.now())
         document = body if isinstance(body, dict) else {}
@@ -141,12 +149,19 @@ class TokenClient:
                 f"discovery document {document_url} names issuer {document.get('issuer')!r}, "
                 f"not the configured {issuer!r}; they must be identical (RFC 8414 section 3.3): "
                 "set issuer to the published value, or use token_endpoint",
+                code="issuer_mismatch",
             )
         token_url = document.get("token_endpoint")
         if not isinstance(token_url, str):
-            raise TransientError(peer, f"no token_endpoint in discovery document {document_url}")
+            raise TransientError(
+                peer,
+                f"no token_endpoint in discovery document {document_url}",
+                code="discovery_incomplete",
+            )
         if problem := url_problem(token_url, allow_insecure_http=endpoint.allow_insecure_http):
-            raise PermanentError(peer, f"discovered token_endpoint: {problem}")
+            raise PermanentError(
+                peer, f"discovered token_endpoint: {problem}", code="insecure_endpoint"
+            )
         return token_url
 
     async def _send(
@@ -158,11 +173,17 @@ class TokenClient:
             async with client.stream(method, url, **kwargs) as response:
                 raw = await _read_capped(response)
         except httpx2.TimeoutException as exc:
-            raise TransientError(peer, f"timed out ({type(exc).__name__})") from None
+            raise TransientError(
+                peer, f"timed out ({type(exc).__name__})", code="timeout"
+            ) from None
         except httpx2.TransportError as exc:
-            raise TransientError(peer, f"{type(exc).__name__}: {exc}") from None
+            raise TransientError(
+                peer, f"{type(exc).__name__}: {exc}", code=type(exc).__name__
+            ) from None
         except _TooLarge:
-            raise TransientError(peer, "response body larger than 1 MiB") from None
+            raise TransientError(
+                peer, "response body larger than 1 MiB", code="too_large"
+            ) from None
         return response.status_code, response.headers, _json_or_none(raw)
 
     def _client(self, ca_bundle: Path | None) -> httpx2.AsyncClient:

@@ -34,12 +34,16 @@ class Peer:
 
 
 class TokenError(Exception):
-    """A token could not be acquired. `str()` is a one-line, secret-free explanation."""
+    """A token could not be acquired. `str()` is a one-line, secret-free explanation; `code` is
+    a short stable name for the kind of failure (`http_429`, `timeout`,
+    `invalid_client/7000215`): equal codes mean "the same problem again", whatever the
+    per-request details (trace ids, timestamps) in the text."""
 
-    def __init__(self, peer: Peer, reason: str) -> None:
+    def __init__(self, peer: Peer, reason: str, *, code: str) -> None:
         super().__init__(f"{peer.host}: {reason}")
         self.peer = peer
         self.reason = reason
+        self.code = code
 
 
 class TransientError(TokenError):
@@ -50,10 +54,11 @@ class TransientError(TokenError):
         peer: Peer,
         reason: str,
         *,
+        code: str,
         retry_after: float | None = None,
         loop_detected: bool = False,
     ) -> None:
-        super().__init__(peer, reason)
+        super().__init__(peer, reason, code=code)
         self.retry_after = retry_after
         self.loop_detected = loop_detected
 
@@ -66,12 +71,13 @@ class PermanentError(TokenError):
         peer: Peer,
         reason: str,
         *,
+        code: str,
         error: str | None = None,
         aadsts_codes: tuple[int, ...] = (),
         trace_id: str | None = None,
         correlation_id: str | None = None,
     ) -> None:
-        super().__init__(peer, reason)
+        super().__init__(peer, reason, code=code)
         self.error = error
         self.aadsts_codes = aadsts_codes
         self.trace_id = trace_id
@@ -91,13 +97,18 @@ def classify_error_response(
     codes = _aadsts_codes(fields.get("error_codes"))
     reason = _describe(status, error, codes, fields, has_json=isinstance(body, Mapping))
     retry_after = parse_retry_after(headers.get("retry-after"), now)
+    code = (error or f"http_{status}") + (f"/{codes[0]}" if codes else "")
     if LOOP_DETECTED in codes:
-        return TransientError(peer, reason, retry_after=retry_after, loop_detected=True)
+        return TransientError(
+            peer, reason, code="loop_detected", retry_after=retry_after, loop_detected=True
+        )
     if status == 429 or status >= 500 or status == 408 or error in _TRANSIENT_ERRORS:
-        return TransientError(peer, reason, retry_after=retry_after)
+        code = error if error in _TRANSIENT_ERRORS else f"http_{status}"
+        return TransientError(peer, reason, code=code, retry_after=retry_after)
     return PermanentError(
         peer,
         reason,
+        code=code,
         error=error,
         aadsts_codes=codes,
         trace_id=_text(fields.get("trace_id")),
