@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import logging
 import os
 import secrets
@@ -16,7 +17,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tokend import __version__
-from tokend.config import ConfigError, LoadedConfig, config_path, load_config, preflight
+from tokend.config import (
+    DEFAULT_LISTEN,
+    ConfigError,
+    LoadedConfig,
+    config_path,
+    load_config,
+    preflight,
+)
 from tokend.logs import setup_logging
 
 log = logging.getLogger("tokend")
@@ -63,6 +71,14 @@ def _parser() -> argparse.ArgumentParser:
     ).add_argument("-c", "--config", help=config_help)
     dev = command("dev", _dev, "run against a built-in development identity provider")
     dev.add_argument("-c", "--config", help="config to run (default: the bundled dev.yaml)")
+    status = command("status", _status, "show the state of every token of a running tokend")
+    status.add_argument(
+        "-c", "--config", help="ask the listener this config names (default: as for run)"
+    )
+    status.add_argument(
+        "--url", help="tokend's listener, e.g. http://127.0.0.1:9464 (overrides -c)"
+    )
+    status.add_argument("--json", action="store_true", help="print the raw /status JSON")
     command("version", _version, "print the version")
     return parser
 
@@ -84,17 +100,30 @@ def _load(args: argparse.Namespace) -> LoadedConfig | None:
 def _apply_log_options(args: argparse.Namespace, loaded: LoadedConfig) -> None:
     """The config's log settings apply unless the command line chose otherwise."""
     options = loaded.config.log
-    setup_logging(args.log_level or options.level, args.log_format or options.format)  # type: ignore[arg-type]
+    setup_logging(args.log_level or options.level, args.log_format or options.format)
 
 
 def _run(args: argparse.Namespace) -> int:
     loaded = _load(args)
     if loaded is None:
         return EXIT_USAGE
-    return _serve(loaded)
+    return _serve(loaded, args)
 
 
-def _serve(loaded: LoadedConfig, *, announce: str | None = None, dev_idp: bool = False) -> int:
+def _reloader(args: argparse.Namespace, source: Path) -> LoadedConfig:
+    """Read the config again for a reload, applying its log settings as a start would."""
+    loaded = load_config(source)
+    _apply_log_options(args, loaded)
+    return loaded
+
+
+def _serve(
+    loaded: LoadedConfig,
+    args: argparse.Namespace,
+    *,
+    announce: str | None = None,
+    dev_idp: bool = False,
+) -> int:
     """Run the daemon (and, for `tokend dev`, the development identity provider beside it)."""
     from tokend.daemon import Daemon
     from tokend.devidp import serve_dev_idp
@@ -103,7 +132,9 @@ def _serve(loaded: LoadedConfig, *, announce: str | None = None, dev_idp: bool =
     async def serve() -> int:
         try:
             companions = [serve_dev_idp()] if dev_idp else []
-            daemon = Daemon(loaded.config)
+            daemon = Daemon(
+                loaded.config, reload_config=functools.partial(_reloader, args, loaded.source)
+            )
         except ListenError as exc:
             log.error("%s", exc)
             return EXIT_FAILED
@@ -169,7 +200,46 @@ def _dev(args: argparse.Namespace) -> int:
             f"  status             http://{listen}/status",
         ]
     announce = "\n".join(lines)
-    return _serve(loaded, announce=announce, dev_idp=True)
+    return _serve(loaded, args, announce=announce, dev_idp=True)
+
+
+def _status(args: argparse.Namespace) -> int:
+    import json
+
+    import httpx2
+
+    from tokend.status import render_table
+
+    url = args.url or _listener_url(args)
+    if url is None:
+        return EXIT_USAGE
+    try:
+        response = httpx2.get(f"{url.rstrip('/')}/status", timeout=5)
+        response.raise_for_status()
+        status = response.json()
+    except (httpx2.HTTPError, ValueError) as exc:
+        print(
+            f"cannot read tokend's status from {url}: {type(exc).__name__}: {exc}", file=sys.stderr
+        )
+        return EXIT_FAILED
+    print(json.dumps(status, indent=2) if args.json else render_table(status))
+    return EXIT_OK if status.get("ready") else EXIT_FAILED
+
+
+def _listener_url(args: argparse.Namespace) -> str | None:
+    """The listener named by the config; the default address when there is no config file."""
+    path = config_path(args.config)
+    if not args.config and not path.exists():
+        return f"http://{DEFAULT_LISTEN}"
+    loaded = _load(args)
+    if loaded is None:
+        return None
+    if loaded.config.listen is None:
+        print(
+            f"{loaded.source}: listen is off: tokend serves no status (use --url)", file=sys.stderr
+        )
+        return None
+    return f"http://{loaded.config.listen}"
 
 
 def _version(args: argparse.Namespace) -> int:

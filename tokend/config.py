@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -119,8 +119,8 @@ class HttpOptions(_Model):
 
 
 class LogOptions(_Model):
-    level: str = Field(default="info", pattern=r"^(?i:debug|info|warning|error)$")
-    format: str = Field(default="text", pattern=r"^(text|json)$")
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["text", "json"] = "text"
 
 
 class Identity(_Model):

@@ -1,8 +1,9 @@
-"""The long-running process: engine, scheduler and HTTP listener, and the signals that stop it.
+"""The long-running process: engine, scheduler and HTTP listener, and the signals that steer it.
 
 SIGTERM and SIGINT stop it cleanly: nothing new starts, runs in progress (and their sink writes)
 finish within `SHUTDOWN_TIMEOUT`, sinks close, exit status 0. Sink files are replaced atomically,
-so even a kill at any instant never leaves a partial file.
+so even a kill at any instant never leaves a partial file. SIGHUP reloads the config; a config
+that does not load is rejected with its error lines and tokend carries on with the old one.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from tokend.clock import SYSTEM_CLOCK, Clock
-from tokend.config import Config, split_listen
+from tokend.config import Config, ConfigError, LoadedConfig, split_listen
 from tokend.engine import ApsScheduler, Engine, http_settings
 from tokend.metrics import Metrics
 from tokend.oauth import TokenClient
@@ -31,6 +32,8 @@ class Daemon:
 
     config: Config
     clock: Clock = SYSTEM_CLOCK
+    reload_config: Callable[[], LoadedConfig] | None = None
+    """Reads the config again for SIGHUP; raises `ConfigError`. None: reload is not possible."""
 
     def __post_init__(self) -> None:
         self.metrics = Metrics(self.clock)
@@ -50,6 +53,8 @@ class Daemon:
             app = create_app(self.engine, self.metrics, self.clock)
             self.listener = HttpListener(app, host, port)
         self._stopping = asyncio.Event()
+        self._reloading = asyncio.Lock()
+        self._reload_tasks: set[asyncio.Task[bool]] = set()
 
     def stop(self) -> None:
         self._stopping.set()
@@ -91,7 +96,33 @@ class Daemon:
         self.stop()
 
     def _on_hangup(self) -> None:
-        log.warning("received SIGHUP: config reload is not supported yet; restart to apply changes")
+        log.info("received SIGHUP: reloading the config")
+        task = asyncio.create_task(self.reload())
+        self._reload_tasks.add(task)
+        task.add_done_callback(self._reload_tasks.discard)
+
+    async def reload(self) -> bool:
+        """Apply the config as it is now on disk. False (and the old config kept) if it is bad."""
+        if self.reload_config is None:
+            log.warning("reload: this daemon has no config file to read again")
+            return False
+        async with self._reloading:
+            try:
+                loaded = await asyncio.to_thread(self.reload_config)
+            except ConfigError as exc:
+                for line in exc.lines:
+                    log.error("reload rejected: %s", line)
+                log.error("reload rejected: carrying on with the config loaded before")
+                return False
+            for warning in loaded.warnings:
+                log.warning("%s", warning)
+            for key in ("listen", "http"):
+                if getattr(loaded.config, key) != getattr(self.config, key):
+                    log.warning("reload: changes to %s take effect at the next restart", key)
+            summary = await self.engine.reload(loaded.config)
+            self.config = loaded.config
+            log.info("reloaded: %s", summary)
+            return True
 
 
 async def run_once(config: Config, clock: Clock = SYSTEM_CLOCK) -> bool:

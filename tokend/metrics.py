@@ -63,24 +63,16 @@ class EngineCollector(Collector):
         if engine is None:
             return
         now = self._clock.now()
-        expiry = _gauge(
-            "tokend_token_expiry_timestamp_seconds",
-            "When the currently held token expires (Unix time).",
-            ["token"],
-        )
-        next_refresh = _gauge(
-            "tokend_token_next_refresh_timestamp_seconds",
-            "When the next refresh attempt is planned (Unix time).",
-            ["token"],
-        )
-        last_success = _gauge(
-            "tokend_token_last_success_timestamp_seconds",
-            "When a token was last acquired successfully (Unix time).",
-            ["token"],
-        )
-        valid = _gauge(
-            "tokend_token_valid", "1 while a non-expired token is held, else 0.", ["token"]
-        )
+        token_gauges = {
+            key: GaugeMetricFamily(f"tokend_token_{key}", text, labels=["token"])
+            for key, text in (
+                ("expiry_timestamp_seconds", "When the currently held token expires (Unix time)."),
+                ("next_refresh_timestamp_seconds", "When the next attempt is planned (Unix time)."),
+                ("last_success_timestamp_seconds", "When a token was last acquired (Unix time)."),
+                ("valid", "1 while a non-expired token is held, else 0."),
+                ("consecutive_failures", "Failed attempts since the last success (0 if healthy)."),
+            )
+        }
         refreshes = CounterMetricFamily(
             "tokend_token_refresh", "Token requests by outcome.", labels=["token", "result"]
         )
@@ -89,29 +81,28 @@ class EngineCollector(Collector):
             "Attempts to publish a token to a sink, by outcome.",
             labels=["token", "sink", "result"],
         )
-        sink_success = _gauge(
+        sink_success = GaugeMetricFamily(
             "tokend_sink_last_success_timestamp_seconds",
             "When a sink last accepted a token (Unix time).",
-            ["token", "sink"],
+            labels=["token", "sink"],
         )
         for name, job in engine.jobs.items():
             token = job.token
-            valid.add_metric([name], 1.0 if token is not None and token.is_valid(now) else 0.0)
-            if token is not None:
-                expiry.add_metric([name], token.expires_at.timestamp())
-            _add_time(next_refresh, [name], job.next_run)
-            _add_time(last_success, [name], job.last_success)
+            expires_at = token.expires_at if token is not None else None
+            _add_time(token_gauges["expiry_timestamp_seconds"], [name], expires_at)
+            _add_time(token_gauges["next_refresh_timestamp_seconds"], [name], job.next_run)
+            _add_time(token_gauges["last_success_timestamp_seconds"], [name], job.last_success)
+            is_valid = token is not None and token.is_valid(now)
+            token_gauges["valid"].add_metric([name], 1.0 if is_valid else 0.0)
+            token_gauges["consecutive_failures"].add_metric([name], job.failures)
             for result in REFRESH_RESULTS:
                 refreshes.add_metric([name, result], job.results[result])
             for slot in job.publisher.slots:
                 for result in SINK_RESULTS:
                     publishes.add_metric([name, slot.name, result], slot.results[result])
                 _add_time(sink_success, [name, slot.name], slot.last_success)
-        yield from (expiry, next_refresh, last_success, valid, refreshes, publishes, sink_success)
-
-
-def _gauge(name: str, documentation: str, labels: list[str]) -> GaugeMetricFamily:
-    return GaugeMetricFamily(name, documentation, labels=labels)
+        yield from token_gauges.values()
+        yield from (refreshes, publishes, sink_success)
 
 
 def _add_time(family: GaugeMetricFamily, labels: list[str], moment: datetime | None) -> None:

@@ -166,7 +166,7 @@ def test_transient_backoff_doubles(idp: FakeIdp, tmp_path: Path) -> None:
 def test_retries_never_planned_after_expiry(idp: FakeIdp, tmp_path: Path) -> None:
     """429 asking for an hour while the token has 10 minutes left: the next try comes first."""
     clock = FakeClock()
-    job, first, offsets = asyncio.run(
+    job, first, _ = asyncio.run(
         _after_first_refresh_fails(idp, tmp_path, clock, faults.too_many_requests("3600"))
     )
     assert job.next_run == first.expires_at - S

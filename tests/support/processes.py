@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TypeVar
 
@@ -29,16 +30,21 @@ def tokend(
 
 
 def start_tokend(
-    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+    *args: str,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    log: Path | None = None,
 ) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [TOKEND, *args],
-        env={**os.environ, **(env or {})},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=cwd,
-    )
+    """Start tokend; its stderr goes to `log` if given (readable while it runs), else a pipe."""
+    with log.open("w") if log else nullcontext(subprocess.PIPE) as stderr:
+        return subprocess.Popen(
+            [TOKEND, *args],
+            env={**os.environ, **(env or {})},
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            cwd=cwd,
+        )
 
 
 def wait_for(condition: Callable[[], T | None], timeout: float = 20, what: str = "condition") -> T:

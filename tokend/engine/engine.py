@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import random
+from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from tokend.clock import SYSTEM_CLOCK, Clock
 from tokend.config import DEFAULT_AUTHORITY_HOST, Config, TokenSpec, sink_label
@@ -12,9 +14,24 @@ from tokend.engine.job import Acquirer, DurationObserver, TokenJob
 from tokend.engine.policy import Backoff, RefreshPolicy, startup_at
 from tokend.engine.publisher import Publisher, SinkSlot
 from tokend.engine.scheduler import Scheduler
-from tokend.engine.state import StateStore
-from tokend.oauth import Endpoint, HttpSettings, TokenRequest, build_credential
+from tokend.engine.state import StateStore, fingerprint
+from tokend.oauth import Endpoint, HttpSettings, Token, TokenRequest, build_credential
 from tokend.sinks import SinkContext, build_sink
+
+
+@dataclass
+class ReloadSummary:
+    added: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return ", ".join(
+            f"{len(names)} {kind}"
+            + (f" ({', '.join(names)})" if names and kind != "unchanged" else "")
+            for kind, names in vars(self).items()
+        )
 
 
 class Engine:
@@ -42,16 +59,49 @@ class Engine:
     async def start(self) -> None:
         """Resume stored tokens that are still valid; plan every other token's first
         acquisition, spread over `defaults.startup_spread`."""
+        await self._launch(list(self.jobs.values()), carried={})
+
+    async def reload(self, config: Config) -> ReloadSummary:
+        """Switch to `config`. Tokens whose inputs are unchanged keep their job: state, token and
+        schedule. Changed tokens get a new job, which keeps the current token if it is still
+        valid for the same request. Removed tokens stop."""
+        now = self._clock.now()
+        old_config, old_jobs = self.config, self.jobs
+        self.config = config
+        self._state = StateStore(config.state_dir) if config.state_dir else None
+        summary = ReloadSummary()
+        jobs: dict[str, TokenJob] = {}
+        carried: dict[str, Token] = {}
+        for name, spec in config.tokens.items():
+            old = old_jobs.get(name)
+            if old is not None and _inputs(old_config, name) == _inputs(config, name):
+                jobs[name] = old
+                summary.unchanged.append(name)
+                continue
+            jobs[name] = job = self._build_job(name, spec)
+            (summary.changed if old else summary.added).append(name)
+            if old and old.token and _same_request(old, job) and old.token.is_valid(now):
+                carried[name] = old.token
+        summary.removed = [name for name in old_jobs if name not in jobs]
+        for name, old in old_jobs.items():
+            if jobs.get(name) is not old:  # replaced or removed: stop before its successor starts
+                old.stop()
+                await old.publisher.close()
+        self.jobs = jobs
+        await self._launch([jobs[name] for name in summary.added + summary.changed], carried)
+        return summary
+
+    async def _launch(self, jobs: list[TokenJob], carried: dict[str, Token]) -> None:
         now = self._clock.now()
         stored = await asyncio.to_thread(
-            lambda: {name: job.stored_token(now) for name, job in self.jobs.items()}
+            lambda: {job.name: carried.get(job.name) or job.stored_token(now) for job in jobs}
         )
-        fresh_starts = [job for name, job in self.jobs.items() if stored[name] is None]
+        fresh_starts = [job for job in jobs if stored[job.name] is None]
         spread = self.config.defaults.startup_spread
         for index, job in enumerate(fresh_starts):
             job.start(startup_at(now, index, len(fresh_starts), spread))
         await asyncio.gather(
-            *(job.resume(token) for name, job in self.jobs.items() if (token := stored[name]))
+            *(job.resume(token) for job in jobs if (token := stored[job.name]) is not None)
         )
 
     async def refresh_all(self) -> bool:
@@ -100,6 +150,17 @@ class Engine:
             durations=self._durations,
             state=self._state,
         )
+
+
+def _same_request(old: TokenJob, new: TokenJob) -> bool:
+    return fingerprint(old.request) == fingerprint(new.request)
+
+
+def _inputs(config: Config, name: str) -> tuple[Any, ...]:
+    """Everything a token's job is built from: equal inputs, equal job."""
+    spec = config.tokens[name]
+    defaults = config.defaults.model_copy(update={"startup_spread": None})
+    return spec, config.identity_for(spec), defaults, config.http.ca_bundle, config.state_dir
 
 
 def token_request(config: Config, name: str) -> TokenRequest:

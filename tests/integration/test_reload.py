@@ -1,0 +1,196 @@
+"""Reloading the config: unchanged tokens keep their state and schedule, added ones start,
+changed ones keep a still-valid token, removed ones stop, and a bad config changes nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import signal
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx2
+
+from tests.conftest import entra_identity, write_config
+from tests.support.clock import FakeClock
+from tests.support.idp import CLIENT_SECRET, FakeIdp
+from tests.support.processes import start_tokend, wait_for
+from tests.support.servers import free_port
+from tests.support.virtual import VirtualScheduler
+from tokend.config import Config
+from tokend.engine import Engine
+from tokend.oauth import TokenClient
+
+
+class Durations:
+    def observe(self, amount: float) -> None:
+        pass
+
+
+def _token(tmp_path: Path, name: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "identity": "app",
+        "resource": f"https://{name}.example",
+        "sinks": [{"type": "file", "path": str(tmp_path / f"{name}.token")}],
+        **extra,
+    }
+
+
+def _document(idp: FakeIdp, tokens: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"identities": {"app": entra_identity(idp, CLIENT_SECRET)}, "tokens": tokens, **extra}
+
+
+def test_engine_reload(idp: FakeIdp, tmp_path: Path) -> None:
+    before = Config.model_validate(
+        _document(idp, {name: _token(tmp_path, name) for name in ("crm", "graph", "old")})
+    )
+    graph_sinks = [
+        {"type": "file", "path": str(tmp_path / "graph.token")},
+        {"type": "file", "path": str(tmp_path / "graph-copy.token")},
+    ]
+    after = Config.model_validate(
+        _document(
+            idp,
+            {
+                "crm": _token(tmp_path, "crm"),
+                "graph": _token(tmp_path, "graph", sinks=graph_sinks),
+                "api": _token(tmp_path, "api"),
+            },
+        )
+    )
+    clock = FakeClock()
+
+    async def scenario() -> None:
+        scheduler = VirtualScheduler(clock)
+        client = TokenClient(clock=clock)
+        engine = Engine(
+            before,
+            acquirer=client,
+            scheduler=scheduler,
+            durations=Durations(),
+            clock=clock,
+            rand=random.Random(1),
+        )
+        try:
+            await engine.start()
+            await scheduler.run_until(clock.now() + timedelta(minutes=1))
+            assert len(idp.token_requests) == 3
+            crm, graph = engine.jobs["crm"], engine.jobs["graph"]
+            crm_next, graph_token = crm.next_run, graph.token
+
+            summary = await engine.reload(after)
+
+            assert (summary.added, summary.changed, summary.removed, summary.unchanged) == (
+                ["api"],
+                ["graph"],
+                ["old"],
+                ["crm"],
+            )
+            assert engine.jobs["crm"] is crm and crm.next_run == crm_next
+            assert scheduler.due("crm") == crm_next
+            new_graph = engine.jobs["graph"]
+            assert new_graph is not graph and new_graph.token is graph_token  # carried over
+            assert (tmp_path / "graph-copy.token").read_text() == graph_token.value
+            assert scheduler.due("old") is None
+            assert set(engine.jobs) == {"crm", "graph", "api"}
+            await scheduler.run_until(clock.now())
+            assert len(idp.token_requests) == 4  # only api was requested
+            assert (tmp_path / "api.token").read_text() == engine.jobs["api"].token.value
+        finally:
+            await engine.stop()
+            await client.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_sighup_applies_a_good_config_and_rejects_a_bad_one(idp: FakeIdp, tmp_path: Path) -> None:
+    port = free_port()
+    config = tmp_path / "config.yaml"
+    log = tmp_path / "tokend.log"
+    listen = {"listen": f"127.0.0.1:{port}", "defaults": {"startup_spread": 0}}
+    write_config(config, _document(idp, {"crm": _token(tmp_path, "crm")}, **listen))
+    process = start_tokend("run", "-c", str(config), log=log)
+    base = f"http://127.0.0.1:{port}"
+
+    def status() -> dict[str, Any] | None:
+        try:
+            return httpx2.get(f"{base}/status").json()  # type: ignore[no-any-return]
+        except httpx2.TransportError:
+            return None
+
+    try:
+        wait_for((tmp_path / "crm.token").exists, what="the first token")
+        crm_before = status()["tokens"]["crm"]  # type: ignore[index]
+
+        bad = _document(idp, {"crm": {**_token(tmp_path, "crm"), "identity": "nope"}}, **listen)
+        write_config(config, bad)
+        process.send_signal(signal.SIGHUP)
+        wait_for(
+            lambda: "carrying on with the config loaded before" in log.read_text(), what="rejection"
+        )
+        assert (
+            f"reload rejected: {config}: tokens.crm.identity: unknown identity 'nope'"
+            in log.read_text()
+        )
+        assert status()["tokens"]["crm"]["next_refresh"] == crm_before["next_refresh"]  # type: ignore[index]
+
+        tokens = {"crm": _token(tmp_path, "crm"), "graph": _token(tmp_path, "graph")}
+        write_config(config, _document(idp, tokens, **listen))
+        process.send_signal(signal.SIGHUP)
+        wait_for((tmp_path / "graph.token").exists, what="the added token")
+        current = status()
+        assert current is not None and set(current["tokens"]) == {"crm", "graph"}
+        assert current["tokens"]["crm"]["next_refresh"] == crm_before["next_refresh"]
+        assert "reloaded: 1 added (graph), 0 changed, 0 removed, 1 unchanged" in log.read_text()
+
+        write_config(config, _document(idp, {"graph": _token(tmp_path, "graph")}, **listen))
+        process.send_signal(signal.SIGHUP)
+        wait_for(lambda: set((status() or {}).get("tokens", {})) == {"graph"}, what="removal")
+        assert 'token="crm"' not in httpx2.get(f"{base}/metrics").text
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(15) == 0
+    assert "Traceback" not in log.read_text()
+
+
+def test_tokend_status(idp: FakeIdp, tmp_path: Path) -> None:
+    from tests.support.processes import tokend
+
+    port = free_port()
+    config = write_config(
+        tmp_path / "config.yaml",
+        _document(idp, {"crm": _token(tmp_path, "crm")}, listen=f"127.0.0.1:{port}"),
+    )
+    process = start_tokend("run", "-c", str(config), log=tmp_path / "tokend.log")
+    try:
+        wait_for((tmp_path / "crm.token").exists, what="the first token")
+        table = tokend("status", "-c", str(config))
+        assert table.returncode == 0, table.stderr
+        header, crm_line, sink_line, verdict = table.stdout.splitlines()
+        assert header.split() == [
+            "TOKEN",
+            "STATE",
+            "EXPIRES",
+            "IN",
+            "NEXT",
+            "TRY",
+            "FAILURES",
+            "LAST",
+            "ERROR",
+        ]
+        assert crm_line.split()[:2] == ["crm", "fresh"]
+        assert crm_line.split()[2].startswith("59m")
+        assert sink_line.strip().startswith("sink file: ok, last success")
+        assert verdict == "ready"
+        raw = tokend("status", "--url", f"http://127.0.0.1:{port}", "--json")
+        assert json.loads(raw.stdout)["tokens"]["crm"]["state"] == "fresh"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(15)
+    gone = tokend("status", "--url", f"http://127.0.0.1:{port}")
+    assert gone.returncode == 1
+    assert gone.stderr.startswith(
+        f"cannot read tokend's status from http://127.0.0.1:{port}: ConnectError"
+    )
