@@ -10,6 +10,7 @@ secret is accepted with a warning. Relative paths are relative to the working di
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
 from collections.abc import Iterator
@@ -30,6 +31,7 @@ from pydantic import (
     model_validator,
 )
 
+from tokend.logs import one_line
 from tokend.oauth.credentials import CredentialOptions
 from tokend.secrets import InlineSecret, SecretError, SecretReference
 from tokend.sinks import SINK_TYPES, SinkOptions
@@ -45,13 +47,14 @@ class ConfigError(Exception):
     """The config cannot be used. `lines` holds one self-contained message per problem."""
 
     def __init__(self, lines: list[str]) -> None:
-        super().__init__("\n".join(lines))
-        self.lines = lines
+        self.lines = [one_line(line) for line in lines]
+        super().__init__("\n".join(self.lines))
 
 
 # --- value types ------------------------------------------------------------------------------
 
 _DURATION = re.compile(r"(?P<number>\d+(?:\.\d+)?)\s*(?P<unit>ms|s|m|h|d)?")
+_LONGEST_DURATION = 365 * 86400
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 
 
@@ -68,6 +71,8 @@ def parse_duration(value: Any) -> timedelta:
         if not match:
             raise ValueError(f"'{value}' is not a duration such as 600, 600s, 10m or 1h")
         seconds = float(match["number"]) * _UNIT_SECONDS[match["unit"]]
+    if not math.isfinite(seconds) or seconds > _LONGEST_DURATION:
+        raise ValueError("a duration must be finite and at most 365 days")
     if seconds < 0:
         raise ValueError("a duration cannot be negative")
     return timedelta(seconds=seconds)

@@ -26,6 +26,15 @@ _SHAPES = re.compile(
 )
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def one_line(text: str) -> str:
+    """`text` with control characters shown escaped: whatever a config key or an identity
+    provider's error field holds, a message about it stays one line."""
+    return _CONTROL.sub(lambda match: repr(match.group())[1:-1], text)
+
+
 class Redactor:
     """Masks known secret values and token-shaped strings. Thread-safe; one per process."""
 

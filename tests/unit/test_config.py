@@ -45,7 +45,10 @@ def test_durations(value: object, seconds: float) -> None:
     assert parse_duration(value) == timedelta(seconds=seconds)
 
 
-@pytest.mark.parametrize("value", ["10 minutes", "m", "-5s", "1w", True, None, [1], -1])
+@pytest.mark.parametrize(
+    "value",
+    ["10 minutes", "m", "-5s", "1w", True, None, [1], -1, "366d", 1e14, float("nan"), float("inf")],
+)
 def test_bad_durations(value: object) -> None:
     with pytest.raises(ValueError, match="duration"):
         parse_duration(value)
@@ -253,6 +256,13 @@ def test_yaml_level_problems(text: str, line: str) -> None:
     with pytest.raises(ConfigError) as caught:
         parse_config(text, label="config.yaml")
     assert caught.value.lines == [line]
+
+
+def test_messages_stay_one_line_whatever_the_keys_hold() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config('identities: {"a\\nb": 1}\ntokens: {}', label="config.yaml")
+    assert caught.value.lines[0].startswith("config.yaml: identities.a\\nb")
+    assert all("\n" not in line for line in caught.value.lines)
 
 
 def test_missing_file(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-from tokend.logs import redactor
+from tokend.logs import one_line, redactor
 
 LOOP_DETECTED = 50196  # AADSTS50196: the same request too often; back off hard
 
@@ -40,10 +40,11 @@ class TokenError(Exception):
     per-request details (trace ids, timestamps) in the text."""
 
     def __init__(self, peer: Peer, reason: str, *, code: str) -> None:
+        reason = one_line(reason)  # parts of it come from the identity provider
         super().__init__(f"{peer.host}: {reason}")
         self.peer = peer
         self.reason = reason
-        self.code = code
+        self.code = one_line(code)
 
 
 class TransientError(TokenError):
