@@ -107,11 +107,26 @@ def test_once_and_check_success_and_failure(idp: FakeIdp, tmp_path: Path) -> Non
         del idp.provider.clients["canary-client"]
 
 
-def test_run_logs_metrics_and_status(idp: FakeIdp, tmp_path: Path) -> None:
+def test_run_across_every_failure_path(idp: FakeIdp, tmp_path: Path) -> None:
+    """A running daemon at DEBUG meets each kind of failure, including an identity provider that
+    echoes the client secret in its error description and a malformed body carrying the token."""
     idp.provider.clients["canary-client"] = SECRET
     port = free_port()
-    _opaque_tokens(idp, 1)
-    idp.fail(*[faults.entra_error(401, "invalid_client", 7000215)] * 5)
+    idp.fail(
+        faults.token_body({"access_token": TOKEN, "token_type": "Bearer", "expires_in": 2}),
+        faults.too_many_requests("0"),
+        faults.html(502),
+        faults.truncated_json(),
+        faults.token_body({"access_token": TOKEN, "expires_in": "soon"}),
+        faults.entra_error(401, "invalid_client", 7000215, f"Invalid client secret {SECRET}"),
+        faults.token_body({"access_token": TOKEN, "token_type": "Bearer", "expires_in": 3600}),
+    )
+    config = _config(idp, tmp_path, port)
+    text = config.read_text().replace(
+        "startup_spread: 0", "startup_spread: 0\n  backoff: {min: 50ms, max: 100ms}"
+    )
+    config.write_text(text)
+    log = tmp_path / "tokend.log"
     process = start_tokend(
         "--log-level",
         "debug",
@@ -119,20 +134,33 @@ def test_run_logs_metrics_and_status(idp: FakeIdp, tmp_path: Path) -> None:
         "json",
         "run",
         "-c",
-        str(_config(idp, tmp_path, port)),
+        str(config),
         env={"CANARY_SECRET": SECRET},
+        log=log,
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_for((tmp_path / "crm.token").exists, what="the canary token")
+        wait_for(
+            lambda: not idp.faults and '"recovered after 5 failed attempts"' in log.read_text(),
+            what="the failure sequence",
+        )
         served = [httpx2.get(f"{base}{path}").text for path in ("/metrics", "/status", "/readyz")]
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(15)
     try:
-        stdout, stderr = process.communicate()
+        stdout, _ = process.communicate()
+        stderr = log.read_text()
         assert (tmp_path / "crm.token").read_text() == TOKEN
         assert '"level": "debug"' in stderr  # DEBUG really was on
+        for code in (
+            "HTTP 429",
+            "HTTP 502",
+            "not JSON",
+            "expires_in is not a number",
+            "AADSTS7000215",
+        ):
+            assert code in stderr or code in served[1], code
         _assert_clean(stdout, stderr, *served)
     finally:
         del idp.provider.clients["canary-client"]
