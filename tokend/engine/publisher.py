@@ -112,6 +112,12 @@ class SinkSlot:
     def stop(self) -> None:
         self._scheduler.cancel(self._retry_key)
 
+    async def close(self) -> None:
+        try:
+            await self.sink.close()
+        except Exception:
+            log.exception("sink %s: error while closing", self.name, extra=self._extra)
+
     def _failed_withdrawal(self, reason: str) -> None:
         self.failures += 1
         if reason != self.last_error:
@@ -187,7 +193,4 @@ class Publisher:
 
     async def close(self) -> None:
         for slot in self.slots:
-            try:
-                await slot.sink.close()
-            except Exception:
-                log.exception("sink %s: error while closing", slot.name)
+            await slot.close()

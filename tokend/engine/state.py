@@ -55,7 +55,12 @@ class StateStore:
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            log.warning("stored state %s unreadable (%s); ignoring it", path, type(exc).__name__)
+            log.warning(
+                "stored state %s unreadable (%s); ignoring it",
+                path,
+                type(exc).__name__,
+                extra={"token": name},
+            )
             return None
         return token if token.is_valid(now) else None
 
