@@ -187,3 +187,27 @@ def test_expiry_counts_from_when_the_request_was_sent(idp: FakeIdp) -> None:
     assert clock.now() == sent + timedelta(seconds=30)
     assert token.obtained_at == sent
     assert token.expires_at == sent + timedelta(hours=1)
+
+
+def test_concurrent_requests_are_capped(idp: FakeIdp) -> None:
+    """However many tokens are due at once, at most max_concurrent_requests are in flight."""
+    in_flight = peak = 0
+
+    async def slow_answer() -> None:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await asyncio.sleep(0.05)  # the identity provider being slow, not the test waiting
+        in_flight -= 1
+
+    idp.fail(*[slow_answer] * 8)
+
+    async def burst() -> list[Token]:
+        client = TokenClient(HttpSettings(max_concurrent_requests=3), clock=FakeClock())
+        try:
+            return await asyncio.gather(*(client.acquire(_request(idp)) for _ in range(8)))
+        finally:
+            await client.aclose()
+
+    assert len(asyncio.run(burst())) == 8
+    assert peak == 3
