@@ -246,7 +246,7 @@ def test_two_sinks_writing_one_file() -> None:
 @pytest.mark.parametrize(
     ("text", "line"),
     [
-        ("identities: [\n", "config.yaml:2:1: expected the node content, but found '<stream end>'"),
+        ("identities: [\n", "config.yaml:2:1: did not find expected node content"),
         ("tokens: {}\ntokens: {}\n", "config.yaml:2:1: duplicate key 'tokens'"),
         ("- a\n- b\n", "config.yaml: the config must be a mapping with identities and tokens"),
         ("", "config.yaml: the config must be a mapping with identities and tokens"),

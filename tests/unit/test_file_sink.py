@@ -7,6 +7,7 @@ import json
 import os
 import stat
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -121,15 +122,24 @@ def test_withdraw_removes_the_file(tmp_path: Path) -> None:
     asyncio.run(sink.withdraw())  # already gone: fine
 
 
-def test_stale_temp_files_are_swept(tmp_path: Path) -> None:
+def test_stale_temp_files_are_swept_once_per_directory(tmp_path: Path) -> None:
+    """Temp files left by killed writers go; a fresh one may be another writer's, so it stays."""
     path = tmp_path / "crm.token"
-    leftover = tmp_path / ".crm.token.tokend-tmp-abcdef"
-    leftover.write_text("partial")
-    unrelated = tmp_path / ".other.tokend-tmp-abcdef"
-    unrelated.write_text("not ours")
+    stale = tmp_path / ".crm.token.tokend-tmp-abcdef"
+    stale_other = tmp_path / ".graph.token.tokend-tmp-123456"
+    fresh = tmp_path / ".crm.token.tokend-tmp-fedcba"
+    unrelated = tmp_path / ".crm.token.tmp"
+    for leftover in (stale, stale_other, fresh, unrelated):
+        leftover.write_text("partial")
+    long_ago = time.time() - 120
+    for leftover in (stale, stale_other, unrelated):
+        os.utime(leftover, (long_ago, long_ago))
     asyncio.run(_sink(path=path).publish(_token()))
-    assert not leftover.exists()
-    assert unrelated.exists()
+    assert not stale.exists() and not stale_other.exists()
+    assert fresh.exists() and unrelated.exists()
+    os.utime(fresh, (long_ago, long_ago))
+    asyncio.run(_sink(path=path).publish(_token()))
+    assert fresh.exists()  # the directory was swept already by this process
 
 
 def test_concurrent_reader_never_sees_partial_content(tmp_path: Path) -> None:

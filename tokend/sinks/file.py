@@ -8,7 +8,6 @@ instant gets a complete, current token. Formats: `raw` (the token alone, no newl
 
 from __future__ import annotations
 
-import asyncio
 import grp
 import json
 import pwd
@@ -85,13 +84,12 @@ class FileSink:
         self.name = context.sink_name
         self._options = options
         self._path = options.path
-        self._swept = False
 
     async def publish(self, token: Token) -> None:
-        await asyncio.to_thread(self._write, render(token, self._options))
+        await files.in_writer_thread(self._write, render(token, self._options))
 
     async def withdraw(self) -> None:
-        await asyncio.to_thread(self._remove)
+        await files.in_writer_thread(self._remove)
 
     async def close(self) -> None:
         return None
@@ -106,9 +104,7 @@ class FileSink:
                         "(create it, or set create_dirs: true)"
                     )
                 directory.mkdir(mode=0o750, parents=True, exist_ok=True)
-            if not self._swept:
-                files.remove_stale_temp_files(self._path)
-                self._swept = True
+            files.sweep_stale_temp_files(directory)
             files.write_atomic(
                 self._path,
                 data,
