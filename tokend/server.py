@@ -5,6 +5,7 @@ Nothing served here contains a secret or a token value.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 from collections.abc import Iterator
@@ -63,21 +64,46 @@ class HttpListener:
         self._socket = _bind(host, port)
         self.address = self._socket.getsockname()[:2]
         config = uvicorn.Config(
-            app, log_config=None, access_log=False, lifespan="off", server_header=False
+            app,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            server_header=False,
+            date_header=False,  # uvicorn refreshes it by polling; an absent Date beats a stale one
         )
-        self._server = _SignalFreeServer(config)
+        self._server = _QuietServer(config)
 
     async def serve(self) -> None:
         await self._server.serve(sockets=[self._socket])
 
     def stop(self) -> None:
-        self._server.should_exit = True
+        """Stop serving; callable from any thread."""
+        self._server.request_stop()
 
 
-class _SignalFreeServer(uvicorn.Server):
+class _QuietServer(uvicorn.Server):
+    """uvicorn without its signal handlers and without its main loop's ten wake-ups a second:
+    it sleeps until asked to stop, so an idle tokend uses no CPU."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self._stop_requested = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+    async def main_loop(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        await self.on_tick(0)  # sets the default headers once
+        if not self.should_exit:
+            await self._stop_requested.wait()
+
+    def request_stop(self) -> None:
+        self.should_exit = True
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._stop_requested.set)
 
 
 def _bind(host: str, port: int) -> socket.socket:
