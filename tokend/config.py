@@ -20,7 +20,6 @@ from typing import Annotated, Any
 
 import yaml
 from pydantic import (
-    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -30,6 +29,11 @@ from pydantic import (
     model_validator,
 )
 
+from tokend.durations import (
+    Duration,
+    PositiveDuration,
+    parse_duration,  # noqa: F401 - its home before tokend.durations
+)
 from tokend.oauth.credentials import CredentialOptions
 from tokend.secrets import InlineSecret, SecretError, SecretReference
 from tokend.sinks import SINK_TYPES, SinkOptions
@@ -51,38 +55,6 @@ class ConfigError(Exception):
 
 # --- value types ------------------------------------------------------------------------------
 
-_DURATION = re.compile(r"(?P<number>\d+(?:\.\d+)?)\s*(?P<unit>ms|s|m|h|d)?")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
-
-
-def parse_duration(value: Any) -> timedelta:
-    """`600` and `"600"` are seconds; `"600s"`, `"10m"`, `"1h"`, `"1d"`, `"500ms"` name a unit."""
-    if isinstance(value, timedelta):
-        return value
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise ValueError("expected a duration such as 600, 600s, 10m or 1h")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    else:
-        match = _DURATION.fullmatch(value.strip())
-        if not match:
-            raise ValueError(f"'{value}' is not a duration such as 600, 600s, 10m or 1h")
-        seconds = float(match["number"]) * _UNIT_SECONDS[match["unit"]]
-    if seconds < 0:
-        raise ValueError("a duration cannot be negative")
-    return timedelta(seconds=seconds)
-
-
-Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
-
-
-def _positive(value: timedelta) -> timedelta:
-    if value <= timedelta(0):
-        raise ValueError("must be longer than zero")
-    return value
-
-
-PositiveDuration = Annotated[Duration, AfterValidator(_positive)]
 Name = Annotated[str, Field(pattern=_NAME)]
 
 
