@@ -3,8 +3,9 @@
 Error lines name the file and the key path, e.g.
 `config.yaml: tokens.crm.identity: unknown identity 'crm-ap' (known: crm-app)`. Unknown keys are
 errors (a typo must not silently fall back to a default). Durations read as `600`, `600s`, `10m`
-or `1h`. Secrets are references (`{env: ...}`, `{file: ...}`, `{credential: ...}`); an inline
-secret is accepted with a warning. Relative paths are relative to the working directory.
+or `1h`. Secrets are references (`{env: ...}`, `{file: ...}`, `{credential: ...}`,
+`{vault: ...}`); an inline secret is accepted with a warning. Relative paths are relative to the
+working directory.
 """
 
 from __future__ import annotations
@@ -35,9 +36,11 @@ from tokend.durations import (
     parse_duration,  # noqa: F401 - its home before tokend.durations
 )
 from tokend.oauth.credentials import CredentialOptions
-from tokend.secrets import InlineSecret, SecretError, SecretReference
-from tokend.sinks import SINK_TYPES, SinkOptions
+from tokend.secrets import InlineSecret, SecretError, SecretReference, VaultSecret
+from tokend.sinks import SINK_TYPES, SinkContext, SinkOptions
+from tokend.sinks.vault import VaultSinkOptions
 from tokend.transport import url_problem
+from tokend.vault import AUTH_METHODS, VaultOptions, VaultSession, bind_secrets
 
 DEFAULT_AUTHORITY_HOST = "https://login.microsoftonline.com"
 DEFAULT_LISTEN = "127.0.0.1:9464"
@@ -170,6 +173,7 @@ class Config(_Model):
     log: LogOptions = LogOptions()
     listen: str | None = DEFAULT_LISTEN
     state_dir: Path | None = Field(default_factory=_systemd_state_directory)
+    vault: VaultOptions | None = None
 
     @field_validator("listen")
     @classmethod
@@ -241,21 +245,38 @@ def parse_config(text: str, *, label: str, source: Path | None = None) -> Loaded
 
 
 def preflight(loaded: LoadedConfig) -> list[str]:
-    """What this machine would make fail, found without contacting anyone: secret references
+    """What this machine would make fail, found without writing anything: secret references
     that do not resolve (values are discarded at once), sink problems such as a missing directory
-    or an unknown file owner. One line per problem."""
+    or an unknown file owner. With a `vault:` block, tokend also logs in to Vault (and revokes
+    that login after), reads `{vault: ...}` secrets and asks Vault whether each Vault sink's mount
+    exists and its policy allows the writes. One line per problem."""
+    vault = VaultSession(loaded.config.vault) if loaded.config.vault else None
+    try:
+        return _preflight(loaded, vault)
+    finally:
+        if vault is not None:
+            vault.close_sync()
+
+
+def _preflight(loaded: LoadedConfig, vault: VaultSession | None) -> list[str]:
     problems = []
-    for path, ref in secret_references(loaded.config):
+    login_problem = vault.check_login() if vault else None
+    if login_problem:
+        problems.append(f"{loaded.source}: vault.auth: {login_problem}")
+    config = bind_secrets(loaded.config, vault)
+    for path, ref in secret_references(config):
+        if isinstance(ref, VaultSecret) and login_problem:
+            continue  # said once above
         try:
             ref.resolve()
         except SecretError as exc:
             problems.append(f"{loaded.source}: {path}: {exc}")
-    for name, token in loaded.config.tokens.items():
+    for name, token in config.tokens.items():
         for index, sink in enumerate(token.sinks):
-            problems += [
-                f"{loaded.source}: tokens.{name}.sinks.{index}: {problem}"
-                for problem in sink.preflight()
-            ]
+            found = sink.preflight()
+            if not found and not login_problem:
+                found = sink.preflight_remote(SinkContext(name, sink_label(token, index), vault))
+            problems += [f"{loaded.source}: tokens.{name}.sinks.{index}: {p}" for p in found]
     return problems
 
 
@@ -279,7 +300,24 @@ def _walk(value: Any, path: str) -> Iterator[tuple[str, SecretReference]]:
             yield from _walk(item, f"{path}.{index}")
 
 
+def _vault_problems(config: Config) -> Iterator[tuple[str, str]]:
+    """Vault sinks and `{vault: ...}` secrets need the top-level `vault:` block."""
+    if config.vault is not None:
+        return
+    for path, ref in secret_references(config):
+        if isinstance(ref, VaultSecret):
+            yield path, "{vault: ...} needs a top-level vault: block (address, auth)"
+    for name, token in config.tokens.items():
+        for index, sink in enumerate(token.sinks):
+            if isinstance(sink, VaultSinkOptions):
+                yield (
+                    f"tokens.{name}.sinks.{index}",
+                    "a vault sink needs a top-level vault: block (address, auth)",
+                )
+
+
 def _cross_reference_problems(config: Config) -> Iterator[tuple[str, str]]:
+    yield from _vault_problems(config)
     known = ", ".join(config.identities)
     targets: dict[str, str] = {}
     for name, token in config.tokens.items():
@@ -367,6 +405,7 @@ def _read_yaml(text: str, label: str) -> Any:
 # --- pydantic errors as one line each ---------------------------------------------------------
 
 _UNION_TAGS = frozenset(SINK_TYPES)
+_AUTH_TAGS = frozenset(AUTH_METHODS)
 
 
 def _validation_lines(exc: ValidationError) -> list[str]:
@@ -383,6 +422,8 @@ def _key_path(loc: tuple[int | str, ...]) -> str:
         previous = loc[index - 1] if index else None
         if isinstance(part, str) and part in _UNION_TAGS and isinstance(previous, int):
             continue  # pydantic inserts the union member's tag; the user never wrote it
+        if part in _AUTH_TAGS and previous == "auth":
+            continue  # likewise for the vault auth method
         if part == "[key]":
             continue  # the problem is the key itself, already the last part of the path
         parts.append(str(part))
@@ -397,10 +438,12 @@ def _message(error: Any) -> str:
     if kind == "extra_forbidden":
         key = str(error["loc"][-1])
         return "unknown key" + _did_you_mean(key, _ALL_KEYS)
-    if kind == "union_tag_invalid":
-        return f"unknown type '{ctx.get('tag')}' (known: {', '.join(SINK_TYPES)})"
-    if kind == "union_tag_not_found":
-        return f"type is missing (known: {', '.join(SINK_TYPES)})"
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        tag = str(ctx.get("discriminator", "type")).strip("'")
+        known = ", ".join(AUTH_METHODS if tag == "method" else SINK_TYPES)
+        if kind == "union_tag_not_found":
+            return f"{tag} is missing (known: {known})"
+        return f"unknown {tag} '{ctx.get('tag')}' (known: {known})"
     if kind == "literal_error":
         return f"must be one of {ctx.get('expected')}"
     if kind == "string_pattern_mismatch" and error["loc"][:1] in (("identities",), ("tokens",)):

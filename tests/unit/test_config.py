@@ -149,7 +149,7 @@ BAD_CONFIGS = [
         {"{env: CRM_SECRET}": "{vault_path: x}"},
         [
             "config.yaml: identities.crm-app.credential.secret: unknown secret reference 'vault_path' "
-            "(expected one of {env: ...}, {file: ...}, {credential: ...})"
+            "(expected one of {env: ...}, {file: ...}, {credential: ...}, {vault: ...})"
         ],
     ),
     (

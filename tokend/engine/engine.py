@@ -15,6 +15,7 @@ from tokend.engine.scheduler import Scheduler
 from tokend.engine.state import StateStore
 from tokend.oauth import Endpoint, HttpSettings, TokenRequest, build_credential
 from tokend.sinks import SinkContext, build_sink
+from tokend.vault import VaultSession, bind_secrets
 
 
 class Engine:
@@ -28,7 +29,11 @@ class Engine:
         clock: Clock = SYSTEM_CLOCK,
         rand: random.Random | None = None,
     ) -> None:
-        self.config = config
+        # One Vault login for the whole process, shared by Vault sinks and {vault: ...} secrets.
+        self._vault = (
+            VaultSession(config.vault, clock=clock, scheduler=scheduler) if config.vault else None
+        )
+        self.config = config = bind_secrets(config, self._vault)
         self._acquirer = acquirer
         self._scheduler = scheduler
         self._durations = durations
@@ -64,6 +69,8 @@ class Engine:
             job.stop()
         for job in self.jobs.values():
             await job.publisher.close()
+        if self._vault is not None:
+            await self._vault.close()
 
     def is_ready(self, now: datetime) -> bool:
         """Every token holds a valid value and every sink has been given one."""
@@ -76,7 +83,7 @@ class Engine:
         slots = [
             SinkSlot(
                 name,
-                build_sink(options, SinkContext(name, sink_label(spec, index))),
+                build_sink(options, SinkContext(name, sink_label(spec, index), self._vault)),
                 clock=self._clock,
                 scheduler=self._scheduler,
                 backoff=backoff,
