@@ -87,6 +87,10 @@ class VaultSession:
             return await loop.run_in_executor(
                 self._pool, functools.partial(self.call, operation, path=path, action=action)
             )
+        except RuntimeError:  # the pool is shut down: the session was closed
+            raise VaultError(
+                self.where(path), "the Vault session is closed", Problem.INTERNAL
+            ) from None
         finally:
             self._plan_maintenance()
 
@@ -142,6 +146,8 @@ class VaultSession:
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self._pool, self.read_secret, reference)
+        except RuntimeError:  # the pool is shut down: the session was closed
+            raise SecretError(f"Vault secret {reference}: the Vault session is closed") from None
         finally:
             self._plan_maintenance()
 
