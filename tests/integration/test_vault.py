@@ -17,13 +17,23 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
+import jwt
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 
 from tests.conftest import entra_identity, write_config
 from tests.support.clock import FakeClock
 from tests.support.idp import CLIENT_SECRET, FakeIdp
 from tests.support.openbao import Bao, PersistentServer, dev_server, persistent_server
 from tests.support.processes import tokend
+from tests.support.servers import serve
 from tests.support.virtual import VirtualScheduler
 from tokend.config import Config
 from tokend.engine import ApsScheduler, Engine
@@ -253,6 +263,26 @@ def test_wrong_or_missing_mount_is_named_and_nothing_is_written(
     run(config_for(idp, bao, sinks), scenario)
     # A KV v2 write to a v1 mount would have created a secret literally named data/PATH.
     assert bao.client().read(f"kv1/data/{kvpath}") is None
+
+
+def test_https_with_the_configured_ca_bundle(tmp_path: Path) -> None:
+    with dev_server(tmp_path, tls=True) as bao:
+        assert bao.url.startswith("https://")
+        auth = {"method": "token", "token": bao.root_token}
+        trusted = VaultOptions.model_validate(
+            {"address": bao.url, "ca_bundle": str(bao.ca_bundle), "auth": auth}
+        )
+        untrusted = VaultOptions.model_validate({"address": bao.url, "auth": auth})
+        sessions = VaultSession(trusted), VaultSession(untrusted)
+        try:
+            assert sessions[0].check_login() is None
+            assert sessions[1].check_login() == (
+                f"{bao.url}/v1/auth/token/lookup-self: TLS handshake failed (check "
+                "vault.ca_bundle and the server's certificate)"
+            )
+        finally:
+            for session in sessions:
+                session.close_sync()
 
 
 # --- policies ----------------------------------------------------------------------------------
@@ -514,6 +544,100 @@ def test_approle_logs_in_again_before_an_unrenewable_token_expires(
         assert stored(bao, kvpath)["access_token"] == h.job.token.value
 
     run(config_for(idp, bao, [{"type": "vault", "path": kvpath}], auth=auth), scenario)
+
+
+class TokenReviews:
+    """The one Kubernetes API call Vault's kubernetes auth makes: TokenReview. It says every
+    JWT belongs to the service account apps/tokend, and records the JWTs it was asked about."""
+
+    def __init__(self) -> None:
+        self.reviewed: list[str] = []
+        self.app = Starlette(
+            routes=[
+                Route("/apis/authentication.k8s.io/v1/tokenreviews", self.review, methods=["POST"])
+            ]
+        )
+
+    async def review(self, request: Request) -> JSONResponse:
+        self.reviewed.append((await request.json())["spec"]["token"])
+        user = {"username": "system:serviceaccount:apps:tokend", "uid": "uid-1"}
+        return JSONResponse(
+            {"kind": "TokenReview", "status": {"authenticated": True, "user": user}}
+        )
+
+
+def service_account_jwt(key: ec.EllipticCurvePrivateKey) -> str:
+    claims = {
+        "iss": "kubernetes/serviceaccount",
+        "sub": "system:serviceaccount:apps:tokend",
+        "kubernetes.io/serviceaccount/namespace": "apps",
+        "kubernetes.io/serviceaccount/service-account.name": "tokend",
+        "kubernetes.io/serviceaccount/service-account.uid": "uid-1",
+        "jti": uuid.uuid4().hex,
+    }
+    return jwt.encode(claims, key, algorithm="ES256")
+
+
+def cluster_ca(key: ec.EllipticCurvePrivateKey) -> str:
+    """A CA certificate for the kubernetes auth config (required; unused over plain http)."""
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test-cluster")])
+    now = datetime.now(UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    return certificate.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def test_kubernetes_login_rereads_the_service_account_token(
+    idp: FakeIdp, bao: Bao, tmp_path: Path, kvpath: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="tokend")
+    key = ec.generate_private_key(ec.SECP256R1())
+    reviews = TokenReviews()
+    mount = f"k8s-{uuid.uuid4().hex[:8]}"
+    jwt_file = tmp_path / "token"
+    jwt_file.write_text(service_account_jwt(key))
+    auth = {"method": "kubernetes", "mount": mount, "role": "tokend", "jwt_file": str(jwt_file)}
+    sinks = [{"type": "vault", "path": kvpath}]
+
+    async def scenario(h: Harness) -> None:
+        await h.engine.start()
+        await h.run_for(timedelta(0))
+        assert stored(bao, kvpath)["access_token"] == h.job.token.value
+        jwt_file.write_text(rotated)  # the kubelet rotates projected tokens
+        await asyncio.to_thread(bao.client().sys.revoke_prefix, f"auth/{mount}/login")
+        await h.run_for(H)
+        assert stored(bao, kvpath)["access_token"] == h.job.token.value
+        assert h.slot("vault").failures == 0
+
+    with serve(reviews.app) as kubernetes:
+        root = bao.client()
+        root.sys.enable_auth_method("kubernetes", path=mount)
+        root.auth.kubernetes.configure(
+            kubernetes_host=kubernetes,
+            kubernetes_ca_cert=cluster_ca(key),
+            disable_local_ca_jwt=True,
+            mount_point=mount,
+        )
+        root.auth.kubernetes.create_role(
+            "tokend",
+            bound_service_account_names=["tokend"],
+            bound_service_account_namespaces=["apps"],
+            policies=[writer_policy(bao, kvpath)],
+            mount_point=mount,
+        )
+        first, rotated = jwt_file.read_text(), service_account_jwt(key)
+        run(config_for(idp, bao, sinks, auth=auth), scenario)
+    assert reviews.reviewed == [first, rotated]
+    assert logins(caplog) == 2
+    assert first not in caplog.text and rotated not in caplog.text
 
 
 # --- secrets from Vault --------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -60,9 +61,11 @@ class Bao:
     workdir: Path
     process: subprocess.Popen[bytes] | None = None
     args: list[str] = field(default_factory=list)
+    ca_bundle: Path | None = None  # with TLS: the CA that signed the server's certificate
 
     def client(self, token: str | None = None) -> Any:
-        return hvac.Client(url=self.url, token=token or self.root_token, timeout=5)
+        verify = str(self.ca_bundle) if self.ca_bundle else True
+        return hvac.Client(url=self.url, token=token or self.root_token, timeout=5, verify=verify)
 
     @property
     def log(self) -> Path:
@@ -91,8 +94,11 @@ class Bao:
         self.process = None
 
     def health(self) -> dict[str, Any] | None:
+        if self.ca_bundle is not None and not self.ca_bundle.exists():
+            return None  # a -dev-tls server writes its CA as it starts
         try:
-            response = httpx2.get(f"{self.url}/v1/sys/health", timeout=2)
+            verify = ssl.create_default_context(cafile=self.ca_bundle) if self.ca_bundle else True
+            response = httpx2.get(f"{self.url}/v1/sys/health", timeout=2, verify=verify)
         except httpx2.TransportError:
             return None
         body: dict[str, Any] = response.json()
@@ -106,19 +112,24 @@ class Bao:
 
 
 @contextmanager
-def dev_server(workdir: Path) -> Iterator[Bao]:
+def dev_server(workdir: Path, *, tls: bool = False) -> Iterator[Bao]:
+    """With `tls`, the server makes itself a CA and a certificate for 127.0.0.1 (`-dev-tls`)."""
     port = _port_pair()
+    args = [
+        "server",
+        "-dev",
+        f"-dev-root-token-id={ROOT_TOKEN}",
+        f"-dev-listen-address=127.0.0.1:{port}",
+        "-dev-no-store-token",
+    ]
+    if tls:
+        args += ["-dev-tls", f"-dev-tls-cert-dir={workdir}"]
     bao = Bao(
-        url=f"http://127.0.0.1:{port}",
+        url=f"{'https' if tls else 'http'}://127.0.0.1:{port}",
         root_token=ROOT_TOKEN,
         workdir=workdir,
-        args=[
-            "server",
-            "-dev",
-            f"-dev-root-token-id={ROOT_TOKEN}",
-            f"-dev-listen-address=127.0.0.1:{port}",
-            "-dev-no-store-token",
-        ],
+        args=args,
+        ca_bundle=workdir / "vault-ca.pem" if tls else None,
     )
     bao.start()
     try:
