@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
+import hvac.exceptions as hx
 import jwt
 import pytest
 from cryptography import x509
@@ -29,6 +30,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from tests.conftest import entra_identity, write_config
+from tests.support import idp as faults
 from tests.support.clock import FakeClock
 from tests.support.idp import CLIENT_SECRET, FakeIdp
 from tests.support.openbao import Bao, PersistentServer, dev_server, persistent_server
@@ -283,6 +285,26 @@ def test_https_with_the_configured_ca_bundle(tmp_path: Path) -> None:
         finally:
             for session in sessions:
                 session.close_sync()
+
+
+def test_on_expiry_withdraw_deletes_the_dead_token(idp: FakeIdp, bao: Bao, kvpath: str) -> None:
+    sinks = [{"type": "vault", "path": kvpath, "on_expiry": "withdraw"}]
+
+    async def scenario(h: Harness) -> None:
+        await h.engine.start()
+        await h.run_for(timedelta(0))
+        first = h.job.token
+        idp.fail(*[faults.html(502)] * 100)  # a long identity-provider outage
+        await h.run_for(first.expires_at - h.clock.now() - timedelta(seconds=1))
+        assert stored(bao, kvpath)["access_token"] == first.value  # valid to the very end
+        await h.run_for(timedelta(seconds=1))
+        with pytest.raises(hx.InvalidPath):  # consumers now fail fast
+            stored(bao, kvpath)
+        idp.reset()
+        await h.run_for(6 * M)
+        assert stored(bao, kvpath)["access_token"] == h.job.token.value != first.value
+
+    run(config_for(idp, bao, sinks), scenario)
 
 
 # --- policies ----------------------------------------------------------------------------------

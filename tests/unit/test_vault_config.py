@@ -153,9 +153,18 @@ def test_vault_secret_without_a_vault_block() -> None:
     ]
 
 
-def test_address_defaults_to_vault_addr(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_defaults_from_the_vault_cli_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VAULT_ADDR", "https://from-env.example:8200/")
-    assert VaultOptions().address == "https://from-env.example:8200"
+    monkeypatch.setenv("VAULT_NAMESPACE", "team-a/")
+    monkeypatch.setenv("VAULT_CACERT", "/etc/ssl/vault-ca.pem")
+    options = VaultOptions()
+    assert options.address == "https://from-env.example:8200"
+    assert options.namespace == "team-a"
+    assert str(options.ca_bundle) == "/etc/ssl/vault-ca.pem"
+    assert options.auth.method == "token"
+    for name in ("VAULT_NAMESPACE", "VAULT_CACERT"):
+        monkeypatch.delenv(name)
+    assert (VaultOptions().namespace, VaultOptions().ca_bundle) == (None, None)
     monkeypatch.delenv("VAULT_ADDR")
     assert lines_for({**BASE, "vault": {}}) == [
         "config.yaml: vault.address: required: set it here or in the environment as VAULT_ADDR"

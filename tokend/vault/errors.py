@@ -97,6 +97,8 @@ def _network_problem(exc: BaseException, timeout: float) -> str | None:
         return "cannot connect to Vault (connection refused, reset or name not resolved)"
     if isinstance(exc, rx.RequestException):
         return f"request to Vault failed ({type(exc).__name__})"
+    if isinstance(exc, OSError) and "CA certificate bundle" in str(exc):
+        return "cannot use the CA bundle (check vault.ca_bundle: it must be a readable PEM file)"
     return None
 
 

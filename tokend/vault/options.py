@@ -1,8 +1,9 @@
 """The `vault:` block of the config: where Vault is, how tokend logs in, and how it connects.
 
 One block per config: every Vault sink and every `{vault: ...}` secret reference uses it. The
-address defaults to `$VAULT_ADDR` and the login to the token in `$VAULT_TOKEN`, as for the `vault`
-and `bao` command-line tools, so an operator's usual environment works unchanged.
+address, namespace and CA bundle default to `$VAULT_ADDR`, `$VAULT_NAMESPACE` and `$VAULT_CACERT`,
+and the login to the token in `$VAULT_TOKEN`, as for the `vault` and `bao` command-line tools, so
+an operator's usual environment works unchanged.
 """
 
 from __future__ import annotations
@@ -96,13 +97,23 @@ def _vault_addr() -> str:
     return os.environ.get("VAULT_ADDR", "")
 
 
+def _vault_cacert() -> Path | None:
+    return Path(os.environ["VAULT_CACERT"]) if os.environ.get("VAULT_CACERT") else None
+
+
+def _vault_namespace() -> str | None:
+    return os.environ.get("VAULT_NAMESPACE") or None
+
+
 class VaultOptions(_Model):
     allow_insecure_http: bool = False
     """Plain http, to a loopback address only (a local Vault Agent or a test server)."""
     address: str = Field(default_factory=_vault_addr, validate_default=True)
-    namespace: str | None = Field(default=None, min_length=1)
+    namespace: str | None = Field(
+        default_factory=_vault_namespace, min_length=1, validate_default=True
+    )
     auth: VaultAuth = TokenAuth(method="token")
-    ca_bundle: Path | None = None
+    ca_bundle: Path | None = Field(default_factory=_vault_cacert)
     timeout: PositiveDuration = timedelta(seconds=10)
     """For each request to Vault (connecting, and waiting for the answer)."""
 
