@@ -3,14 +3,14 @@
 Error lines name the file and the key path, e.g.
 `config.yaml: tokens.crm.identity: unknown identity 'crm-ap' (known: crm-app)`. Unknown keys are
 errors (a typo must not silently fall back to a default). Durations read as `600`, `600s`, `10m`
-or `1h`. Secrets are references (`{env: ...}`, `{file: ...}`, `{credential: ...}`); an inline
-secret is accepted with a warning. Relative paths are relative to the working directory.
+or `1h`. Secrets are references (`{env: ...}`, `{file: ...}`, `{credential: ...}`,
+`{vault: ...}`); an inline secret is accepted with a warning. Relative paths are relative to the
+working directory.
 """
 
 from __future__ import annotations
 
 import difflib
-import math
 import os
 import re
 from collections.abc import Iterator
@@ -21,7 +21,6 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
-    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -31,11 +30,14 @@ from pydantic import (
     model_validator,
 )
 
+from tokend.durations import Duration, PositiveDuration
 from tokend.logs import one_line
 from tokend.oauth.credentials import CredentialOptions
-from tokend.secrets import InlineSecret, SecretError, SecretReference
-from tokend.sinks import SINK_TYPES, SinkOptions
+from tokend.secrets import InlineSecret, SecretError, SecretReference, VaultSecret
+from tokend.sinks import SINK_TYPES, SinkContext, SinkOptions
+from tokend.sinks.vault import VaultSinkOptions
 from tokend.transport import url_problem
+from tokend.vault import AUTH_METHODS, VaultOptions, VaultSession, bind_secrets
 
 DEFAULT_AUTHORITY_HOST = "https://login.microsoftonline.com"
 DEFAULT_LISTEN = "127.0.0.1:9464"
@@ -53,41 +55,6 @@ class ConfigError(Exception):
 
 # --- value types ------------------------------------------------------------------------------
 
-_DURATION = re.compile(r"(?P<number>\d+(?:\.\d+)?)\s*(?P<unit>ms|s|m|h|d)?")
-_LONGEST_DURATION = 365 * 86400
-_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
-
-
-def parse_duration(value: Any) -> timedelta:
-    """`600` and `"600"` are seconds; `"600s"`, `"10m"`, `"1h"`, `"1d"`, `"500ms"` name a unit."""
-    if isinstance(value, timedelta):
-        return value
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise ValueError("expected a duration such as 600, 600s, 10m or 1h")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    else:
-        match = _DURATION.fullmatch(value.strip())
-        if not match:
-            raise ValueError(f"'{value}' is not a duration such as 600, 600s, 10m or 1h")
-        seconds = float(match["number"]) * _UNIT_SECONDS[match["unit"]]
-    if not math.isfinite(seconds) or seconds > _LONGEST_DURATION:
-        raise ValueError("a duration must be finite and at most 365 days")
-    if seconds < 0:
-        raise ValueError("a duration cannot be negative")
-    return timedelta(seconds=seconds)
-
-
-Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
-
-
-def _positive(value: timedelta) -> timedelta:
-    if value <= timedelta(0):
-        raise ValueError("must be longer than zero")
-    return value
-
-
-PositiveDuration = Annotated[Duration, AfterValidator(_positive)]
 Name = Annotated[str, Field(pattern=_NAME)]
 
 
@@ -203,6 +170,7 @@ class Config(_Model):
     log: LogOptions = LogOptions()
     listen: str | None = DEFAULT_LISTEN
     state_dir: Path | None = Field(default_factory=_systemd_state_directory)
+    vault: VaultOptions | None = None
 
     @field_validator("listen")
     @classmethod
@@ -274,21 +242,38 @@ def parse_config(text: str, *, label: str, source: Path | None = None) -> Loaded
 
 
 def preflight(loaded: LoadedConfig) -> list[str]:
-    """What this machine would make fail, found without contacting anyone: secret references
+    """What this machine would make fail, found without writing anything: secret references
     that do not resolve (values are discarded at once), sink problems such as a missing directory
-    or an unknown file owner. One line per problem."""
+    or an unknown file owner. With a `vault:` block, tokend also logs in to Vault (and revokes
+    that login after), reads `{vault: ...}` secrets and asks Vault whether each Vault sink's mount
+    exists and its policy allows the writes. One line per problem."""
+    vault = VaultSession(loaded.config.vault) if loaded.config.vault else None
+    try:
+        return _preflight(loaded, vault)
+    finally:
+        if vault is not None:
+            vault.close_sync()
+
+
+def _preflight(loaded: LoadedConfig, vault: VaultSession | None) -> list[str]:
     problems = []
-    for path, ref in secret_references(loaded.config):
+    login_problem = vault.check_login() if vault else None
+    if login_problem:
+        problems.append(f"{loaded.source}: vault.auth: {login_problem}")
+    config = bind_secrets(loaded.config, vault)
+    for path, ref in secret_references(config):
+        if isinstance(ref, VaultSecret) and login_problem:
+            continue  # said once above
         try:
             ref.resolve()
         except SecretError as exc:
             problems.append(f"{loaded.source}: {path}: {exc}")
-    for name, token in loaded.config.tokens.items():
+    for name, token in config.tokens.items():
         for index, sink in enumerate(token.sinks):
-            problems += [
-                f"{loaded.source}: tokens.{name}.sinks.{index}: {problem}"
-                for problem in sink.preflight()
-            ]
+            found = sink.preflight()
+            if not found and not login_problem:
+                found = sink.preflight_remote(SinkContext(name, sink_label(token, index), vault))
+            problems += [f"{loaded.source}: tokens.{name}.sinks.{index}: {p}" for p in found]
     return problems
 
 
@@ -312,7 +297,24 @@ def _walk(value: Any, path: str) -> Iterator[tuple[str, SecretReference]]:
             yield from _walk(item, f"{path}.{index}")
 
 
+def _vault_problems(config: Config) -> Iterator[tuple[str, str]]:
+    """Vault sinks and `{vault: ...}` secrets need the top-level `vault:` block."""
+    if config.vault is not None:
+        return
+    for path, ref in secret_references(config):
+        if isinstance(ref, VaultSecret):
+            yield path, "{vault: ...} needs a top-level vault: block (address, auth)"
+    for name, token in config.tokens.items():
+        for index, sink in enumerate(token.sinks):
+            if isinstance(sink, VaultSinkOptions):
+                yield (
+                    f"tokens.{name}.sinks.{index}",
+                    "a vault sink needs a top-level vault: block (address, auth)",
+                )
+
+
 def _cross_reference_problems(config: Config) -> Iterator[tuple[str, str]]:
+    yield from _vault_problems(config)
     known = ", ".join(config.identities)
     targets: dict[str, str] = {}
     for name, token in config.tokens.items():
@@ -407,6 +409,7 @@ def _read_yaml(text: str, label: str) -> Any:
 # --- pydantic errors as one line each ---------------------------------------------------------
 
 _UNION_TAGS = frozenset(SINK_TYPES)
+_AUTH_TAGS = frozenset(AUTH_METHODS)
 
 
 def _validation_lines(exc: ValidationError) -> list[str]:
@@ -423,6 +426,8 @@ def _key_path(loc: tuple[int | str, ...]) -> str:
         previous = loc[index - 1] if index else None
         if isinstance(part, str) and part in _UNION_TAGS and isinstance(previous, int):
             continue  # pydantic inserts the union member's tag; the user never wrote it
+        if part in _AUTH_TAGS and previous == "auth":
+            continue  # likewise for the vault auth method
         if part == "[key]":
             continue  # the problem is the key itself, already the last part of the path
         parts.append(str(part))
@@ -437,10 +442,12 @@ def _message(error: Any) -> str:
     if kind == "extra_forbidden":
         key = str(error["loc"][-1])
         return "unknown key" + _did_you_mean(key, _ALL_KEYS)
-    if kind == "union_tag_invalid":
-        return f"unknown type '{ctx.get('tag')}' (known: {', '.join(SINK_TYPES)})"
-    if kind == "union_tag_not_found":
-        return f"type is missing (known: {', '.join(SINK_TYPES)})"
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        tag = str(ctx.get("discriminator", "type")).strip("'")
+        known = ", ".join(AUTH_METHODS if tag == "method" else SINK_TYPES)
+        if kind == "union_tag_not_found":
+            return f"{tag} is missing (known: {known})"
+        return f"unknown {tag} '{ctx.get('tag')}' (known: {known})"
     if kind == "literal_error":
         return f"must be one of {ctx.get('expected')}"
     if kind == "string_pattern_mismatch" and error["loc"][:1] in (("identities",), ("tokens",)):

@@ -1,18 +1,26 @@
 """Secret references: where a secret lives, and reading it when it is needed.
 
 Config never holds a secret directly if it can help it: it says *where* the secret is
-(`{env: NAME}`, `{file: PATH}`, `{credential: NAME}` for systemd credentials). References are
-resolved on every use, so an operator who replaces a secret file fixes a failing identity without
-restarting tokend.
+(`{env: NAME}`, `{file: PATH}`, `{credential: NAME}` for systemd credentials, `{vault: PATH#FIELD}`
+for a field of a Vault KV secret). References are resolved on every use, so an operator who
+replaces a secret file fixes a failing identity without restarting tokend.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, PlainValidator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+)
 
 from tokend.logs import redactor
 
@@ -130,10 +138,59 @@ def _read_secret_file(path: Path, what: str) -> str:
     return value
 
 
+class VaultReader(Protocol):
+    """What reads `{vault: ...}` references: the process's Vault session (`tokend.vault`)."""
+
+    def read_secret(self, reference: str) -> Secret: ...
+
+    async def read_secret_async(self, reference: str) -> Secret: ...
+
+
+class VaultSecret(SecretReference):
+    """A field of a Vault KV secret, by its API path as Vault policies spell it:
+    `secret/data/apps/crm#client_secret` (KV version 2, note `data/`) or `kv/apps/crm#secret`
+    (version 1). Read over the network, so `read()` keeps the event loop free. The reference is
+    read through the Vault session the engine binds to it (`bound_to`); a config cannot hold
+    a live session, so an unbound reference says so instead of reading."""
+
+    vault: str
+    _reader: VaultReader | None = PrivateAttr(default=None)
+
+    @field_validator("vault")
+    @classmethod
+    def _path_and_field(cls, vault: str) -> str:
+        path, _, field = vault.strip().strip("/").removeprefix("v1/").partition("#")
+        if not path or not field or "#" in field or any(c.isspace() for c in path + field):
+            raise ValueError(
+                f"'{vault}' is not PATH#FIELD, e.g. {{vault: secret/data/apps/crm#client_secret}}"
+            )
+        return f"{path.strip('/')}#{field}"
+
+    def bound_to(self, reader: VaultReader) -> VaultSecret:
+        bound = self.model_copy()
+        bound._reader = reader
+        return bound
+
+    def describe(self) -> str:
+        return f"Vault secret {self.vault}"
+
+    def resolve(self) -> Secret:
+        return self._bound_reader().read_secret(self.vault)
+
+    async def read(self) -> Secret:
+        return await self._bound_reader().read_secret_async(self.vault)
+
+    def _bound_reader(self) -> VaultReader:
+        if self._reader is None:
+            raise SecretError(f"Vault secret {self.vault}: no vault: block is configured")
+        return self._reader
+
+
 _REFERENCE_KINDS: dict[str, type[SecretReference]] = {
     "env": EnvSecret,
     "file": FileSecret,
     "credential": CredentialSecret,
+    "vault": VaultSecret,
 }
 
 
@@ -154,11 +211,15 @@ def parse_secret_ref(value: Any) -> SecretReference:
         raise ValueError(f"unknown secret reference '{kind}' (expected one of {forms})")
     if not isinstance(value[kind], str) or not value[kind]:
         raise ValueError(f"{{{kind}: ...}} needs a non-empty string")
-    return _REFERENCE_KINDS[kind].model_validate(value)
+    try:
+        return _REFERENCE_KINDS[kind].model_validate(value)
+    except ValidationError as exc:  # one line, as every config error
+        message = str(exc.errors(include_url=False)[0]["msg"]).removeprefix("Value error, ")
+        raise ValueError(f"{{{kind}: ...}}: {message[:1].lower()}{message[1:]}") from None
 
 
 SecretRef = Annotated[
-    InlineSecret | EnvSecret | FileSecret | CredentialSecret,
+    InlineSecret | EnvSecret | FileSecret | CredentialSecret | VaultSecret,
     PlainValidator(parse_secret_ref),
 ]
 """A config value naming a secret: a plain string (inline) or one of the reference forms."""

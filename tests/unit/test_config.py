@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tokend.config import ConfigError, load_config, parse_config, parse_duration, split_listen
+from tokend.config import ConfigError, load_config, parse_config, split_listen
+from tokend.durations import parse_duration
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -152,7 +153,7 @@ BAD_CONFIGS = [
         {"{env: CRM_SECRET}": "{vault_path: x}"},
         [
             "config.yaml: identities.crm-app.credential.secret: unknown secret reference 'vault_path' "
-            "(expected one of {env: ...}, {file: ...}, {credential: ...})"
+            "(expected one of {env: ...}, {file: ...}, {credential: ...}, {vault: ...})"
         ],
     ),
     (

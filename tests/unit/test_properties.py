@@ -11,7 +11,8 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tokend.config import ConfigError, parse_config, parse_duration
+from tokend.config import ConfigError, parse_config
+from tokend.durations import parse_duration
 from tokend.oauth.errors import Peer, TokenError, classify_error_response, parse_retry_after
 from tokend.oauth.token import MalformedResponse, Token, parse_token_response
 

@@ -17,6 +17,7 @@ from tokend.engine.scheduler import Scheduler
 from tokend.engine.state import StateStore, fingerprint
 from tokend.oauth import Endpoint, HttpSettings, Token, TokenRequest, build_credential
 from tokend.sinks import SinkContext, build_sink
+from tokend.vault import VaultSession, bind_secrets
 
 
 @dataclass
@@ -45,11 +46,13 @@ class Engine:
         clock: Clock = SYSTEM_CLOCK,
         rand: random.Random | None = None,
     ) -> None:
-        self.config = config
         self._acquirer = acquirer
         self._scheduler = scheduler
         self._durations = durations
         self._clock = clock
+        # One Vault login for the whole process, shared by Vault sinks and {vault: ...} secrets.
+        self._vault = self._vault_session(config)
+        self.config = config = bind_secrets(config, self._vault)
         self._rand = rand or random.Random()  # noqa: S311 - jitter, not cryptography
         self._state = StateStore(config.state_dir) if config.state_dir else None
         self.jobs: dict[str, TokenJob] = {
@@ -66,8 +69,10 @@ class Engine:
         schedule. Changed tokens get a new job, which keeps the current token if it is still
         valid for the same request. Removed tokens stop."""
         now = self._clock.now()
-        old_config, old_jobs = self.config, self.jobs
-        self.config = config
+        old_config, old_jobs, old_vault = self.config, self.jobs, self._vault
+        if config.vault != old_config.vault:  # every job using Vault changes with it (_inputs)
+            self._vault = self._vault_session(config)
+        self.config = config = bind_secrets(config, self._vault)
         self._state = StateStore(config.state_dir) if config.state_dir else None
         summary = ReloadSummary()
         jobs: dict[str, TokenJob] = {}
@@ -88,6 +93,8 @@ class Engine:
                 old.stop()
                 await old.publisher.close()
         self.jobs = jobs
+        if old_vault is not None and old_vault is not self._vault:
+            await old_vault.close()  # after every job that used it has stopped
         await self._launch([jobs[name] for name in summary.added + summary.changed], carried)
         return summary
 
@@ -114,10 +121,17 @@ class Engine:
             job.stop()
         for job in self.jobs.values():
             await job.publisher.close()
+        if self._vault is not None:
+            await self._vault.close()
 
     def is_ready(self, now: datetime) -> bool:
         """Every token holds a valid value and every sink has been given one."""
         return all(job.is_published(now) for job in self.jobs.values())
+
+    def _vault_session(self, config: Config) -> VaultSession | None:
+        if config.vault is None:
+            return None
+        return VaultSession(config.vault, clock=self._clock, scheduler=self._scheduler)
 
     def _build_job(self, name: str, spec: TokenSpec) -> TokenJob:
         defaults = self.config.defaults
@@ -126,7 +140,7 @@ class Engine:
         slots = [
             SinkSlot(
                 name,
-                build_sink(options, SinkContext(name, sink_label(spec, index))),
+                build_sink(options, SinkContext(name, sink_label(spec, index), self._vault)),
                 clock=self._clock,
                 scheduler=self._scheduler,
                 backoff=backoff,
@@ -160,7 +174,8 @@ def _inputs(config: Config, name: str) -> tuple[Any, ...]:
     """Everything a token's job is built from: equal inputs, equal job."""
     spec = config.tokens[name]
     defaults = config.defaults.model_copy(update={"startup_spread": None})
-    return spec, config.identity_for(spec), defaults, config.http.ca_bundle, config.state_dir
+    http, state, vault = config.http.ca_bundle, config.state_dir, config.vault
+    return spec, config.identity_for(spec), defaults, http, state, vault
 
 
 def token_request(config: Config, name: str) -> TokenRequest:

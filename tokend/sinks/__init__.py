@@ -7,15 +7,19 @@ and in the `SinkOptions` union below. Nothing in the engine names a concrete sin
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import Field
 
 from tokend.sinks.base import Sink, SinkContext, SinkError, SinkOptionsBase
 from tokend.sinks.file import FileSink, FileSinkOptions
+from tokend.sinks.vault import VaultSink, VaultSinkOptions
 
-SinkOptions = FileSinkOptions
+SinkOptions = Annotated[FileSinkOptions | VaultSinkOptions, Field(discriminator="type")]
 
 _BUILDERS: dict[str, Callable[[Any, SinkContext], Sink]] = {
     "file": FileSink,
+    "vault": VaultSink,
 }
 
 SINK_TYPES = tuple(_BUILDERS)

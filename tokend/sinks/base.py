@@ -7,12 +7,15 @@ a one-line reason naming the place it writes to; it never puts a token value in 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal, Protocol
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
 from tokend.oauth.token import Token
+
+if TYPE_CHECKING:
+    from tokend.vault import VaultSession
 
 
 class SinkError(Exception):
@@ -25,6 +28,9 @@ class SinkContext:
 
     token_name: str
     sink_name: str
+    vault: VaultSession | None = field(default=None, compare=False)
+    """The process's Vault session, when the config has a `vault:` block (shared by every sink
+    and secret reference that uses Vault, so tokend logs in once)."""
 
 
 class SinkOptionsBase(BaseModel):
@@ -46,6 +52,12 @@ class SinkOptionsBase(BaseModel):
     def preflight(self) -> list[str]:
         """Problems this machine would cause at the first write, found without writing (for
         `tokend check`); one short line each, naming the target."""
+        return []
+
+    def preflight_remote(self, context: SinkContext) -> list[str]:
+        """Problems found by asking the service this sink writes to (for `tokend check`), still
+        without writing: a missing mount, a policy that forbids the write. Runs after
+        `preflight()`, blocking; one short line each."""
         return []
 
 
