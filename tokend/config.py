@@ -38,6 +38,7 @@ from tokend.sinks import SINK_TYPES, SinkContext, SinkOptions
 from tokend.sinks.vault import VaultSinkOptions
 from tokend.transport import url_problem
 from tokend.vault import AUTH_METHODS, VaultOptions, VaultSession, bind_secrets
+from tokend.yamlfile import read_yaml
 
 DEFAULT_AUTHORITY_HOST = "https://login.microsoftonline.com"
 DEFAULT_LISTEN = "127.0.0.1:9464"
@@ -366,38 +367,9 @@ def sink_label(token: TokenSpec, index: int) -> str:
 # --- YAML -------------------------------------------------------------------------------------
 
 
-# libyaml's parser when PyYAML was built with it (its wheels are): ~10x faster on big configs.
-_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
-class _StrictLoader(_SafeLoader):  # type: ignore[valid-type,misc]
-    """A safe loader that rejects duplicate keys (PyYAML silently keeps the last one)."""
-
-
-def _mapping_without_duplicates(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    seen: set[Any] = set()
-    for key_node, _ in node.value:
-        # Scalar keys compare by their text (cheap); anything else is constructed to compare.
-        is_scalar = isinstance(key_node, yaml.ScalarNode)
-        key = (key_node.tag, key_node.value) if is_scalar else loader.construct_object(key_node)
-        if key in seen:
-            shown = key_node.value if is_scalar else key
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key '{shown}'", key_node.start_mark
-            )
-        seen.add(key)
-    loader.flatten_mapping(node)
-    return dict(loader.construct_pairs(node))
-
-
-_StrictLoader.add_constructor(
-    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates
-)
-
-
 def _read_yaml(text: str, label: str) -> Any:
     try:
-        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a safe loader subclass
+        return read_yaml(text)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f"{label}:{mark.line + 1}:{mark.column + 1}" if mark else label

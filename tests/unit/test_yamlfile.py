@@ -1,0 +1,80 @@
+"""The streaming YAML reader means what PyYAML's safe_load means, and is strict about keys."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tokend.yamlfile import read_yaml
+
+DOCUMENTS = [
+    "",
+    "a: 1\nb: [x, 2.5, null, true, no, ~]\nc: {d: e}",
+    "mode: 0600\ntext: '0600'\nhex: 0x1f\nwhen: 2026-11-23\nempty:\n",
+    "base: &base {type: file, mode: '0640'}\nsink:\n  <<: *base\n  path: /x\n",
+    "a: &a [1, 2]\nb: *a\n",
+    "x: !!str 123\ny: !!int '7'\n",
+    "defaults: &d {a: 1, b: 2}\nmore: &m {b: 3, c: 4}\nboth: {<<: [*d, *m], c: 5}\n",
+    "- 'quoted: colon'\n- \"tab\\there\"\n- |\n  block\n  text\n",
+]
+
+
+@pytest.mark.parametrize("text", DOCUMENTS)
+def test_same_values_as_safe_load(text: str) -> None:
+    assert read_yaml(text) == yaml.safe_load(text)
+
+
+def test_merge_keys_and_yaml_1_1_scalars() -> None:
+    document = read_yaml(DOCUMENTS[2] + DOCUMENTS[3])
+    assert document["mode"] == 0o600 and document["text"] == "0600"
+    assert document["when"] == date(2026, 11, 23)
+    assert document["sink"] == {"type": "file", "mode": "0640", "path": "/x"}
+
+
+@pytest.mark.parametrize(
+    ("text", "problem", "line"),
+    [
+        ("a: 1\nb: 2\na: 3\n", "duplicate key 'a'", 3),
+        ("tokens:\n  crm: {}\n  crm: {}\n", "duplicate key 'crm'", 3),
+        ("a: *nowhere\n", "alias *nowhere names no anchor above it", 1),
+        ("? [a, b]\n: 1\n", "a key must be a plain value", 1),
+        ("a: 1\n---\nb: 2\n", "a config file holds one YAML document", 2),
+        (
+            "a: !!python/object:os.system x\n",
+            "unsupported tag tag:yaml.org,2002:python/object:os.system",
+            1,
+        ),
+        ("a: !custom {b: 1}\n", "unsupported tag !custom", 1),
+        ("a:\n  <<: [1, 2]\n", "<< takes a mapping or a list of mappings", 2),
+    ],
+)
+def test_problems_name_their_line(text: str, problem: str, line: int) -> None:
+    with pytest.raises(yaml.MarkedYAMLError) as caught:
+        read_yaml(text)
+    assert caught.value.problem == problem
+    assert caught.value.problem_mark is not None
+    assert caught.value.problem_mark.line + 1 == line
+
+
+scalars = (
+    st.none() | st.booleans() | st.integers() | st.text(max_size=20) | st.floats(allow_nan=False)
+)
+documents = st.recursive(
+    scalars,
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=25,
+)
+
+
+@settings(max_examples=300)
+@given(documents, st.booleans())
+def test_agrees_with_safe_load_on_anything_pyyaml_writes(document: Any, flow: bool) -> None:
+    text = yaml.safe_dump(document, default_flow_style=flow)
+    assert read_yaml(text) == yaml.safe_load(text)

@@ -1,0 +1,129 @@
+"""Reading YAML config files: strict, and light on memory however large the file.
+
+PyYAML's `load` first composes a node tree of the whole document (each node with two position
+marks), then builds Python values from it: for a 10,000-token config that tree is ~45 MB, and
+memory freed after a burst like that stays fragmented for the life of the process. Here values
+are built straight from libyaml's event stream, so parsing holds only the values themselves.
+Resolution and scalar construction are PyYAML's own (YAML 1.1, safe types); anchors, aliases and
+merge keys (`<<: *base`) work as usual. A key given twice is an error (PyYAML keeps the last).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+_Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml, in PyYAML's wheels
+_MERGE = "tag:yaml.org,2002:merge"
+_COLLECTION_TAGS = (None, "!", "tag:yaml.org,2002:map", "tag:yaml.org,2002:seq")
+
+
+class YamlError(yaml.MarkedYAMLError):
+    """A problem at a place in the document (`problem_mark` says where)."""
+
+    def __init__(self, problem: str, event: yaml.Event) -> None:
+        start = event.start_mark  # libyaml's own Mark type: copy the position
+        mark = None
+        if start is not None:
+            mark = yaml.Mark("<config>", start.index, start.line, start.column, "", 0)
+        super().__init__(problem=problem, problem_mark=mark)
+
+
+def read_yaml(text: str) -> Any:
+    """The single document in `text` as Python values (None for an empty stream). Raises
+    `yaml.YAMLError` (with a position where one is known)."""
+    loader = _Loader(text)
+    try:
+        return _Builder(loader).document()
+    finally:
+        loader.dispose()
+
+
+class _Builder:
+    def __init__(self, loader: Any) -> None:
+        self._loader = loader
+        self._anchors: dict[str, Any] = {}
+
+    def document(self) -> Any:
+        events = self._loader
+        events.get_event()  # stream start
+        if events.check_event(yaml.StreamEndEvent):
+            return None
+        events.get_event()  # document start
+        value = self._value(events.get_event())
+        events.get_event()  # document end
+        if not events.check_event(yaml.StreamEndEvent):
+            raise YamlError("a config file holds one YAML document", events.get_event())
+        return value
+
+    def _value(self, event: yaml.Event) -> Any:
+        if isinstance(event, yaml.AliasEvent):
+            if event.anchor not in self._anchors:
+                raise YamlError(f"alias *{event.anchor} names no anchor above it", event)
+            return self._anchors[event.anchor]
+        if isinstance(event, yaml.ScalarEvent):
+            value = self._scalar(event)
+        elif isinstance(event, yaml.SequenceStartEvent | yaml.MappingStartEvent):
+            if event.tag not in _COLLECTION_TAGS:
+                raise YamlError(f"unsupported tag {event.tag}", event)
+            value = (
+                self._sequence() if isinstance(event, yaml.SequenceStartEvent) else self._mapping()
+            )
+        else:  # pragma: no cover - libyaml emits nothing else inside a document
+            raise YamlError(f"unexpected {type(event).__name__}", event)
+        if event.anchor:
+            self._anchors[event.anchor] = value
+        return value
+
+    def _scalar(self, event: yaml.ScalarEvent) -> Any:
+        loader = self._loader
+        tag = event.tag
+        if tag in (None, "!"):
+            tag = loader.resolve(yaml.ScalarNode, event.value, event.implicit)
+        construct = loader.yaml_constructors.get(tag)
+        if construct is None or tag == _MERGE:
+            if tag == _MERGE:
+                return _Merge()
+            raise YamlError(f"unsupported tag {tag}", event)
+        return construct(loader, yaml.ScalarNode(tag, event.value, style=event.style))
+
+    def _sequence(self) -> list[Any]:
+        items = []
+        while not self._loader.check_event(yaml.SequenceEndEvent):
+            items.append(self._value(self._loader.get_event()))
+        self._loader.get_event()
+        return items
+
+    def _mapping(self) -> dict[Any, Any]:
+        mapping: dict[Any, Any] = {}
+        merged: list[dict[Any, Any]] = []
+        while not self._loader.check_event(yaml.MappingEndEvent):
+            key_event = self._loader.get_event()
+            key = self._value(key_event)
+            value = self._value(self._loader.get_event())
+            if isinstance(key, _Merge):
+                merged += _mappings_to_merge(value, key_event)
+                continue
+            try:
+                if key in mapping:
+                    raise YamlError(f"duplicate key '{key}'", key_event)
+            except TypeError:
+                raise YamlError("a key must be a plain value", key_event) from None
+            mapping[key] = value
+        self._loader.get_event()
+        for source in merged:  # explicit keys win; earlier merges win over later ones
+            for key, value in source.items():
+                mapping.setdefault(key, value)
+        return mapping
+
+
+class _Merge:
+    """The `<<` key of a merge."""
+
+
+def _mappings_to_merge(value: Any, event: yaml.Event) -> list[dict[Any, Any]]:
+    sources = value if isinstance(value, list) else [value]
+    if not all(isinstance(source, dict) for source in sources):
+        raise YamlError("<< takes a mapping or a list of mappings", event)
+    return sources
