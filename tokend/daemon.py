@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from tokend.clock import SYSTEM_CLOCK, Clock
 from tokend.config import Config, ConfigError, LoadedConfig, split_listen
-from tokend.engine import ApsScheduler, Engine, http_settings
+from tokend.engine import ApsScheduler, Engine, http_settings, run_limit
 from tokend.metrics import Metrics
 from tokend.oauth import TokenClient
 from tokend.server import HttpListener, create_app
@@ -38,7 +38,7 @@ class Daemon:
     def __post_init__(self) -> None:
         self.metrics = Metrics(self.clock)
         self.client = TokenClient(http_settings(self.config), clock=self.clock)
-        self.scheduler = ApsScheduler()
+        self.scheduler = ApsScheduler(concurrency=run_limit(self.config))
         self.engine = Engine(
             self.config,
             acquirer=self.client,

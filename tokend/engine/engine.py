@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -13,7 +14,7 @@ from tokend.config import DEFAULT_AUTHORITY_HOST, Config, TokenSpec, sink_label
 from tokend.engine.job import Acquirer, DurationObserver, TokenJob
 from tokend.engine.policy import Backoff, RefreshPolicy, startup_at
 from tokend.engine.publisher import Publisher, SinkSlot
-from tokend.engine.scheduler import Scheduler
+from tokend.engine.scheduler import Runner, Scheduler
 from tokend.engine.state import StateStore, fingerprint
 from tokend.oauth import Endpoint, HttpSettings, Token, TokenRequest, build_credential
 from tokend.sinks import SinkContext, build_sink
@@ -55,6 +56,7 @@ class Engine:
         self.config = config = bind_secrets(config, self._vault)
         self._rand = rand or random.Random()  # noqa: S311 - jitter, not cryptography
         self._state = StateStore(config.state_dir) if config.state_dir else None
+        self._shared: dict[Any, Any] = {}  # per identity: endpoint and credential objects
         self.jobs: dict[str, TokenJob] = {
             name: self._build_job(name, spec) for name, spec in config.tokens.items()
         }
@@ -74,6 +76,7 @@ class Engine:
             self._vault = self._vault_session(config)
         self.config = config = bind_secrets(config, self._vault)
         self._state = StateStore(config.state_dir) if config.state_dir else None
+        self._shared = {}
         summary = ReloadSummary()
         jobs: dict[str, TokenJob] = {}
         carried: dict[str, Token] = {}
@@ -112,9 +115,18 @@ class Engine:
         )
 
     async def refresh_all(self) -> bool:
-        """Acquire and publish every token once, concurrently. True if all succeeded everywhere."""
-        results = await asyncio.gather(*(job.refresh() for job in self.jobs.values()))
-        return all(results)
+        """Acquire and publish every token once, a bounded number at a time (`run_limit`).
+        True if every token succeeded and reached every sink."""
+        results: dict[str, bool] = {}
+
+        async def refresh(job: TokenJob) -> None:
+            results[job.name] = await job.refresh()
+
+        jobs = list(self.jobs.values())
+        await Runner(run_limit(self.config)).run_all(
+            functools.partial(refresh, job) for job in jobs
+        )
+        return len(results) == len(jobs) and all(results.values())
 
     async def stop(self) -> None:
         for job in self.jobs.values():
@@ -150,7 +162,7 @@ class Engine:
             for index, options in enumerate(spec.sinks)
         ]
         return TokenJob(
-            token_request(self.config, name),
+            token_request(self.config, name, self._shared),
             acquirer=self._acquirer,
             publisher=Publisher(slots),
             policy=RefreshPolicy(
@@ -178,9 +190,27 @@ def _inputs(config: Config, name: str) -> tuple[Any, ...]:
     return spec, config.identity_for(spec), defaults, http, state, vault
 
 
-def token_request(config: Config, name: str) -> TokenRequest:
-    """What to send for token `name`: endpoint, credential and target, from its identity."""
+def token_request(config: Config, name: str, shared: dict[Any, Any] | None = None) -> TokenRequest:
+    """What to send for token `name`: endpoint, credential and target, from its identity.
+    `shared` lets tokens of one identity share one endpoint and one credential object."""
     spec = config.tokens[name]
+    identity = config.identity_for(spec)
+    cache = {} if shared is None else shared
+    endpoint_key = (spec.identity, spec.resource is not None)
+    if endpoint_key not in cache:
+        cache[endpoint_key] = _endpoint(config, spec)
+    if spec.identity not in cache:
+        cache[spec.identity] = build_credential(identity.client_id, identity.credential)
+    return TokenRequest(
+        name=name,
+        endpoint=cache[endpoint_key],
+        credential=cache[spec.identity],
+        resource=spec.resource,
+        scopes=tuple(spec.scopes or ()),
+    )
+
+
+def _endpoint(config: Config, spec: TokenSpec) -> Endpoint:
     identity = config.identity_for(spec)
     if identity.tenant is not None:
         authority = (identity.authority_host or DEFAULT_AUTHORITY_HOST).rstrip("/")
@@ -188,18 +218,18 @@ def token_request(config: Config, name: str) -> TokenRequest:
         token_url: str | None = f"{authority}/{identity.tenant}/{version}"
     else:
         token_url = identity.token_endpoint
-    return TokenRequest(
-        name=name,
-        endpoint=Endpoint(
-            token_url=token_url,
-            issuer=identity.issuer,
-            allow_insecure_http=identity.allow_insecure_http,
-            ca_bundle=identity.ca_bundle or config.http.ca_bundle,
-        ),
-        credential=build_credential(identity.client_id, identity.credential),
-        resource=spec.resource,
-        scopes=tuple(spec.scopes or ()),
+    return Endpoint(
+        token_url=token_url,
+        issuer=identity.issuer,
+        allow_insecure_http=identity.allow_insecure_http,
+        ca_bundle=identity.ca_bundle or config.http.ca_bundle,
     )
+
+
+def run_limit(config: Config) -> int:
+    """How many refreshes may be in progress at once: enough to keep every connection slot busy
+    while others publish, few enough that a burst of due tokens does not pile up in memory."""
+    return 2 * config.http.max_concurrent_requests
 
 
 def http_settings(config: Config) -> HttpSettings:

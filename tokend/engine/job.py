@@ -44,6 +44,13 @@ class DurationObserver(Protocol):
 
 
 class TokenJob:
+    __slots__ = (  # one per configured token: 10,000 of them must stay small
+        "_acquirer", "_clock", "_durations", "_expiry_reported", "_fingerprint", "_inflight",
+        "_rand", "_scheduled", "_scheduler", "_state", "_stopped", "backoff", "failures",
+        "last_error", "last_success", "next_run", "policy", "publisher", "request", "results",
+        "token",
+    )  # fmt: skip
+
     def __init__(
         self,
         request: TokenRequest,
@@ -74,11 +81,11 @@ class TokenJob:
         self._rand = rand
         self._durations = durations
         self._state = state
-        self._fingerprint = fingerprint(request)
+        self._fingerprint = fingerprint(request) if state else ""
         self._inflight: asyncio.Task[bool] | None = None
         self._scheduled = False  # False for `tokend once`: no next run to speak of
         self._stopped = False
-        self._expiry_key = f"{request.name}/expiry"
+        self._expiry_reported = False
 
     @property
     def name(self) -> str:
@@ -118,13 +125,11 @@ class TokenJob:
             "resumed stored token: expires %s", _clock_time(token.expires_at), extra=self._extra
         )
         self._plan(self.policy.refresh_at(token, self._rand.random()))
-        self._watch_expiry(token)
         await self.publisher.publish(token)
 
     def stop(self) -> None:
         self._stopped = True
         self._scheduler.cancel(self.name)
-        self._scheduler.cancel(self._expiry_key)
         self.publisher.stop()
 
     async def refresh(self) -> bool:
@@ -150,20 +155,19 @@ class TokenJob:
             self._failed(outcome)
             return False
         self._succeeded(outcome, took)
-        if self._scheduled:
-            self._watch_expiry(outcome)
         await self._persist(outcome)
         return await self.publisher.publish(outcome)
 
-    def _watch_expiry(self, token: Token) -> None:
-        """Be woken when `token` expires, in case nothing has replaced it by then."""
-        self._scheduler.schedule(self._expiry_key, token.expires_at, self._expired)
+    async def _expire_if_due(self) -> None:
+        """The held token has expired unreplaced: say so once, and let sinks withdraw it.
 
-    async def _expired(self) -> None:
+        No timer is needed for this: while a valid token is held, the next try is never planned
+        after its expiry, so after the last-chance try fails a run comes right at the expiry."""
         now = self._clock.now()
         token = self.token
-        if token is None or token.is_valid(now):
-            return  # replaced in time
+        if token is None or token.is_valid(now) or self._expiry_reported:
+            return
+        self._expiry_reported = True
         log.error(
             "token expired at %s with no replacement (last error: %s); consumers now hold an "
             "expired token unless their sink withdraws it",
@@ -188,6 +192,7 @@ class TokenJob:
 
     async def _run(self) -> None:
         """The scheduled run: refresh, then plan the next one."""
+        await self._expire_if_due()
         await self.refresh()
         if not self._stopped and self.next_run is not None:
             self._plan(self.next_run)
@@ -214,6 +219,7 @@ class TokenJob:
             log.info("recovered after %d failed attempts", self.failures, extra=self._extra)
         if self.token is None or token.expires_at > self.token.expires_at:
             self.token = token
+            self._expiry_reported = False
         self.failures = 0
         self.last_error = None
         self.last_success = now

@@ -26,6 +26,12 @@ log = logging.getLogger("tokend.publisher")
 class SinkSlot:
     """One sink of one token: what it holds, what it should hold, and how delivery is going."""
 
+    __slots__ = (
+        "_backoff", "_clock", "_lock", "_rand", "_retry_key", "_scheduler", "failures", "held",
+        "last_error", "last_success", "results", "sink", "token_name", "wanted",
+        "withdraw_on_expiry",
+    )  # fmt: skip
+
     def __init__(
         self,
         token_name: str,
@@ -170,6 +176,8 @@ class SinkSlot:
 
 class Publisher:
     """All the sinks of one token."""
+
+    __slots__ = ("slots",)
 
     def __init__(self, slots: list[SinkSlot]) -> None:
         self.slots = slots

@@ -80,6 +80,8 @@ class FileSinkOptions(SinkOptionsBase):
 
 
 class FileSink:
+    __slots__ = ("_options", "_path", "name")
+
     def __init__(self, options: FileSinkOptions, context: SinkContext) -> None:
         self.name = context.sink_name
         self._options = options
