@@ -7,8 +7,14 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import settings
 
 from tests.support.idp import CLIENT_ID, TENANT, FakeIdp, running_idp
+
+# Property tests check correctness, not speed: on a loaded 2-core CI machine an example can take
+# longer than hypothesis's default 200 ms deadline, which would fail a test that is right.
+settings.register_profile("tokend", deadline=None)
+settings.load_profile("tokend")
 
 
 @pytest.fixture(scope="session")
