@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from starlette.responses import Response
 
 from tests.conftest import entra_identity
 from tests.support import idp as faults
@@ -21,6 +22,7 @@ from tokend.config import Config
 from tokend.engine import Engine, Phase
 from tokend.engine.job import TokenJob
 from tokend.oauth import HttpSettings, PermanentError, TokenClient, TransientError
+from tokend.sinks.file import FileSinkOptions
 
 S = timedelta(seconds=1)
 M = timedelta(minutes=1)
@@ -190,3 +192,50 @@ def test_a_failure_is_logged_once_until_it_changes(
     asyncio.run(_after_first_refresh_fails(idp, tmp_path, clock, faults.html(502), count=2))
     levels = [r.levelname for r in caplog.records if "refresh failed" in r.getMessage()]
     assert levels == ["WARNING", "DEBUG"]
+
+
+def test_a_slow_last_chance_still_withdraws_at_the_expiry_instant(
+    idp: FakeIdp, tmp_path: Path
+) -> None:
+    """The last try before expiry takes 0.5 s and fails: the next run (which withdraws the dead
+    token) comes at the expiry instant, never after it."""
+    clock = FakeClock()
+    withdrawn = tmp_path / "withdraw.token"
+
+    async def slow_failure() -> Response:
+        clock.advance(0.5)
+        return Response("busy", status_code=503)
+
+    config = _config(idp, tmp_path).model_copy(deep=True)
+    spec = config.tokens["crm"].model_copy(
+        update={"sinks": [FileSinkOptions(type="file", path=str(withdrawn), on_expiry="withdraw")]}
+    )
+    config = config.model_copy(update={"tokens": {"crm": spec}})
+
+    async def scenario() -> None:
+        scheduler = VirtualScheduler(clock)
+        client = TokenClient(clock=clock)
+        engine = Engine(
+            config,
+            acquirer=client,
+            scheduler=scheduler,
+            durations=Durations(),
+            clock=clock,
+            rand=NoJitter(),
+        )
+        try:
+            await engine.start()
+            await scheduler.run_until(clock.now())
+            first = engine.jobs["crm"].token
+            # 50 min: first try; then 1, 2 ... 256 s; the 11th try is the last chance, at T - 1 s.
+            idp.fail(*[faults.html(502)] * 10, slow_failure, *[faults.html(502)] * 5)
+            await scheduler.run_until(first.expires_at - S)
+            assert withdrawn.exists() and clock.now() == first.expires_at - S / 2
+            assert scheduler.due("crm") == first.expires_at
+            await scheduler.run_until(first.expires_at)
+            assert not withdrawn.exists()
+        finally:
+            await engine.stop()
+            await client.aclose()
+
+    asyncio.run(scenario())

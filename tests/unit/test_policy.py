@@ -82,8 +82,10 @@ def test_backoff(attempt: int, rand: float, expected: timedelta) -> None:
         ({"attempt": 1, "hard": True, "holding_until": T0 + 100 * S}, T0 + 99 * S),
         ({"attempt": 1, "retry_after": 600.0, "holding_until": T0 + 100 * S}, T0 + 99 * S),
         ({"attempt": 1, "holding_until": T0 + 100 * S}, T0 + S),  # sooner anyway: unchanged
-        # In the last instants of validity, still wait min backoff: no hot loop.
-        ({"attempt": 1, "hard": True, "holding_until": T0 + S / 2}, T0 + S),
+        # In the last instants of validity: the next try at the expiry instant, not after it
+        # (one more try at most; then normal backoff, so no hot loop).
+        ({"attempt": 1, "hard": True, "holding_until": T0 + S / 2}, T0 + S / 2),
+        ({"attempt": 1, "holding_until": T0 + 1.5 * S}, T0 + S),
         ({"attempt": 1, "hard": True, "holding_until": T0 - S}, T0 + 5 * M),  # already expired
     ],
 )

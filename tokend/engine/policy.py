@@ -70,16 +70,19 @@ def retry_at(
 
     `hard` failures (permanent errors, loop detection) wait the maximum backoff. A server's
     `Retry-After` is honoured as a floor. While a still-valid token is held (`holding_until`), the
-    next try is never later than one `backoff.min` before it expires: a last chance to keep
-    consumers supplied without a gap.
+    next try is never later than one `backoff.min` before it expires (a last chance to keep
+    consumers supplied without a gap), and never after it: if the last chance fails, the next
+    run comes at the expiry instant, when sinks are told.
     """
     delay = backoff.longest(rand) if hard else backoff.delay(attempt, rand)
     if retry_after is not None:
         delay = max(delay, timedelta(seconds=retry_after))
     planned = now + delay
+    floor = now + backoff.min  # never sooner: no hot loop against a failing server
     if holding_until is not None and now < holding_until:
         planned = min(planned, holding_until - backoff.min)
-    return max(planned, now + backoff.min)
+        floor = min(floor, holding_until)  # ...but never after the held token expires
+    return max(planned, floor)
 
 
 def startup_at(start: datetime, index: int, count: int, spread: timedelta) -> datetime:
