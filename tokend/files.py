@@ -32,7 +32,7 @@ async def in_writer_thread(function: Callable[..., _T], *args: object, **kwargs:
 
 
 def write_atomic(
-    path: Path,
+    path: str | Path,
     data: bytes,
     *,
     mode: int = 0o600,
@@ -64,13 +64,13 @@ def write_atomic(
     fsync_directory(directory)
 
 
-def remove(path: Path) -> bool:
+def remove(path: str | Path) -> bool:
     """Remove `path` durably; False if it was not there."""
     try:
-        path.unlink()
+        os.unlink(path)
     except FileNotFoundError:
         return False
-    fsync_directory(path.parent)
+    fsync_directory(os.path.dirname(os.fspath(path)))
     return True
 
 
@@ -81,7 +81,7 @@ milliseconds): it was left by a process killed mid-write."""
 _swept: set[str] = set()  # directories swept by this process; touched only by the writer thread
 
 
-def sweep_stale_temp_files(directory: Path) -> None:
+def sweep_stale_temp_files(directory: str | Path) -> None:
     """Once per directory per process: remove temp files left by killed writers. Only files older
     than `STALE_AFTER` go, so another tokend writing into the same directory is left alone."""
     key = os.fspath(directory)

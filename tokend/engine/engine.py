@@ -56,7 +56,9 @@ class Engine:
         self.config = config = bind_secrets(config, self._vault)
         self._rand = rand or random.Random()  # noqa: S311 - jitter, not cryptography
         self._state = StateStore(config.state_dir) if config.state_dir else None
-        self._shared: dict[Any, Any] = {}  # per identity: endpoint and credential objects
+        # Objects equal for many tokens, kept once: endpoints and credentials (per identity),
+        # refresh policies and backoffs (per distinct value).
+        self._shared: dict[Any, Any] = {}
         self.jobs: dict[str, TokenJob] = {
             name: self._build_job(name, spec) for name, spec in config.tokens.items()
         }
@@ -147,8 +149,15 @@ class Engine:
 
     def _build_job(self, name: str, spec: TokenSpec) -> TokenJob:
         defaults = self.config.defaults
-        backoff_options = spec.backoff or defaults.backoff
-        backoff = Backoff(min=backoff_options.min, max=backoff_options.max)
+        limits = spec.backoff or defaults.backoff
+        backoff = self._shared.setdefault(
+            (limits.min, limits.max), Backoff(min=limits.min, max=limits.max)
+        )
+        policy = RefreshPolicy(
+            threshold=spec.refresh_threshold or defaults.refresh_threshold,
+            jitter=defaults.jitter if spec.jitter is None else spec.jitter,
+        )
+        policy = self._shared.setdefault(policy, policy)  # one object per distinct policy
         slots = [
             SinkSlot(
                 name,
@@ -165,10 +174,7 @@ class Engine:
             token_request(self.config, name, self._shared),
             acquirer=self._acquirer,
             publisher=Publisher(slots),
-            policy=RefreshPolicy(
-                threshold=spec.refresh_threshold or defaults.refresh_threshold,
-                jitter=defaults.jitter if spec.jitter is None else spec.jitter,
-            ),
+            policy=policy,
             backoff=backoff,
             clock=self._clock,
             scheduler=self._scheduler,

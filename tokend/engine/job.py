@@ -11,7 +11,6 @@ import asyncio
 import logging
 import random
 import time
-from collections import Counter
 from datetime import datetime
 from enum import StrEnum
 from typing import Protocol
@@ -33,6 +32,18 @@ class Phase(StrEnum):
     RETRYING = "retrying"  # last attempt failed transiently; backing off
     FAILING = "failing"  # last attempt failed permanently; an operator must act
     EXPIRED = "expired"  # the last good token has expired and no new one was obtained
+
+
+class RefreshCounts:
+    """Attempts by outcome: three ints (a dict per token would be several times larger)."""
+
+    __slots__ = ("permanent_error", "success", "transient_error")
+
+    def __init__(self) -> None:
+        self.success = self.transient_error = self.permanent_error = 0
+
+    def __getitem__(self, result: str) -> int:
+        return int(getattr(self, result))
 
 
 class Acquirer(Protocol):
@@ -74,7 +85,7 @@ class TokenJob:
         self.last_success: datetime | None = None
         self.last_error: TokenError | None = None
         self.failures = 0
-        self.results: Counter[str] = Counter()
+        self.results = RefreshCounts()
         self._acquirer = acquirer
         self._clock = clock
         self._scheduler = scheduler
@@ -223,7 +234,7 @@ class TokenJob:
         self.failures = 0
         self.last_error = None
         self.last_success = now
-        self.results["success"] += 1
+        self.results.success += 1
         self.next_run = self.policy.refresh_at(token, self._rand.random())
         plan = f", next refresh in {format_span(self.next_run - now)}" if self._scheduled else ""
         log.info(
@@ -239,7 +250,10 @@ class TokenJob:
         now = self._clock.now()
         permanent = isinstance(error, PermanentError)
         self.failures += 1
-        self.results["permanent_error" if permanent else "transient_error"] += 1
+        if permanent:
+            self.results.permanent_error += 1
+        else:
+            self.results.transient_error += 1
         holding = self.token.expires_at if self.token and self.token.is_valid(now) else None
         self.next_run = retry_at(
             now=now,

@@ -11,23 +11,34 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections import Counter
 from datetime import datetime
 
 from tokend.clock import Clock
 from tokend.engine.policy import Backoff, retry_at
-from tokend.engine.scheduler import Scheduler
+from tokend.engine.scheduler import Job, Scheduler
 from tokend.oauth.token import Token
 from tokend.sinks import Sink, SinkError
 
 log = logging.getLogger("tokend.publisher")
 
 
+class PublishCounts:
+    """Publish attempts by outcome, as two ints."""
+
+    __slots__ = ("error", "success")
+
+    def __init__(self) -> None:
+        self.success = self.error = 0
+
+    def __getitem__(self, result: str) -> int:
+        return int(getattr(self, result))
+
+
 class SinkSlot:
     """One sink of one token: what it holds, what it should hold, and how delivery is going."""
 
     __slots__ = (
-        "_backoff", "_clock", "_lock", "_rand", "_retry_key", "_scheduler", "failures", "held",
+        "_backoff", "_clock", "_lock", "_rand", "_retry_pending", "_scheduler", "failures", "held",
         "last_error", "last_success", "results", "sink", "token_name", "wanted",
         "withdraw_on_expiry",
     )  # fmt: skip
@@ -51,17 +62,30 @@ class SinkSlot:
         self.failures = 0
         self.last_success: datetime | None = None
         self.last_error: str | None = None
-        self.results: Counter[str] = Counter()
+        self.results = PublishCounts()
         self._clock = clock
         self._scheduler = scheduler
         self._backoff = backoff
         self._rand = rand
         self._lock = asyncio.Lock()
-        self._retry_key = f"{token_name}/sink/{sink.name}"
+        self._retry_pending = False
 
     @property
     def name(self) -> str:
         return self.sink.name
+
+    @property
+    def _retry_key(self) -> str:
+        return f"{self.token_name}/sink/{self.sink.name}"
+
+    def _plan_retry(self, at: datetime, job: Job) -> None:
+        self._retry_pending = True
+        self._scheduler.schedule(self._retry_key, at, job)
+
+    def _cancel_retry(self) -> None:
+        if self._retry_pending:
+            self._retry_pending = False
+            self._scheduler.cancel(self._retry_key)
 
     def offer(self, token: Token) -> None:
         """Make `token` the one to deliver, unless something newer is already wanted."""
@@ -112,11 +136,11 @@ class SinkSlot:
             self.held = None
             self.failures = 0
             self.last_error = None
-            self._scheduler.cancel(self._retry_key)
+            self._cancel_retry()
             log.warning("sink %s: expired token withdrawn", self.name, extra=self._extra)
 
     def stop(self) -> None:
-        self._scheduler.cancel(self._retry_key)
+        self._cancel_retry()
 
     async def close(self) -> None:
         try:
@@ -133,7 +157,7 @@ class SinkSlot:
         at = retry_at(
             now=now, attempt=self.failures, backoff=self._backoff, rand=self._rand.random()
         )
-        self._scheduler.schedule(self._retry_key, at, self._retry_withdrawal)
+        self._plan_retry(at, self._retry_withdrawal)
 
     async def _retry_withdrawal(self) -> None:
         await self.expire(self._clock.now())
@@ -150,12 +174,12 @@ class SinkSlot:
         self.failures = 0
         self.last_error = None
         self.last_success = self._clock.now()
-        self.results["success"] += 1
-        self._scheduler.cancel(self._retry_key)
+        self.results.success += 1
+        self._cancel_retry()
 
     def _failed(self, token: Token, reason: str) -> None:
         self.failures += 1
-        self.results["error"] += 1
+        self.results.error += 1
         now = self._clock.now()
         if reason != self.last_error:
             log.warning("sink %s: %s", self.name, reason, extra=self._extra)
@@ -164,7 +188,7 @@ class SinkSlot:
             return  # nothing worth retrying; the next refresh offers a new token
         rand = self._rand.random()
         at = retry_at(now=now, attempt=self.failures, backoff=self._backoff, rand=rand)
-        self._scheduler.schedule(self._retry_key, at, self._retry)
+        self._plan_retry(at, self._retry)
 
     async def _retry(self) -> None:
         await self.deliver()
@@ -180,7 +204,7 @@ class Publisher:
     __slots__ = ("slots",)
 
     def __init__(self, slots: list[SinkSlot]) -> None:
-        self.slots = slots
+        self.slots = tuple(slots)
 
     async def publish(self, token: Token) -> bool:
         """Deliver `token` to every sink concurrently. True when every sink holds it."""

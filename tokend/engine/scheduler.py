@@ -97,13 +97,14 @@ class ApsScheduler:
     def __init__(self, concurrency: int = 32) -> None:
         self._aps = AsyncIOScheduler(timezone=UTC)
         self.runner = Runner(concurrency)
+        self._due_job = self._due  # one bound method for all jobs, not one per job
 
     def start(self) -> None:
         self._aps.start()
 
     def schedule(self, key: str, at: datetime, job: Job) -> None:
         self._aps.add_job(
-            self._due,
+            self._due_job,
             trigger=DateTrigger(run_date=at, timezone=UTC),
             args=(job,),
             id=key,

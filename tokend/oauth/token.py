@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -68,7 +69,7 @@ def parse_token_response(
     granted = body.get("scope")
     return Token(
         value=value,
-        token_type=token_type,
+        token_type=sys.intern(token_type),  # "Bearer", shared by every token
         expires_at=expires_at,
         obtained_at=sent_at,
         refresh_on=refresh_on if refresh_on and refresh_on < expires_at else None,
