@@ -10,6 +10,7 @@ working directory.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 import re
@@ -29,12 +30,14 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic import dataclasses as pydantic_dataclasses
 
 from tokend.durations import Duration, PositiveDuration
 from tokend.logs import one_line
 from tokend.oauth.credentials import CredentialOptions
 from tokend.secrets import InlineSecret, SecretError, SecretReference, VaultSecret
 from tokend.sinks import SINK_TYPES, SinkContext, SinkOptions
+from tokend.sinks.base import OPTIONS_CONFIG
 from tokend.sinks.vault import VaultSinkOptions
 from tokend.transport import url_problem
 from tokend.vault import AUTH_METHODS, VaultOptions, VaultSession, bind_secrets
@@ -147,14 +150,17 @@ def _scope_list(value: Any) -> Any:
     return value.split() if isinstance(value, str) else value
 
 
-class TokenSpec(_Model):
+@pydantic_dataclasses.dataclass(config=OPTIONS_CONFIG, frozen=True, slots=True, kw_only=True)
+class TokenSpec:
+    """One configured token (a slotted dataclass, not a model: there may be 10,000)."""
+
     identity: str
-    resource: str | None = Field(default=None, min_length=1)
+    sinks: Annotated[list[SinkOptions], Field(min_length=1)]
+    resource: Annotated[str, Field(min_length=1)] | None = None
     scopes: Annotated[list[str] | None, BeforeValidator(_scope_list)] = None
     refresh_threshold: PositiveDuration | None = None
-    jitter: float | None = Field(default=None, ge=0, le=0.5)
+    jitter: Annotated[float, Field(ge=0, le=0.5)] | None = None
     backoff: BackoffOptions | None = None
-    sinks: list[SinkOptions] = Field(min_length=1)
 
 
 def _systemd_state_directory() -> Path | None:
@@ -278,17 +284,16 @@ def _preflight(loaded: LoadedConfig, vault: VaultSession | None) -> list[str]:
     return problems
 
 
-def secret_references(model: BaseModel, prefix: str = "") -> Iterator[tuple[str, SecretReference]]:
-    """Every secret reference in the config, with its key path."""
-    for key in type(model).model_fields:
-        value = getattr(model, key)
-        yield from _walk(value, f"{prefix}{key}")
+def secret_references(model: Any, prefix: str = "") -> Iterator[tuple[str, SecretReference]]:
+    """Every secret reference in the config (models and options dataclasses), with its path."""
+    for key in _field_names_of(model):
+        yield from _walk(getattr(model, key), f"{prefix}{key}")
 
 
 def _walk(value: Any, path: str) -> Iterator[tuple[str, SecretReference]]:
     if isinstance(value, SecretReference):
         yield path, value
-    elif isinstance(value, BaseModel):
+    elif isinstance(value, BaseModel) or dataclasses.is_dataclass(value):
         yield from secret_references(value, f"{path}.")
     elif isinstance(value, dict):
         for key, item in value.items():
@@ -296,6 +301,12 @@ def _walk(value: Any, path: str) -> Iterator[tuple[str, SecretReference]]:
     elif isinstance(value, list):
         for index, item in enumerate(value):
             yield from _walk(item, f"{path}.{index}")
+
+
+def _field_names_of(model: Any) -> list[str]:
+    """Field names of a pydantic model or pydantic dataclass (class or instance)."""
+    cls = model if isinstance(model, type) else type(model)
+    return list(getattr(cls, "__pydantic_fields__", ()))
 
 
 def _vault_problems(config: Config) -> Iterator[tuple[str, str]]:
@@ -411,7 +422,7 @@ def _message(error: Any) -> str:
     ctx = error.get("ctx") or {}
     if kind == "missing":
         return "required key is missing"
-    if kind == "extra_forbidden":
+    if kind in ("extra_forbidden", "unexpected_keyword_argument"):
         key = str(error["loc"][-1])
         return "unknown key" + _did_you_mean(key, _ALL_KEYS)
     if kind in ("union_tag_invalid", "union_tag_not_found"):
@@ -434,19 +445,21 @@ def _did_you_mean(word: str, candidates: Any) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
-def _field_names(model: type[BaseModel], seen: set[type[BaseModel]]) -> set[str]:
+def _field_names(model: type, seen: set[type]) -> set[str]:
     if model in seen:
         return set()
     seen.add(model)
-    names = set(model.model_fields)
-    for field in model.model_fields.values():
+    fields = model.__pydantic_fields__  # type: ignore[attr-defined]
+    names = set(fields)
+    for field in fields.values():
         for arg in _model_types(field.annotation):
             names |= _field_names(arg, seen)
     return names
 
 
-def _model_types(annotation: Any) -> Iterator[type[BaseModel]]:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+def _model_types(annotation: Any) -> Iterator[type]:
+    """Config classes (pydantic models and dataclasses) named anywhere in `annotation`."""
+    if isinstance(annotation, type) and hasattr(annotation, "__pydantic_fields__"):
         yield annotation
     for arg in getattr(annotation, "__args__", ()):
         yield from _model_types(arg)

@@ -6,6 +6,7 @@ Hours of token lifetimes pass in a moment; every planned time is checked exactly
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import random
 import stat
@@ -285,7 +286,7 @@ def test_stored_token_is_ignored_when_the_request_changed(idp: FakeIdp, tmp_path
         return len(idp.token_requests)
 
     assert asyncio.run(life(config)) == 1
-    spec = config.tokens["crm"].model_copy(update={"resource": "https://other.example"})
+    spec = dataclasses.replace(config.tokens["crm"], resource="https://other.example")
     changed = config.model_copy(update={"tokens": {"crm": spec}})
     assert asyncio.run(life(changed)) == 2  # a new request for the new resource
     (state_dir / "crm.json").write_text("{not json")

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 from datetime import timedelta
 from email.utils import format_datetime
@@ -206,10 +207,9 @@ def test_a_slow_last_chance_still_withdraws_at_the_expiry_instant(
         clock.advance(0.5)
         return Response("busy", status_code=503)
 
-    config = _config(idp, tmp_path).model_copy(deep=True)
-    spec = config.tokens["crm"].model_copy(
-        update={"sinks": [FileSinkOptions(type="file", path=str(withdrawn), on_expiry="withdraw")]}
-    )
+    config = _config(idp, tmp_path)
+    sink = FileSinkOptions(type="file", path=str(withdrawn), on_expiry="withdraw")
+    spec = dataclasses.replace(config.tokens["crm"], sinks=[sink])
     config = config.model_copy(update={"tokens": {"crm": spec}})
 
     async def scenario() -> None:

@@ -32,7 +32,8 @@ def _token(value: str = "eyJ.payload.sig", lifetime: float = 3600) -> Token:
 
 def _sink(**options: object) -> FileSink:
     return FileSink(
-        FileSinkOptions.model_validate({"type": "file", **options}), SinkContext("crm", "file")
+        FileSinkOptions(type="file", **options),
+        SinkContext("crm", "file"),  # type: ignore[arg-type]
     )
 
 

@@ -185,7 +185,7 @@ def test_paths_and_defaults() -> None:
         "team/kv/data/apps/crm",
         "team/kv/metadata/apps/crm",
     )
-    assert v2.max_versions == 5
+    assert v2.versions_kept == 5  # the default when max_versions is not given
     assert v2.fields[:3] == ["access_token", "token_type", "expires_on"]
     v1 = VaultSinkOptions(type="vault", mount="kv", path="apps/crm", kv_version=1)
     assert v1.data_path == "kv/apps/crm"

@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import ConfigDict
+from pydantic import dataclasses as pydantic_dataclasses
 
 from tokend.oauth.token import Token
 
@@ -33,10 +34,16 @@ class SinkContext:
     and secret reference that uses Vault, so tokend logs in once)."""
 
 
-class SinkOptionsBase(BaseModel):
-    """Options every sink type has. Each type's options model adds its own `type` literal."""
+OPTIONS_CONFIG = ConfigDict(extra="forbid")
+"""Config of every per-token options class: unknown keys are errors."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+
+@pydantic_dataclasses.dataclass(config=OPTIONS_CONFIG, frozen=True, slots=True, kw_only=True)
+class SinkOptionsBase:
+    """Options every sink type has. Each type's options class adds its own `type` literal.
+
+    Options classes are slotted pydantic dataclasses rather than models: one exists per sink,
+    and a model instance carries a dict and a set (~630 bytes against ~180): 4.5 MB at 10,000."""
 
     name: str | None = None
     """The sink's label in metrics and status (default: its type, numbered if repeated)."""

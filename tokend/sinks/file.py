@@ -17,10 +17,11 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, field_validator
+from pydantic import dataclasses as pydantic_dataclasses
 
 from tokend import files
 from tokend.oauth.token import Token
-from tokend.sinks.base import SinkContext, SinkError, SinkOptionsBase
+from tokend.sinks.base import OPTIONS_CONFIG, SinkContext, SinkError, SinkOptionsBase
 
 _B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")  # RFC 6750 token68: safe unquoted anywhere
 
@@ -40,15 +41,16 @@ def _parse_mode(value: Any) -> int:
 FileMode = Annotated[int, BeforeValidator(_parse_mode)]
 
 
+@pydantic_dataclasses.dataclass(config=OPTIONS_CONFIG, frozen=True, slots=True, kw_only=True)
 class FileSinkOptions(SinkOptionsBase):
     type: Literal["file"]
     path: str
     format: Literal["raw", "json", "env"] = "raw"
-    mode: FileMode = Field(default=0o600, validate_default=False)
+    mode: FileMode = 0o600
     owner: str | int | None = None
     group: str | int | None = None
     create_dirs: bool = False
-    env_prefix: str = Field(default="", pattern=r"^([A-Z_][A-Z0-9_]*)?$")
+    env_prefix: Annotated[str, Field(pattern=r"^([A-Z_][A-Z0-9_]*)?$")] = ""
 
     @field_validator("path", mode="before")
     @classmethod

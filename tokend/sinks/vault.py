@@ -13,6 +13,7 @@ errors). The sink turns its `VaultError`s into `SinkError`s and raises nothing e
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import socket
@@ -20,9 +21,10 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import Field, field_validator, model_validator
+from pydantic import dataclasses as pydantic_dataclasses
 
 from tokend.oauth.token import Token
-from tokend.sinks.base import SinkContext, SinkError, SinkOptionsBase
+from tokend.sinks.base import OPTIONS_CONFIG, SinkContext, SinkError, SinkOptionsBase
 from tokend.sinks.file import rfc3339
 from tokend.vault import MountPath, Problem, VaultError, VaultSession, strip_slashes
 
@@ -34,18 +36,22 @@ FieldName = Literal[
 FIELD_NAMES: tuple[FieldName, ...] = get_args(FieldName)
 _REQUIRED_FIELDS = ("access_token", "expires_on")
 _CONFLICT_ATTEMPTS = 3
+DEFAULT_MAX_VERSIONS = 5
 SecretPath = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.@=+-]+(/[A-Za-z0-9_.@=+-]+)*$")]
 
 
+@pydantic_dataclasses.dataclass(config=OPTIONS_CONFIG, frozen=True, slots=True, kw_only=True)
 class VaultSinkOptions(SinkOptionsBase):
     type: Literal["vault"]
     mount: MountPath = "secret"
     path: SecretPath
     """Inside the mount, as `vault kv put -mount=MOUNT PATH` takes it (no `data/`)."""
     kv_version: Literal[1, 2] = 2
-    fields: list[FieldName] = Field(default_factory=lambda: list(FIELD_NAMES), min_length=1)
-    max_versions: int = Field(default=5, ge=0, le=1000)
-    """KV v2: versions Vault keeps of this secret (0: the mount's setting)."""
+    fields: Annotated[list[FieldName], Field(min_length=1)] = dataclasses.field(
+        default_factory=lambda: list(FIELD_NAMES)
+    )
+    max_versions: Annotated[int, Field(ge=0, le=1000)] | None = None
+    """KV v2: versions Vault keeps of this secret (0: the mount's setting; default 5)."""
 
     @field_validator("mount", "path", mode="before")
     @classmethod
@@ -67,7 +73,7 @@ class VaultSinkOptions(SinkOptionsBase):
 
     @model_validator(mode="after")
     def _version_options(self) -> VaultSinkOptions:
-        if self.kv_version == 1 and "max_versions" in self.model_fields_set:
+        if self.kv_version == 1 and self.max_versions is not None:
             raise ValueError("max_versions applies only to kv_version: 2")
         if self.kv_version == 2 and self.path.split("/")[0] in ("data", "metadata"):
             raise ValueError(
@@ -75,6 +81,10 @@ class VaultSinkOptions(SinkOptionsBase):
                 f"{self.path.split('/', 1)[-1]})"
             )
         return self
+
+    @property
+    def versions_kept(self) -> int:
+        return DEFAULT_MAX_VERSIONS if self.max_versions is None else self.max_versions
 
     @property
     def data_path(self) -> str:
@@ -212,7 +222,7 @@ class VaultSink:
         options = self._options
         if options.kv_version != 2 or (self._metadata_written and current.version):
             return
-        body = {"max_versions": options.max_versions, "custom_metadata": self._metadata}
+        body = {"max_versions": options.versions_kept, "custom_metadata": self._metadata}
         await self._session.run(
             lambda client: client.adapter.post(f"/v1/{options.metadata_path}", json=body),
             path=options.metadata_path,

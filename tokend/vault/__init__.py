@@ -6,6 +6,7 @@ Nothing here imports hvac at module level: a process without a `vault:` block ne
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
@@ -39,14 +40,18 @@ def bind_secrets(model: M, session: VaultSession | None) -> M:
 def _bind(value: Any, session: VaultSession) -> Any:
     if isinstance(value, VaultSecret):
         return value.bound_to(session)
-    if isinstance(value, BaseModel):
+    if isinstance(value, BaseModel) or dataclasses.is_dataclass(value):
         changes = {}
-        for key in type(value).model_fields:
+        for key in getattr(type(value), "__pydantic_fields__", ()):
             old = getattr(value, key)
             new = _bind(old, session)
             if new is not old:
                 changes[key] = new
-        return value.model_copy(update=changes) if changes else value
+        if not changes:
+            return value
+        if isinstance(value, BaseModel):
+            return value.model_copy(update=changes)
+        return dataclasses.replace(value, **changes)  # type: ignore[type-var]
     if isinstance(value, dict):
         items = {key: _bind(item, session) for key, item in value.items()}
         changed = any(items[key] is not value[key] for key in value)
