@@ -12,7 +12,7 @@ import asyncio
 import logging
 import signal
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass
 
 from tokend.clock import SYSTEM_CLOCK, Clock
 from tokend.config import Config, ConfigError, LoadedConfig, split_listen
@@ -34,11 +34,13 @@ class Daemon:
     clock: Clock = SYSTEM_CLOCK
     reload_config: Callable[[], LoadedConfig] | None = None
     """Reads the config again for SIGHUP; raises `ConfigError`. None: reload is not possible."""
+    custom_scheduler: InitVar[ApsScheduler | None] = None
+    """Default: an `ApsScheduler` running at most `run_limit(config)` jobs at once."""
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, custom_scheduler: ApsScheduler | None) -> None:
         self.metrics = Metrics(self.clock)
         self.client = TokenClient(http_settings(self.config), clock=self.clock)
-        self.scheduler = ApsScheduler(concurrency=run_limit(self.config))
+        self.scheduler = custom_scheduler or ApsScheduler(concurrency=run_limit(self.config))
         self.engine = Engine(
             self.config,
             acquirer=self.client,
@@ -83,7 +85,7 @@ class Daemon:
         finished = await self.scheduler.stop(SHUTDOWN_TIMEOUT)
         if not finished:
             log.warning("stopped refreshes still running after %.0fs", SHUTDOWN_TIMEOUT)
-        await self.engine.stop()
+        await self.engine.stop(SHUTDOWN_TIMEOUT)
         await self.client.aclose()
         if self.listener and serving:
             self.listener.stop()

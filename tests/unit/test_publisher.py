@@ -9,7 +9,7 @@ from datetime import timedelta
 from tests.support.clock import FakeClock
 from tests.support.virtual import VirtualScheduler
 from tokend.engine.policy import Backoff
-from tokend.engine.publisher import Publisher, SinkSlot
+from tokend.engine.publisher import Deliveries, Publisher, SinkSlot
 from tokend.oauth.token import Token
 
 
@@ -51,7 +51,7 @@ def test_a_sink_never_receives_a_token_expiring_sooner_than_the_one_it_holds() -
         backoff=Backoff(),
         rand=random.Random(1),
     )
-    publisher = Publisher([slot])
+    publisher = Publisher([slot], Deliveries())
     longer, shorter, same = _token(clock, "a", 60), _token(clock, "b", 30), _token(clock, "c", 60)
 
     async def scenario() -> list[bool]:

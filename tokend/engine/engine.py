@@ -13,7 +13,7 @@ from tokend.clock import SYSTEM_CLOCK, Clock
 from tokend.config import DEFAULT_AUTHORITY_HOST, Config, TokenSpec, sink_label
 from tokend.engine.job import Acquirer, DurationObserver, TokenJob
 from tokend.engine.policy import Backoff, RefreshPolicy, startup_at
-from tokend.engine.publisher import Publisher, SinkSlot
+from tokend.engine.publisher import Deliveries, Publisher, SinkSlot
 from tokend.engine.scheduler import Runner, Scheduler
 from tokend.engine.state import StateStore, fingerprint
 from tokend.oauth import Endpoint, HttpSettings, Token, TokenRequest, build_credential
@@ -59,6 +59,7 @@ class Engine:
         # Objects equal for many tokens, kept once: endpoints and credentials (per identity),
         # refresh policies and backoffs (per distinct value).
         self._shared: dict[Any, Any] = {}
+        self._deliveries = Deliveries()
         self.jobs: dict[str, TokenJob] = {
             name: self._build_job(name, spec) for name, spec in config.tokens.items()
         }
@@ -130,9 +131,11 @@ class Engine:
         )
         return len(results) == len(jobs) and all(results.values())
 
-    async def stop(self) -> None:
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Stop every job; let sink deliveries in flight finish (up to `timeout` s); close."""
         for job in self.jobs.values():
             job.stop()
+        await self._deliveries.drain(timeout)
         for job in self.jobs.values():
             await job.publisher.close()
         if self._vault is not None:
@@ -173,7 +176,7 @@ class Engine:
         return TokenJob(
             token_request(self.config, name, self._shared),
             acquirer=self._acquirer,
-            publisher=Publisher(slots),
+            publisher=Publisher(slots, self._deliveries),
             policy=policy,
             backoff=backoff,
             clock=self._clock,

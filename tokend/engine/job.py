@@ -93,7 +93,7 @@ class TokenJob:
         self._durations = durations
         self._state = state
         self._fingerprint = fingerprint(request) if state else ""
-        self._inflight: asyncio.Task[bool] | None = None
+        self._inflight: asyncio.Task[Token | None] | None = None
         self._scheduled = False  # False for `tokend once`: no next run to speak of
         self._stopped = False
         self._expiry_reported = False
@@ -144,30 +144,33 @@ class TokenJob:
         self.publisher.stop()
 
     async def refresh(self) -> bool:
-        """Acquire and publish once. True when a new token was obtained and every sink has it.
+        """Acquire once and publish to every sink, waiting for them (`tokend once`). True when a
+        new token was obtained and every sink has it."""
+        token = await self._acquire_once()
+        return token is not None and await self.publisher.publish(token)
 
-        Single flight: while a refresh is in progress, another call shares its outcome rather
-        than sending a second request.
-        """
+    async def _acquire_once(self) -> Token | None:
+        """Single flight: while an acquisition is in progress, another call shares its outcome
+        rather than sending a second request. None when it failed."""
         if self._inflight is None:
-            self._inflight = asyncio.create_task(self._refresh())
+            self._inflight = asyncio.create_task(self._acquire_and_record())
             self._inflight.add_done_callback(self._clear_inflight)
         return await asyncio.shield(self._inflight)
 
-    def _clear_inflight(self, task: asyncio.Task[bool]) -> None:
+    def _clear_inflight(self, task: asyncio.Task[Token | None]) -> None:
         self._inflight = None
 
-    async def _refresh(self) -> bool:
+    async def _acquire_and_record(self) -> Token | None:
         started = time.perf_counter()
         outcome = await self._acquire()
         took = time.perf_counter() - started
         self._durations.observe(took)
         if isinstance(outcome, TokenError):
             self._failed(outcome)
-            return False
+            return None
         self._succeeded(outcome, took)
         await self._persist(outcome)
-        return await self.publisher.publish(outcome)
+        return outcome
 
     async def _expire_if_due(self) -> None:
         """The held token has expired unreplaced: say so once, and let sinks withdraw it.
@@ -202,9 +205,14 @@ class TokenJob:
             )
 
     async def _run(self) -> None:
-        """The scheduled run: refresh, then plan the next one."""
+        """The scheduled run: acquire, hand the token to the sinks, plan the next run.
+
+        Sinks publish in their own tasks: a slow sink (Vault timing out) never holds one of the
+        scheduler's few run slots that other tokens' refreshes are waiting for."""
         await self._expire_if_due()
-        await self.refresh()
+        token = await self._acquire_once()
+        if token is not None:
+            self.publisher.publish_in_background(token)
         if not self._stopped and self.next_run is not None:
             self._plan(self.next_run)
 

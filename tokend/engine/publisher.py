@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Coroutine
 from datetime import datetime
+from typing import Any
 
 from tokend.clock import Clock
 from tokend.engine.policy import Backoff, retry_at
@@ -198,20 +200,49 @@ class SinkSlot:
         return {"token": self.token_name}
 
 
+class Deliveries:
+    """Sink deliveries running in the background (one engine's), so shutdown can let them
+    finish. One object for all tokens: nothing per token while nothing is in flight."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[bool]] = set()
+
+    def start(self, delivery: Coroutine[Any, Any, bool]) -> None:
+        task = asyncio.get_running_loop().create_task(delivery)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait up to `timeout` s for deliveries in flight. False if some were cut off."""
+        if not self._tasks:
+            return True
+        _, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
+        for task in pending:
+            task.cancel()
+        return not pending
+
+
 class Publisher:
     """All the sinks of one token."""
 
-    __slots__ = ("slots",)
+    __slots__ = ("_deliveries", "slots")
 
-    def __init__(self, slots: list[SinkSlot]) -> None:
+    def __init__(self, slots: list[SinkSlot], deliveries: Deliveries) -> None:
         self.slots = tuple(slots)
+        self._deliveries = deliveries
 
     async def publish(self, token: Token) -> bool:
-        """Deliver `token` to every sink concurrently. True when every sink holds it."""
+        """Deliver `token` to every sink concurrently and wait. True when every sink holds it."""
         for slot in self.slots:
             slot.offer(token)
         delivered = await asyncio.gather(*(slot.deliver() for slot in self.slots))
         return all(delivered)
+
+    def publish_in_background(self, token: Token) -> None:
+        """Deliver `token` to every sink without waiting: each sink at its own pace."""
+        for slot in self.slots:
+            slot.offer(token)
+            self._deliveries.start(slot.deliver())
 
     def all_hold_valid_token(self, now: datetime) -> bool:
         return all(slot.holds_valid_token(now) for slot in self.slots)

@@ -1,0 +1,132 @@
+"""The scheduler's runner: bounded concurrency, and sinks that never hold a run slot."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from datetime import timedelta
+
+from tests.support.clock import FakeClock
+from tokend.engine import ApsScheduler, Backoff, RefreshPolicy, TokenJob
+from tokend.engine.publisher import Deliveries, Publisher, SinkSlot
+from tokend.engine.scheduler import Runner
+from tokend.oauth import Endpoint, Token, TokenRequest, build_credential
+from tokend.oauth.credentials import ClientSecretOptions
+from tokend.secrets import InlineSecret
+
+
+class InstantIdp:
+    """An acquirer that answers at once (the identity provider is not what is tested here)."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self._clock = clock
+
+    async def acquire(self, request: TokenRequest) -> Token:
+        now = self._clock.now()
+        return Token(
+            value=f"v-{request.name}",
+            token_type="Bearer",
+            expires_at=now + timedelta(hours=1),
+            obtained_at=now,
+        )
+
+
+class GatedSink:
+    """Publishing waits until `opened` is set; `reached` tells when a publish began."""
+
+    def __init__(self, opened: asyncio.Event | None = None) -> None:
+        self.name = "gated"
+        self.opened = opened
+        self.reached = asyncio.Event()
+
+    async def publish(self, token: Token) -> None:
+        self.reached.set()
+        if self.opened is not None:
+            await self.opened.wait()
+
+    async def withdraw(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+
+class NoDurations:
+    def observe(self, amount: float) -> None:
+        pass
+
+
+def _job(
+    name: str, sink: GatedSink, scheduler: ApsScheduler, deliveries: Deliveries, clock: FakeClock
+) -> TokenJob:
+    credential = build_credential(
+        "client", ClientSecretOptions(type="client_secret", secret=InlineSecret(inline="secret"))
+    )
+    slot = SinkSlot(
+        name, sink, clock=clock, scheduler=scheduler, backoff=Backoff(), rand=random.Random(1)
+    )
+    return TokenJob(
+        TokenRequest(
+            name=name,
+            endpoint=Endpoint(token_url="https://idp.example/token"),
+            credential=credential,
+        ),
+        acquirer=InstantIdp(clock),
+        publisher=Publisher([slot], deliveries),
+        policy=RefreshPolicy(),
+        backoff=Backoff(),
+        clock=clock,
+        scheduler=scheduler,
+        rand=random.Random(1),
+        durations=NoDurations(),
+    )
+
+
+def test_a_stuck_sink_does_not_hold_up_other_tokens() -> None:
+    """With room for one run at a time, token b is refreshed and published while token a's
+    sink is still stuck (Vault timing out, say)."""
+
+    async def scenario() -> None:
+        clock = FakeClock()  # in the past: both runs are due at once
+        scheduler = ApsScheduler(concurrency=1)
+        deliveries = Deliveries()
+        release = asyncio.Event()
+        stuck, healthy = GatedSink(release), GatedSink()
+        scheduler.start()
+        try:
+            _job("a", stuck, scheduler, deliveries, clock).start(clock.now())
+            _job("b", healthy, scheduler, deliveries, clock).start(clock.now())
+            await asyncio.wait_for(stuck.reached.wait(), 5)
+            await asyncio.wait_for(healthy.reached.wait(), 5)
+            assert not release.is_set()  # a's sink is still stuck while b was published
+        finally:
+            release.set()
+            assert await deliveries.drain(5)
+            assert await scheduler.stop(5)
+
+    asyncio.run(scenario())
+
+
+def test_runner_bounds_concurrency_and_keeps_order() -> None:
+    async def scenario() -> tuple[int, list[int]]:
+        runner = Runner(limit=3)
+        active = peak = 0
+        order: list[int] = []
+
+        async def job(index: int) -> None:
+            nonlocal active, peak
+            active += 1
+            peak = max(peak, active)
+            order.append(index)
+            await asyncio.sleep(0)  # yield, so others could start if the bound allowed it
+            active -= 1
+
+        def make(index: int) -> object:
+            return lambda: job(index)
+
+        await runner.run_all(make(index) for index in range(20))  # type: ignore[misc]
+        return peak, order
+
+    peak, order = asyncio.run(scenario())
+    assert peak == 3
+    assert order == list(range(20))
