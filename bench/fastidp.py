@@ -1,0 +1,90 @@
+"""A deliberately cheap Entra-ID-shaped token endpoint for benchmarks, in its own process.
+
+Hand-written HTTP/1.1 on asyncio with keep-alive; every response is precomputed (one RS256 JWT
+signed at start per lifetime), so the provider costs as little CPU as possible and the client
+under test is what gets measured. v1 (`/oauth2/token`) answers with string numbers, v2 with
+integers. A resource or scope containing `/life-N` gets tokens living N seconds (default 3600).
+
+    python bench/fastidp.py PORT        prints `READY http://127.0.0.1:PORT`; SIGTERM stops it
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import signal
+import sys
+import time
+from functools import cache
+from urllib.parse import unquote_plus
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+_LENGTH = re.compile(rb"(?i)\r\ncontent-length:\s*(\d+)")
+_LIFETIME = re.compile(rb"life-(\d+)")
+
+
+@cache
+def response(version: int, lifetime: int) -> bytes:
+    now = int(time.time())
+    token = jwt.encode(
+        {"aud": "bench", "iss": "fastidp", "iat": now, "exp": now + lifetime, "sub": "bench"},
+        _KEY,
+        algorithm="RS256",
+    )
+    if version == 1:
+        body = {
+            "token_type": "Bearer",
+            "expires_in": str(lifetime),
+            "access_token": token,
+            "expires_on": str(now + lifetime),
+            "resource": "bench",
+        }
+    else:
+        body = {
+            "token_type": "Bearer",
+            "expires_in": lifetime,
+            "ext_expires_in": lifetime,
+            "access_token": token,
+        }
+    payload = json.dumps(body).encode()
+    return (
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json; charset=utf-8\r\n"
+        b"content-length: " + str(len(payload)).encode() + b"\r\n\r\n" + payload
+    )
+
+
+class TokenEndpoint(asyncio.Protocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport: asyncio.Transport = transport  # type: ignore[assignment]
+        self.buffer = b""
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while (head_end := self.buffer.find(b"\r\n\r\n")) >= 0:
+            match = _LENGTH.search(self.buffer, 0, head_end + 2)
+            total = head_end + 4 + (int(match.group(1)) if match else 0)
+            if len(self.buffer) < total:
+                return
+            request, self.buffer = self.buffer[:total], self.buffer[total:]
+            version = 2 if b"/v2.0/" in request[: request.find(b"\r\n")] else 1
+            lifetime = _LIFETIME.search(unquote_plus(request[head_end:].decode()).encode())
+            self.transport.write(response(version, int(lifetime.group(1)) if lifetime else 3600))
+
+
+async def main(port: int) -> None:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(TokenEndpoint, "127.0.0.1", port, backlog=1024)
+    print(f"READY http://127.0.0.1:{server.sockets[0].getsockname()[1]}", flush=True)
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    server.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 0))

@@ -1,0 +1,57 @@
+"""A small run of every benchmark (N=50, short windows), so they cannot rot. Figures are not
+judged here (never timing thresholds in tests): each must run, exit 0 and print its figures."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+def bench(script: str, *args: str) -> str:
+    result = subprocess.run(
+        [sys.executable, str(BENCH / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=BENCH,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.startswith("machine: ")
+    return result.stdout
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "figures"),
+    [
+        (
+            "once.py",
+            ["50", "--runs", "1"],
+            r"N=\s+50\s+wall: tokend\s+[\d.]+s\s+limit\s+[\d.]+s\s+ratio [\d.]+",
+        ),
+        (
+            "footprint.py",
+            ["50", "--idle", "1"],
+            r"N=\s+50\s+settled in\s+[\d.]+s\s+RSS\s+[\d.]+ MB",
+        ),
+        ("startup.py", ["--runs", "2"], r"first token published: median [\d.]+s"),
+        (
+            "scheduling.py",
+            ["--tokens", "50", "--minutes", "0.1", "--lifetimes", "2", "4"],
+            r"50 tokens.*lateness p50 [\d.]+ ms\s+p99 [\d.]+ ms",
+        ),
+        (
+            "consumer_read.py",
+            ["--reads", "1000", "--race-seconds", "0.5"],
+            r"race: \d+ reads during \d+ atomic rewrites: 0 partial",
+        ),
+    ],
+)
+def test_benchmark_runs(script: str, args: list[str], figures: str) -> None:
+    assert re.search(figures, bench(script, *args)), script
