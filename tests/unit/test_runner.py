@@ -130,3 +130,45 @@ def test_runner_bounds_concurrency_and_keeps_order() -> None:
     peak, order = asyncio.run(scenario())
     assert peak == 3
     assert order == list(range(20))
+
+
+class OtherKindSink(GatedSink):
+    """A different kind of sink (its own delivery lane)."""
+
+
+def test_delivery_lanes_are_bounded_and_independent() -> None:
+    """Twelve stuck deliveries of one kind: at most eight run at once, and another kind of sink
+    is still served."""
+
+    async def scenario() -> None:
+        clock = FakeClock()
+        scheduler = ApsScheduler()
+        deliveries = Deliveries(per_lane=8)
+        release = asyncio.Event()
+        stuck = [GatedSink(release) for _ in range(12)]
+        other = OtherKindSink()
+        token = Token(
+            value="v",
+            token_type="Bearer",
+            expires_at=clock.now() + timedelta(hours=1),
+            obtained_at=clock.now(),
+        )
+        for index, sink in enumerate([*stuck, other]):
+            slot = SinkSlot(
+                f"t{index}",
+                sink,
+                clock=clock,
+                scheduler=scheduler,
+                backoff=Backoff(),
+                rand=random.Random(1),
+            )
+            Publisher([slot], deliveries).publish_in_background(token)
+        await asyncio.wait_for(other.reached.wait(), 5)
+        for _ in range(5):
+            await asyncio.sleep(0)  # let every delivery that may start, start
+        assert sum(sink.reached.is_set() for sink in stuck) == 8
+        release.set()
+        assert await deliveries.drain(5)
+        assert all(sink.reached.is_set() for sink in stuck)
+
+    asyncio.run(scenario())

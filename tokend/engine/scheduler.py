@@ -22,7 +22,7 @@ from apscheduler.triggers.date import DateTrigger
 
 log = logging.getLogger("tokend.scheduler")
 
-Job = Callable[[], Awaitable[None]]
+Job = Callable[[], Awaitable[object]]
 
 
 class Scheduler(Protocol):
@@ -64,8 +64,18 @@ class Runner:
         """Submit `jobs` and return when they and everything queued before them are done."""
         for job in jobs:
             self.submit(job)
+        await self.idle()
+
+    async def idle(self, timeout: float | None = None) -> bool:
+        """Wait until nothing runs or waits (the queue drains as jobs finish). False if
+        `timeout` s passed first."""
+        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
         while self._running:
-            await asyncio.wait(set(self._running))
+            remaining = None if deadline is None else deadline - asyncio.get_running_loop().time()
+            if remaining is not None and remaining <= 0:
+                return False
+            await asyncio.wait(set(self._running), timeout=remaining)
+        return True
 
     async def close(self, timeout: float) -> bool:
         """Start nothing more; wait up to `timeout` s for jobs in progress. False if some were
