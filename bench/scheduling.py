@@ -20,9 +20,10 @@ from pathlib import Path
 
 from common import ENV, fast_provider, machine, percentile, write_config
 
-from tokend.config import load_config
+from tokend.assemble import run_limit
+from tokend.configfile import load_config
 from tokend.daemon import Daemon
-from tokend.engine import ApsScheduler, run_limit
+from tokend.engine import ApsScheduler
 from tokend.engine.scheduler import Job
 
 

@@ -17,14 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tokend import __version__
-from tokend.config import (
-    DEFAULT_LISTEN,
-    ConfigError,
-    LoadedConfig,
-    config_path,
-    load_config,
-    preflight,
-)
+from tokend.config import DEFAULT_LISTEN, ConfigError
+from tokend.configfile import LoadedConfig, config_path, load_config
 from tokend.logs import setup_logging
 
 log = logging.getLogger("tokend")
@@ -161,6 +155,8 @@ def _once(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
+    from tokend.check import preflight
+
     loaded = _load(args)
     if loaded is None:
         return EXIT_USAGE

@@ -1,13 +1,16 @@
 """Time as a dependency.
 
-Everything that decides by the time of day takes a `Clock`, so tests can run hours of token
-lifetimes in milliseconds and never sleep.
+Everything that decides by the time of day takes a `Clock`, and everything that waits for a time
+asks a `Scheduler`, so tests run hours of token lifetimes in milliseconds and never sleep.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
+
+Job = Callable[[], Awaitable[object]]
 
 
 class Clock(Protocol):
@@ -22,6 +25,20 @@ class SystemClock:
 
 
 SYSTEM_CLOCK = SystemClock()
+
+
+class Scheduler(Protocol):
+    """Runs a coroutine function at a time, under a key (one key per token, per sink retry, per
+    shared client's upkeep). Production uses APScheduler (`tokend.engine.scheduler`); tests a
+    virtual-time scheduler with the same two methods."""
+
+    def schedule(self, key: str, at: datetime, job: Job) -> None:
+        """Run `job` at `at` (at once if `at` has passed), replacing any pending run of `key`."""
+        ...
+
+    def cancel(self, key: str) -> None:
+        """Forget the pending run of `key`, if any. A run already in progress completes."""
+        ...
 
 
 def format_span(delta: timedelta) -> str:

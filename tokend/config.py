@@ -3,24 +3,24 @@
 Error lines name the file and the key path, e.g.
 `config.yaml: tokens.crm.identity: unknown identity 'crm-ap' (known: crm-app)`. Unknown keys are
 errors (a typo must not silently fall back to a default). Durations read as `600`, `600s`, `10m`
-or `1h`. Secrets are references (`{env: ...}`, `{file: ...}`, `{credential: ...}`,
-`{vault: ...}`); an inline secret is accepted with a warning. Relative paths are relative to the
-working directory.
+or `1h`. Secrets are references (`{env: ...}`, `{file: ...}`, `{credential: ...}`, and forms
+other modules register); an inline secret is accepted with a warning. Relative paths are relative
+to the working directory.
+
+Sink types, credential types and the top-level sections of shared resources come from their
+registries: this module names none of them. `tokend.configfile` reads files into it,
+`tokend.check` finds what this machine would make fail, `tokend.assemble` builds the running
+parts.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 import os
-import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -31,33 +31,43 @@ from pydantic import (
     model_validator,
 )
 from pydantic import dataclasses as pydantic_dataclasses
+from pydantic.dataclasses import rebuild_dataclass
 
+from tokend import backoff, registry
 from tokend.durations import Duration, PositiveDuration
+from tokend.engine.policy import DEFAULT_JITTER, DEFAULT_THRESHOLD
+from tokend.errors import TokendError
 from tokend.logs import one_line
-from tokend.oauth.credentials import CredentialOptions
-from tokend.secrets import InlineSecret, SecretError, SecretReference, VaultSecret
-from tokend.sinks import SINK_TYPES, SinkContext, SinkOptions
-from tokend.sinks.base import OPTIONS_CONFIG
-from tokend.sinks.vault import VaultSinkOptions
-from tokend.transport import url_problem
-from tokend.vault import AUTH_METHODS, VaultOptions, VaultSession, bind_secrets
-from tokend.yamlfile import read_yaml
+from tokend.oauth import client
+from tokend.oauth.grants import CREDENTIALS, CredentialOptions
+from tokend.resources import RESOURCES
+from tokend.secrets import SecretReference, secret_references
+from tokend.sinks import SINKS, SinkOptionsBase, sink_labels
+from tokend.transport import split_listen, url_problem
+from tokend.validation import SECTIONS, did_you_mean, validation_lines
 
-DEFAULT_AUTHORITY_HOST = "https://login.microsoftonline.com"
+if TYPE_CHECKING:
+    SinkOptions = SinkOptionsBase
+    Credential = CredentialOptions
+    Sections = dict[str, Any]
+else:
+    SinkOptions = SINKS.union(SinkOptionsBase)
+    Credential = CREDENTIALS.union(CredentialOptions)
+    Sections = RESOURCES.sections()
+
 DEFAULT_LISTEN = "127.0.0.1:9464"
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 _MULTI_TENANT = frozenset({"common", "organizations", "consumers"})
 
 
-class ConfigError(Exception):
+class ConfigError(TokendError):
     """The config cannot be used. `lines` holds one self-contained message per problem."""
 
     def __init__(self, lines: list[str]) -> None:
         self.lines = [one_line(line) for line in lines]
-        super().__init__("\n".join(self.lines))
+        super().__init__("\n".join(self.lines), code="config")
+        self.message = "\n".join(self.lines)
 
-
-# --- value types ------------------------------------------------------------------------------
 
 Name = Annotated[str, Field(pattern=_NAME)]
 
@@ -66,12 +76,9 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-# --- sections ---------------------------------------------------------------------------------
-
-
 class BackoffOptions(_Model):
-    min: PositiveDuration = timedelta(seconds=1)
-    max: PositiveDuration = timedelta(minutes=5)
+    min: PositiveDuration = backoff.DEFAULT_MIN
+    max: PositiveDuration = backoff.DEFAULT_MAX
 
     @model_validator(mode="after")
     def _ordered(self) -> BackoffOptions:
@@ -81,16 +88,18 @@ class BackoffOptions(_Model):
 
 
 class Defaults(_Model):
-    refresh_threshold: PositiveDuration = timedelta(minutes=10)
-    jitter: float = Field(default=0.1, ge=0, le=0.5)
+    refresh_threshold: PositiveDuration = DEFAULT_THRESHOLD
+    jitter: float = Field(default=DEFAULT_JITTER, ge=0, le=0.5)
     backoff: BackoffOptions = BackoffOptions()
     startup_spread: Duration = timedelta(seconds=10)
 
 
 class HttpOptions(_Model):
-    connect_timeout: PositiveDuration = timedelta(seconds=5)
-    timeout: PositiveDuration = timedelta(seconds=15)
-    max_concurrent_requests: int = Field(default=16, ge=1, le=1024)
+    connect_timeout: PositiveDuration = timedelta(seconds=client.DEFAULT_CONNECT_TIMEOUT)
+    timeout: PositiveDuration = timedelta(seconds=client.DEFAULT_READ_TIMEOUT)
+    max_concurrent_requests: int = Field(
+        default=client.DEFAULT_MAX_CONCURRENT_REQUESTS, ge=1, le=1024
+    )
     ca_bundle: Path | None = None
 
 
@@ -112,7 +121,7 @@ class Identity(_Model):
     token_endpoint: str | None = None
     issuer: str | None = None
     client_id: str = Field(min_length=1)
-    credential: CredentialOptions
+    credential: Credential
     allow_insecure_http: bool = False
     ca_bundle: Path | None = None
 
@@ -150,7 +159,9 @@ def _scope_list(value: Any) -> Any:
     return value.split() if isinstance(value, str) else value
 
 
-@pydantic_dataclasses.dataclass(config=OPTIONS_CONFIG, frozen=True, slots=True, kw_only=True)
+@pydantic_dataclasses.dataclass(
+    config=ConfigDict(extra="forbid"), frozen=True, slots=True, kw_only=True
+)
 class TokenSpec:
     """One configured token (a slotted dataclass, not a model: there may be 10,000)."""
 
@@ -177,7 +188,18 @@ class Config(_Model):
     log: LogOptions = LogOptions()
     listen: str | None = DEFAULT_LISTEN
     state_dir: Path | None = Field(default_factory=_systemd_state_directory)
-    vault: VaultOptions | None = None
+    sections: Sections = Field(default_factory=dict)
+    """The top-level blocks of shared resources, by name (written at the top level)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gather_sections(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or SECTIONS in data:
+            return data
+        sections = {key: value for key, value in data.items() if key in RESOURCES}
+        rest = {key: value for key, value in data.items() if key not in sections}
+        given = {key: value for key, value in sections.items() if value is not None}
+        return {**rest, SECTIONS: given}  # `NAME: null` reads as no NAME: block
 
     @field_validator("listen")
     @classmethod
@@ -190,163 +212,88 @@ class Config(_Model):
         return self.identities[token.identity]
 
 
-_LISTEN = re.compile(r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:\[\]]+)):(?P<port>\d{1,5})")
+# --- validation -----------------------------------------------------------------------------
 
 
-def split_listen(listen: str) -> tuple[str, int]:
-    """`127.0.0.1:9464` or `[::1]:9464` -> (host, port)."""
-    match = _LISTEN.fullmatch(listen)
-    if not match or not 0 < int(match["port"]) < 65536:
-        raise ValueError(f"'{listen}' is not host:port, e.g. 127.0.0.1:9464")
-    return match["v6"] or match["host"], int(match["port"])
-
-
-# --- loading ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class LoadedConfig:
-    config: Config
-    source: Path
-    warnings: list[str]
-
-
-def config_path(explicit: str | None) -> Path:
-    """The config to use: the command line, else `$TOKEND_CONFIG`, else ./config.yaml."""
-    return Path(explicit or os.environ.get("TOKEND_CONFIG") or "config.yaml")
-
-
-def load_config(path: Path) -> LoadedConfig:
-    """Read and validate `path`. Raises `ConfigError` listing every problem found."""
-    label = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError([f"{path}: config file not found"]) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([f"{path}: cannot read config: {type(exc).__name__}"]) from None
-    return parse_config(text, label=label, source=path)
-
-
-def parse_config(text: str, *, label: str, source: Path | None = None) -> LoadedConfig:
-    document = _read_yaml(text, label)
-    if not isinstance(document, dict):
-        raise ConfigError([f"{label}: the config must be a mapping with identities and tokens"])
+def validate_config(document: dict[str, Any], *, label: str = "config") -> Config:
+    """`document` (parsed YAML) as a `Config`, or `ConfigError` with every problem found."""
+    _ensure_schema()
     try:
         config = Config.model_validate(document)
     except ValidationError as exc:
-        raise ConfigError([f"{label}: {line}" for line in _validation_lines(exc)]) from None
+        raise ConfigError([f"{label}: {line}" for line in validation_lines(exc, Config)]) from None
     problems = list(_cross_reference_problems(config))
     if problems:
         raise ConfigError([f"{label}: {path}: {message}" for path, message in problems])
-    warnings = [
-        f"{label}: {path}: secret written inline; prefer {{env: ...}}, {{file: ...}} "
-        "or {credential: ...}"
-        for path, ref in secret_references(config)
-        if isinstance(ref, InlineSecret)
-    ]
-    return LoadedConfig(config=config, source=source or Path(label), warnings=warnings)
+    return config
 
 
-def preflight(loaded: LoadedConfig) -> list[str]:
-    """What this machine would make fail, found without writing anything: secret references
-    that do not resolve (values are discarded at once), sink problems such as a missing directory
-    or an unknown file owner. With a `vault:` block, tokend also logs in to Vault (and revokes
-    that login after), reads `{vault: ...}` secrets and asks Vault whether each Vault sink's mount
-    exists and its policy allows the writes. One line per problem."""
-    vault = VaultSession(loaded.config.vault) if loaded.config.vault else None
-    try:
-        return _preflight(loaded, vault)
-    finally:
-        if vault is not None:
-            vault.close_sync()
+class _Schema:
+    built_at = registry.generation()
 
 
-def _preflight(loaded: LoadedConfig, vault: VaultSession | None) -> list[str]:
-    problems = []
-    login_problem = vault.check_login() if vault else None
-    if login_problem:
-        problems.append(f"{loaded.source}: vault.auth: {login_problem}")
-    config = bind_secrets(loaded.config, vault)
-    for path, ref in secret_references(config):
-        if isinstance(ref, VaultSecret) and login_problem:
-            continue  # said once above
-        try:
-            ref.resolve()
-        except SecretError as exc:
-            problems.append(f"{loaded.source}: {path}: {exc}")
-    for name, token in config.tokens.items():
-        for index, sink in enumerate(token.sinks):
-            found = sink.preflight()
-            if not found and not login_problem:
-                found = sink.preflight_remote(SinkContext(name, sink_label(token, index), vault))
-            problems += [f"{loaded.source}: tokens.{name}.sinks.{index}: {p}" for p in found]
-    return problems
+def _ensure_schema() -> None:
+    """Rebuild the schema when kinds were registered since it was built (tests add their own)."""
+    if _Schema.built_at != registry.generation():
+        _Schema.built_at = registry.generation()
+        rebuild_dataclass(TokenSpec, force=True)  # type: ignore[arg-type]
+        Identity.model_rebuild(force=True)
+        Config.model_rebuild(force=True)
 
 
-def secret_references(model: Any, prefix: str = "") -> Iterator[tuple[str, SecretReference]]:
-    """Every secret reference in the config (models and options dataclasses), with its path."""
-    for key in _field_names_of(model):
-        yield from _walk(getattr(model, key), f"{prefix}{key}")
-
-
-def _walk(value: Any, path: str) -> Iterator[tuple[str, SecretReference]]:
-    if isinstance(value, SecretReference):
-        yield path, value
-    elif isinstance(value, BaseModel) or dataclasses.is_dataclass(value):
-        yield from secret_references(value, f"{path}.")
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            yield from _walk(item, f"{path}.{key}")
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            yield from _walk(item, f"{path}.{index}")
-
-
-def _field_names_of(model: Any) -> list[str]:
-    """Field names of a pydantic model or pydantic dataclass (class or instance)."""
-    cls = model if isinstance(model, type) else type(model)
-    return list(getattr(cls, "__pydantic_fields__", ()))
-
-
-def _vault_problems(config: Config) -> Iterator[tuple[str, str]]:
-    """Vault sinks and `{vault: ...}` secrets need the top-level `vault:` block."""
-    if config.vault is not None:
-        return
-    for path, ref in secret_references(config):
-        if isinstance(ref, VaultSecret):
-            yield path, "{vault: ...} needs a top-level vault: block (address, auth)"
-    for name, token in config.tokens.items():
-        for index, sink in enumerate(token.sinks):
-            if isinstance(sink, VaultSinkOptions):
-                yield (
-                    f"tokens.{name}.sinks.{index}",
-                    "a vault sink needs a top-level vault: block (address, auth)",
-                )
+# --- checks across keys -----------------------------------------------------------------------
 
 
 def _cross_reference_problems(config: Config) -> Iterator[tuple[str, str]]:
-    yield from _vault_problems(config)
+    yield from _missing_sections(config)
     known = ", ".join(config.identities)
     targets: dict[str, str] = {}
     for name, token in config.tokens.items():
         where = f"tokens.{name}"
         identity = config.identities.get(token.identity)
         if identity is None:
-            hint = _did_you_mean(token.identity, config.identities)
+            hint = did_you_mean(token.identity, config.identities)
             yield f"{where}.identity", f"unknown identity '{token.identity}' (known: {known}){hint}"
         else:
             yield from _target_problems(where, token, identity)
-        sink_names: set[str] = set()
+        labels = sink_labels(token.sinks)
         for index, sink in enumerate(token.sinks):
-            sink_name = sink_label(token, index)
-            if sink_name in sink_names:
-                yield f"{where}.sinks.{index}.name", f"sink name '{sink_name}' is used twice"
-            sink_names.add(sink_name)
+            if labels[index] in labels[:index]:
+                yield f"{where}.sinks.{index}.name", f"sink name '{labels[index]}' is used twice"
             target = sink.target()
             if target in targets:
                 yield f"{where}.sinks.{index}", f"{target} is also written by {targets[target]}"
             targets.setdefault(target, f"{where}.sinks.{index}")
+
+
+def _missing_sections(config: Config) -> Iterator[tuple[str, str]]:
+    """Everything that uses a shared resource needs that resource's section (unless the
+    resource has defaults of its own)."""
+    for path, part, needs in _needing_parts(config):
+        for section in needs:
+            kind = RESOURCES[section]
+            if section not in config.sections and kind.default is None:
+                yield path, f"{_subject(part)} needs a top-level {section}: block ({kind.summary})"
+
+
+def _needing_parts(config: Config) -> Iterator[tuple[str, Any, tuple[str, ...]]]:
+    for path, ref in secret_references(config):
+        if ref.needs:
+            yield path, ref, ref.needs
+    for name, identity in config.identities.items():
+        if identity.credential.needs:
+            yield f"identities.{name}.credential", identity.credential, identity.credential.needs
+    for name, token in config.tokens.items():
+        for index, sink in enumerate(token.sinks):
+            if sink.needs:
+                yield f"tokens.{name}.sinks.{index}", sink, sink.needs
+
+
+def _subject(part: Any) -> str:
+    if isinstance(part, SecretReference):
+        form = next(key for key in type(part).model_fields if key != "needs")
+        return f"{{{form}: ...}}"
+    return f"a {part.type} {'sink' if isinstance(part, SinkOptionsBase) else 'credential'}"
 
 
 def _target_problems(where: str, token: TokenSpec, identity: Identity) -> Iterator[tuple[str, str]]:
@@ -364,110 +311,3 @@ def _target_problems(where: str, token: TokenSpec, identity: Identity) -> Iterat
                 "e.g. https://graph.microsoft.com/.default"
             ),
         )
-
-
-def sink_label(token: TokenSpec, index: int) -> str:
-    """The sink's name in metrics and status: its `name`, else its type (numbered if repeated)."""
-    sink = token.sinks[index]
-    if sink.name:
-        return sink.name
-    same_type = [i for i, other in enumerate(token.sinks) if other.type == sink.type]
-    return sink.type if len(same_type) == 1 else f"{sink.type}-{same_type.index(index) + 1}"
-
-
-# --- YAML -------------------------------------------------------------------------------------
-
-
-def _read_yaml(text: str, label: str) -> Any:
-    try:
-        return read_yaml(text)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        where = f"{label}:{mark.line + 1}:{mark.column + 1}" if mark else label
-        raise ConfigError([f"{where}: {exc.problem or exc.context}"]) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError([f"{label}: not valid YAML ({type(exc).__name__})"]) from None
-
-
-# --- pydantic errors as one line each ---------------------------------------------------------
-
-_UNION_TAGS = frozenset(SINK_TYPES)
-_AUTH_TAGS = frozenset(AUTH_METHODS)
-
-
-def _validation_lines(exc: ValidationError) -> list[str]:
-    lines = []
-    for error in exc.errors(include_url=False, include_input=True):
-        path = _key_path(error["loc"])
-        lines.append(f"{path}: {_message(error)}" if path else _message(error))
-    return lines
-
-
-def _key_path(loc: tuple[int | str, ...]) -> str:
-    parts: list[str] = []
-    for index, part in enumerate(loc):
-        previous = loc[index - 1] if index else None
-        if isinstance(part, str) and part in _UNION_TAGS and isinstance(previous, int):
-            continue  # pydantic inserts the union member's tag; the user never wrote it
-        if part in _AUTH_TAGS and previous == "auth":
-            continue  # likewise for the vault auth method
-        if part == "[key]":
-            continue  # the problem is the key itself, already the last part of the path
-        parts.append(str(part))
-    return ".".join(parts)
-
-
-def _message(error: Any) -> str:
-    kind = error["type"]
-    ctx = error.get("ctx") or {}
-    if kind == "missing":
-        return "required key is missing"
-    if kind in ("extra_forbidden", "unexpected_keyword_argument"):
-        key = str(error["loc"][-1])
-        return "unknown key" + _did_you_mean(key, _ALL_KEYS)
-    if kind in ("union_tag_invalid", "union_tag_not_found"):
-        tag = str(ctx.get("discriminator", "type")).strip("'")
-        known = ", ".join(AUTH_METHODS if tag == "method" else SINK_TYPES)
-        if kind == "union_tag_not_found":
-            return f"{tag} is missing (known: {known})"
-        return f"unknown {tag} '{ctx.get('tag')}' (known: {known})"
-    if kind == "literal_error":
-        return f"must be one of {ctx.get('expected')}"
-    if kind == "string_pattern_mismatch" and error["loc"][:1] in (("identities",), ("tokens",)):
-        return "names may use letters, digits, '.', '_' and '-' (at most 64, not starting with '.')"
-    message = str(error["msg"])
-    message = message.removeprefix("Value error, ").removeprefix("Assertion failed, ")
-    return message[:1].lower() + message[1:]
-
-
-def _did_you_mean(word: str, candidates: Any) -> str:
-    close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.7)
-    return f" (did you mean '{close[0]}'?)" if close else ""
-
-
-def _field_names(model: type, seen: set[type]) -> set[str]:
-    if model in seen:
-        return set()
-    seen.add(model)
-    fields = model.__pydantic_fields__  # type: ignore[attr-defined]
-    names = set(fields)
-    for field in fields.values():
-        for arg in _model_types(field.annotation):
-            names |= _field_names(arg, seen)
-    return names
-
-
-def _model_types(annotation: Any) -> Iterator[type]:
-    """Config classes (pydantic models and dataclasses) named anywhere in `annotation`."""
-    if isinstance(annotation, type) and hasattr(annotation, "__pydantic_fields__"):
-        yield annotation
-    for arg in getattr(annotation, "__args__", ()):
-        yield from _model_types(arg)
-    for arg in getattr(annotation, "__metadata__", ()):
-        yield from _model_types(arg)
-    origin = getattr(annotation, "__origin__", None)
-    if origin is not None and origin is not annotation:
-        yield from _model_types(origin)
-
-
-_ALL_KEYS = _field_names(Config, set())

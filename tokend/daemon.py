@@ -14,12 +14,15 @@ import signal
 from collections.abc import Callable
 from dataclasses import InitVar, dataclass
 
+from tokend.assemble import Assembly, http_settings, run_limit
 from tokend.clock import SYSTEM_CLOCK, Clock
-from tokend.config import Config, ConfigError, LoadedConfig, split_listen
-from tokend.engine import ApsScheduler, Engine, http_settings, run_limit
+from tokend.config import Config, ConfigError
+from tokend.configfile import LoadedConfig
+from tokend.engine import ApsScheduler
 from tokend.metrics import Metrics
 from tokend.oauth import TokenClient
 from tokend.server import HttpListener, create_app
+from tokend.transport import split_listen
 
 log = logging.getLogger("tokend")
 
@@ -41,13 +44,14 @@ class Daemon:
         self.metrics = Metrics(self.clock)
         self.client = TokenClient(http_settings(self.config), clock=self.clock)
         self.scheduler = custom_scheduler or ApsScheduler(concurrency=run_limit(self.config))
-        self.engine = Engine(
-            self.config,
+        self.assembly = Assembly(
             acquirer=self.client,
             scheduler=self.scheduler,
             durations=self.metrics.refresh_duration,
             clock=self.clock,
         )
+        self.assembly.build(self.config)
+        self.engine = self.assembly.engine
         self.metrics.watch(self.engine)
         self.listener: HttpListener | None = None
         if self.config.listen:
@@ -85,7 +89,7 @@ class Daemon:
         finished = await self.scheduler.stop(SHUTDOWN_TIMEOUT)
         if not finished:
             log.warning("stopped refreshes still running after %.0fs", SHUTDOWN_TIMEOUT)
-        await self.engine.stop(SHUTDOWN_TIMEOUT)
+        await self.assembly.stop(SHUTDOWN_TIMEOUT)
         await self.client.aclose()
         if self.listener and serving:
             self.listener.stop()
@@ -121,7 +125,7 @@ class Daemon:
             for key in ("listen", "http"):
                 if getattr(loaded.config, key) != getattr(self.config, key):
                     log.warning("reload: changes to %s take effect at the next restart", key)
-            summary = await self.engine.reload(loaded.config)
+            summary = await self.assembly.reload(loaded.config)
             self.config = loaded.config
             log.info("reloaded: %s", summary)
             return True
@@ -131,19 +135,20 @@ async def run_once(config: Config, clock: Clock = SYSTEM_CLOCK) -> bool:
     """Acquire and publish every token once. True only if every token reached every sink."""
     metrics = Metrics(clock)
     client = TokenClient(http_settings(config), clock=clock)
-    engine = Engine(
-        config,
+    assembly = Assembly(
         acquirer=client,
         scheduler=ApsScheduler(),  # never started: sink retries are not waited for
         durations=metrics.refresh_duration,
         clock=clock,
     )
+    engine = assembly.engine
     try:
+        assembly.build(config)  # inside: a sink that cannot be built must not leak the client
         ok = await engine.refresh_all()
     finally:
-        await engine.stop()
+        await assembly.stop()
         await client.aclose()
-    published = sum(job.is_published(clock.now()) for job in engine.jobs.values())
+    published = sum(view.published for view in engine.query(clock.now()))
     log.log(
         logging.INFO if ok else logging.ERROR,
         "once: %d of %d tokens published to all their sinks",

@@ -20,7 +20,6 @@ from tokend.clock import SYSTEM_CLOCK, Clock
 from tokend.engine import Engine
 
 REFRESH_RESULTS = ("success", "transient_error", "permanent_error")
-SINK_RESULTS = ("success", "error")
 
 
 class Metrics:
@@ -86,21 +85,19 @@ class EngineCollector(Collector):
             "When a sink last accepted a token (Unix time).",
             labels=["token", "sink"],
         )
-        for name, job in engine.jobs.items():
-            token = job.token
-            expires_at = token.expires_at if token is not None else None
-            _add_time(token_gauges["expiry_timestamp_seconds"], [name], expires_at)
-            _add_time(token_gauges["next_refresh_timestamp_seconds"], [name], job.next_run)
-            _add_time(token_gauges["last_success_timestamp_seconds"], [name], job.last_success)
-            is_valid = token is not None and token.is_valid(now)
-            token_gauges["valid"].add_metric([name], 1.0 if is_valid else 0.0)
-            token_gauges["consecutive_failures"].add_metric([name], job.failures)
+        for view in engine.query(now):
+            name = view.name
+            _add_time(token_gauges["expiry_timestamp_seconds"], [name], view.expires_at)
+            _add_time(token_gauges["next_refresh_timestamp_seconds"], [name], view.next_refresh)
+            _add_time(token_gauges["last_success_timestamp_seconds"], [name], view.last_success)
+            token_gauges["valid"].add_metric([name], 1.0 if view.valid else 0.0)
+            token_gauges["consecutive_failures"].add_metric([name], view.failures)
             for result in REFRESH_RESULTS:
-                refreshes.add_metric([name, result], job.results[result])
-            for slot in job.publisher.slots:
-                for result in SINK_RESULTS:
-                    publishes.add_metric([name, slot.name, result], slot.results[result])
-                _add_time(sink_success, [name, slot.name], slot.last_success)
+                refreshes.add_metric([name, result], view.refreshes[result])
+            for sink in view.sinks:
+                publishes.add_metric([name, sink.name, "success"], sink.published)
+                publishes.add_metric([name, sink.name, "error"], sink.errors)
+                _add_time(sink_success, [name, sink.name], sink.last_success)
         yield from token_gauges.values()
         yield from (refreshes, publishes, sink_success)
 

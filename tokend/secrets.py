@@ -1,32 +1,36 @@
 """Secret references: where a secret lives, and reading it when it is needed.
 
 Config never holds a secret directly if it can help it: it says *where* the secret is
-(`{env: NAME}`, `{file: PATH}`, `{credential: NAME}` for systemd credentials, `{vault: PATH#FIELD}`
-for a field of a Vault KV secret). References are resolved on every use, so an operator who
-replaces a secret file fixes a failing identity without restarting tokend.
+(`{env: NAME}`, `{file: PATH}`, `{credential: NAME}` for systemd credentials, and forms that
+other modules register, such as `{vault: PATH#FIELD}`). References are resolved on every use, so
+an operator who replaces a secret file fixes a failing identity without restarting tokend. A form
+that reads over the network gets its client from the `Resources` it is given.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Protocol
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    PlainValidator,
-    PrivateAttr,
-    ValidationError,
-    field_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError
 
+from tokend.errors import TokendError
 from tokend.logs import redactor
+from tokend.registry import Registry
+
+if TYPE_CHECKING:
+    from tokend.resources import Resources
 
 
-class SecretError(Exception):
+class SecretError(TokendError):
     """A secret reference could not be resolved; the text names the reference, never a value."""
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message, code="secret_unavailable", transient=transient)
 
 
 class Secret:
@@ -53,18 +57,21 @@ class SecretReference(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    needs: ClassVar[tuple[str, ...]] = ()
+    """Shared resources (config sections) this form reads through, e.g. `("vault",)`."""
+
     def describe(self) -> str:
         """Where the secret comes from, for messages (never the value)."""
         raise NotImplementedError
 
-    def resolve(self) -> Secret:
-        """Read the secret now. Raises `SecretError`."""
+    def resolve(self, resources: Resources | None = None) -> Secret:
+        """Read the secret now, blocking. Raises `SecretError`."""
         raise NotImplementedError
 
-    async def read(self) -> Secret:
+    async def read(self, resources: Resources | None = None) -> Secret:
         """`resolve()` from the event loop. Local sources are read in place (microseconds);
-        a reference that does network I/O overrides this to keep the loop free."""
-        return self.resolve()
+        a form that does network I/O overrides this to keep the loop free."""
+        return self.resolve(resources)
 
 
 class InlineSecret(SecretReference):
@@ -75,7 +82,7 @@ class InlineSecret(SecretReference):
     def describe(self) -> str:
         return "inline value"
 
-    def resolve(self) -> Secret:
+    def resolve(self, resources: Resources | None = None) -> Secret:
         return Secret(self.inline)
 
 
@@ -85,7 +92,7 @@ class EnvSecret(SecretReference):
     def describe(self) -> str:
         return f"environment variable {self.env}"
 
-    def resolve(self) -> Secret:
+    def resolve(self, resources: Resources | None = None) -> Secret:
         value = os.environ.get(self.env)
         if value is None:
             raise SecretError(f"environment variable {self.env} is not set")
@@ -100,7 +107,7 @@ class FileSecret(SecretReference):
     def describe(self) -> str:
         return f"file {self.file}"
 
-    def resolve(self) -> Secret:
+    def resolve(self, resources: Resources | None = None) -> Secret:
         return Secret(_read_secret_file(self.file, "secret file"))
 
 
@@ -113,7 +120,7 @@ class CredentialSecret(SecretReference):
     def describe(self) -> str:
         return f"systemd credential {self.credential}"
 
-    def resolve(self) -> Secret:
+    def resolve(self, resources: Resources | None = None) -> Secret:
         directory = os.environ.get("CREDENTIALS_DIRECTORY")
         if not directory:
             raise SecretError(
@@ -138,60 +145,20 @@ def _read_secret_file(path: Path, what: str) -> str:
     return value
 
 
-class VaultReader(Protocol):
-    """What reads `{vault: ...}` references: the process's Vault session (`tokend.vault`)."""
+@dataclass(frozen=True)
+class SecretForm:
+    """A registered form of reference: `{KEY: ...}` validates into `options`."""
 
-    def read_secret(self, reference: str) -> Secret: ...
-
-    async def read_secret_async(self, reference: str) -> Secret: ...
-
-
-class VaultSecret(SecretReference):
-    """A field of a Vault KV secret, by its API path as Vault policies spell it:
-    `secret/data/apps/crm#client_secret` (KV version 2, note `data/`) or `kv/apps/crm#secret`
-    (version 1). Read over the network, so `read()` keeps the event loop free. The reference is
-    read through the Vault session the engine binds to it (`bound_to`); a config cannot hold
-    a live session, so an unbound reference says so instead of reading."""
-
-    vault: str
-    _reader: VaultReader | None = PrivateAttr(default=None)
-
-    @field_validator("vault")
-    @classmethod
-    def _path_and_field(cls, vault: str) -> str:
-        path, _, field = vault.strip().strip("/").removeprefix("v1/").partition("#")
-        if not path or not field or "#" in field or any(c.isspace() for c in path + field):
-            raise ValueError(
-                f"'{vault}' is not PATH#FIELD, e.g. {{vault: secret/data/apps/crm#client_secret}}"
-            )
-        return f"{path.strip('/')}#{field}"
-
-    def bound_to(self, reader: VaultReader) -> VaultSecret:
-        bound = self.model_copy()
-        bound._reader = reader
-        return bound
-
-    def describe(self) -> str:
-        return f"Vault secret {self.vault}"
-
-    def resolve(self) -> Secret:
-        return self._bound_reader().read_secret(self.vault)
-
-    async def read(self) -> Secret:
-        return await self._bound_reader().read_secret_async(self.vault)
-
-    def _bound_reader(self) -> VaultReader:
-        if self._reader is None:
-            raise SecretError(f"Vault secret {self.vault}: no vault: block is configured")
-        return self._reader
+    options: type[SecretReference]
 
 
-_REFERENCE_KINDS: dict[str, type[SecretReference]] = {
-    "env": EnvSecret,
-    "file": FileSecret,
-    "credential": CredentialSecret,
-    "vault": VaultSecret,
-}
+SECRET_FORMS: Registry[SecretForm] = Registry("secret reference", builtins=("tokend.vault.secret",))
+for _key, _form in (
+    ("env", EnvSecret),
+    ("file", FileSecret),
+    ("credential", CredentialSecret),
+):
+    SECRET_FORMS.register(_key, SecretForm(_form))
 
 
 def parse_secret_ref(value: Any) -> SecretReference:
@@ -203,23 +170,40 @@ def parse_secret_ref(value: Any) -> SecretReference:
         if not value:
             raise ValueError("secret is empty")
         return InlineSecret(inline=value)
-    forms = ", ".join(f"{{{kind}: ...}}" for kind in _REFERENCE_KINDS)
+    forms = ", ".join(f"{{{kind}: ...}}" for kind in SECRET_FORMS)
     if not isinstance(value, dict) or len(value) != 1:
         raise ValueError(f"expected a secret reference: one of {forms}")
     (kind,) = value
-    if kind not in _REFERENCE_KINDS:
+    if kind not in SECRET_FORMS:
         raise ValueError(f"unknown secret reference '{kind}' (expected one of {forms})")
     if not isinstance(value[kind], str) or not value[kind]:
         raise ValueError(f"{{{kind}: ...}} needs a non-empty string")
     try:
-        return _REFERENCE_KINDS[kind].model_validate(value)
+        return SECRET_FORMS[kind].options.model_validate(value)
     except ValidationError as exc:  # one line, as every config error
         message = str(exc.errors(include_url=False)[0]["msg"]).removeprefix("Value error, ")
         raise ValueError(f"{{{kind}: ...}}: {message[:1].lower()}{message[1:]}") from None
 
 
-SecretRef = Annotated[
-    InlineSecret | EnvSecret | FileSecret | CredentialSecret | VaultSecret,
-    PlainValidator(parse_secret_ref),
-]
+SecretRef = Annotated[SecretReference, PlainValidator(parse_secret_ref)]
 """A config value naming a secret: a plain string (inline) or one of the reference forms."""
+
+
+def secret_references(model: Any, prefix: str = "") -> Iterator[tuple[str, SecretReference]]:
+    """Every secret reference in a config (pydantic models and options dataclasses, nested in
+    dicts and lists), with its key path."""
+    for key in getattr(type(model), "__pydantic_fields__", ()):
+        yield from _walk(getattr(model, key), f"{prefix}{key}")
+
+
+def _walk(value: Any, path: str) -> Iterator[tuple[str, SecretReference]]:
+    if isinstance(value, SecretReference):
+        yield path, value
+    elif isinstance(value, BaseModel) or dataclasses.is_dataclass(value):
+        yield from secret_references(value, f"{path}.")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _walk(item, f"{path}.{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _walk(item, f"{path}.{index}")

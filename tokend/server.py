@@ -34,9 +34,9 @@ def create_app(engine: Engine, metrics: Metrics, clock: Clock) -> Starlette:
 
     async def readyz(request: Request) -> Response:
         now = clock.now()
-        if engine.is_ready(now):
+        waiting = [view.name for view in engine.query(now) if not view.published]
+        if not waiting:
             return PlainTextResponse("ready\n")
-        waiting = [name for name, job in engine.jobs.items() if not job.is_published(now)]
         return PlainTextResponse("not ready: " + ", ".join(waiting) + "\n", status_code=503)
 
     async def status(request: Request) -> Response:

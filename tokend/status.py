@@ -7,40 +7,48 @@ from datetime import datetime
 from typing import Any
 
 from tokend.clock import format_span
-from tokend.engine import Engine, TokenJob
-from tokend.engine.publisher import SinkSlot
+from tokend.engine import Engine, SinkView, TokenView
+from tokend.errors import TokendError
 
 
 def engine_status(engine: Engine, now: datetime) -> dict[str, Any]:
+    tokens = {view.name: token_status(view, now) for view in engine.query(now)}
     return {
         "time": _iso(now),
-        "ready": engine.is_ready(now),
-        "tokens": {name: token_status(job, now) for name, job in engine.jobs.items()},
+        "ready": all(token["published"] for token in tokens.values()),
+        "tokens": tokens,
     }
 
 
-def token_status(job: TokenJob, now: datetime) -> dict[str, Any]:
-    token = job.token
+def token_status(view: TokenView, now: datetime) -> dict[str, Any]:
+    expires_at = view.expires_at
     return {
-        "state": job.phase(now).value,
-        "expires_at": _iso(token.expires_at) if token else None,
-        "expires_in_seconds": _seconds_until(token.expires_at, now) if token else None,
-        "next_refresh": _iso(job.next_run),
-        "last_success": _iso(job.last_success),
-        "consecutive_failures": job.failures,
-        "last_error": str(job.last_error) if job.last_error else None,
-        "last_error_code": job.last_error.code if job.last_error else None,
-        "sinks": {slot.name: sink_status(slot) for slot in job.publisher.slots},
+        "state": view.phase.value,
+        "published": view.published,
+        "expires_at": _iso(expires_at),
+        "expires_in_seconds": _seconds_until(expires_at, now) if expires_at else None,
+        "next_refresh": _iso(view.next_refresh),
+        "last_success": _iso(view.last_success),
+        "consecutive_failures": view.failures,
+        **_error(view.last_error),
+        "sinks": {sink.name: sink_status(sink) for sink in view.sinks},
     }
 
 
-def sink_status(slot: SinkSlot) -> dict[str, Any]:
+def sink_status(sink: SinkView) -> dict[str, Any]:
     return {
-        "holds_expires_at": _iso(slot.held.expires_at) if slot.held else None,
-        "last_success": _iso(slot.last_success),
-        "consecutive_failures": slot.failures,
-        "last_error": slot.last_error,
+        "holds_expires_at": _iso(sink.held_expires_at),
+        "last_success": _iso(sink.last_success),
+        "consecutive_failures": sink.failures,
+        **_error(sink.last_error),
     }
+
+
+def _error(error: TokendError | None) -> dict[str, str | None]:
+    """The last failure: its one-line text, its stable code, and whether it may pass."""
+    if error is None:
+        return {"last_error": None, "last_error_code": None, "last_error_kind": None}
+    return {"last_error": str(error), "last_error_code": error.code, "last_error_kind": error.kind}
 
 
 def _iso(moment: datetime | None) -> str | None:

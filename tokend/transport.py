@@ -1,10 +1,12 @@
-"""Rules every outgoing connection follows: HTTPS with TLS 1.2 or newer, the system CA store or a
-configured bundle, and plain HTTP only to a loopback address when the config says so explicitly."""
+"""Addresses, and the rules every outgoing connection follows: HTTPS with TLS 1.2 or newer,
+the system CA store or a configured bundle, and plain HTTP only to a loopback address when the
+config says so explicitly."""
 
 from __future__ import annotations
 
 import functools
 import ipaddress
+import re
 import ssl
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -45,3 +47,14 @@ def ssl_context(ca_bundle: Path | None) -> ssl.SSLContext:
         context = ssl.create_default_context(cafile=str(ca_bundle))
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     return context
+
+
+_LISTEN = re.compile(r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:\[\]]+)):(?P<port>\d{1,5})")
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """`127.0.0.1:9464` or `[::1]:9464` -> (host, port)."""
+    match = _LISTEN.fullmatch(listen)
+    if not match or not 0 < int(match["port"]) < 65536:
+        raise ValueError(f"'{listen}' is not host:port, e.g. 127.0.0.1:9464")
+    return match["v6"] or match["host"], int(match["port"])

@@ -13,18 +13,16 @@ import pytest
 from tests.support import idp as faults
 from tests.support.clock import FakeClock
 from tests.support.idp import CLIENT_ID, CLIENT_SECRET, TENANT, FakeIdp
+from tests.support.requests import client_secret_request
 from tokend.oauth import (
     Endpoint,
     HttpSettings,
     PermanentError,
-    Token,
     TokenClient,
     TokenRequest,
     TransientError,
-    build_credential,
 )
-from tokend.oauth.credentials import ClientSecretOptions
-from tokend.secrets import InlineSecret
+from tokend.token import Token
 
 
 def _request(
@@ -35,13 +33,11 @@ def _request(
     secret: str = CLIENT_SECRET,
     endpoint: Endpoint | None = None,
 ) -> TokenRequest:
-    options = ClientSecretOptions(
-        type="client_secret", secret=InlineSecret(inline=secret), auth_method=auth
-    )  # type: ignore[arg-type]
-    return TokenRequest(
-        name="crm",
-        endpoint=endpoint or Endpoint(token_url=idp.token_url(version), allow_insecure_http=True),
-        credential=build_credential(CLIENT_ID, options),
+    return client_secret_request(
+        endpoint or Endpoint(token_url=idp.token_url(version), allow_insecure_http=True),
+        client_id=CLIENT_ID,
+        secret=secret,
+        auth_method=auth,
         resource="https://crm.example" if version == 1 else None,
         scopes=() if version == 1 else ("https://graph.example/.default",),
     )
@@ -167,12 +163,8 @@ def test_timeout_is_transient(idp: FakeIdp) -> None:
 
 
 def test_connection_refused_is_transient() -> None:
-    request = TokenRequest(
-        name="crm",
-        endpoint=Endpoint(token_url="http://127.0.0.1:9/token", allow_insecure_http=True),
-        credential=build_credential(
-            CLIENT_ID, ClientSecretOptions(type="client_secret", secret=InlineSecret(inline="x"))
-        ),
+    request = client_secret_request(
+        Endpoint(token_url="http://127.0.0.1:9/token", allow_insecure_http=True)
     )
     with pytest.raises(TransientError, match="ConnectError"):
         _acquire(request)

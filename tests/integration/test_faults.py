@@ -17,12 +17,12 @@ from starlette.responses import Response
 from tests.conftest import entra_identity
 from tests.support import idp as faults
 from tests.support.clock import FakeClock
+from tests.support.harness import Harness
 from tests.support.idp import CLIENT_SECRET, FakeIdp
-from tests.support.virtual import VirtualScheduler
 from tokend.config import Config
-from tokend.engine import Engine, Phase
+from tokend.engine import Phase
 from tokend.engine.job import TokenJob
-from tokend.oauth import HttpSettings, PermanentError, TokenClient, TransientError
+from tokend.oauth import HttpSettings, PermanentError, TransientError
 from tokend.sinks.file import FileSinkOptions
 
 S = timedelta(seconds=1)
@@ -34,11 +34,6 @@ class NoJitter(random.Random):
 
     def random(self) -> float:
         return 0.0
-
-
-class Durations:
-    def observe(self, amount: float) -> None:
-        pass
 
 
 def _config(idp: FakeIdp, tmp_path: Path) -> Config:
@@ -64,20 +59,12 @@ async def _after_first_refresh_fails(
 ) -> tuple[TokenJob, Any, list[timedelta]]:
     """Obtain a token, then meet `fault` `count` times at the planned refresh. Returns the job,
     the first token, and each planned next try, as offsets from its failed attempt."""
-    scheduler = VirtualScheduler(clock)
-    client = TokenClient(HttpSettings(read_timeout=0.2), clock=clock)
-    engine = Engine(
-        _config(idp, tmp_path),
-        acquirer=client,
-        scheduler=scheduler,
-        durations=Durations(),
-        clock=clock,
-        rand=NoJitter(),
-    )
+    h = Harness(_config(idp, tmp_path), clock, http=HttpSettings(read_timeout=0.2), rand=NoJitter())
+    scheduler = h.scheduler
     try:
-        await engine.start()
+        await h.start()
         await scheduler.run_until(clock.now())
-        job = engine.jobs["crm"]
+        job = h.job()
         first = job.token
         assert job.next_run == first.obtained_at + 50 * M  # 1-hour token, 10-minute threshold
         idp.fail(*[fault] * count)
@@ -88,8 +75,7 @@ async def _after_first_refresh_fails(
             offsets.append(job.next_run - attempt_at)
         return job, first, offsets
     finally:
-        await engine.stop()
-        await client.aclose()
+        await h.stop()
 
 
 FAULTS = [
@@ -213,20 +199,12 @@ def test_a_slow_last_chance_still_withdraws_at_the_expiry_instant(
     config = config.model_copy(update={"tokens": {"crm": spec}})
 
     async def scenario() -> None:
-        scheduler = VirtualScheduler(clock)
-        client = TokenClient(clock=clock)
-        engine = Engine(
-            config,
-            acquirer=client,
-            scheduler=scheduler,
-            durations=Durations(),
-            clock=clock,
-            rand=NoJitter(),
-        )
+        h = Harness(config, clock, rand=NoJitter())
+        scheduler = h.scheduler
         try:
-            await engine.start()
+            await h.start()
             await scheduler.run_until(clock.now())
-            first = engine.jobs["crm"].token
+            first = h.job().token
             # 50 min: first try; then 1, 2 ... 256 s; the 11th try is the last chance, at T - 1 s.
             idp.fail(*[faults.html(502)] * 10, slow_failure, *[faults.html(502)] * 5)
             await scheduler.run_until(first.expires_at - S)
@@ -235,7 +213,6 @@ def test_a_slow_last_chance_still_withdraws_at_the_expiry_instant(
             await scheduler.run_until(first.expires_at)
             assert not withdrawn.exists()
         finally:
-            await engine.stop()
-            await client.aclose()
+            await h.stop()
 
     asyncio.run(scenario())

@@ -15,18 +15,11 @@ import httpx2
 
 from tests.conftest import entra_identity, write_config
 from tests.support.clock import FakeClock
+from tests.support.harness import Harness
 from tests.support.idp import CLIENT_SECRET, FakeIdp
 from tests.support.processes import start_tokend, wait_for
 from tests.support.servers import free_port
-from tests.support.virtual import VirtualScheduler
 from tokend.config import Config
-from tokend.engine import Engine
-from tokend.oauth import TokenClient
-
-
-class Durations:
-    def observe(self, amount: float) -> None:
-        pass
 
 
 def _token(tmp_path: Path, name: str, **extra: Any) -> dict[str, Any]:
@@ -63,24 +56,16 @@ def test_engine_reload(idp: FakeIdp, tmp_path: Path) -> None:
     clock = FakeClock()
 
     async def scenario() -> None:
-        scheduler = VirtualScheduler(clock)
-        client = TokenClient(clock=clock)
-        engine = Engine(
-            before,
-            acquirer=client,
-            scheduler=scheduler,
-            durations=Durations(),
-            clock=clock,
-            rand=random.Random(1),
-        )
+        h = Harness(before, clock, rand=random.Random(1))
+        engine, scheduler = h.engine, h.scheduler
         try:
-            await engine.start()
+            await h.start()
             await scheduler.run_until(clock.now() + timedelta(minutes=1))
             assert len(idp.token_requests) == 3
             crm, graph = engine.jobs["crm"], engine.jobs["graph"]
             crm_next, graph_token = crm.next_run, graph.token
 
-            summary = await engine.reload(after)
+            summary = await h.reload(after)
 
             assert (summary.added, summary.changed, summary.removed, summary.unchanged) == (
                 ["api"],
@@ -99,8 +84,7 @@ def test_engine_reload(idp: FakeIdp, tmp_path: Path) -> None:
             assert len(idp.token_requests) == 4  # only api was requested
             assert (tmp_path / "api.token").read_text() == engine.jobs["api"].token.value
         finally:
-            await engine.stop()
-            await client.aclose()
+            await h.stop()
 
     asyncio.run(scenario())
 

@@ -19,21 +19,15 @@ from pathlib import Path
 from tests.conftest import entra_identity
 from tests.support import idp as faults
 from tests.support.clock import FakeClock
+from tests.support.harness import Harness
 from tests.support.idp import CLIENT_SECRET, FakeIdp, RecordedRequest
-from tests.support.virtual import VirtualScheduler
 from tokend.config import Config
 from tokend.engine import Engine
-from tokend.oauth import TokenClient
 
 TOKENS = 10
 DAY = timedelta(hours=24)
 THRESHOLD = timedelta(minutes=10)
 S = timedelta(seconds=1)
-
-
-class Durations:
-    def observe(self, amount: float) -> None:
-        pass
 
 
 @dataclass
@@ -97,16 +91,8 @@ def test_a_day_against_a_flaky_identity_provider(idp: FakeIdp, tmp_path: Path, c
 
     async def simulate() -> Engine:
         nonlocal reads, min_remaining
-        scheduler = VirtualScheduler(clock)
-        client = TokenClient(clock=clock)
-        engine = Engine(
-            config,
-            acquirer=client,
-            scheduler=scheduler,
-            durations=Durations(),
-            clock=clock,
-            rand=random.Random(7),
-        )
+        h = Harness(config, clock, rand=random.Random(7))
+        engine, scheduler = h.engine, h.scheduler
 
         async def consumer() -> None:
             nonlocal reads, min_remaining
@@ -123,13 +109,12 @@ def test_a_day_against_a_flaky_identity_provider(idp: FakeIdp, tmp_path: Path, c
                     gaps.append((name, slot.held.expires_at, now))
             scheduler.schedule("consumer", now + timedelta(minutes=1), consumer)
 
-        await engine.start()
+        await h.start()
         scheduler.schedule("consumer", start + timedelta(minutes=1), consumer)
         try:
             await scheduler.run_until(start + DAY)
         finally:
-            await engine.stop()
-            await client.aclose()
+            await h.stop()
         return engine
 
     engine = asyncio.run(simulate())

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from tokend.config import ConfigError, load_config, parse_config, split_listen
+from tokend.config import ConfigError
+from tokend.configfile import load_config, parse_config
 from tokend.durations import parse_duration
+from tokend.transport import split_listen
 
 REPO = Path(__file__).resolve().parents[2]
 

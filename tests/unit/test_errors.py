@@ -69,7 +69,7 @@ def test_permanent_error_carries_codes_and_ids_in_one_line() -> None:
 def test_loop_detection_is_flagged() -> None:
     error = classify_error_response(PEER, 400, {}, _entra("invalid_request", 50196), NOW)
     assert isinstance(error, TransientError)
-    assert error.loop_detected
+    assert error.back_off_hard
 
 
 def test_html_body_is_described_not_echoed() -> None:

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tokend.oauth.token import Token
 from tokend.sinks import SinkContext, SinkError
 from tokend.sinks.file import FileSink, FileSinkOptions
+from tokend.token import Token
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 

@@ -6,8 +6,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tokend.engine.policy import Backoff, RefreshPolicy, retry_at, startup_at
-from tokend.oauth.token import Token
+from tokend.backoff import Backoff
+from tokend.engine.policy import RefreshPolicy, retry_at, startup_at
+from tokend.token import Token
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 S = timedelta(seconds=1)

@@ -11,10 +11,12 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tokend.config import ConfigError, parse_config
+from tokend.config import ConfigError
+from tokend.configfile import parse_config
 from tokend.durations import parse_duration
 from tokend.oauth.errors import Peer, TokenError, classify_error_response, parse_retry_after
-from tokend.oauth.token import MalformedResponse, Token, parse_token_response
+from tokend.oauth.response import MalformedResponse, parse_token_response
+from tokend.token import Token
 
 SENT = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 PEER = Peer("crm", "idp.example")

@@ -8,9 +8,9 @@ from datetime import timedelta
 
 from tests.support.clock import FakeClock
 from tests.support.virtual import VirtualScheduler
-from tokend.engine.policy import Backoff
+from tokend.backoff import Backoff
 from tokend.engine.publisher import Deliveries, Publisher, SinkSlot
-from tokend.oauth.token import Token
+from tokend.token import Token
 
 
 class RecordingSink:

@@ -7,12 +7,13 @@ import random
 from datetime import timedelta
 
 from tests.support.clock import FakeClock
-from tokend.engine import ApsScheduler, Backoff, RefreshPolicy, TokenJob
+from tests.support.requests import client_secret_request
+from tokend.backoff import Backoff
+from tokend.engine import ApsScheduler, RefreshPolicy, TokenJob
 from tokend.engine.publisher import Deliveries, Publisher, SinkSlot
 from tokend.engine.scheduler import Runner
-from tokend.oauth import Endpoint, Token, TokenRequest, build_credential
-from tokend.oauth.credentials import ClientSecretOptions
-from tokend.secrets import InlineSecret
+from tokend.oauth import Endpoint, TokenRequest
+from tokend.token import Token
 
 
 class InstantIdp:
@@ -59,18 +60,11 @@ class NoDurations:
 def _job(
     name: str, sink: GatedSink, scheduler: ApsScheduler, deliveries: Deliveries, clock: FakeClock
 ) -> TokenJob:
-    credential = build_credential(
-        "client", ClientSecretOptions(type="client_secret", secret=InlineSecret(inline="secret"))
-    )
     slot = SinkSlot(
         name, sink, clock=clock, scheduler=scheduler, backoff=Backoff(), rand=random.Random(1)
     )
     return TokenJob(
-        TokenRequest(
-            name=name,
-            endpoint=Endpoint(token_url="https://idp.example/token"),
-            credential=credential,
-        ),
+        client_secret_request(Endpoint(token_url="https://idp.example/token"), name=name),
         acquirer=InstantIdp(clock),
         publisher=Publisher([slot], deliveries),
         policy=RefreshPolicy(),

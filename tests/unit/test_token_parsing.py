@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tokend.oauth.token import MalformedResponse, Token, parse_token_response
+from tokend.oauth.response import MalformedResponse, parse_token_response
+from tokend.token import Token
 
 SENT = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -127,8 +129,14 @@ def test_repr_and_str_never_show_the_value() -> None:
         token_type="Bearer",
         expires_at=SENT + timedelta(hours=1),
         obtained_at=SENT,
-        refresh_token="CANARY-refresh-token",
     )
     for text in (repr(token), str(token), f"{token}", repr([token])):
         assert "CANARY" not in text
     assert "2026-03-01T13:00:00" in str(token)
+
+
+def test_a_refresh_token_in_the_response_never_enters_the_token() -> None:
+    """Everything in a `Token` may reach a sink: a refresh token must not be among it."""
+    body = {"access_token": "a.b.c", "expires_in": 60, "refresh_token": "CANARY-refresh"}
+    token = parse_token_response(body, sent_at=SENT)
+    assert "CANARY" not in repr(dataclasses.astuple(token))

@@ -10,11 +10,14 @@ import pytest
 import requests.exceptions as rx
 import yaml
 
-from tokend.config import ConfigError, parse_config
-from tokend.secrets import VaultSecret
+from tokend.config import ConfigError
+from tokend.configfile import parse_config
+from tokend.resources import Resources
+from tokend.secrets import SecretError
 from tokend.sinks.vault import VaultSinkOptions
-from tokend.vault import VaultOptions, VaultSession, bind_secrets
+from tokend.vault import VAULT, VaultOptions, VaultSession
 from tokend.vault.errors import Problem, classify
+from tokend.vault.secret import VaultSecret
 
 BASE: dict[str, Any] = {
     "identities": {
@@ -206,24 +209,26 @@ def test_nothing_shows_a_secret() -> None:
         session.close_sync()
 
 
-def test_bind_secrets_binds_every_vault_reference_and_nothing_else() -> None:
+def test_vault_references_share_the_process_session() -> None:
+    """`{vault: ...}` references read through the `vault` shared resource: one session per
+    process (one login), made from the config's vault: block; without it they say so."""
     document = {**BASE}
     identity = {**BASE["identities"]["app"]}
     identity["credential"] = {"type": "client_secret", "secret": {"vault": "kv/app#secret"}}
     document["identities"] = {"app": identity}
     config = parse_config(yaml.safe_dump(document), label="c").config
-    session = VaultSession(config.vault)  # type: ignore[arg-type]
+    secret = config.identities["app"].credential.secret  # type: ignore[attr-defined]
+    assert isinstance(secret, VaultSecret)
+    resources = Resources(config.sections)
     try:
-        bound = bind_secrets(config, session)
-        secret = bound.identities["app"].credential.secret
-        assert isinstance(secret, VaultSecret)
-        assert secret._reader is session
-        original = config.identities["app"].credential.secret
-        assert isinstance(original, VaultSecret)
-        assert original._reader is None  # the config itself is untouched
-        assert bound.tokens is config.tokens  # nothing to bind there: shared, not copied
+        session = resources.get(VAULT)
+        assert isinstance(session, VaultSession)
+        assert session.options == config.sections["vault"]
+        assert resources.get(VAULT) is session
     finally:
-        session.close_sync()
+        resources.close_sync()
+    with pytest.raises(SecretError, match=r"Vault secret kv/app#secret: no vault: block"):
+        secret.resolve()
 
 
 def _vault(cls: type[hx.VaultError], *errors: str, **json: Any) -> hx.VaultError:

@@ -1,25 +1,28 @@
-"""Deciding when: refresh policy, backoff, scheduling, and the jobs that tie them together."""
+"""Deciding when: refresh policy, scheduling, the jobs that tie them together, and the read-only
+views readers get of them."""
 
-from tokend.engine.engine import Engine, http_settings, run_limit, token_request
+from tokend.engine.engine import Blueprint, Engine, EngineSettings, ReloadSummary
 from tokend.engine.job import Phase, TokenJob
-from tokend.engine.policy import Backoff, RefreshPolicy, retry_at, startup_at
-from tokend.engine.publisher import Publisher, SinkSlot
-from tokend.engine.scheduler import ApsScheduler, Runner, Scheduler
+from tokend.engine.policy import RefreshPolicy, retry_at, startup_at
+from tokend.engine.publisher import Deliveries, Publisher, SinkSlot
+from tokend.engine.query import SinkView, TokenView
+from tokend.engine.scheduler import ApsScheduler, Runner
 
 __all__ = [
     "ApsScheduler",
-    "Backoff",
+    "Blueprint",
+    "Deliveries",
     "Engine",
+    "EngineSettings",
     "Phase",
     "Publisher",
     "RefreshPolicy",
+    "ReloadSummary",
     "Runner",
-    "Scheduler",
     "SinkSlot",
+    "SinkView",
     "TokenJob",
-    "http_settings",
+    "TokenView",
     "retry_at",
-    "run_limit",
     "startup_at",
-    "token_request",
 ]

@@ -1,24 +1,44 @@
-"""The engine: one `TokenJob` per configured token, started, stopped and asked about together."""
+"""The engine: one `TokenJob` per configured token, started, reloaded, stopped and asked about
+together.
+
+It knows nothing of config files, sink types or credential types: the composition root
+(`tokend.assemble`) hands it a `Blueprint` per token, and readers (metrics, status, the local
+endpoint) see its state only through `query()`.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import random
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any
+from datetime import datetime, timedelta
 
 from tokend.clock import SYSTEM_CLOCK, Clock
-from tokend.config import DEFAULT_AUTHORITY_HOST, Config, TokenSpec, sink_label
-from tokend.engine.job import Acquirer, DurationObserver, TokenJob
-from tokend.engine.policy import Backoff, RefreshPolicy, startup_at
-from tokend.engine.publisher import Deliveries, Publisher, SinkSlot
-from tokend.engine.scheduler import Runner, Scheduler
-from tokend.engine.state import StateStore, fingerprint
-from tokend.oauth import Endpoint, HttpSettings, Token, TokenRequest, build_credential
-from tokend.sinks import SinkContext, build_sink
-from tokend.vault import VaultSession, bind_secrets
+from tokend.engine.job import TokenJob
+from tokend.engine.policy import startup_at
+from tokend.engine.publisher import Deliveries
+from tokend.engine.query import TokenView, view_of
+from tokend.engine.scheduler import Runner
+from tokend.engine.state import fingerprint
+from tokend.token import Token
+
+
+@dataclass(frozen=True)
+class Blueprint:
+    """How to build one token's job, and everything it is built from: equal `inputs`, equal
+    job (a reload keeps the running one)."""
+
+    inputs: Hashable
+    build: Callable[[], TokenJob]
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    startup_spread: timedelta = timedelta(seconds=10)
+    """First acquisitions at start are spread over this long."""
+    run_limit: int = 32
+    """How many refreshes `refresh_all` runs at once."""
 
 
 @dataclass
@@ -37,59 +57,43 @@ class ReloadSummary:
 
 
 class Engine:
-    def __init__(
-        self,
-        config: Config,
-        *,
-        acquirer: Acquirer,
-        scheduler: Scheduler,
-        durations: DurationObserver,
-        clock: Clock = SYSTEM_CLOCK,
-        rand: random.Random | None = None,
-    ) -> None:
-        self._acquirer = acquirer
-        self._scheduler = scheduler
-        self._durations = durations
+    def __init__(self, *, clock: Clock = SYSTEM_CLOCK) -> None:
         self._clock = clock
-        # One Vault login for the whole process, shared by Vault sinks and {vault: ...} secrets.
-        self._vault = self._vault_session(config)
-        self.config = config = bind_secrets(config, self._vault)
-        self._rand = rand or random.Random()  # noqa: S311 - jitter, not cryptography
-        self._state = StateStore(config.state_dir) if config.state_dir else None
-        # Objects equal for many tokens, kept once: endpoints and credentials (per identity),
-        # refresh policies and backoffs (per distinct value).
-        self._shared: dict[Any, Any] = {}
-        self._deliveries = Deliveries()
-        self.jobs: dict[str, TokenJob] = {
-            name: self._build_job(name, spec) for name, spec in config.tokens.items()
-        }
+        self.settings = EngineSettings()
+        self.jobs: dict[str, TokenJob] = {}
+        self._inputs: dict[str, Hashable] = {}
+        self.deliveries = Deliveries()
+        """Sink deliveries in the background, shared by every job's publisher."""
+
+    def build(self, blueprints: Mapping[str, Blueprint], settings: EngineSettings) -> None:
+        """Build every job; `start()` (a daemon) or `refresh_all()` (`tokend once`) runs them."""
+        self.settings = settings
+        self.jobs = {name: blueprint.build() for name, blueprint in blueprints.items()}
+        self._inputs = {name: blueprint.inputs for name, blueprint in blueprints.items()}
 
     async def start(self) -> None:
         """Resume stored tokens that are still valid; plan every other token's first
-        acquisition, spread over `defaults.startup_spread`."""
+        acquisition, spread over `settings.startup_spread`."""
         await self._launch(list(self.jobs.values()), carried={})
 
-    async def reload(self, config: Config) -> ReloadSummary:
-        """Switch to `config`. Tokens whose inputs are unchanged keep their job: state, token and
-        schedule. Changed tokens get a new job, which keeps the current token if it is still
-        valid for the same request. Removed tokens stop."""
+    async def reload(
+        self, blueprints: Mapping[str, Blueprint], settings: EngineSettings
+    ) -> ReloadSummary:
+        """Switch to `blueprints`. Tokens whose inputs are unchanged keep their job: state,
+        token and schedule. Changed tokens get a new job, which keeps the current token if it is
+        still valid for the same request. Removed tokens stop."""
         now = self._clock.now()
-        old_config, old_jobs, old_vault = self.config, self.jobs, self._vault
-        if config.vault != old_config.vault:  # every job using Vault changes with it (_inputs)
-            self._vault = self._vault_session(config)
-        self.config = config = bind_secrets(config, self._vault)
-        self._state = StateStore(config.state_dir) if config.state_dir else None
-        self._shared = {}
+        old_jobs = self.jobs
         summary = ReloadSummary()
         jobs: dict[str, TokenJob] = {}
         carried: dict[str, Token] = {}
-        for name, spec in config.tokens.items():
+        for name, blueprint in blueprints.items():
             old = old_jobs.get(name)
-            if old is not None and _inputs(old_config, name) == _inputs(config, name):
+            if old is not None and self._inputs.get(name) == blueprint.inputs:
                 jobs[name] = old
                 summary.unchanged.append(name)
                 continue
-            jobs[name] = job = self._build_job(name, spec)
+            jobs[name] = job = blueprint.build()
             (summary.changed if old else summary.added).append(name)
             if old and old.token and _same_request(old, job) and old.token.is_valid(now):
                 carried[name] = old.token
@@ -98,9 +102,9 @@ class Engine:
             if jobs.get(name) is not old:  # replaced or removed: stop before its successor starts
                 old.stop()
                 await old.publisher.close()
+        self.settings = settings
         self.jobs = jobs
-        if old_vault is not None and old_vault is not self._vault:
-            await old_vault.close()  # after every job that used it has stopped
+        self._inputs = {name: blueprint.inputs for name, blueprint in blueprints.items()}
         await self._launch([jobs[name] for name in summary.added + summary.changed], carried)
         return summary
 
@@ -110,7 +114,7 @@ class Engine:
             lambda: {job.name: carried.get(job.name) or job.stored_token(now) for job in jobs}
         )
         fresh_starts = [job for job in jobs if stored[job.name] is None]
-        spread = self.config.defaults.startup_spread
+        spread = self.settings.startup_spread
         for index, job in enumerate(fresh_starts):
             job.start(startup_at(now, index, len(fresh_starts), spread))
         await asyncio.gather(
@@ -118,133 +122,41 @@ class Engine:
         )
 
     async def refresh_all(self) -> bool:
-        """Acquire and publish every token once, a bounded number at a time (`run_limit`).
-        True if every token succeeded and reached every sink."""
+        """Acquire and publish every token once, a bounded number at a time. True if every
+        token succeeded and reached every sink."""
         results: dict[str, bool] = {}
 
         async def refresh(job: TokenJob) -> None:
             results[job.name] = await job.refresh()
 
         jobs = list(self.jobs.values())
-        await Runner(run_limit(self.config)).run_all(
+        await Runner(self.settings.run_limit).run_all(
             functools.partial(refresh, job) for job in jobs
         )
         return len(results) == len(jobs) and all(results.values())
 
     async def stop(self, timeout: float = 10.0) -> None:
-        """Stop every job; let sink deliveries in flight finish (up to `timeout` s); close."""
+        """Stop every job; let sink deliveries in flight finish (up to `timeout` s); close the
+        sinks."""
         for job in self.jobs.values():
             job.stop()
-        await self._deliveries.drain(timeout)
+        await self.deliveries.drain(timeout)
         for job in self.jobs.values():
             await job.publisher.close()
-        if self._vault is not None:
-            await self._vault.close()
 
     def is_ready(self, now: datetime) -> bool:
         """Every token holds a valid value and every sink has been given one."""
         return all(job.is_published(now) for job in self.jobs.values())
 
-    def _vault_session(self, config: Config) -> VaultSession | None:
-        if config.vault is None:
-            return None
-        return VaultSession(config.vault, clock=self._clock, scheduler=self._scheduler)
+    def query(self, now: datetime) -> Iterator[TokenView]:
+        """A read-only view of every token, for metrics, status and the local endpoint."""
+        for job in self.jobs.values():
+            yield view_of(job, now)
 
-    def _build_job(self, name: str, spec: TokenSpec) -> TokenJob:
-        defaults = self.config.defaults
-        limits = spec.backoff or defaults.backoff
-        backoff = self._shared.setdefault(
-            (limits.min, limits.max), Backoff(min=limits.min, max=limits.max)
-        )
-        policy = RefreshPolicy(
-            threshold=spec.refresh_threshold or defaults.refresh_threshold,
-            jitter=defaults.jitter if spec.jitter is None else spec.jitter,
-        )
-        policy = self._shared.setdefault(policy, policy)  # one object per distinct policy
-        slots = [
-            SinkSlot(
-                name,
-                build_sink(options, SinkContext(name, sink_label(spec, index), self._vault)),
-                clock=self._clock,
-                scheduler=self._scheduler,
-                backoff=backoff,
-                rand=self._rand,
-                withdraw_on_expiry=options.on_expiry == "withdraw",
-            )
-            for index, options in enumerate(spec.sinks)
-        ]
-        return TokenJob(
-            token_request(self.config, name, self._shared),
-            acquirer=self._acquirer,
-            publisher=Publisher(slots, self._deliveries),
-            policy=policy,
-            backoff=backoff,
-            clock=self._clock,
-            scheduler=self._scheduler,
-            rand=self._rand,
-            durations=self._durations,
-            state=self._state,
-        )
+    def view(self, name: str, now: datetime) -> TokenView | None:
+        job = self.jobs.get(name)
+        return view_of(job, now) if job is not None else None
 
 
 def _same_request(old: TokenJob, new: TokenJob) -> bool:
     return fingerprint(old.request) == fingerprint(new.request)
-
-
-def _inputs(config: Config, name: str) -> tuple[Any, ...]:
-    """Everything a token's job is built from: equal inputs, equal job."""
-    spec = config.tokens[name]
-    defaults = config.defaults.model_copy(update={"startup_spread": None})
-    http, state, vault = config.http.ca_bundle, config.state_dir, config.vault
-    return spec, config.identity_for(spec), defaults, http, state, vault
-
-
-def token_request(config: Config, name: str, shared: dict[Any, Any] | None = None) -> TokenRequest:
-    """What to send for token `name`: endpoint, credential and target, from its identity.
-    `shared` lets tokens of one identity share one endpoint and one credential object."""
-    spec = config.tokens[name]
-    identity = config.identity_for(spec)
-    cache = {} if shared is None else shared
-    endpoint_key = (spec.identity, spec.resource is not None)
-    if endpoint_key not in cache:
-        cache[endpoint_key] = _endpoint(config, spec)
-    if spec.identity not in cache:
-        cache[spec.identity] = build_credential(identity.client_id, identity.credential)
-    return TokenRequest(
-        name=name,
-        endpoint=cache[endpoint_key],
-        credential=cache[spec.identity],
-        resource=spec.resource,
-        scopes=tuple(spec.scopes or ()),
-    )
-
-
-def _endpoint(config: Config, spec: TokenSpec) -> Endpoint:
-    identity = config.identity_for(spec)
-    if identity.tenant is not None:
-        authority = (identity.authority_host or DEFAULT_AUTHORITY_HOST).rstrip("/")
-        version = "oauth2/token" if spec.resource else "oauth2/v2.0/token"
-        token_url: str | None = f"{authority}/{identity.tenant}/{version}"
-    else:
-        token_url = identity.token_endpoint
-    return Endpoint(
-        token_url=token_url,
-        issuer=identity.issuer,
-        allow_insecure_http=identity.allow_insecure_http,
-        ca_bundle=identity.ca_bundle or config.http.ca_bundle,
-    )
-
-
-def run_limit(config: Config) -> int:
-    """How many refreshes may be in progress at once: enough to keep every connection slot busy
-    while others publish, few enough that a burst of due tokens does not pile up in memory."""
-    return 2 * config.http.max_concurrent_requests
-
-
-def http_settings(config: Config) -> HttpSettings:
-    http = config.http
-    return HttpSettings(
-        connect_timeout=http.connect_timeout.total_seconds(),
-        read_timeout=http.timeout.total_seconds(),
-        max_concurrent_requests=http.max_concurrent_requests,
-    )

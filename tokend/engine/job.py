@@ -15,12 +15,14 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Protocol
 
-from tokend.clock import Clock, format_span
-from tokend.engine.policy import Backoff, RefreshPolicy, retry_at
+from tokend.backoff import Backoff
+from tokend.clock import Clock, Scheduler, format_span
+from tokend.engine.policy import RefreshPolicy, retry_at
 from tokend.engine.publisher import Publisher
-from tokend.engine.scheduler import Scheduler
 from tokend.engine.state import StateStore, fingerprint
-from tokend.oauth import Peer, PermanentError, Token, TokenError, TokenRequest, TransientError
+from tokend.errors import TokendError
+from tokend.oauth import TokenRequest
+from tokend.token import Token
 
 log = logging.getLogger("tokend.refresh")
 
@@ -83,7 +85,7 @@ class TokenJob:
         self.token: Token | None = None
         self.next_run: datetime | None = None
         self.last_success: datetime | None = None
-        self.last_error: TokenError | None = None
+        self.last_error: TokendError | None = None
         self.failures = 0
         self.results = RefreshCounts()
         self._acquirer = acquirer
@@ -108,7 +110,8 @@ class TokenJob:
         if self.token is not None and not self.token.is_valid(now):
             return Phase.EXPIRED
         if self.failures:
-            return Phase.FAILING if isinstance(self.last_error, PermanentError) else Phase.RETRYING
+            failing = self.last_error is not None and not self.last_error.transient
+            return Phase.FAILING if failing else Phase.RETRYING
         return Phase.FRESH if self.token is not None else Phase.PENDING
 
     def is_published(self, now: datetime) -> bool:
@@ -165,7 +168,7 @@ class TokenJob:
         outcome = await self._acquire()
         took = time.perf_counter() - started
         self._durations.observe(took)
-        if isinstance(outcome, TokenError):
+        if isinstance(outcome, TokendError):
             self._failed(outcome)
             return None
         self._succeeded(outcome, took)
@@ -207,8 +210,8 @@ class TokenJob:
     async def _run(self) -> None:
         """The scheduled run: acquire, hand the token to the sinks, plan the next run.
 
-        Sinks publish in their own tasks: a slow sink (Vault timing out) never holds one of the
-        scheduler's few run slots that other tokens' refreshes are waiting for."""
+        Sinks publish in their own tasks: a slow sink (a remote store timing out) never holds
+        one of the scheduler's few run slots that other tokens' refreshes are waiting for."""
         await self._expire_if_due()
         token = await self._acquire_once()
         if token is not None:
@@ -221,15 +224,15 @@ class TokenJob:
         self.next_run = at
         self._scheduler.schedule(self.name, at, self._run)
 
-    async def _acquire(self) -> Token | TokenError:
+    async def _acquire(self) -> Token | TokendError:
         try:
             return await self._acquirer.acquire(self.request)
-        except TokenError as exc:
+        except TokendError as exc:
             return exc
         except Exception as exc:
             log.exception("unexpected error while acquiring", extra=self._extra)
-            return TransientError(
-                Peer(self.name, "tokend"), f"internal error {type(exc).__name__}", code="internal"
+            return TokendError(
+                f"tokend: internal error {type(exc).__name__}", code="internal", transient=True
             )
 
     def _succeeded(self, token: Token, took: float) -> None:
@@ -254,9 +257,9 @@ class TokenJob:
             extra=self._extra,
         )
 
-    def _failed(self, error: TokenError) -> None:
+    def _failed(self, error: TokendError) -> None:
         now = self._clock.now()
-        permanent = isinstance(error, PermanentError)
+        permanent = not error.transient
         self.failures += 1
         if permanent:
             self.results.permanent_error += 1
@@ -268,8 +271,8 @@ class TokenJob:
             attempt=self.failures,
             backoff=self.backoff,
             rand=self._rand.random(),
-            hard=permanent or (isinstance(error, TransientError) and error.loop_detected),
-            retry_after=error.retry_after if isinstance(error, TransientError) else None,
+            hard=permanent or error.back_off_hard,
+            retry_after=error.retry_after,
             holding_until=holding,
         )
         # Log each new kind of failure; the same failure again goes to DEBUG (status and

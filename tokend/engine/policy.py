@@ -9,8 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from tokend.oauth.token import Token
+from tokend.backoff import Backoff
+from tokend.token import Token
 
+DEFAULT_THRESHOLD = timedelta(minutes=10)
+DEFAULT_JITTER = 0.1
 MIN_REFRESH_INTERVAL = timedelta(seconds=1)
 """However short-lived a token, never plan to refresh it sooner than this after obtaining it."""
 
@@ -21,8 +24,8 @@ class RefreshPolicy:
     server's `refresh_in` hint if sooner; minus up to `jitter` x lifetime so tokens obtained
     together do not all refresh in the same second."""
 
-    threshold: timedelta = timedelta(minutes=10)
-    jitter: float = 0.1
+    threshold: timedelta = DEFAULT_THRESHOLD
+    jitter: float = DEFAULT_JITTER
 
     def refresh_at(self, token: Token, rand: float) -> datetime:
         lifetime = token.lifetime
@@ -34,26 +37,6 @@ class RefreshPolicy:
             planned = token.refresh_on
         planned -= lifetime * self.jitter * rand
         return max(planned, token.obtained_at + MIN_REFRESH_INTERVAL)
-
-
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    """Exponential backoff with jitter: `min` x 2^(attempt-1), capped at `max`, each delay
-    shortened by up to a quarter at random (never below `min`)."""
-
-    min: timedelta = timedelta(seconds=1)
-    max: timedelta = timedelta(minutes=5)
-
-    def delay(self, attempt: int, rand: float) -> timedelta:
-        doublings = min(max(attempt - 1, 0), 64)  # past 64 the cap has long been reached
-        seconds = self.min.total_seconds() * 2.0**doublings
-        return self._jittered(min(timedelta(seconds=min(seconds, 1e9)), self.max), rand)
-
-    def longest(self, rand: float) -> timedelta:
-        return self._jittered(self.max, rand)
-
-    def _jittered(self, base: timedelta, rand: float) -> timedelta:
-        return max(base * (1 - 0.25 * rand), self.min)
 
 
 def retry_at(

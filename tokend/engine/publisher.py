@@ -13,11 +13,13 @@ import logging
 import random
 from datetime import datetime
 
-from tokend.clock import Clock
-from tokend.engine.policy import Backoff, retry_at
-from tokend.engine.scheduler import Job, Runner, Scheduler
-from tokend.oauth.token import Token
-from tokend.sinks import Sink, SinkError
+from tokend.backoff import Backoff
+from tokend.clock import Clock, Job, Scheduler
+from tokend.engine.policy import retry_at
+from tokend.engine.scheduler import Runner
+from tokend.errors import TokendError
+from tokend.sinks import Sink
+from tokend.token import Token
 
 log = logging.getLogger("tokend.publisher")
 
@@ -61,7 +63,7 @@ class SinkSlot:
         self.wanted: Token | None = None
         self.failures = 0
         self.last_success: datetime | None = None
-        self.last_error: str | None = None
+        self.last_error: TokendError | None = None
         self.results = PublishCounts()
         self._clock = clock
         self._scheduler = scheduler
@@ -105,12 +107,12 @@ class SinkSlot:
                 return True
             try:
                 await self.sink.publish(token)
-            except SinkError as exc:
-                self._failed(token, str(exc))
+            except TokendError as exc:
+                self._failed(token, exc)
                 return False
             except Exception as exc:
                 log.exception("sink %s: unexpected failure", self.name, extra=self._extra)
-                self._failed(token, f"unexpected {type(exc).__name__}")
+                self._failed(token, _unexpected(exc))
                 return False
             self._succeeded(token)
             return True
@@ -124,14 +126,14 @@ class SinkSlot:
                 return  # already withdrawn, or replaced meanwhile
             try:
                 await self.sink.withdraw()
-            except SinkError as exc:
-                self._failed_withdrawal(str(exc))
+            except TokendError as exc:
+                self._failed_withdrawal(exc)
                 return
             except Exception as exc:
                 log.exception(
                     "sink %s: unexpected failure to withdraw", self.name, extra=self._extra
                 )
-                self._failed_withdrawal(f"unexpected {type(exc).__name__}")
+                self._failed_withdrawal(_unexpected(exc))
                 return
             self.held = None
             self.failures = 0
@@ -148,11 +150,11 @@ class SinkSlot:
         except Exception:
             log.exception("sink %s: error while closing", self.name, extra=self._extra)
 
-    def _failed_withdrawal(self, reason: str) -> None:
+    def _failed_withdrawal(self, error: TokendError) -> None:
         self.failures += 1
-        if reason != self.last_error:
-            log.warning("sink %s: cannot withdraw: %s", self.name, reason, extra=self._extra)
-        self.last_error = reason
+        if not _same(error, self.last_error):
+            log.warning("sink %s: cannot withdraw: %s", self.name, error, extra=self._extra)
+        self.last_error = error
         now = self._clock.now()
         at = retry_at(
             now=now, attempt=self.failures, backoff=self._backoff, rand=self._rand.random()
@@ -177,13 +179,13 @@ class SinkSlot:
         self.results.success += 1
         self._cancel_retry()
 
-    def _failed(self, token: Token, reason: str) -> None:
+    def _failed(self, token: Token, error: TokendError) -> None:
         self.failures += 1
         self.results.error += 1
         now = self._clock.now()
-        if reason != self.last_error:
-            log.warning("sink %s: %s", self.name, reason, extra=self._extra)
-        self.last_error = reason
+        if not _same(error, self.last_error):
+            log.warning("sink %s: %s", self.name, error, extra=self._extra)
+        self.last_error = error
         if not token.is_valid(now):
             return  # nothing worth retrying; the next refresh offers a new token
         rand = self._rand.random()
@@ -198,13 +200,22 @@ class SinkSlot:
         return {"token": self.token_name}
 
 
+def _unexpected(exc: Exception) -> TokendError:
+    return TokendError(f"unexpected {type(exc).__name__}", code="internal", transient=True)
+
+
+def _same(error: TokendError, previous: TokendError | None) -> bool:
+    """The same failure again (said once; repeats only show in status and metrics)."""
+    return previous is not None and str(error) == str(previous)
+
+
 class Deliveries:
     """Sink deliveries in the background, in one lane per kind of sink.
 
     A lane runs a few deliveries at a time; the rest wait as plain callables. When thousands of
     tokens are obtained together, their deliveries queue cheaply instead of parking thousands of
     coroutines (measured at 10,000 tokens: +31 MB RSS without a bound). A kind of sink that is
-    stuck (Vault timing out) fills only its own lane: file sinks carry on.
+    stuck (a remote store timing out) fills only its own lane: the others carry on.
     """
 
     def __init__(self, per_lane: int = 8) -> None:

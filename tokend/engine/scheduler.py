@@ -1,9 +1,9 @@
-"""The one place that waits for time to pass.
+"""The one place that waits for time to pass: the production `Scheduler` (see `tokend.clock`).
 
 The engine asks for "run this coroutine function at that time" under a key (one key per token,
-one per sink retry); scheduling a key again replaces its pending run. Production uses
-APScheduler's `AsyncIOScheduler`, which sleeps until the next due job (no polling). Tests substitute
-a virtual-time scheduler with the same two methods and run days of token lifetimes in seconds.
+one per sink retry); scheduling a key again replaces its pending run. APScheduler's
+`AsyncIOScheduler` sleeps until the next due job (no polling); a `Runner` bounds how many due jobs
+run at once. Tests substitute a virtual-time scheduler and run days of token lifetimes in seconds.
 """
 
 from __future__ import annotations
@@ -12,27 +12,16 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import Protocol
 
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.date import DateTrigger
 
+from tokend.clock import Job
+
 log = logging.getLogger("tokend.scheduler")
-
-Job = Callable[[], Awaitable[object]]
-
-
-class Scheduler(Protocol):
-    def schedule(self, key: str, at: datetime, job: Job) -> None:
-        """Run `job` at `at` (at once if `at` has passed), replacing any pending run of `key`."""
-        ...
-
-    def cancel(self, key: str) -> None:
-        """Forget the pending run of `key`, if any. A run already in progress completes."""
-        ...
 
 
 class Runner:

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from tokend import files
-from tokend.oauth import Token, TokenRequest
+from tokend.oauth import TokenRequest
+from tokend.token import Token
 
 log = logging.getLogger("tokend.state")
 
@@ -26,13 +27,13 @@ _FORMAT = 1
 
 def fingerprint(request: TokenRequest) -> str:
     """What the stored token was obtained for; never includes a secret."""
-    endpoint = request.endpoint
+    endpoint, target = request.grant.endpoint, request.target
     parts = [
         endpoint.token_url or "",
         endpoint.issuer or "",
-        request.credential.client_id,
-        request.resource or "",
-        " ".join(request.scopes),
+        request.grant.client_id,
+        target.resource or "",
+        " ".join(target.scopes),
     ]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 

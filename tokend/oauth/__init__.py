@@ -1,23 +1,39 @@
-"""Talking to identity providers: requests, credentials, responses and their failures."""
+"""Talking to identity providers: dialects, grants, the client that sends their requests, and
+how their answers and failures are read."""
 
-from tokend.oauth.client import Endpoint, HttpSettings, TokenClient, TokenRequest
-from tokend.oauth.credentials import ClientAuth, Credential, build_credential
+from tokend.oauth.client import HttpSettings, TokenClient, TokenRequest
+from tokend.oauth.dialects import DEFAULT_AUTHORITY_HOST, Endpoint, Target, entra_token_url
 from tokend.oauth.errors import Peer, PermanentError, TokenError, TransientError
-from tokend.oauth.token import MalformedResponse, Token, parse_token_response
+from tokend.oauth.grants import (
+    CREDENTIALS,
+    CredentialOptions,
+    CredentialType,
+    Grant,
+    GrantContext,
+    HttpRequest,
+    build_grant,
+)
+from tokend.oauth.response import MalformedResponse, parse_token_response
 
 __all__ = [
-    "ClientAuth",
-    "Credential",
+    "CREDENTIALS",
+    "DEFAULT_AUTHORITY_HOST",
+    "CredentialOptions",
+    "CredentialType",
     "Endpoint",
+    "Grant",
+    "GrantContext",
+    "HttpRequest",
     "HttpSettings",
     "MalformedResponse",
     "Peer",
     "PermanentError",
-    "Token",
+    "Target",
     "TokenClient",
     "TokenError",
     "TokenRequest",
     "TransientError",
-    "build_credential",
+    "build_grant",
+    "entra_token_url",
     "parse_token_response",
 ]

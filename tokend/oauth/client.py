@@ -1,8 +1,8 @@
-"""`TokenClient`: token requests over one shared, pooled httpx2 client.
+"""`TokenClient`: sends the token requests grants build, over pooled httpx2 clients.
 
-Dialects differ only in the URL and the field that names the target: Entra ID v1
-(`/oauth2/token`, `resource=`), Entra ID v2 (`/oauth2/v2.0/token`, `scope=`), or any OAuth2
-server by its `token_endpoint` or its issuer's discovery document.
+It finds the token endpoint (discovering it from an issuer when configured so), asks the
+token's grant for a request, sends it within the global cap on concurrent requests, and turns
+the answer into a `Token` or a `TransientError` / `PermanentError`.
 """
 
 from __future__ import annotations
@@ -12,55 +12,47 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx2
 
 from tokend.clock import SYSTEM_CLOCK, Clock
-from tokend.oauth.credentials import Credential
+from tokend.oauth.dialects import Endpoint, Target
 from tokend.oauth.errors import (
     Peer,
     PermanentError,
+    TokenError,
     TransientError,
     classify_error_response,
 )
-from tokend.oauth.token import MalformedResponse, Token, parse_token_response
+from tokend.oauth.grants import Grant
+from tokend.oauth.response import MalformedResponse, parse_token_response
 from tokend.secrets import SecretError
+from tokend.token import Token
 from tokend.transport import ssl_context, url_problem
 
 _MAX_BODY = 1 << 20  # a token response is a few KiB; anything past 1 MiB is not one
 
 
 @dataclass(frozen=True, slots=True)
-class Endpoint:
-    """Where to send token requests: a fixed URL, or an issuer whose discovery names it."""
-
-    token_url: str | None = None
-    issuer: str | None = None
-    allow_insecure_http: bool = False
-    ca_bundle: Path | None = None
-
-    @property
-    def host(self) -> str:
-        return urlsplit(self.token_url or self.issuer or "").hostname or "?"
-
-
-@dataclass(frozen=True, slots=True)
 class TokenRequest:
-    """Everything needed to ask for one configured token, built once from config."""
+    """One configured token: its name, the grant that asks for it, and what it is for. Tokens
+    of one identity share one grant object."""
 
     name: str
-    endpoint: Endpoint
-    credential: Credential
-    resource: str | None = None
-    scopes: tuple[str, ...] = ()
+    grant: Grant
+    target: Target
+
+
+DEFAULT_CONNECT_TIMEOUT = 5.0
+DEFAULT_READ_TIMEOUT = 15.0
+DEFAULT_MAX_CONCURRENT_REQUESTS = 16
 
 
 @dataclass(frozen=True, slots=True)
 class HttpSettings:
-    connect_timeout: float = 5.0
-    read_timeout: float = 15.0
-    max_concurrent_requests: int = 16
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    read_timeout: float = DEFAULT_READ_TIMEOUT
+    max_concurrent_requests: int = DEFAULT_MAX_CONCURRENT_REQUESTS
 
 
 class TokenClient:
@@ -76,28 +68,23 @@ class TokenClient:
         self._discovered: dict[str, str] = {}
 
     async def acquire(self, request: TokenRequest) -> Token:
-        peer = Peer(request.name, request.endpoint.host)
-        url = await self._token_url(request.endpoint, peer)
+        grant, target = request.grant, request.target
+        peer = Peer(request.name, grant.endpoint.host)
+        url = await self._token_url(grant.endpoint, peer)
         try:
-            auth = await request.credential.authenticate(url)
+            http = await grant.request(url, target)
         except SecretError as exc:
-            raise PermanentError(
-                Peer(request.name, "config"), f"client secret: {exc}", code="secret_unavailable"
-            ) from None
-        form = {"grant_type": request.credential.grant_type, **auth.fields}
-        if request.resource:
-            form["resource"] = request.resource
-        if request.scopes:
-            form["scope"] = " ".join(request.scopes)
+            raise _secret_unavailable(request.name, exc) from None
         async with self._slots:
             sent_at = self._clock.now()
             status, headers, body = await self._send(
-                request.endpoint,
+                grant.endpoint,
                 peer,
-                "POST",
-                url,
-                data=form,
-                headers={"Accept": "application/json", **auth.headers},
+                http.method,
+                http.url,
+                params=http.params or None,
+                data=http.form or None,
+                headers=http.headers,
             )
         if not 200 <= status < 300:
             raise classify_error_response(peer, status, headers, body, self._clock.now())
@@ -106,11 +93,13 @@ class TokenClient:
                 peer, f"HTTP {status} with a body that is not JSON", code="not_json"
             )
         try:
-            return parse_token_response(
-                body, sent_at=sent_at, resource=request.resource, scopes=request.scopes
+            token = parse_token_response(
+                body, sent_at=sent_at, resource=target.resource, scopes=target.scopes
             )
         except MalformedResponse as exc:
             raise TransientError(peer, f"HTTP {status} but {exc}", code="malformed") from None
+        grant.absorb(body)
+        return token
 
     async def aclose(self) -> None:
         for client in self._clients.values():
@@ -201,6 +190,13 @@ class TokenClient:
             )
             self._clients[ca_bundle] = client
         return client
+
+
+def _secret_unavailable(token: str, exc: SecretError) -> TokenError:
+    peer = Peer(token, "config")
+    if exc.transient:
+        return TransientError(peer, str(exc), code=exc.code)
+    return PermanentError(peer, str(exc), code=exc.code)
 
 
 class _TooLarge(Exception):

@@ -17,7 +17,8 @@ from datetime import datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-from tokend.logs import one_line, redactor
+from tokend.errors import TokendError
+from tokend.logs import redactor
 
 LOOP_DETECTED = 50196  # AADSTS50196: the same request too often; back off hard
 
@@ -33,22 +34,22 @@ class Peer:
     host: str
 
 
-class TokenError(Exception):
-    """A token could not be acquired. `str()` is a one-line, secret-free explanation; `code` is
-    a short stable name for the kind of failure (`http_429`, `timeout`,
+class TokenError(TokendError):
+    """A token could not be acquired. `str()` is a one-line, secret-free explanation naming the
+    host; `code` is a short stable name for the kind of failure (`http_429`, `timeout`,
     `invalid_client/7000215`): equal codes mean "the same problem again", whatever the
     per-request details (trace ids, timestamps) in the text."""
 
     def __init__(self, peer: Peer, reason: str, *, code: str) -> None:
-        reason = one_line(reason)  # parts of it come from the identity provider
-        super().__init__(f"{peer.host}: {reason}")
+        super().__init__(f"{peer.host}: {reason}", code=code)
         self.peer = peer
-        self.reason = reason
-        self.code = one_line(code)
 
 
 class TransientError(TokenError):
-    """Try again later; `retry_after` (seconds) is the server's wish, if it stated one."""
+    """Try again later; `retry_after` (seconds) is the server's wish, if it stated one;
+    `back_off_hard` when it asked for a long pause (loop detection)."""
+
+    transient = True
 
     def __init__(
         self,
@@ -57,11 +58,11 @@ class TransientError(TokenError):
         *,
         code: str,
         retry_after: float | None = None,
-        loop_detected: bool = False,
+        back_off_hard: bool = False,
     ) -> None:
         super().__init__(peer, reason, code=code)
         self.retry_after = retry_after
-        self.loop_detected = loop_detected
+        self.back_off_hard = back_off_hard
 
 
 class PermanentError(TokenError):
@@ -101,7 +102,7 @@ def classify_error_response(
     code = (error or f"http_{status}") + (f"/{codes[0]}" if codes else "")
     if LOOP_DETECTED in codes:
         return TransientError(
-            peer, reason, code="loop_detected", retry_after=retry_after, loop_detected=True
+            peer, reason, code="loop_detected", retry_after=retry_after, back_off_hard=True
         )
     if status == 429 or status >= 500 or status == 408 or error in _TRANSIENT_ERRORS:
         code = error if error in _TRANSIENT_ERRORS else f"http_{status}"

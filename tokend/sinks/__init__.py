@@ -1,40 +1,27 @@
-"""Publishing tokens: the sink contract and the registry of sink types.
+"""Publishing tokens: the sink contract (`Sink`), its options base and the registry of sink types.
 
-Adding a sink type: one module with an options model and a class, plus one entry in `_BUILDERS`
-and in the `SinkOptions` union below. Nothing in the engine names a concrete sink.
+Concrete sink types live in their own modules and register themselves in `SINKS`; nothing outside
+them names one.
 """
 
-from __future__ import annotations
-
-from collections.abc import Callable
-from typing import Annotated, Any
-
-from pydantic import Field
-
-from tokend.sinks.base import Sink, SinkContext, SinkError, SinkOptionsBase
-from tokend.sinks.file import FileSink, FileSinkOptions
-from tokend.sinks.vault import VaultSink, VaultSinkOptions
-
-SinkOptions = Annotated[FileSinkOptions | VaultSinkOptions, Field(discriminator="type")]
-
-_BUILDERS: dict[str, Callable[[Any, SinkContext], Sink]] = {
-    "file": FileSink,
-    "vault": VaultSink,
-}
-
-SINK_TYPES = tuple(_BUILDERS)
-
-
-def build_sink(options: SinkOptions, context: SinkContext) -> Sink:
-    return _BUILDERS[options.type](options, context)
-
+from tokend.sinks.base import (
+    SINKS,
+    Sink,
+    SinkContext,
+    SinkError,
+    SinkOptionsBase,
+    SinkType,
+    build_sink,
+    sink_labels,
+)
 
 __all__ = [
-    "SINK_TYPES",
+    "SINKS",
     "Sink",
     "SinkContext",
     "SinkError",
-    "SinkOptions",
     "SinkOptionsBase",
+    "SinkType",
     "build_sink",
+    "sink_labels",
 ]

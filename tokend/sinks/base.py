@@ -1,26 +1,38 @@
-"""The sink contract. A sink knows how to write a token somewhere; it does not know when.
+"""The sink contract and the registry of sink types. A sink knows how to write a token
+somewhere; it does not know when.
 
 The publisher (`tokend.engine.publisher`) decides when, retries failures on each sink's own
-schedule, and keeps only the newest token for a sink that is behind. A sink raises `SinkError` with
-a one-line reason naming the place it writes to; it never puts a token value in that text.
+schedule, and keeps only the newest token for a sink that is behind. A sink raises a
+`TokendError` (its own `SinkError`, or the error of the shared client it writes through) with a
+one-line reason naming the place it writes to; never a token value in that text.
+
+Adding a sink type: one module with an options class (a subclass of `SinkOptionsBase` with a
+`type` literal) and a sink class, registered with `SINKS.register(...)`, plus its module name in
+`SINKS`'s built-ins. Nothing else names it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 from pydantic import ConfigDict
 from pydantic import dataclasses as pydantic_dataclasses
 
-from tokend.oauth.token import Token
+from tokend.errors import TokendError
+from tokend.registry import Registry
+from tokend.token import Token
 
 if TYPE_CHECKING:
-    from tokend.vault import VaultSession
+    from tokend.resources import Resources
 
 
-class SinkError(Exception):
+class SinkError(TokendError):
     """Publishing failed. `str()` is one line naming the sink's target and what went wrong."""
+
+    def __init__(self, message: str, *, code: str = "sink_error", transient: bool = False) -> None:
+        super().__init__(message, code=code, transient=transient)
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,9 +41,8 @@ class SinkContext:
 
     token_name: str
     sink_name: str
-    vault: VaultSession | None = field(default=None, compare=False)
-    """The process's Vault session, when the config has a `vault:` block (shared by every sink
-    and secret reference that uses Vault, so tokend logs in once)."""
+    resources: Resources | None = field(default=None, compare=False)
+    """The process's shared clients (a Vault session...), for sinks that write through one."""
 
 
 OPTIONS_CONFIG = ConfigDict(extra="forbid")
@@ -45,6 +56,10 @@ class SinkOptionsBase:
     Options classes are slotted pydantic dataclasses rather than models: one exists per sink,
     and a model instance carries a dict and a set (~630 bytes against ~180): 4.5 MB at 10,000."""
 
+    needs: ClassVar[tuple[str, ...]] = ()
+    """Shared resources (config sections) this sink type writes through, e.g. `("vault",)`."""
+
+    type: str
     name: str | None = None
     """The sink's label in metrics and status (default: its type, numbered if repeated)."""
     on_expiry: Literal["keep", "withdraw"] = "keep"
@@ -72,7 +87,7 @@ class Sink(Protocol):
     name: str
 
     async def publish(self, token: Token) -> None:
-        """Make `token` the current value at this sink. Raises `SinkError`."""
+        """Make `token` the current value at this sink. Raises `TokendError`."""
         ...
 
     async def withdraw(self) -> None:
@@ -80,3 +95,34 @@ class Sink(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class SinkType:
+    options: type[SinkOptionsBase]
+    build: Callable[[Any, SinkContext], Sink]
+    """(options, context) -> the sink."""
+
+
+SINKS: Registry[SinkType] = Registry(
+    "sink type", builtins=("tokend.sinks.file", "tokend.sinks.vault")
+)
+
+
+def build_sink(options: SinkOptionsBase, context: SinkContext) -> Sink:
+    return SINKS[options.type].build(options, context)
+
+
+def sink_labels(sinks: Sequence[SinkOptionsBase]) -> list[str]:
+    """Each sink's name in metrics and status: its `name`, else its type (numbered if the token
+    has several of that type)."""
+    labels = []
+    for index, sink in enumerate(sinks):
+        same_type = [i for i, other in enumerate(sinks) if other.type == sink.type]
+        if sink.name:
+            labels.append(sink.name)
+        elif len(same_type) == 1:
+            labels.append(sink.type)
+        else:
+            labels.append(f"{sink.type}-{same_type.index(index) + 1}")
+    return labels

@@ -8,6 +8,7 @@ instant gets a complete, current token. Formats: `raw` (the token alone, no newl
 
 from __future__ import annotations
 
+import errno
 import grp
 import json
 import os
@@ -20,8 +21,15 @@ from pydantic import BeforeValidator, Field, field_validator
 from pydantic import dataclasses as pydantic_dataclasses
 
 from tokend import files
-from tokend.oauth.token import Token
-from tokend.sinks.base import OPTIONS_CONFIG, SinkContext, SinkError, SinkOptionsBase
+from tokend.sinks.base import (
+    OPTIONS_CONFIG,
+    SINKS,
+    SinkContext,
+    SinkError,
+    SinkOptionsBase,
+    SinkType,
+)
+from tokend.token import Token
 
 _B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")  # RFC 6750 token68: safe unquoted anywhere
 
@@ -107,7 +115,8 @@ class FileSink:
                 if not self._options.create_dirs:
                     raise SinkError(
                         f"{self._path}: directory {directory} does not exist "
-                        "(create it, or set create_dirs: true)"
+                        "(create it, or set create_dirs: true)",
+                        code="file_no_directory",
                     )
                 os.makedirs(directory, mode=0o750, exist_ok=True)
             files.sweep_stale_temp_files(directory)
@@ -119,13 +128,13 @@ class FileSink:
                 gid=_group_id(self._options.group),
             )
         except OSError as exc:
-            raise SinkError(f"{self._path}: {_os_reason(exc)}") from None
+            raise _os_error(exc, f"{self._path}: {_os_reason(exc)}") from None
 
     def _remove(self) -> None:
         try:
             files.remove(self._path)
         except OSError as exc:
-            raise SinkError(f"{self._path}: cannot remove: {_os_reason(exc)}") from None
+            raise _os_error(exc, f"{self._path}: cannot remove: {_os_reason(exc)}") from None
 
 
 def render(token: Token, options: FileSinkOptions) -> bytes:
@@ -177,8 +186,22 @@ def _group_id(group: str | int | None) -> int:
         raise SinkError(f"group: no group '{group}' on this machine") from None
 
 
+_PASSING = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EAGAIN, errno.EINTR, errno.EBUSY, errno.ESTALE}
+)
+"""Failures a later attempt may not meet (a full disk, a busy or flaky network filesystem)."""
+
+
+def _os_error(exc: OSError, message: str) -> SinkError:
+    name = errno.errorcode.get(exc.errno or 0, "os_error").lower()
+    return SinkError(message, code=f"file_{name}", transient=exc.errno in _PASSING)
+
+
 def _os_reason(exc: OSError) -> str:
     reason = exc.strerror or type(exc).__name__
     if isinstance(exc, PermissionError):
         return f"{reason} (check the directory's owner and mode, and the owner/group options)"
     return reason
+
+
+SINKS.register("file", SinkType(FileSinkOptions, FileSink))

@@ -7,8 +7,9 @@ later than ours is never replaced (monotonic publish, across writers); `max_vers
 hourly writes from piling up; `custom_metadata` says the secret is tokend's and for which token.
 KV version 1 has no versions: read, compare, write.
 
-All Vault calls go through the process's `VaultSession` (login, renewal, worker threads, one-line
-errors). The sink turns its `VaultError`s into `SinkError`s and raises nothing else.
+All Vault calls go through the process's `VaultSession` (the `vault` shared resource: login,
+renewal, worker threads, one-line errors); the KV operations themselves are in `tokend.vault.kv`.
+The sink raises `VaultError`s (a `TokendError` saying whether the problem is transient).
 """
 
 from __future__ import annotations
@@ -17,16 +18,23 @@ import dataclasses
 import functools
 import logging
 import socket
-from dataclasses import dataclass
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
 from pydantic import Field, field_validator, model_validator
 from pydantic import dataclasses as pydantic_dataclasses
 
-from tokend.oauth.token import Token
-from tokend.sinks.base import OPTIONS_CONFIG, SinkContext, SinkError, SinkOptionsBase
+from tokend.sinks.base import OPTIONS_CONFIG, SINKS, SinkContext, SinkOptionsBase, SinkType
 from tokend.sinks.file import rfc3339
-from tokend.vault import MountPath, Problem, VaultError, VaultSession, strip_slashes
+from tokend.token import Token
+from tokend.vault import VAULT, MountPath, Problem, VaultError, VaultSession, strip_slashes
+from tokend.vault.kv import (
+    Current,
+    capability_problem,
+    delete,
+    mount_problem,
+    read_current,
+    write,
+)
 
 log = logging.getLogger("tokend.sinks.vault")
 
@@ -42,6 +50,7 @@ SecretPath = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.@=+-]+(/[A-Za-z0-9_.@=+
 
 @pydantic_dataclasses.dataclass(config=OPTIONS_CONFIG, frozen=True, slots=True, kw_only=True)
 class VaultSinkOptions(SinkOptionsBase):
+    needs: ClassVar[tuple[str, ...]] = ("vault",)
     type: Literal["vault"]
     mount: MountPath = "secret"
     path: SecretPath
@@ -53,7 +62,7 @@ class VaultSinkOptions(SinkOptionsBase):
     max_versions: Annotated[int, Field(ge=0, le=1000)] | None = None
     """KV v2: versions Vault keeps of this secret (0: the mount's setting; default 5)."""
 
-    @field_validator("mount", "path", mode="before")
+    @field_validator("path", mode="before")
     @classmethod
     def _slashes(cls, value: Any) -> Any:
         return strip_slashes(value)
@@ -100,17 +109,20 @@ class VaultSinkOptions(SinkOptionsBase):
         return f"vault {self.mount}/{self.path}"
 
     def preflight_remote(self, context: SinkContext) -> list[str]:
-        if context.vault is None:
+        if context.resources is None:
             return []
+        session = context.resources.get(VAULT)
         try:
-            problem = context.vault.call(
+            problem = session.call(
                 functools.partial(mount_problem, self),
                 path=f"sys/internal/ui/mounts/{self.mount}/{self.path}",
                 action="look up the mount of this path",
             )
             if problem is None:
-                problem = context.vault.call(
-                    functools.partial(capability_problem, self),
+                problem = session.call(
+                    functools.partial(
+                        capability_problem, self, delete=self.on_expiry == "withdraw"
+                    ),
                     path="sys/capabilities-self",
                     action="look up its own capabilities",
                 )
@@ -119,21 +131,13 @@ class VaultSinkOptions(SinkOptionsBase):
         return [f"{self.target()}: {problem}"] if problem else []
 
 
-@dataclass(frozen=True)
-class Current:
-    """What the secret holds now: its version (0: none yet) and its token's `expires_on`."""
-
-    version: int
-    expires_on: int | None
-
-
 class VaultSink:
     def __init__(self, options: VaultSinkOptions, context: SinkContext) -> None:
-        if context.vault is None:
+        if context.resources is None:
             raise ValueError("a vault sink needs the vault: block")  # config validation ensures
         self.name = context.sink_name
         self._options = options
-        self._session: VaultSession = context.vault
+        self._session: VaultSession = context.resources.get(VAULT)
         self._metadata = {
             "managed-by": "tokend",
             "tokend-token": context.token_name,
@@ -150,19 +154,16 @@ class VaultSink:
         except VaultError as exc:
             if exc.problem is Problem.NO_MOUNT:
                 self._mount_checked = False
-            raise SinkError(str(exc)) from None
+            raise
 
     async def withdraw(self) -> None:
-        try:
-            current = await self._current()
-            if current.expires_on is None or self._held is None or current.expires_on > self._held:
-                return  # nothing there, or a newer token from another writer: keep it
-            await self._run(functools.partial(_delete, self._options), "delete this secret")
-        except VaultError as exc:
-            raise SinkError(str(exc)) from None
+        current = await self._current()
+        if current.expires_on is None or self._held is None or current.expires_on > self._held:
+            return  # nothing there, or a newer token from another writer: keep it
+        await self._run(functools.partial(delete, self._options), "delete this secret")
 
     async def close(self) -> None:
-        return None  # the session is the engine's to close
+        return None  # the session is shared: the process's Resources close it
 
     async def _check_mount(self) -> None:
         """Once: the mount exists and is KV of the configured version. (A KV v2 write to a v1
@@ -210,9 +211,8 @@ class VaultSink:
         )
 
     async def _current(self) -> Current:
-        read = _read_v2 if self._options.kv_version == 2 else _read_v1
         current: Current = await self._run(
-            functools.partial(read, self._options), "read this secret"
+            functools.partial(read_current, self._options), "read this secret"
         )
         return current
 
@@ -231,11 +231,7 @@ class VaultSink:
         self._metadata_written = True
 
     async def _write(self, secret: dict[str, Any], current: Current) -> None:
-        options = self._options
-        if options.kv_version == 2:
-            operation = functools.partial(_write_v2, options, secret, current.version)
-        else:
-            operation = functools.partial(_write_v1, options, secret)
+        operation = functools.partial(write, self._options, secret, current.version)
         await self._run(operation, "write this secret")
 
     async def _run(self, operation: Any, action: str) -> Any:
@@ -256,118 +252,4 @@ def render(token: Token, fields: list[FieldName]) -> dict[str, Any]:
     return {name: every[name] for name in fields if every[name] is not None}
 
 
-# --- operations, run on a Vault worker thread with a logged-in hvac client ---------------------
-
-
-def _read_v2(options: VaultSinkOptions, client: Any) -> Current:
-    import hvac.exceptions
-
-    try:
-        body = client.secrets.kv.v2.read_secret_version(
-            path=options.path, mount_point=options.mount, raise_on_deleted_version=False
-        )
-    except hvac.exceptions.InvalidPath as exc:
-        if _nothing_there(exc):
-            return Current(0, None)
-        raise
-    data = body.get("data") or {}
-    version = (data.get("metadata") or {}).get("version")
-    return Current(version if isinstance(version, int) else 0, _expires_on(data.get("data")))
-
-
-def _read_v1(options: VaultSinkOptions, client: Any) -> Current:
-    import hvac.exceptions
-
-    try:
-        body = client.secrets.kv.v1.read_secret(path=options.path, mount_point=options.mount)
-    except hvac.exceptions.InvalidPath as exc:
-        if _nothing_there(exc):
-            return Current(0, None)
-        raise
-    return Current(0, _expires_on(body.get("data")))
-
-
-def _write_v2(options: VaultSinkOptions, secret: dict[str, Any], cas: int, client: Any) -> None:
-    client.secrets.kv.v2.create_or_update_secret(
-        path=options.path, secret=secret, cas=cas, mount_point=options.mount
-    )
-
-
-def _write_v1(options: VaultSinkOptions, secret: dict[str, Any], client: Any) -> None:
-    client.secrets.kv.v1.create_or_update_secret(
-        path=options.path, secret=secret, mount_point=options.mount
-    )
-
-
-def _delete(options: VaultSinkOptions, client: Any) -> None:
-    if options.kv_version == 2:
-        client.secrets.kv.v2.delete_latest_version_of_secret(
-            path=options.path, mount_point=options.mount
-        )
-    else:
-        client.secrets.kv.v1.delete_secret(path=options.path, mount_point=options.mount)
-
-
-def mount_problem(options: VaultSinkOptions, client: Any) -> str | None:
-    """Why the mount cannot hold this sink's secret, or None when it can."""
-    import hvac.exceptions
-
-    no_mount = f"no secrets engine is mounted at '{options.mount}' (check the mount)"
-    try:
-        body = client.adapter.get(f"/v1/sys/internal/ui/mounts/{options.mount}/{options.path}")
-    except hvac.exceptions.Forbidden:
-        # Vault says the same for a path under no mount and for a path the policy hides.
-        if _capabilities(client, [options.data_path]).get(options.data_path, {"deny"}) <= {"deny"}:
-            raise
-        return no_mount
-    data = body.get("data") if isinstance(body, dict) else None
-    if not isinstance(data, dict) or str(data.get("path", "")).strip("/") != options.mount:
-        return no_mount
-    kind = data.get("type")
-    if kind not in ("kv", "generic"):
-        return f"mount '{options.mount}' is a {kind} secrets engine, not KV"
-    version = str((data.get("options") or {}).get("version") or "1")
-    if version != str(options.kv_version):
-        return f"mount '{options.mount}' is KV version {version}: set kv_version: {version}"
-    return None
-
-
-def capability_problem(options: VaultSinkOptions, client: Any) -> str | None:
-    """What the token's policy lacks for this sink, or None when it allows everything needed."""
-    needed = {options.data_path: {"read", "create", "update"}}
-    if options.on_expiry == "withdraw":
-        needed[options.data_path].add("delete")
-    if options.kv_version == 2:
-        needed[options.metadata_path] = {"create", "update"}
-    granted = _capabilities(client, list(needed))
-    lacking = []
-    for path, capabilities in needed.items():
-        have = granted.get(path, set())
-        if "root" not in have and (missing := sorted(capabilities - have)):
-            lacking.append(f"{', '.join(missing)} on {path}")
-    if not lacking:
-        return None
-    return f"tokend's Vault policy lacks {'; '.join(lacking)} (see the README for the policy)"
-
-
-def _capabilities(client: Any, paths: list[str]) -> dict[str, set[str]]:
-    body = client.sys.get_capabilities(paths=paths)
-    granted = body.get("data", body) if isinstance(body, dict) else {}
-    return {path: set(granted.get(path) or ()) for path in paths}
-
-
-def _nothing_there(exc: Any) -> bool:
-    """A 404 for a secret that does not exist (rather than for a missing mount)."""
-    body = exc.json if isinstance(exc.json, dict) else {}
-    return not exc.errors and not body.get("warnings")
-
-
-def _expires_on(values: Any) -> int | None:
-    raw = values.get("expires_on") if isinstance(values, dict) else None
-    if isinstance(raw, bool):
-        return None
-    if isinstance(raw, int):
-        return raw
-    if isinstance(raw, str) and raw.isdigit():
-        return int(raw)
-    return None
+SINKS.register("vault", SinkType(VaultSinkOptions, VaultSink))

@@ -12,6 +12,7 @@ import re
 from enum import StrEnum
 from typing import Any
 
+from tokend.errors import TokendError
 from tokend.logs import redactor
 
 _MAX_DETAIL = 200
@@ -32,16 +33,15 @@ class Problem(StrEnum):
 TRANSIENT = frozenset({Problem.SEALED, Problem.UNAVAILABLE})
 
 
-class VaultError(Exception):
-    """A Vault operation failed. `str()` is one line naming the URL; `problem` says what kind."""
+class VaultError(TokendError):
+    """A Vault operation failed. `str()` is one line naming the URL; `problem` says what kind
+    (and is the error's `code`)."""
 
     def __init__(self, where: str, message: str, problem: Problem) -> None:
-        super().__init__(f"{where}: {message}")
+        super().__init__(
+            f"{where}: {message}", code=f"vault_{problem.value}", transient=problem in TRANSIENT
+        )
         self.problem = problem
-
-    @property
-    def transient(self) -> bool:
-        return self.problem in TRANSIENT
 
 
 def classify(exc: BaseException, where: str, action: str, timeout: float) -> VaultError:

@@ -11,86 +11,22 @@ from __future__ import annotations
 import os
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from tokend.durations import PositiveDuration
-from tokend.secrets import EnvSecret, SecretRef, SecretReference, VaultSecret
 from tokend.transport import url_problem
+from tokend.vault.auth import AUTH_METHODS, AuthOptions, TokenAuth, strip_slashes
 
-SERVICE_ACCOUNT_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
-_MOUNT = r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$"
-
-MountPath = Annotated[str, Field(pattern=_MOUNT, max_length=256)]
-"""A mount path as Vault prints it, without slashes at either end (`secret`, `team/kv`)."""
-
-
-def strip_slashes(value: Any) -> Any:
-    return value.strip("/") if isinstance(value, str) else value
+if TYPE_CHECKING:
+    VaultAuth = AuthOptions
+else:
+    VaultAuth = AUTH_METHODS.union(AuthOptions)
 
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def _login_secret(ref: SecretReference | None) -> SecretReference | None:
-    if isinstance(ref, VaultSecret):
-        raise ValueError("a secret tokend needs to log in to Vault cannot come from Vault itself")
-    return ref
-
-
-class TokenAuth(_Model):
-    """A Vault token given to tokend. Renewed before its TTL ends if it is renewable; tokend
-    cannot get a new one by itself, so an expired or revoked token is reported as such."""
-
-    method: Literal["token"]
-    token: SecretRef = EnvSecret(env="VAULT_TOKEN")
-
-    @field_validator("token")
-    @classmethod
-    def _not_from_vault(cls, ref: SecretReference) -> SecretReference:
-        _login_secret(ref)
-        return ref
-
-
-class AppRoleAuth(_Model):
-    """AppRole: a role ID and (unless the role does without) a secret ID; tokend logs in again
-    whenever its token can no longer be renewed."""
-
-    method: Literal["approle"]
-    mount: MountPath = "approle"
-    role_id: SecretRef
-    secret_id: SecretRef | None = None
-
-    @field_validator("role_id", "secret_id")
-    @classmethod
-    def _not_from_vault(cls, ref: SecretReference | None) -> SecretReference | None:
-        return _login_secret(ref)
-
-    @field_validator("mount", mode="before")
-    @classmethod
-    def _slashes(cls, mount: Any) -> Any:
-        return strip_slashes(mount)
-
-
-class KubernetesAuth(_Model):
-    """Kubernetes: the pod's service-account JWT (re-read at every login, as projected tokens
-    rotate) and the Vault role bound to that service account."""
-
-    method: Literal["kubernetes"]
-    mount: MountPath = "kubernetes"
-    role: str = Field(min_length=1)
-    jwt_file: Path = SERVICE_ACCOUNT_TOKEN
-
-    @field_validator("mount", mode="before")
-    @classmethod
-    def _slashes(cls, mount: Any) -> Any:
-        return strip_slashes(mount)
-
-
-VaultAuth = Annotated[TokenAuth | AppRoleAuth | KubernetesAuth, Field(discriminator="method")]
-AUTH_METHODS = ("token", "approle", "kubernetes")
 
 
 def _vault_addr() -> str:

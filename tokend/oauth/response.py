@@ -1,4 +1,4 @@
-"""The `Token` value object and parsing of token-endpoint success responses.
+"""Parsing token-endpoint success responses into `Token`s.
 
 Entra ID v1 sends numbers as strings (`"expires_in": "3599"`) and adds `expires_on`; v2 sends
 integers and may add `refresh_in`. Any OAuth2 server may omit `expires_in` entirely. Expiry is
@@ -11,42 +11,16 @@ import base64
 import json
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+from tokend.token import Token
 
 _MAX_LIFETIME = timedelta(days=366)
 
 
 class MalformedResponse(ValueError):
     """A 2xx response that is not a usable token response. The text never contains the body."""
-
-
-@dataclass(frozen=True, slots=True)
-class Token:
-    """An access token and what is known about its lifetime. `repr` never shows the value."""
-
-    value: str = field(repr=False)
-    token_type: str
-    expires_at: datetime
-    obtained_at: datetime
-    refresh_on: datetime | None = None
-    resource: str | None = None
-    scopes: tuple[str, ...] = ()
-    refresh_token: str | None = field(default=None, repr=False)
-
-    @property
-    def lifetime(self) -> timedelta:
-        return self.expires_at - self.obtained_at
-
-    def remaining(self, now: datetime) -> timedelta:
-        return self.expires_at - now
-
-    def is_valid(self, now: datetime) -> bool:
-        return now < self.expires_at
-
-    def __str__(self) -> str:
-        return f"{self.token_type} token expiring {self.expires_at.isoformat()}"
 
 
 def parse_token_response(
@@ -75,7 +49,6 @@ def parse_token_response(
         refresh_on=refresh_on if refresh_on and refresh_on < expires_at else None,
         resource=_string(body, "resource") or resource,
         scopes=tuple(granted.split()) if isinstance(granted, str) and granted else scopes,
-        refresh_token=_string(body, "refresh_token") or None,
     )
 
 

@@ -1,0 +1,216 @@
+"""The composition root: the one place that turns a validated `Config` into running parts.
+
+For every configured token it builds a grant (from the identity's credential type), the sinks
+(from their types), a refresh policy and a backoff, and hands the engine a `Blueprint` of them.
+Shared clients (a Vault session) come from `Resources`, created on first use and closed when
+no part uses them any more. Concrete kinds are found through their registries only.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, TypeVar
+
+from tokend.backoff import Backoff
+from tokend.clock import SYSTEM_CLOCK, Clock, Scheduler
+from tokend.config import Config, TokenSpec
+from tokend.engine import (
+    Blueprint,
+    Deliveries,
+    Engine,
+    EngineSettings,
+    Publisher,
+    RefreshPolicy,
+    ReloadSummary,
+    SinkSlot,
+    TokenJob,
+)
+from tokend.engine.job import Acquirer, DurationObserver
+from tokend.engine.state import StateStore
+from tokend.oauth import GrantContext, HttpSettings, Target, TokenRequest, build_grant
+from tokend.oauth.dialects import endpoint_for
+from tokend.resources import Environment, Resources
+from tokend.sinks import SinkContext, build_sink, sink_labels
+
+T = TypeVar("T")
+
+
+def http_settings(config: Config) -> HttpSettings:
+    http = config.http
+    return HttpSettings(
+        connect_timeout=http.connect_timeout.total_seconds(),
+        read_timeout=http.timeout.total_seconds(),
+        max_concurrent_requests=http.max_concurrent_requests,
+    )
+
+
+def run_limit(config: Config) -> int:
+    """How many refreshes may be in progress at once: enough to keep every connection slot busy
+    while others publish, few enough that a burst of due tokens does not pile up in memory."""
+    return 2 * config.http.max_concurrent_requests
+
+
+def engine_settings(config: Config) -> EngineSettings:
+    return EngineSettings(
+        startup_spread=config.defaults.startup_spread, run_limit=run_limit(config)
+    )
+
+
+@dataclass(frozen=True)
+class _Runtime:
+    """What every job of a process is wired to."""
+
+    acquirer: Acquirer
+    scheduler: Scheduler
+    durations: DurationObserver
+    clock: Clock
+    rand: random.Random
+    resources: Resources
+    deliveries: Deliveries
+
+
+class Assembly:
+    """A tokend's running parts: shared resources and an engine with one job per token."""
+
+    def __init__(
+        self,
+        *,
+        acquirer: Acquirer,
+        scheduler: Scheduler,
+        durations: DurationObserver,
+        clock: Clock = SYSTEM_CLOCK,
+        rand: random.Random | None = None,
+    ) -> None:
+        self.resources = Resources({}, Environment(clock, scheduler))
+        self.engine = Engine(clock=clock)
+        self._runtime = _Runtime(
+            acquirer=acquirer,
+            scheduler=scheduler,
+            durations=durations,
+            clock=clock,
+            rand=rand or random.Random(),  # noqa: S311 - jitter, not cryptography
+            resources=self.resources,
+            deliveries=self.engine.deliveries,
+        )
+
+    def build(self, config: Config) -> None:
+        """Build every token's job; the engine then starts them or refreshes each once."""
+        self.resources.configure(config.sections)
+        self.engine.build(self.blueprints(config), engine_settings(config))
+
+    async def reload(self, config: Config) -> ReloadSummary:
+        """Switch to `config`; shared clients whose settings changed are closed once every part
+        that used them has stopped."""
+        self.resources.configure(config.sections)
+        summary = await self.engine.reload(self.blueprints(config), engine_settings(config))
+        await self.resources.close_unused()
+        return summary
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        await self.engine.stop(timeout)
+        await self.resources.close()
+
+    def blueprints(self, config: Config) -> dict[str, Blueprint]:
+        parts = _Parts(self._runtime, config)
+        return {
+            name: Blueprint(_inputs(config, name), functools.partial(parts.job, name))
+            for name in config.tokens
+        }
+
+
+class _Parts:
+    """Builds the jobs of one config. Objects equal for many tokens are made once: grants (per
+    identity and endpoint), refresh policies and backoffs (per distinct value)."""
+
+    def __init__(self, runtime: _Runtime, config: Config) -> None:
+        self._runtime = runtime
+        self._config = config
+        self._state = StateStore(config.state_dir) if config.state_dir else None
+        self._shared: dict[Any, Any] = {}
+
+    def job(self, name: str) -> TokenJob:
+        runtime, config = self._runtime, self._config
+        spec = config.tokens[name]
+        backoff = self._backoff(spec)
+        policy = self._once(
+            RefreshPolicy(
+                threshold=spec.refresh_threshold or config.defaults.refresh_threshold,
+                jitter=config.defaults.jitter if spec.jitter is None else spec.jitter,
+            )
+        )
+        return TokenJob(
+            self.request(name),
+            acquirer=runtime.acquirer,
+            publisher=Publisher(self._slots(name, spec, backoff), runtime.deliveries),
+            policy=policy,
+            backoff=backoff,
+            clock=runtime.clock,
+            scheduler=runtime.scheduler,
+            rand=runtime.rand,
+            durations=runtime.durations,
+            state=self._state,
+        )
+
+    def request(self, name: str) -> TokenRequest:
+        """What to send for token `name`: its identity's grant, and what the token is for."""
+        config = self._config
+        spec = config.tokens[name]
+        identity = config.identity_for(spec)
+        target = Target(spec.resource, tuple(spec.scopes or ()))
+        key = ("grant", spec.identity, spec.resource is not None)
+        if key not in self._shared:
+            endpoint = endpoint_for(
+                target,
+                tenant=identity.tenant,
+                authority_host=identity.authority_host,
+                token_endpoint=identity.token_endpoint,
+                issuer=identity.issuer,
+                allow_insecure_http=identity.allow_insecure_http,
+                ca_bundle=identity.ca_bundle or config.http.ca_bundle,
+            )
+            context = GrantContext(identity.client_id, endpoint, self._runtime.resources)
+            self._shared[key] = build_grant(identity.credential, context)
+        return TokenRequest(name=name, grant=self._shared[key], target=target)
+
+    def _slots(self, name: str, spec: TokenSpec, backoff: Backoff) -> list[SinkSlot]:
+        runtime = self._runtime
+        labels = sink_labels(spec.sinks)
+        return [
+            SinkSlot(
+                name,
+                build_sink(options, SinkContext(name, labels[index], runtime.resources)),
+                clock=runtime.clock,
+                scheduler=runtime.scheduler,
+                backoff=backoff,
+                rand=runtime.rand,
+                withdraw_on_expiry=options.on_expiry == "withdraw",
+            )
+            for index, options in enumerate(spec.sinks)
+        ]
+
+    def _backoff(self, spec: TokenSpec) -> Backoff:
+        limits = spec.backoff or self._config.defaults.backoff
+        return self._once(Backoff(min=limits.min, max=limits.max))
+
+    def _once(self, value: T) -> T:
+        """One object per distinct value (thousands of tokens share a handful)."""
+        shared: T = self._shared.setdefault(value, value)
+        return shared
+
+
+def _inputs(config: Config, name: str) -> tuple[Any, ...]:
+    """Everything a token's job is built from: equal inputs, equal job."""
+    spec = config.tokens[name]
+    defaults = config.defaults.model_copy(update={"startup_spread": timedelta(0)})
+    sections = sorted(config.sections.items())
+    return (
+        spec,
+        config.identity_for(spec),
+        defaults,
+        config.http.ca_bundle,
+        config.state_dir,
+        sections,
+    )

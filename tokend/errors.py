@@ -1,0 +1,34 @@
+"""The one error hierarchy: every failure tokend reports is a `TokendError`.
+
+Each carries a stable `code` (equal codes mean "the same problem again", whatever the per-attempt
+details in the text), whether trying again can help (`transient`), and a one-line message that
+never holds a secret or a token. Callers that retry (the engine, the publisher) decide by
+`transient` and `retry_after` alone; what went wrong is the subclass's business.
+"""
+
+from __future__ import annotations
+
+from tokend.logs import one_line
+
+
+class TokendError(Exception):
+    """A failure worth reporting. `str()` is one safe line; `code` names the kind of problem."""
+
+    transient: bool = False
+    """Trying again later can help (a network blip, a 503). Otherwise an operator must act."""
+    retry_after: float | None = None
+    """Seconds the peer asked us to wait before trying again, if it said."""
+    back_off_hard: bool = False
+    """The peer asked for a long pause (e.g. Entra ID's loop detection): wait the maximum."""
+
+    def __init__(self, message: str, *, code: str, transient: bool | None = None) -> None:
+        self.message = one_line(message)
+        super().__init__(self.message)
+        self.code = one_line(code)
+        if transient is not None:
+            self.transient = transient
+
+    @property
+    def kind(self) -> str:
+        """`transient` or `permanent`, as status output and metrics spell it."""
+        return "transient" if self.transient else "permanent"

@@ -1,0 +1,134 @@
+"""Pydantic validation errors as one clear line each: `tokens.crm.sinks.0.path: required key is
+missing`, `...: unknown type 'vaul' (known: file, vault)`, `refresh_treshold: unknown key (did
+you mean 'refresh_threshold'?)`.
+
+Generic over the schema: the registries behind the discriminated unions say which path parts
+pydantic inserted (a union member's tag, which the user never wrote) and which kinds are known.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from pydantic import ValidationError
+
+from tokend.registry import UNKNOWN_KIND, Registry, registries_in
+
+SECTIONS = "sections"
+"""The field that holds the top-level sections of shared resources (`vault:`), which the user
+writes at the top level: never shown in a key path."""
+
+
+def validation_lines(exc: ValidationError, model: type) -> list[str]:
+    """One line per error: `key.path: message`."""
+    unions = dict(_union_fields(model, set()))
+    lines = []
+    for error in exc.errors(include_url=False, include_input=True):
+        path = _key_path(error["loc"], unions)
+        message = _message(error, model)
+        lines.append(f"{path}: {message}" if path else message)
+    return lines
+
+
+def did_you_mean(word: str, candidates: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.7)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _key_path(loc: tuple[int | str, ...], unions: dict[str, Registry[Any]]) -> str:
+    parts: list[str] = []
+    for index, part in enumerate(loc):
+        if index == 0 and part == SECTIONS:
+            continue
+        if part == "[key]":
+            continue  # the problem is the key itself, already the last part of the path
+        if isinstance(part, str) and _is_union_tag(loc, index, unions):
+            continue  # pydantic inserts the union member's tag; the user never wrote it
+        parts.append(str(part))
+    return ".".join(parts)
+
+
+def _is_union_tag(loc: tuple[int | str, ...], index: int, unions: dict[str, Registry[Any]]) -> bool:
+    field = loc[index - 1] if index >= 1 else None
+    if isinstance(field, int) and index >= 2:
+        field = loc[index - 2]  # a list of union members: sinks.0.<tag>
+    registry = unions.get(field) if isinstance(field, str) else None
+    return registry is not None and loc[index] in registry
+
+
+def _message(error: Any, model: type) -> str:
+    kind = error["type"]
+    ctx = error.get("ctx") or {}
+    if kind == "missing":
+        return "required key is missing"
+    if kind in ("extra_forbidden", "unexpected_keyword_argument"):
+        return "unknown key" + did_you_mean(str(error["loc"][-1]), _field_names(model, set()))
+    if kind == UNKNOWN_KIND:
+        tag, known = ctx["discriminator"], ctx["known"]
+        given = error["input"].get(tag) if isinstance(error["input"], dict) else None
+        if given is None:
+            return f"{tag} is missing (known: {known})"
+        return f"unknown {tag} '{given}' (known: {known})"
+    if kind == "literal_error":
+        return f"must be one of {ctx.get('expected')}"
+    if kind == "string_pattern_mismatch" and error["loc"][:1] in (("identities",), ("tokens",)):
+        return "names may use letters, digits, '.', '_' and '-' (at most 64, not starting with '.')"
+    message = str(error["msg"])
+    message = message.removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    return message[:1].lower() + message[1:]
+
+
+def _union_fields(model: type, seen: set[type]) -> Iterator[tuple[str, Registry[Any]]]:
+    """(field name, registry) for every field in the schema that holds a registry's union."""
+    for cls in _config_classes(model, seen):
+        for name, info in cls.__pydantic_fields__.items():  # type: ignore[attr-defined]
+            for registry in _registries(info.annotation, info.metadata):
+                yield name, registry
+
+
+def _field_names(model: type, seen: set[type]) -> set[str]:
+    """Every key the schema knows anywhere, for "did you mean" hints."""
+    names: set[str] = set()
+    for cls in _config_classes(model, seen):
+        names |= set(cls.__pydantic_fields__)  # type: ignore[attr-defined]
+    return names
+
+
+def _config_classes(model: type, seen: set[type]) -> Iterator[type]:
+    """`model` and every config class (pydantic model or dataclass) reachable from it, including
+    every registered kind of every registry (the shared resources' sections too)."""
+    if model in seen or not hasattr(model, "__pydantic_fields__"):
+        return
+    seen.add(model)
+    yield model
+    for info in model.__pydantic_fields__.values():
+        for nested in _model_types(info.annotation, info.metadata):
+            yield from _config_classes(nested, seen)
+
+
+def _registries(
+    annotation: Any, metadata: list[Any], *, unions_only: bool = True
+) -> Iterator[Registry[Any]]:
+    yield from registries_in(annotation, unions_only=unions_only)
+    for arg in getattr(annotation, "__args__", ()):
+        yield from _registries(arg, [], unions_only=unions_only)
+    for meta in metadata:
+        yield from registries_in(meta, unions_only=unions_only)
+
+
+def _model_types(annotation: Any, metadata: list[Any]) -> Iterator[type]:
+    """Config classes named anywhere in `annotation`, and the kinds of its registries."""
+    if isinstance(annotation, type) and hasattr(annotation, "__pydantic_fields__"):
+        yield annotation
+    for registry in _registries(annotation, metadata, unions_only=False):
+        for _tag, entry in registry.items():
+            yield entry.options
+    for arg in getattr(annotation, "__args__", ()):
+        yield from _model_types(arg, [])
+    for arg in getattr(annotation, "__metadata__", ()):
+        yield from _model_types(arg, [])
+    origin = getattr(annotation, "__origin__", None)
+    if origin is not None and origin is not annotation:
+        yield from _model_types(origin, [])
