@@ -1,6 +1,7 @@
 """A real Prometheus (Debian's binary) scraping a real `tokend run`, with tokend's alert rules
 loaded: the "token not valid" alert goes pending while the identity provider refuses, and clears
-once it answers. Nothing ages: the token is simply never valid until the provider is healthy.
+once it answers; then every query of the Grafana dashboard finds data. Nothing ages: the token is
+simply never valid until the provider is healthy.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from tests.conftest import entra_identity, write_config
 from tests.support.idp import CLIENT_SECRET, FakeIdp, RecordedRequest, status
 from tests.support.processes import start_tokend, wait_for
 from tests.support.prometheus import RULES, Prometheus, running_prometheus
+from tests.support.promql import dashboard_expressions, rule_expressions
 from tests.support.servers import free_port
 
 
@@ -97,6 +99,12 @@ def test_token_invalid_alert_pends_while_the_idp_refuses_and_clears_when_it_heal
             what="TokendTokenInvalid cleared",
         )
         assert (tmp_path / "crm.token").exists()
+
+        # Every dashboard query runs on real data and finds some (rates need two scrapes).
+        for where, expr in dashboard_expressions().items():
+            wait_for(lambda expr=expr: prometheus.query(expr), what=f"data for {where}: {expr}")
+        for expr in rule_expressions().values():
+            prometheus.query(expr)  # accepted by the server; most find nothing while healthy
 
 
 def _value(prometheus: Prometheus, expr: str) -> float | None:

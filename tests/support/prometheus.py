@@ -51,9 +51,12 @@ def binary(name: str) -> str:
     pytest.skip(MISSING)
 
 
-def promtool(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def promtool(
+    *args: str, cwd: Path | None = None, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [binary("promtool"), *args],
+        input=stdin,
         capture_output=True,
         text=True,
         timeout=60,
