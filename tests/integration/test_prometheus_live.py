@@ -16,7 +16,7 @@ import pytest
 from tests.conftest import entra_identity, write_config
 from tests.support.idp import CLIENT_SECRET, FakeIdp, RecordedRequest, status
 from tests.support.processes import start_tokend, wait_for
-from tests.support.prometheus import RULES, Prometheus, running_prometheus
+from tests.support.prometheus import RULES, Prometheus, binary, running_prometheus
 from tests.support.promql import dashboard_expressions, rule_expressions
 from tests.support.servers import free_port
 
@@ -47,6 +47,7 @@ def _config(idp: FakeIdp, tmp_path: Path, port: int) -> Path:
 @pytest.fixture
 def tokend_url(idp: FakeIdp, tmp_path: Path) -> Iterator[str]:
     """`tokend run` whose identity provider answers every token request with a 503."""
+    binary("prometheus")  # skip (or fail under CI) before starting anything
     idp.policy = _unavailable
     port = free_port()
     process = start_tokend(
