@@ -9,16 +9,19 @@ except under CI=true, where it fails.
 
 from __future__ import annotations
 
+import copy
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx2
 import pytest
+import yaml
 
 from tests.support.kube import KubeServer, require_kube, running_kube
-from tests.support.kube_api import check
+from tests.support.kube_api import check, load_manifests
 from tests.support.processes import wait_for
 
 CENTRAL = Path(__file__).parents[2] / "deploy" / "k8s" / "central"
@@ -82,5 +85,29 @@ def bind_account(kube: KubeServer, namespace: str, name: str, *manifests: object
 def tokend_account(kube: KubeServer, namespace: str) -> Iterator[Account]:
     """tokend's service account with the shipped ServiceAccount, Role and RoleBinding."""
     account = bind_account(kube, namespace, SERVICE_ACCOUNT, *RBAC_FILES)
+    yield account
+    account.client.close()
+
+
+def role_without_create(namespace: str) -> list[dict[str, Any]]:
+    """The shipped Role minus `create` on secrets, and a service account bound to it."""
+    (role,) = load_manifests(CENTRAL / "role.yaml")
+    role = copy.deepcopy(role)
+    role["metadata"]["name"] = "no-create"
+    for rule in role["rules"]:
+        if rule["resources"] == ["secrets"]:
+            rule["verbs"].remove("create")
+    binding = yaml.safe_load((CENTRAL / "rolebinding.yaml").read_text())
+    binding["metadata"]["name"] = "no-create"
+    binding["roleRef"]["name"] = "no-create"
+    binding["subjects"] = [{"kind": "ServiceAccount", "name": "no-create", "namespace": namespace}]
+    account = {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "no-create"}}
+    return [account, role, binding]
+
+
+@pytest.fixture
+def no_create_account(kube: KubeServer, namespace: str) -> Iterator[Account]:
+    """A service account bound to the shipped Role minus `create` on secrets."""
+    account = bind_account(kube, namespace, "no-create", role_without_create(namespace))
     yield account
     account.client.close()

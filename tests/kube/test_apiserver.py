@@ -20,7 +20,7 @@ import jwt
 import pytest
 import yaml
 
-from tests.kube.conftest import CENTRAL, Account, allowed, bind_account
+from tests.kube.conftest import CENTRAL, Account, allowed
 from tests.support.kube import SERVICE_ACCOUNT_ISSUER, KubeServer, require_kube
 from tests.support.kube_api import APPLY, check, load_manifests
 
@@ -146,24 +146,10 @@ def test_secrets_outside_resource_names_are_forbidden(tokend_account: Account) -
     assert tokend_account.token not in str(raised.value)
 
 
-def role_without_create(namespace: str) -> list[dict[str, Any]]:
-    """The shipped Role minus `create` on secrets, and a service account bound to it."""
-    (role,) = load_manifests(CENTRAL / "role.yaml")
-    role = copy.deepcopy(role)
-    role["metadata"]["name"] = "no-create"
-    for rule in role["rules"]:
-        if rule["resources"] == ["secrets"]:
-            rule["verbs"].remove("create")
-    binding = yaml.safe_load((CENTRAL / "rolebinding.yaml").read_text())
-    binding["metadata"]["name"] = "no-create"
-    binding["roleRef"]["name"] = "no-create"
-    binding["subjects"] = [{"kind": "ServiceAccount", "name": "no-create", "namespace": namespace}]
-    account = {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "no-create"}}
-    return [account, role, binding]
-
-
-def test_applying_a_missing_secret_needs_create(kube: KubeServer, namespace: str) -> None:
-    account = bind_account(kube, namespace, "no-create", role_without_create(namespace))
+def test_applying_a_missing_secret_needs_create(
+    kube: KubeServer, namespace: str, no_create_account: Account
+) -> None:
+    account = no_create_account
     refused = apply(account.client, namespace, secret_manifest(access_token="x"))
     assert refused.status_code == 403
     status = refused.json()
@@ -182,7 +168,9 @@ def test_applying_a_missing_secret_needs_create(kube: KubeServer, namespace: str
     assert apply(account.client, namespace, secret_manifest(access_token="x")).status_code == 200
 
 
-def test_access_reviews_answer_as_the_role_says(tokend_account: Account, kube: KubeServer) -> None:
+def test_access_reviews_answer_as_the_role_says(
+    tokend_account: Account, no_create_account: Account
+) -> None:
     client, ns = tokend_account.client, tokend_account.namespace
     for verb in ("get", "patch", "create"):
         assert allowed(client, namespace=ns, verb=verb, resource="secrets", name=SECRET)
@@ -196,7 +184,7 @@ def test_access_reviews_answer_as_the_role_says(tokend_account: Account, kube: K
     assert allowed(client, verb="create", **lease)
     assert not allowed(client, verb="update", name="someone-elses", **lease)
 
-    no_create = bind_account(kube, ns, "no-create", role_without_create(ns))
+    no_create = no_create_account
     assert allowed(no_create.client, namespace=ns, verb="patch", resource="secrets", name=SECRET)
     assert not allowed(
         no_create.client, namespace=ns, verb="create", resource="secrets", name=SECRET
