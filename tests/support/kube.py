@@ -8,7 +8,9 @@ service-account tokens come from the TokenRequest API, as in a current cluster. 
 (namespaces, service accounts, apply, tokens, kubeconfigs) are on `KubeServer`, in `kube_api`.
 
 Without a controller manager nothing runs behind the API: namespaces are never deleted (tests
-use fresh ones), and no token Secrets are made for service accounts (TokenRequest only).
+use fresh ones; `default` itself appears only a moment after /readyz), and no token Secrets are
+made for service accounts (TokenRequest only). The API server caches token authentications for
+10 s: a revoked token (its service account deleted and recreated) keeps working that long.
 """
 
 from __future__ import annotations
