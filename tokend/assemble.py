@@ -86,6 +86,7 @@ class Assembly:
     ) -> None:
         self.resources = Resources({}, Environment(clock, scheduler))
         self.engine = Engine(clock=clock)
+        self._config: Config | None = None  # the config the running jobs were built from
         self._runtime = _Runtime(
             acquirer=acquirer,
             scheduler=scheduler,
@@ -100,12 +101,14 @@ class Assembly:
         """Build every token's job; the engine then starts them or refreshes each once."""
         self.resources.configure(config.sections)
         self.engine.build(self.blueprints(config), engine_settings(config))
+        self._config = config
 
     async def reload(self, config: Config) -> ReloadSummary:
         """Switch to `config`; shared clients whose settings changed are closed once every part
         that used them has stopped."""
         self.resources.configure(config.sections)
         summary = await self.engine.reload(self.blueprints(config), engine_settings(config))
+        self._config = config
         await self.resources.close_unused()
         return summary
 
@@ -115,8 +118,13 @@ class Assembly:
 
     def blueprints(self, config: Config) -> dict[str, Blueprint]:
         parts = _Parts(self._runtime, config)
+        old = self._config
+        same_common = old is not None and _common_inputs(old) == _common_inputs(config)
         return {
-            name: Blueprint(_inputs(config, name), functools.partial(parts.job, name))
+            name: Blueprint(
+                functools.partial(parts.job, name),
+                unchanged=same_common and _own_inputs(old, name) == _own_inputs(config, name),
+            )
             for name in config.tokens
         }
 
@@ -173,7 +181,7 @@ class _Parts:
             )
             context = GrantContext(identity.client_id, endpoint, self._runtime.resources)
             self._shared[key] = build_grant(identity.credential, context)
-        return TokenRequest(name=name, grant=self._shared[key], target=target)
+        return TokenRequest(name, self._shared[key], spec.resource, target.scopes)
 
     def _slots(self, name: str, spec: TokenSpec, backoff: Backoff) -> list[SinkSlot]:
         runtime = self._runtime
@@ -201,16 +209,14 @@ class _Parts:
         return shared
 
 
-def _inputs(config: Config, name: str) -> tuple[Any, ...]:
-    """Everything a token's job is built from: equal inputs, equal job."""
-    spec = config.tokens[name]
+def _common_inputs(config: Config) -> tuple[Any, ...]:
+    """What every token's job is built from besides its own spec and identity."""
     defaults = config.defaults.model_copy(update={"startup_spread": timedelta(0)})
-    sections = sorted(config.sections.items())
-    return (
-        spec,
-        config.identity_for(spec),
-        defaults,
-        config.http.ca_bundle,
-        config.state_dir,
-        sections,
-    )
+    sections = tuple(sorted(config.sections.items()))
+    return defaults, config.http.ca_bundle, config.state_dir, sections
+
+
+def _own_inputs(config: Config | None, name: str) -> tuple[Any, ...] | None:
+    """A token's spec and identity (None if `config` has no such token)."""
+    spec = config.tokens.get(name) if config is not None else None
+    return (spec, config.identity_for(spec)) if config is not None and spec is not None else None

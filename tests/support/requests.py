@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tokend.oauth import Endpoint, GrantContext, Target, TokenRequest, build_grant
+from tokend.oauth import Endpoint, GrantContext, TokenRequest, build_grant
 from tokend.oauth.grants.client_secret import ClientSecretOptions
 from tokend.secrets import InlineSecret
 
@@ -24,4 +24,4 @@ def client_secret_request(
         {"type": "client_secret", "secret": InlineSecret(inline=secret), "auth_method": auth_method}
     )
     grant = build_grant(options, GrantContext(client_id, endpoint))
-    return TokenRequest(name=name, grant=grant, target=Target(resource, scopes))
+    return TokenRequest(name, grant, resource, scopes)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Callable, Hashable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -26,11 +26,12 @@ from tokend.token import Token
 
 @dataclass(frozen=True)
 class Blueprint:
-    """How to build one token's job, and everything it is built from: equal `inputs`, equal
-    job (a reload keeps the running one)."""
+    """How to build one token's job. `unchanged`: everything the job is built from is as it was
+    for the job running under this name, so a reload keeps that job (its state, token and
+    schedule). The composition root knows both configs; the engine keeps nothing to compare."""
 
-    inputs: Hashable
     build: Callable[[], TokenJob]
+    unchanged: bool = False
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,6 @@ class Engine:
         self._clock = clock
         self.settings = EngineSettings()
         self.jobs: dict[str, TokenJob] = {}
-        self._inputs: dict[str, Hashable] = {}
         self.deliveries = Deliveries()
         """Sink deliveries in the background, shared by every job's publisher."""
 
@@ -69,7 +69,6 @@ class Engine:
         """Build every job; `start()` (a daemon) or `refresh_all()` (`tokend once`) runs them."""
         self.settings = settings
         self.jobs = {name: blueprint.build() for name, blueprint in blueprints.items()}
-        self._inputs = {name: blueprint.inputs for name, blueprint in blueprints.items()}
 
     async def start(self) -> None:
         """Resume stored tokens that are still valid; plan every other token's first
@@ -89,7 +88,7 @@ class Engine:
         carried: dict[str, Token] = {}
         for name, blueprint in blueprints.items():
             old = old_jobs.get(name)
-            if old is not None and self._inputs.get(name) == blueprint.inputs:
+            if old is not None and blueprint.unchanged:
                 jobs[name] = old
                 summary.unchanged.append(name)
                 continue
@@ -104,7 +103,6 @@ class Engine:
                 await old.publisher.close()
         self.settings = settings
         self.jobs = jobs
-        self._inputs = {name: blueprint.inputs for name, blueprint in blueprints.items()}
         await self._launch([jobs[name] for name in summary.added + summary.changed], carried)
         return summary
 

@@ -35,12 +35,17 @@ _MAX_BODY = 1 << 20  # a token response is a few KiB; anything past 1 MiB is not
 
 @dataclass(frozen=True, slots=True)
 class TokenRequest:
-    """One configured token: its name, the grant that asks for it, and what it is for. Tokens
-    of one identity share one grant object."""
+    """One configured token: its name, the grant that asks for it (tokens of one identity share
+    one), and what it is for. One exists per configured token: kept to four slots."""
 
     name: str
     grant: Grant
-    target: Target
+    resource: str | None = None
+    scopes: tuple[str, ...] = ()
+
+    @property
+    def target(self) -> Target:
+        return Target(self.resource, self.scopes)
 
 
 DEFAULT_CONNECT_TIMEOUT = 5.0
