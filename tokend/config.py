@@ -188,6 +188,9 @@ class Config(_Model):
     log: LogOptions = LogOptions()
     listen: str | None = DEFAULT_LISTEN
     state_dir: Path | None = Field(default_factory=_systemd_state_directory)
+    systemd_ready: Literal["published", "started"] = "published"
+    """When to tell systemd tokend is ready: once every token is published to all its sinks,
+    or as soon as it has started."""
     sections: Sections = Field(default_factory=dict)
     """The top-level blocks of shared resources, by name (written at the top level)."""
 

@@ -22,6 +22,7 @@ from tokend.engine import ApsScheduler
 from tokend.metrics import Metrics
 from tokend.oauth import TokenClient
 from tokend.server import HttpListener, create_app
+from tokend.service import ServiceReporter
 from tokend.transport import split_listen
 
 log = logging.getLogger("tokend")
@@ -58,6 +59,9 @@ class Daemon:
             host, port = split_listen(self.config.listen)
             app = create_app(self.engine, self.metrics, self.clock)
             self.listener = HttpListener(app, host, port)
+        self.service = ServiceReporter(
+            self.engine, self.clock, ready_when_started=self.config.systemd_ready == "started"
+        )
         self._stopping = asyncio.Event()
         self._reloading = asyncio.Lock()
         self._reload_tasks: set[asyncio.Task[bool]] = set()
@@ -73,6 +77,7 @@ class Daemon:
         serving = asyncio.create_task(self.listener.serve()) if self.listener else None
         self.scheduler.start()
         await self.engine.start()
+        self.service.start()
         log.info(
             "started: %d tokens, %d identities%s",
             len(self.config.tokens),
@@ -86,6 +91,7 @@ class Daemon:
 
     async def _shut_down(self, serving: asyncio.Task[None] | None) -> int:
         log.info("stopping: letting refreshes in progress finish")
+        await self.service.stopping()
         finished = await self.scheduler.stop(SHUTDOWN_TIMEOUT)
         if not finished:
             log.warning("stopped refreshes still running after %.0fs", SHUTDOWN_TIMEOUT)
@@ -103,9 +109,15 @@ class Daemon:
 
     def _on_hangup(self) -> None:
         log.info("received SIGHUP: reloading the config")
-        task = asyncio.create_task(self.reload())
+        task = asyncio.create_task(self._reload_for_signal())
         self._reload_tasks.add(task)
         task.add_done_callback(self._reload_tasks.discard)
+
+    async def _reload_for_signal(self) -> bool:
+        self.service.reloading()
+        accepted = await self.reload()
+        self.service.reloaded(accepted)
+        return accepted
 
     async def reload(self) -> bool:
         """Apply the config as it is now on disk. False (and the old config kept) if it is bad."""

@@ -15,6 +15,8 @@ import threading
 from datetime import UTC, datetime
 from typing import Literal
 
+from tokend.systemd import JournalPriorityFormatter, writes_to_journal
+
 LogFormat = Literal["text", "json"]
 
 MASK = "***"
@@ -105,7 +107,10 @@ def _timestamp(record: logging.LogRecord) -> str:
 def setup_logging(level: str = "info", fmt: LogFormat = "text") -> None:
     """Route every logger (tokend's and the libraries') through one redacting handler on stderr."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    formatter: logging.Formatter = JsonFormatter() if fmt == "json" else TextFormatter()
+    if writes_to_journal(sys.stderr):
+        formatter = JournalPriorityFormatter(formatter)  # journald records each line's level
+    handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -18,8 +18,10 @@ import yaml
 
 from tests.support.kube_api import load_manifests
 from tests.support.processes import tokend
-from tokend.config import DEFAULT_LISTEN, load_config, split_listen
+from tokend.config import DEFAULT_LISTEN
+from tokend.configfile import load_config
 from tokend.server import create_app
+from tokend.transport import split_listen
 
 DEPLOY = Path(__file__).parents[2] / "deploy" / "k8s"
 SIDECAR, CENTRAL = DEPLOY / "sidecar", DEPLOY / "central"
