@@ -29,6 +29,7 @@ from tokend.engine import (
     TokenJob,
 )
 from tokend.engine.job import Acquirer, DurationObserver
+from tokend.engine.recovery import Recovery
 from tokend.engine.state import StateStore
 from tokend.oauth import GrantContext, HttpSettings, Target, TokenRequest, build_grant
 from tokend.oauth.dialects import endpoint_for
@@ -55,7 +56,9 @@ def run_limit(config: Config) -> int:
 
 def engine_settings(config: Config) -> EngineSettings:
     return EngineSettings(
-        startup_spread=config.defaults.startup_spread, run_limit=run_limit(config)
+        startup_spread=config.defaults.startup_spread,
+        spread_above=config.http.max_concurrent_requests,
+        run_limit=run_limit(config),
     )
 
 
@@ -70,6 +73,7 @@ class _Runtime:
     rand: random.Random
     resources: Resources
     deliveries: Deliveries
+    recovery: Recovery
 
 
 class Assembly:
@@ -87,14 +91,16 @@ class Assembly:
         self.resources = Resources({}, Environment(clock, scheduler))
         self.engine = Engine(clock=clock)
         self._config: Config | None = None  # the config the running jobs were built from
+        rand = rand or random.Random()  # noqa: S311 - jitter, not cryptography
         self._runtime = _Runtime(
             acquirer=acquirer,
             scheduler=scheduler,
             durations=durations,
             clock=clock,
-            rand=rand or random.Random(),  # noqa: S311 - jitter, not cryptography
+            rand=rand,
             resources=self.resources,
             deliveries=self.engine.deliveries,
+            recovery=Recovery(scheduler, clock, rand),
         )
 
     def build(self, config: Config) -> None:
@@ -160,6 +166,7 @@ class _Parts:
             rand=runtime.rand,
             durations=runtime.durations,
             state=self._state,
+            recovery=runtime.recovery,
         )
 
     def request(self, name: str) -> TokenRequest:

@@ -1,31 +1,123 @@
-"""`tokend check`: what this machine would make fail, found without writing anything.
+"""Finding what would make tokend fail, without writing anything.
 
-Every part checks itself: each shared resource in use (the Vault login, which is revoked
-afterwards), every secret reference (resolved, the value discarded at once), every credential
-(a certificate that does not parse), every sink (a missing directory, an unknown file owner, and,
-by asking the service it writes to, a missing mount or a policy that forbids the write).
+- `local_problems`: what this machine says, with no service asked: every secret reference that
+  is read locally (resolved, the value discarded at once), every credential (a certificate that
+  does not parse), every sink (a missing directory, a path that is a directory, an unknown file
+  owner, two sinks writing the same file through different paths), every CA bundle, the state
+  directory, the listen address. `tokend run` refuses to start, and a reload is rejected, on any.
+- `preflight` (`tokend check`): all that, and every shared resource in use (the Vault login,
+  revoked afterwards), the secrets read through them, and each sink asking the service it writes
+  to (a missing mount, a policy that forbids the write).
 """
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Iterator
+from pathlib import Path
 
+from tokend.config import Config
 from tokend.configfile import LoadedConfig
 from tokend.resources import RESOURCES, Environment, Resources
 from tokend.secrets import SecretError, secret_references
 from tokend.sinks import SinkContext, sink_labels
+from tokend.transport import ca_bundle_problem, is_loopback, split_listen
 
 
 def preflight(loaded: LoadedConfig) -> list[str]:
-    """One line per problem, each naming the file and the key concerned."""
+    """Everything `tokend check` finds: one line per problem, naming the file and the key."""
     resources = Resources(loaded.config.sections, Environment())
     try:
-        return list(_problems(loaded, resources))
+        return list(local_problems(loaded, listen=True)) + list(_remote(loaded, resources))
     finally:
         resources.close_sync()
 
 
-def _problems(loaded: LoadedConfig, resources: Resources) -> Iterator[str]:
+def local_problems(loaded: LoadedConfig, *, listen: bool) -> list[str]:
+    """What this machine alone says is wrong; `listen`: also whether the listener can bind."""
+    config, source = loaded.config, loaded.source
+    found = [f"{source}: {path}: {problem}" for path, problem in _local(config)]
+    if listen and config.listen and (problem := _listen_problem(config.listen)):
+        found.append(f"{source}: listen: {problem}")
+    return found
+
+
+def warnings(loaded: LoadedConfig) -> list[str]:
+    """Settings that work but deserve a second look, one line each."""
+    config, source = loaded.config, loaded.source
+    found = [
+        f"{source}: tokens.{name}.sinks.{index}: {line}"
+        for name, token in config.tokens.items()
+        for index, sink in enumerate(token.sinks)
+        for line in sink.warnings()
+    ]
+    if config.listen and not is_loopback(split_listen(config.listen)[0]):
+        found.append(
+            f"{source}: listen: {config.listen} is reachable from other machines; /metrics and "
+            "/status hold no secrets, but restrict who can reach them"
+        )
+    return found
+
+
+def _local(config: Config) -> Iterator[tuple[str, str]]:
+    for path, ref in secret_references(config):
+        if not ref.needs:  # read locally; the others are checked with their resource
+            try:
+                ref.resolve()
+            except SecretError as exc:
+                yield path, str(exc)
+    for name, identity in config.identities.items():
+        for line in identity.credential.preflight():
+            yield f"identities.{name}.credential", line
+        if identity.ca_bundle and (problem := ca_bundle_problem(identity.ca_bundle)):
+            yield f"identities.{name}.ca_bundle", problem
+    if config.http.ca_bundle and (problem := ca_bundle_problem(config.http.ca_bundle)):
+        yield "http.ca_bundle", problem
+    if config.state_dir and (problem := _state_dir_problem(config.state_dir)):
+        yield "state_dir", problem
+    yield from _sink_problems(config)
+
+
+def _sink_problems(config: Config) -> Iterator[tuple[str, str]]:
+    written_by: dict[str, str] = {}
+    for name, token in config.tokens.items():
+        for index, sink in enumerate(token.sinks):
+            where = f"tokens.{name}.sinks.{index}"
+            for line in sink.preflight():
+                yield where, line
+            target = sink.resolved_target()
+            if target in written_by and target != sink.target():
+                yield where, f"{target} is also written by {written_by[target]}"
+            written_by.setdefault(target, where)
+
+
+def _state_dir_problem(directory: Path) -> str | None:
+    if directory.exists() and not directory.is_dir():
+        return f"{directory} is not a directory"
+    existing = next((p for p in (directory, *directory.parents) if p.exists()), None)
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable by this user"
+    return None
+
+
+def _listen_problem(listen: str) -> str | None:
+    host, port = split_listen(listen)
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror:
+        return f"cannot resolve host '{host}'"
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the listener does
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            return f"cannot listen on {listen}: {exc.strerror}"
+    return None
+
+
+def _remote(loaded: LoadedConfig, resources: Resources) -> Iterator[str]:
     config, source = loaded.config, loaded.source
     for section in config.sections:
         resources.get(RESOURCES[section])
@@ -33,19 +125,18 @@ def _problems(loaded: LoadedConfig, resources: Resources) -> Iterator[str]:
     for section, lines in failed.items():
         yield from (f"{source}: {section}.{line}" for line in lines)
     for path, ref in secret_references(config):
-        if any(section in failed for section in ref.needs):
-            continue  # said once above
-        try:
-            ref.resolve(resources)
-        except SecretError as exc:
-            yield f"{source}: {path}: {exc}"
-    for name, identity in config.identities.items():
-        for line in identity.credential.preflight():
-            yield f"{source}: identities.{name}.credential: {line}"
+        if ref.needs and not any(section in failed for section in ref.needs):
+            try:
+                ref.resolve(resources)
+            except SecretError as exc:
+                yield f"{source}: {path}: {exc}"
     for name, token in config.tokens.items():
         labels = sink_labels(token.sinks)
         for index, sink in enumerate(token.sinks):
-            found = sink.preflight()
-            if not found and not any(section in failed for section in sink.needs):
-                found = sink.preflight_remote(SinkContext(name, labels[index], resources))
-            yield from (f"{source}: tokens.{name}.sinks.{index}: {line}" for line in found)
+            if sink.preflight() or any(section in failed for section in sink.needs):
+                continue  # said already
+            context = SinkContext(name, labels[index], resources)
+            yield from (
+                f"{source}: tokens.{name}.sinks.{index}: {line}"
+                for line in sink.preflight_remote(context)
+            )

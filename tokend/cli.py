@@ -54,9 +54,20 @@ def _parser() -> argparse.ArgumentParser:
     command("run", _run, "run the daemon: keep every token fresh until stopped").add_argument(
         "-c", "--config", help=config_help
     )
-    command(
-        "once", _once, "acquire and publish every token once; exit 0 only if all succeeded"
-    ).add_argument("-c", "--config", help=config_help)
+    once = command(
+        "once",
+        _once,
+        "acquire and publish every token once, retrying what may pass (network, 5xx, 429) until "
+        "--timeout; exit 0 only if all succeeded",
+    )
+    once.add_argument("-c", "--config", help=config_help)
+    once.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=120.0,
+        help="give up retrying after this long, e.g. 90s or 5m (default: 2m); a refusal that "
+        "only an operator can fix ends at once",
+    )
     command(
         "check",
         _check,
@@ -91,6 +102,23 @@ def _load(args: argparse.Namespace) -> LoadedConfig | None:
     return loaded
 
 
+def _load_usable(args: argparse.Namespace) -> LoadedConfig | None:
+    """`_load`, then what this machine alone says would fail (the checks `tokend check` makes
+    without asking any service): a config tokend cannot run with is refused at once (exit 2)
+    instead of failing at every retry."""
+    from tokend.check import local_problems, warnings
+
+    loaded = _load(args)
+    if loaded is None:
+        return None
+    problems = local_problems(loaded, listen=False)  # the listener reports its own address
+    for line in problems:
+        print(line, file=sys.stderr)
+    for warning in warnings(loaded):
+        log.warning("%s", warning)
+    return None if problems else loaded
+
+
 def _apply_log_options(args: argparse.Namespace, loaded: LoadedConfig) -> None:
     """The config's log settings apply unless the command line chose otherwise."""
     options = loaded.config.log
@@ -98,15 +126,20 @@ def _apply_log_options(args: argparse.Namespace, loaded: LoadedConfig) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    loaded = _load(args)
+    loaded = _load_usable(args)
     if loaded is None:
         return EXIT_USAGE
     return _serve(loaded, args)
 
 
 def _reloader(args: argparse.Namespace, source: Path) -> LoadedConfig:
-    """Read the config again for a reload, applying its log settings as a start would."""
+    """Read the config again for a reload, applying its log settings as a start would, and
+    refuse it (`ConfigError`) on what `tokend check` would find without asking any service."""
+    from tokend.check import local_problems
+
     loaded = load_config(source)
+    if problems := local_problems(loaded, listen=False):
+        raise ConfigError(problems)
     _apply_log_options(args, loaded)
     return loaded
 
@@ -131,7 +164,7 @@ def _serve(
             )
         except ListenError as exc:
             log.error("%s", exc)
-            return EXIT_FAILED
+            return EXIT_USAGE
         tasks = [asyncio.create_task(companion.serve()) for companion in companions]
         try:
             return await daemon.run(
@@ -145,21 +178,32 @@ def _serve(
     return asyncio.run(serve())
 
 
+def _seconds(text: str) -> float:
+    from tokend.durations import parse_duration
+
+    try:
+        return parse_duration(text).total_seconds()
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _once(args: argparse.Namespace) -> int:
     from tokend.daemon import run_once
 
-    loaded = _load(args)
+    loaded = _load_usable(args)
     if loaded is None:
         return EXIT_USAGE
-    return EXIT_OK if asyncio.run(run_once(loaded.config)) else EXIT_FAILED
+    return EXIT_OK if asyncio.run(run_once(loaded.config, timeout=args.timeout)) else EXIT_FAILED
 
 
 def _check(args: argparse.Namespace) -> int:
-    from tokend.check import preflight
+    from tokend.check import preflight, warnings
 
     loaded = _load(args)
     if loaded is None:
         return EXIT_USAGE
+    for warning in warnings(loaded):
+        log.warning("%s", warning)
     problems = preflight(loaded)
     for line in problems:
         print(line, file=sys.stderr)
@@ -179,7 +223,7 @@ def _dev(args: argparse.Namespace) -> int:
 
     os.environ.setdefault(DEV_SECRET_ENV, secrets.token_urlsafe(24))
     args.config = args.config or str(dev_config_path().resolve())
-    loaded = _load(args)
+    loaded = _load_usable(args)
     if loaded is None:
         return EXIT_USAGE
     tokens_dir = Path("var/tokens").absolute()

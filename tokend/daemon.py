@@ -143,8 +143,9 @@ class Daemon:
             return True
 
 
-async def run_once(config: Config, clock: Clock = SYSTEM_CLOCK) -> bool:
-    """Acquire and publish every token once. True only if every token reached every sink."""
+async def run_once(config: Config, clock: Clock = SYSTEM_CLOCK, timeout: float = 120.0) -> bool:
+    """Acquire and publish every token once, retrying what may pass for up to `timeout`
+    seconds. True only if every token reached every sink."""
     metrics = Metrics(clock)
     client = TokenClient(http_settings(config), clock=clock)
     assembly = Assembly(
@@ -156,7 +157,7 @@ async def run_once(config: Config, clock: Clock = SYSTEM_CLOCK) -> bool:
     engine = assembly.engine
     try:
         assembly.build(config)  # inside: a sink that cannot be built must not leak the client
-        ok = await engine.refresh_all()
+        ok = await engine.refresh_all(timeout)
     finally:
         await assembly.stop()
         await client.aclose()

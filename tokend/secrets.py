@@ -10,6 +10,7 @@ that reads over the network gets its client from the `Resources` it is given.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -187,6 +188,16 @@ def parse_secret_ref(value: Any) -> SecretReference:
 
 SecretRef = Annotated[SecretReference, PlainValidator(parse_secret_ref)]
 """A config value naming a secret: a plain string (inline) or one of the reference forms."""
+
+
+async def secret_version(ref: SecretReference, resources: Resources | None = None) -> str:
+    """A short digest of what `ref` reads as now (never the value itself), or why it cannot be
+    read: what changes when an operator replaces the secret."""
+    try:
+        value = (await ref.read(resources)).reveal()
+    except SecretError as exc:
+        return f"unreadable:{exc.code}"
+    return hashlib.sha256(value.encode()).hexdigest()[:16]
 
 
 def secret_references(model: Any, prefix: str = "") -> Iterator[tuple[str, SecretReference]]:

@@ -13,6 +13,12 @@ from urllib.parse import urlsplit
 
 import httpx2
 
+from tokend import __version__
+from tokend.errors import TokendError
+
+USER_AGENT = f"tokend/{__version__}"
+"""Every request tokend sends says who it is."""
+
 
 def url_problem(url: str, *, allow_insecure_http: bool) -> str | None:
     """Why `url` may not be used, or None when it may."""
@@ -38,15 +44,47 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+class CaBundleError(TokendError):
+    """A configured CA bundle cannot be used; an operator must fix the file."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="ca_bundle")
+
+
 @functools.cache
 def ssl_context(ca_bundle: Path | None) -> ssl.SSLContext:
-    """A verifying client context (cached: loading a CA store costs milliseconds)."""
+    """A verifying client context (cached: loading a CA store costs milliseconds). Raises
+    `CaBundleError` when `ca_bundle` is missing, unreadable or holds no PEM certificate."""
     if ca_bundle is None:
         context = httpx2.create_ssl_context()
     else:
-        context = ssl.create_default_context(cafile=str(ca_bundle))
+        try:
+            context = ssl.create_default_context(cafile=str(ca_bundle))
+        except (OSError, ssl.SSLError) as exc:
+            raise CaBundleError(f"ca_bundle {ca_bundle}: {_bundle_problem(exc)}") from None
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     return context
+
+
+def ca_bundle_problem(ca_bundle: Path) -> str | None:
+    """Why `ca_bundle` cannot be used, or None (for `tokend check` and start-up)."""
+    try:
+        ssl_context(ca_bundle)
+    except CaBundleError as exc:
+        return str(exc)
+    return None
+
+
+def _bundle_problem(exc: OSError | ssl.SSLError) -> str:
+    if isinstance(exc, ssl.SSLError):
+        return "not a PEM file of CA certificates"
+    if isinstance(exc, IsADirectoryError):
+        return "is a directory, not a PEM file"
+    if isinstance(exc, FileNotFoundError):
+        return "no such file"
+    if isinstance(exc, PermissionError):
+        return "not readable by this user"
+    return exc.strerror or type(exc).__name__
 
 
 _LISTEN = re.compile(r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:\[\]]+)):(?P<port>\d{1,5})")

@@ -53,7 +53,9 @@ def _config(
                     "sinks": [
                         {"type": "file", "path": str(tmp_path / "crm.token")},
                         {"type": "file", "path": str(tmp_path / "crm.env"), "format": "env"},
-                        {"type": "file", "path": str(tmp_path / "missing" / "x")},  # fails
+                        # Fails only when written (a directory in which nothing can be created),
+                        # so start-up checks let it through and the failure paths run.
+                        {"type": "file", "path": "/proc/self/tokend-canary"},
                     ],
                 }
             },

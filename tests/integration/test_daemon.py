@@ -18,7 +18,7 @@ import pytest
 
 from tests.conftest import entra_identity, write_config
 from tests.support.idp import CLIENT_SECRET, FakeIdp, running_idp
-from tests.support.processes import start_tokend, wait_for
+from tests.support.processes import start_tokend, tokend, wait_for
 from tests.support.servers import free_port, serve
 from tokend.devidp import DevIdentityProvider
 
@@ -141,14 +141,21 @@ def _status_when_failed(port: int) -> dict[str, object] | None:
 
 
 def test_busy_listen_port_is_a_clear_error(short_idp: FakeIdp, tmp_path: Path) -> None:
+    """A config problem (exit 2), and one `tokend check` finds before `run` meets it."""
     import socket
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        process = start_tokend("run", "-c", str(_config(short_idp, tmp_path, port)))
-        assert process.wait(15) == 1
+        config = str(_config(short_idp, tmp_path, port))
+        process = start_tokend("run", "-c", config)
+        assert process.wait(15) == 2
         stderr = process.stderr.read() if process.stderr else ""
+        checked = tokend("check", "-c", config)
     assert f"ERROR cannot listen on 127.0.0.1:{port}: Address already in use" in stderr
     assert "Traceback" not in stderr
+    assert checked.returncode == 2
+    assert checked.stderr.strip().endswith(
+        f"listen: cannot listen on 127.0.0.1:{port}: Address already in use"
+    )

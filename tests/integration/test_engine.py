@@ -27,7 +27,13 @@ H = timedelta(hours=1)
 T = TypeVar("T")
 
 
-def _config(idp: FakeIdp, tmp_path: Path, tokens: int = 1, **token_options: Any) -> Config:
+def _config(
+    idp: FakeIdp,
+    tmp_path: Path,
+    tokens: int = 1,
+    http: dict[str, Any] | None = None,
+    **token_options: Any,
+) -> Config:
     return Config.model_validate(
         {
             "identities": {"app": entra_identity(idp, CLIENT_SECRET)},
@@ -41,6 +47,7 @@ def _config(idp: FakeIdp, tmp_path: Path, tokens: int = 1, **token_options: Any)
                 for index in range(tokens)
             },
             "defaults": {"startup_spread": "10s"},
+            "http": http or {},
         }
     )
 
@@ -74,15 +81,20 @@ def test_refreshes_ahead_of_the_threshold_for_hours(idp: FakeIdp, tmp_path: Path
     assert idp.provider.issued["test-client"] >= 7
 
 
-def test_startup_is_spread(idp: FakeIdp, tmp_path: Path) -> None:
+def test_startup_is_spread_only_when_there_are_many(idp: FakeIdp, tmp_path: Path) -> None:
+    """More first acquisitions than concurrent requests are spread over startup_spread; a
+    handful start at once, so readiness is not delayed for nothing."""
+
     async def scenario(h: Harness) -> list[timedelta]:
         start = h.clock.now()
         await h.start()
         await h.run_for(M)
         return sorted(at - start for at, _ in h.scheduler.runs)
 
-    offsets = _run(idp, tmp_path, scenario, tokens=4)
-    assert offsets == [timedelta(seconds=s) for s in (0, 2.5, 5, 7.5)]
+    many = _run(idp, tmp_path, scenario, tokens=4, http={"max_concurrent_requests": 3})
+    assert many == [timedelta(seconds=s) for s in (0, 2.5, 5, 7.5)]
+    few = _run(idp, tmp_path, scenario, tokens=4, http={"max_concurrent_requests": 4})
+    assert few == [timedelta(0)] * 4
 
 
 def test_retry_after_sets_the_next_attempt(idp: FakeIdp, tmp_path: Path) -> None:
@@ -116,14 +128,17 @@ def test_failures_keep_the_last_good_token_until_it_expires(idp: FakeIdp, tmp_pa
         assert job.token is first
         assert sink_file.read_text() == first.value
         assert h.engine.is_ready(h.clock.now())
-        # Permanent failures retry at the maximum backoff, the last try just before expiry.
-        attempts = [at for at, _ in h.scheduler.runs][1:]
-        gaps = [b - a for a, b in itertools.pairwise(attempts)]
-        assert all(gap <= 5 * M for gap in gaps)
-        assert all(gap >= 225 * timedelta(seconds=1) for gap in gaps[:-1])
+        # Permanent failures retry at the maximum backoff until the last chance, a safety margin
+        # (5 min) before expiry; from there at half the time left: several last tries.
         await h.run_for(timedelta(seconds=2))
-        last_chance = first.expires_at - timedelta(seconds=1)
-        assert last_chance in [at for at, _ in h.scheduler.runs]  # one last try before expiry
+        last_chance = first.expires_at - 5 * M
+        attempts = [at for at, key in h.scheduler.runs if key == "crm"][1:]
+        before = [at for at in attempts if at <= last_chance]
+        gaps = [b - a for a, b in itertools.pairwise(before)]
+        assert all(225 * timedelta(seconds=1) <= gap <= 5 * M for gap in gaps[:-1]), gaps
+        assert before[-1] == last_chance
+        last_part = [at for at in attempts if last_chance < at <= first.expires_at]
+        assert len(last_part) >= 5 and last_part[-1] == first.expires_at
         assert job.phase(h.clock.now()) is Phase.EXPIRED
         assert not h.engine.is_ready(h.clock.now())
         assert sink_file.read_text() == first.value  # on_expiry: keep (the default)

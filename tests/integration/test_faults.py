@@ -147,18 +147,20 @@ def test_transient_backoff_doubles(idp: FakeIdp, tmp_path: Path) -> None:
     _, _, offsets = asyncio.run(
         _after_first_refresh_fails(idp, tmp_path, clock, faults.html(502), count=10)
     )
-    # 1, 2, 4 ... 256 s; then 512 s would pass the token's expiry: the tenth try is the last
-    # chance, 1 s before it (50 min + 511 s + 88 s = 59 min 59 s).
-    assert offsets == [S * 2**n for n in range(9)] + [88 * S]
+    # 1, 2, 4 ... 128 s (the 9th try at 54:15); 256 s would pass the last chance, a safety
+    # margin (5 min for a 1 h token) before expiry: the 10th try is at 55:00; from then on, half
+    # the time left (150 s).
+    assert offsets == [S * 2**n for n in range(8)] + [45 * S, 150 * S]
 
 
 def test_retries_never_planned_after_expiry(idp: FakeIdp, tmp_path: Path) -> None:
-    """429 asking for an hour while the token has 10 minutes left: the next try comes first."""
+    """429 asking for an hour while the token has 10 minutes left: the next try comes at the
+    last chance, a safety margin (5 min for a 1 h token) before expiry."""
     clock = FakeClock()
     job, first, _ = asyncio.run(
         _after_first_refresh_fails(idp, tmp_path, clock, faults.too_many_requests("3600"))
     )
-    assert job.next_run == first.expires_at - S
+    assert job.next_run == first.expires_at - 5 * M
 
 
 def test_a_failure_is_logged_once_until_it_changes(
@@ -204,13 +206,16 @@ def test_a_slow_last_chance_still_withdraws_at_the_expiry_instant(
         try:
             await h.start()
             await scheduler.run_until(clock.now())
-            first = h.job().token
-            # 50 min: first try; then 1, 2 ... 256 s; the 11th try is the last chance, at T - 1 s.
-            idp.fail(*[faults.html(502)] * 10, slow_failure, *[faults.html(502)] * 5)
-            await scheduler.run_until(first.expires_at - S)
-            assert withdrawn.exists() and clock.now() == first.expires_at - S / 2
-            assert scheduler.due("crm") == first.expires_at
-            await scheduler.run_until(first.expires_at)
+            expires = h.job().token.expires_at  # type: ignore[union-attr]
+            # Every try fails; those in the last 2 s take 0.5 s each.
+            idp.policy = lambda request: (
+                slow_failure if clock.now() >= expires - 2 * S else faults.html(502)
+            )
+            await scheduler.run_until(expires - S / 1000)
+            assert withdrawn.exists() and scheduler.due("crm") == expires
+            tries = [at for at, key in scheduler.runs if key == "crm"]
+            assert len([at for at in tries if at >= expires - 5 * M]) >= 8  # the last part
+            await scheduler.run_until(expires)
             assert not withdrawn.exists()
         finally:
             await h.stop()

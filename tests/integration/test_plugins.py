@@ -116,6 +116,9 @@ class PinnedGrant:
     def absorb(self, body: Mapping[str, Any]) -> None:
         self.absorbed = dict(body)
 
+    async def source_version(self) -> str:
+        return self.options.value
+
 
 @pytest.fixture
 def kinds() -> Iterator[None]:

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from tokend.backoff import Backoff
-from tokend.engine.policy import RefreshPolicy, retry_at, startup_at
+from tokend.engine.policy import RefreshPolicy, retry_at, safety_margin, startup_at
 from tokend.token import Token
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -71,6 +71,12 @@ def test_backoff(attempt: int, rand: float, expected: timedelta) -> None:
     assert Backoff(min=S, max=5 * M).delay(attempt, rand) == expected
 
 
+def _held(remaining: timedelta, lifetime: timedelta = H) -> Token:
+    """A token obtained `lifetime` before it expires, `remaining` from now (T0)."""
+    expires = T0 + remaining
+    return Token(value="v", token_type="Bearer", expires_at=expires, obtained_at=expires - lifetime)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "expected"),
     [
@@ -79,19 +85,33 @@ def test_backoff(attempt: int, rand: float, expected: timedelta) -> None:
         ({"attempt": 1, "hard": True}, T0 + 5 * M),  # permanent / loop detected: max
         ({"attempt": 1, "retry_after": 30.0}, T0 + 30 * S),  # Retry-After is a floor
         ({"attempt": 9, "retry_after": 30.0}, T0 + 256 * S),  # backoff longer: backoff
-        # Holding a token valid 100 s more: never plan past one min-backoff before its expiry.
-        ({"attempt": 1, "hard": True, "holding_until": T0 + 100 * S}, T0 + 99 * S),
-        ({"attempt": 1, "retry_after": 600.0, "holding_until": T0 + 100 * S}, T0 + 99 * S),
-        ({"attempt": 1, "holding_until": T0 + 100 * S}, T0 + S),  # sooner anyway: unchanged
-        # In the last instants of validity: the next try at the expiry instant, not after it
-        # (one more try at most; then normal backoff, so no hot loop).
-        ({"attempt": 1, "hard": True, "holding_until": T0 + S / 2}, T0 + S / 2),
-        ({"attempt": 1, "holding_until": T0 + 1.5 * S}, T0 + S),
-        ({"attempt": 1, "hard": True, "holding_until": T0 - S}, T0 + 5 * M),  # already expired
+        # A 1 h token valid 7 min more: its last chance is 5 min (the margin) before expiry;
+        # no backoff, Retry-After or loop detection plans past it.
+        ({"attempt": 1, "hard": True, "holding": _held(7 * M)}, T0 + 2 * M),
+        ({"attempt": 1, "retry_after": 600.0, "holding": _held(7 * M)}, T0 + 2 * M),
+        ({"attempt": 1, "holding": _held(7 * M)}, T0 + S),  # sooner anyway: unchanged
+        # Inside the margin: half the time left, again and again, never past expiry.
+        ({"attempt": 5, "hard": True, "holding": _held(4 * M)}, T0 + 2 * M),
+        ({"attempt": 5, "holding": _held(10 * S)}, T0 + 5 * S),
+        ({"attempt": 5, "holding": _held(1.5 * S)}, T0 + S),  # never sooner than min...
+        ({"attempt": 5, "holding": _held(S / 2)}, T0 + S / 2),  # ...but not past expiry
+        ({"attempt": 5, "retry_after": 30.0, "holding": _held(10 * S)}, T0 + 10 * S),
+        # Short tokens: the margin is 10 % of the lifetime, at least 5 s, at most half of it.
+        ({"attempt": 1, "hard": True, "holding": _held(60 * S, 2 * M)}, T0 + 48 * S),
+        ({"attempt": 1, "hard": True, "holding": _held(60 * S, 5 * S)}, T0 + 57.5 * S),
+        ({"attempt": 1, "hard": True, "holding": _held(-S)}, T0 + 5 * M),  # already expired
     ],
 )
 def test_retry_at(kwargs: dict[str, object], expected: datetime) -> None:
     assert retry_at(now=T0, backoff=Backoff(min=S, max=5 * M), rand=0.0, **kwargs) == expected  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("lifetime", "margin"),
+    [(H, 5 * M), (2 * H, 5 * M), (30 * M, 3 * M), (2 * M, 12 * S), (20 * S, 5 * S), (6 * S, 3 * S)],
+)
+def test_safety_margin(lifetime: timedelta, margin: timedelta) -> None:
+    assert safety_margin(lifetime) == margin
 
 
 @pytest.mark.parametrize(

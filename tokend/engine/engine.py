@@ -37,7 +37,10 @@ class Blueprint:
 @dataclass(frozen=True)
 class EngineSettings:
     startup_spread: timedelta = timedelta(seconds=10)
-    """First acquisitions at start are spread over this long."""
+    """First acquisitions at start are spread over this long, when there are many..."""
+    spread_above: int = 16
+    """...more than this (the cap on concurrent requests): a handful start at once, so readiness
+    is not delayed for nothing."""
     run_limit: int = 32
     """How many refreshes `refresh_all` runs at once."""
 
@@ -91,6 +94,8 @@ class Engine:
             if old is not None and blueprint.unchanged:
                 jobs[name] = old
                 summary.unchanged.append(name)
+                if old.failing_permanently:
+                    old.wake()  # a reload is an operator acting: try again at once
                 continue
             jobs[name] = job = blueprint.build()
             (summary.changed if old else summary.added).append(name)
@@ -98,9 +103,13 @@ class Engine:
                 carried[name] = old.token
         summary.removed = [name for name in old_jobs if name not in jobs]
         for name, old in old_jobs.items():
-            if jobs.get(name) is not old:  # replaced or removed: stop before its successor starts
-                old.stop()
+            if jobs.get(name) is old:
+                continue
+            old.stop()  # replaced or removed: stopped before its successor starts
+            if name in jobs:
                 await old.publisher.close()
+            else:
+                await old.publisher.retire()
         self.settings = settings
         self.jobs = jobs
         await self._launch([jobs[name] for name in summary.added + summary.changed], carried)
@@ -112,20 +121,23 @@ class Engine:
             lambda: {job.name: carried.get(job.name) or job.stored_token(now) for job in jobs}
         )
         fresh_starts = [job for job in jobs if stored[job.name] is None]
-        spread = self.settings.startup_spread
+        many = len(fresh_starts) > self.settings.spread_above
+        spread = self.settings.startup_spread if many else timedelta(0)
         for index, job in enumerate(fresh_starts):
             job.start(startup_at(now, index, len(fresh_starts), spread))
         await asyncio.gather(
             *(job.resume(token) for job in jobs if (token := stored[job.name]) is not None)
         )
 
-    async def refresh_all(self) -> bool:
-        """Acquire and publish every token once, a bounded number at a time. True if every
-        token succeeded and reached every sink."""
+    async def refresh_all(self, timeout: float | None = None) -> bool:
+        """Acquire and publish every token once, a bounded number at a time, retrying failures
+        that may pass for up to `timeout` seconds (None: one attempt each). True if every token
+        succeeded and reached every sink."""
         results: dict[str, bool] = {}
+        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
 
         async def refresh(job: TokenJob) -> None:
-            results[job.name] = await job.refresh()
+            results[job.name] = await job.refresh(deadline)
 
         jobs = list(self.jobs.values())
         await Runner(self.settings.run_limit).run_all(

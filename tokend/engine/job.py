@@ -8,9 +8,11 @@ until it expires, whatever the failures.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import random
 import time
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from enum import StrEnum
 from typing import Protocol
@@ -19,6 +21,7 @@ from tokend.backoff import Backoff
 from tokend.clock import Clock, Scheduler, format_span
 from tokend.engine.policy import RefreshPolicy, retry_at
 from tokend.engine.publisher import Publisher
+from tokend.engine.recovery import Recovery
 from tokend.engine.state import StateStore, fingerprint
 from tokend.errors import TokendError
 from tokend.oauth import TokenRequest
@@ -26,10 +29,14 @@ from tokend.token import Token
 
 log = logging.getLogger("tokend.refresh")
 
+Sleep = Callable[[float], Awaitable[None]]
+
 
 class Phase(StrEnum):
     PENDING = "pending"  # never acquired yet, no failure yet
-    FRESH = "fresh"  # valid token held, last attempt succeeded
+    FRESH = "fresh"  # valid token held and in every sink, last attempt succeeded
+    PUBLISHING = "publishing"  # valid token held, not yet in every sink, no sink has failed
+    SINK_FAILING = "sink_failing"  # valid token held, a sink failed to take it (retrying)
     REFRESHING = "refreshing"  # a request is in flight
     RETRYING = "retrying"  # last attempt failed transiently; backing off
     FAILING = "failing"  # last attempt failed permanently; an operator must act
@@ -59,9 +66,9 @@ class DurationObserver(Protocol):
 class TokenJob:
     __slots__ = (  # one per configured token: 10,000 of them must stay small
         "_acquirer", "_clock", "_durations", "_expiry_reported", "_fingerprint", "_inflight",
-        "_rand", "_scheduled", "_scheduler", "_state", "_stopped", "backoff", "failures",
-        "last_error", "last_success", "next_run", "policy", "publisher", "request", "results",
-        "token",
+        "_rand", "_recovery", "_scheduled", "_scheduler", "_state", "_stopped", "_waiting",
+        "backoff", "failures", "last_error", "last_success", "next_run", "policy", "publisher",
+        "request", "results", "token",
     )  # fmt: skip
 
     def __init__(
@@ -77,6 +84,7 @@ class TokenJob:
         rand: random.Random,
         durations: DurationObserver,
         state: StateStore | None = None,
+        recovery: Recovery | None = None,
     ) -> None:
         self.request = request
         self.publisher = publisher
@@ -98,6 +106,8 @@ class TokenJob:
         self._inflight: asyncio.Task[Token | None] | None = None
         self._scheduled = False  # False for `tokend once`: no next run to speak of
         self._stopped = False
+        self._recovery = recovery
+        self._waiting = False  # waiting at its endpoint for an outage to end (no own schedule)
         self._expiry_reported = False
 
     @property
@@ -110,9 +120,12 @@ class TokenJob:
         if self.token is not None and not self.token.is_valid(now):
             return Phase.EXPIRED
         if self.failures:
-            failing = self.last_error is not None and not self.last_error.transient
-            return Phase.FAILING if failing else Phase.RETRYING
-        return Phase.FRESH if self.token is not None else Phase.PENDING
+            return Phase.FAILING if self.failing_permanently else Phase.RETRYING
+        if self.token is None:
+            return Phase.PENDING
+        if self.publisher.all_hold_valid_token(now):
+            return Phase.FRESH
+        return Phase.SINK_FAILING if self.publisher.last_error() else Phase.PUBLISHING
 
     def is_published(self, now: datetime) -> bool:
         """A valid token is held and every sink has been given a valid one."""
@@ -145,12 +158,58 @@ class TokenJob:
         self._stopped = True
         self._scheduler.cancel(self.name)
         self.publisher.stop()
+        self._stop_waiting()
 
-    async def refresh(self) -> bool:
-        """Acquire once and publish to every sink, waiting for them (`tokend once`). True when a
-        new token was obtained and every sink has it."""
-        token = await self._acquire_once()
-        return token is not None and await self.publisher.publish(token)
+    def wake(self) -> None:
+        """Run at once: its endpoint recovered, the cause of its failure may have changed, or
+        the config was reloaded."""
+        if self._stopped:
+            return
+        self._stop_waiting()
+        self._plan(self._clock.now())
+
+    async def probe(self) -> bool:
+        """Run now on behalf of every token waiting at this endpoint; True if it succeeded."""
+        self._waiting = False
+        await self._run()
+        return self.failures == 0
+
+    @property
+    def failing_permanently(self) -> bool:
+        return self.last_error is not None and not self.last_error.transient
+
+    @property
+    def endpoint(self) -> str:
+        """The token endpoint (or issuer) this job's requests go to: outages are per endpoint."""
+        endpoint = self.request.grant.endpoint
+        return endpoint.token_url or endpoint.issuer or ""
+
+    def _stop_waiting(self) -> None:
+        self._waiting = False
+        if self._recovery is not None:
+            self._recovery.outages.forget(self, self.endpoint)
+            self._recovery.causes.forget(self, self.request.grant)
+
+    async def refresh(self, deadline: float | None = None, sleep: Sleep = asyncio.sleep) -> bool:
+        """Acquire and publish to every sink, waiting for them (`tokend once`). True when a new
+        token was obtained and every sink has it. A failure that may pass (of the request or of
+        a sink) is tried again after the backoff while that ends before `deadline` (event-loop
+        time; None: one attempt); one that needs an operator ends it at once."""
+        loop = asyncio.get_running_loop()
+        token: Token | None = None
+        for attempt in itertools.count(1):
+            token = token or await self._acquire_once()
+            if token is not None and await self.publisher.publish(token):
+                return True
+            error = self.last_error if token is None else self.publisher.last_error()
+            if deadline is None or error is None or not error.transient:
+                return False
+            delay = self.backoff.delay(attempt, self._rand.random()).total_seconds()
+            delay = max(delay, error.retry_after or 0.0)
+            if loop.time() + delay > deadline:
+                return False
+            await sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def _acquire_once(self) -> Token | None:
         """Single flight: while an acquisition is in progress, another call shares its outcome
@@ -168,8 +227,15 @@ class TokenJob:
         outcome = await self._acquire()
         took = time.perf_counter() - started
         self._durations.observe(took)
+        if self._stopped:
+            # Removed or replaced (a reload) while the request was in flight: whatever came
+            # back is not this job's to publish, persist or report; its successor owns the token.
+            return None
         if isinstance(outcome, TokendError):
             self._failed(outcome)
+            if self.failing_permanently and self._recovery is not None:
+                grant = self.request.grant
+                await self._recovery.causes.watch(self, grant, grant.source_version)
             return None
         self._succeeded(outcome, took)
         await self._persist(outcome)
@@ -214,9 +280,9 @@ class TokenJob:
         one of the scheduler's few run slots that other tokens' refreshes are waiting for."""
         await self._expire_if_due()
         token = await self._acquire_once()
-        if token is not None:
+        if token is not None and not self._stopped:
             self.publisher.publish_in_background(token)
-        if not self._stopped and self.next_run is not None:
+        if not self._stopped and not self._waiting and self.next_run is not None:
             self._plan(self.next_run)
 
     def _plan(self, at: datetime) -> None:
@@ -237,6 +303,7 @@ class TokenJob:
 
     def _succeeded(self, token: Token, took: float) -> None:
         now = self._clock.now()
+        self._stop_waiting()
         if self.failures:
             log.info("recovered after %d failed attempts", self.failures, extra=self._extra)
         if self.token is None or token.expires_at > self.token.expires_at:
@@ -265,16 +332,23 @@ class TokenJob:
             self.results.permanent_error += 1
         else:
             self.results.transient_error += 1
-        holding = self.token.expires_at if self.token and self.token.is_valid(now) else None
-        self.next_run = retry_at(
-            now=now,
-            attempt=self.failures,
-            backoff=self.backoff,
-            rand=self._rand.random(),
-            hard=permanent or error.back_off_hard,
-            retry_after=error.retry_after,
-            holding_until=holding,
-        )
+        holding = self.token if self.token and self.token.is_valid(now) else None
+        if holding is None and not permanent and self._recovery is not None and self._scheduled:
+            # No valid token to protect: wait for the endpoint's probe with every other token
+            # that has none either, rather than each backing off on its own.
+            outages = self._recovery.outages
+            self.next_run = outages.wait(self, self.endpoint, error, self.backoff)
+            self._waiting = True
+        else:
+            self.next_run = retry_at(
+                now=now,
+                attempt=self.failures,
+                backoff=self.backoff,
+                rand=self._rand.random(),
+                hard=permanent or error.back_off_hard,
+                retry_after=error.retry_after,
+                holding=holding,
+            )
         # Log each new kind of failure; the same failure again goes to DEBUG (status and
         # metrics show it is ongoing), so thousands of tokens in an outage don't flood the log.
         repeated = self.last_error is not None and self.last_error.code == error.code
@@ -283,7 +357,7 @@ class TokenJob:
         kind = "needs operator action" if permanent else "transient"
         plan = f"; next try in {format_span(self.next_run - now)}" if self._scheduled else ""
         held = (
-            f"current token valid {format_span(holding - now)} more"
+            f"current token valid {format_span(holding.expires_at - now)} more"
             if holding
             else "no valid token"
         )

@@ -39,6 +39,19 @@ class RefreshPolicy:
         return max(planned, token.obtained_at + MIN_REFRESH_INTERVAL)
 
 
+MARGIN_SHARE = 0.1
+MARGIN_MIN = timedelta(seconds=5)
+MARGIN_MAX = timedelta(minutes=5)
+
+
+def safety_margin(lifetime: timedelta) -> timedelta:
+    """How long before its expiry a held token is treated as about to lapse: 10 % of its
+    lifetime, at least 5 s and at most 5 minutes (MSAL treats a token as expired 5 minutes
+    early; Entra ID's `exp` is whole seconds), and never more than half the lifetime."""
+    margin = min(max(lifetime * MARGIN_SHARE, MARGIN_MIN), MARGIN_MAX)
+    return min(margin, lifetime / 2)
+
+
 def retry_at(
     *,
     now: datetime,
@@ -47,25 +60,30 @@ def retry_at(
     rand: float,
     hard: bool = False,
     retry_after: float | None = None,
-    holding_until: datetime | None = None,
+    holding: Token | None = None,
 ) -> datetime:
     """When to try again after the `attempt`-th consecutive failure.
 
-    `hard` failures (permanent errors, loop detection) wait the maximum backoff. A server's
-    `Retry-After` is honoured as a floor. While a still-valid token is held (`holding_until`), the
-    next try is never later than one `backoff.min` before it expires (a last chance to keep
-    consumers supplied without a gap), and never after it: if the last chance fails, the next
-    run comes at the expiry instant, when sinks are told.
+    `hard` failures (permanent errors, loop detection) wait the maximum backoff; a server's
+    `Retry-After` is a floor. While a still-valid token is held, no try is planned later than
+    its last chance, a safety margin before it expires, however long the backoff or the
+    server's wish; a try at or after the last chance that fails is retried at half the time left
+    (several tries in the last part of the token's life), and never after the expiry instant,
+    when sinks are told. Never sooner than `backoff.min`, except to meet the last chance.
     """
     delay = backoff.longest(rand) if hard else backoff.delay(attempt, rand)
     if retry_after is not None:
         delay = max(delay, timedelta(seconds=retry_after))
     planned = now + delay
-    floor = now + backoff.min  # never sooner: no hot loop against a failing server
-    if holding_until is not None and now < holding_until:
-        planned = min(planned, holding_until - backoff.min)
-        floor = min(floor, holding_until)  # ...but never after the held token expires
-    return max(planned, floor)
+    if holding is None or now >= holding.expires_at:
+        return max(planned, now + backoff.min)
+    expires = holding.expires_at
+    last_chance = expires - safety_margin(holding.lifetime)
+    if now < last_chance:
+        return min(max(planned, now + backoff.min), last_chance)
+    halfway = now + max((expires - now) / 2, backoff.min)
+    wished = now + timedelta(seconds=retry_after) if retry_after is not None else now
+    return min(max(halfway, wished), expires)
 
 
 def startup_at(start: datetime, index: int, count: int, spread: timedelta) -> datetime:

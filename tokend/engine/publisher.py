@@ -40,7 +40,8 @@ class SinkSlot:
     """One sink of one token: what it holds, what it should hold, and how delivery is going."""
 
     __slots__ = (
-        "_backoff", "_clock", "_lock", "_rand", "_retry_pending", "_scheduler", "failures", "held",
+        "_backoff", "_clock", "_lock", "_rand", "_retry_pending", "_scheduler", "_stopped",
+        "failures", "held",
         "last_error", "last_success", "results", "sink", "token_name", "wanted",
         "withdraw_on_expiry",
     )  # fmt: skip
@@ -71,6 +72,7 @@ class SinkSlot:
         self._rand = rand
         self._lock = asyncio.Lock()
         self._retry_pending = False
+        self._stopped = False
 
     @property
     def name(self) -> str:
@@ -101,7 +103,7 @@ class SinkSlot:
         """Try to bring the sink up to date. True when it holds the newest token."""
         async with self._lock:
             token = self.wanted
-            if token is None:
+            if token is None or self._stopped:
                 return False
             if self.held is not None and token.expires_at <= self.held.expires_at:
                 return True
@@ -122,8 +124,8 @@ class SinkSlot:
         if not self.withdraw_on_expiry:
             return
         async with self._lock:
-            if self.held is None or self.held.is_valid(now):
-                return  # already withdrawn, or replaced meanwhile
+            if self.held is None or self.held.is_valid(now) or self._stopped:
+                return  # already withdrawn, replaced meanwhile, or no longer this slot's
             try:
                 await self.sink.withdraw()
             except TokendError as exc:
@@ -141,10 +143,52 @@ class SinkSlot:
             self._cancel_retry()
             log.warning("sink %s: expired token withdrawn", self.name, extra=self._extra)
 
+    async def retire(self) -> None:
+        """Its token was removed from the config: stop, then apply the `on_expiry` rule to what
+        the sink holds now (withdraw it, or leave it and say so), and close the sink."""
+        self.stop()
+        async with self._lock:
+            if self.held is None:
+                pass
+            elif not self.withdraw_on_expiry:
+                log.info(
+                    "sink %s: token removed from the config; its last value (expiring %s) is "
+                    "left in place (on_expiry: keep)",
+                    self.name,
+                    self.held.expires_at.isoformat(timespec="seconds"),
+                    extra=self._extra,
+                )
+            else:
+                await self._withdraw_retired()
+        await self.close()
+
+    async def _withdraw_retired(self) -> None:
+        try:
+            await self.sink.withdraw()
+        except TokendError as exc:
+            log.warning(
+                "sink %s: token removed from the config, but its value could not be withdrawn: %s",
+                self.name,
+                exc,
+                extra=self._extra,
+            )
+            return
+        self.held = None
+        log.info(
+            "sink %s: token removed from the config; value withdrawn", self.name, extra=self._extra
+        )
+
     def stop(self) -> None:
+        """Deliver nothing more (a delivery already queued finds the slot stopped)."""
+        self._stopped = True
         self._cancel_retry()
 
     async def close(self) -> None:
+        """Stop, wait for a write already under way (so that nothing this slot started lands
+        after its successor's writes), and close the sink."""
+        self.stop()
+        async with self._lock:
+            pass
         try:
             await self.sink.close()
         except Exception:
@@ -264,6 +308,10 @@ class Publisher:
             slot.offer(token)
             self._deliveries.start(slot)
 
+    def last_error(self) -> TokendError | None:
+        """The error of a sink that failed its last delivery, if any (the first such sink)."""
+        return next((slot.last_error for slot in self.slots if slot.last_error), None)
+
     def all_hold_valid_token(self, now: datetime) -> bool:
         return all(slot.holds_valid_token(now) for slot in self.slots)
 
@@ -277,3 +325,7 @@ class Publisher:
     async def close(self) -> None:
         for slot in self.slots:
             await slot.close()
+
+    async def retire(self) -> None:
+        """The token was removed from the config: each sink applies its `on_expiry` rule."""
+        await asyncio.gather(*(slot.retire() for slot in self.slots))

@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx2
 
@@ -28,7 +29,7 @@ from tokend.oauth.grants import Grant
 from tokend.oauth.response import MalformedResponse, parse_token_response
 from tokend.secrets import SecretError
 from tokend.token import Token
-from tokend.transport import ssl_context, url_problem
+from tokend.transport import USER_AGENT, is_loopback, ssl_context, url_problem
 
 _MAX_BODY = 1 << 20  # a token response is a few KiB; anything past 1 MiB is not one
 
@@ -69,7 +70,7 @@ class TokenClient:
         self._settings = settings or HttpSettings()
         self._clock = clock
         self._slots = asyncio.Semaphore(self._settings.max_concurrent_requests)
-        self._clients: dict[Path | None, httpx2.AsyncClient] = {}
+        self._clients: dict[tuple[Path | None, bool], httpx2.AsyncClient] = {}
         self._discovered: dict[str, str] = {}
 
     async def acquire(self, request: TokenRequest) -> Token:
@@ -161,18 +162,24 @@ class TokenClient:
     async def _send(
         self, endpoint: Endpoint, peer: Peer, method: str, url: str, **kwargs: Any
     ) -> tuple[int, httpx2.Headers, Any]:
-        """One request; returns status, headers and the JSON body (None if it is not JSON)."""
-        client = self._client(endpoint.ca_bundle)
+        """One request; returns status, headers and the JSON body (None if it is not JSON).
+
+        `read_timeout` bounds the whole exchange (connecting, sending, the whole answer), not
+        each read: a peer that drips one byte a second cannot hold a refresh for longer."""
+        deadline = self._settings.read_timeout
+        client = self._client(endpoint.ca_bundle, direct=is_loopback(urlsplit(url).hostname or ""))
         try:
-            async with client.stream(method, url, **kwargs) as response:
-                raw = await _read_capped(response)
-        except httpx2.TimeoutException as exc:
+            async with asyncio.timeout(deadline):
+                async with client.stream(method, url, **kwargs) as response:
+                    raw = await _read_capped(response)
+        except (TimeoutError, httpx2.TimeoutException):
             raise TransientError(
-                peer, f"timed out ({type(exc).__name__})", code="timeout"
+                peer, f"timed out: no complete answer within {deadline:g}s", code="timeout"
             ) from None
         except httpx2.TransportError as exc:
+            reason = str(exc) or "the connection failed"
             raise TransientError(
-                peer, f"{type(exc).__name__}: {exc}", code=type(exc).__name__
+                peer, f"{type(exc).__name__}: {reason}", code=type(exc).__name__
             ) from None
         except _TooLarge:
             raise TransientError(
@@ -180,8 +187,10 @@ class TokenClient:
             ) from None
         return response.status_code, response.headers, _json_or_none(raw)
 
-    def _client(self, ca_bundle: Path | None) -> httpx2.AsyncClient:
-        client = self._clients.get(ca_bundle)
+    def _client(self, ca_bundle: Path | None, *, direct: bool) -> httpx2.AsyncClient:
+        """A pooled client per CA bundle; `direct` ones (for loopback addresses) ignore
+        `HTTP(S)_PROXY`: a request to this machine never goes through a proxy elsewhere."""
+        client = self._clients.get((ca_bundle, direct))
         if client is None:
             settings = self._settings
             client = httpx2.AsyncClient(
@@ -192,8 +201,10 @@ class TokenClient:
                     max_keepalive_connections=settings.max_concurrent_requests,
                 ),
                 follow_redirects=False,
+                trust_env=not direct,
+                headers={"User-Agent": USER_AGENT},
             )
-            self._clients[ca_bundle] = client
+            self._clients[(ca_bundle, direct)] = client
         return client
 
 
@@ -222,5 +233,5 @@ async def _read_capped(response: httpx2.Response) -> bytes:
 def _json_or_none(raw: bytes) -> Any:
     try:
         return json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: `[[[[...` nested past the stack
         return None

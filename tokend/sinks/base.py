@@ -71,9 +71,18 @@ class SinkOptionsBase:
         one (config validation rejects it)."""
         raise NotImplementedError
 
+    def resolved_target(self) -> str:
+        """`target()` with what this machine resolves it to (symbolic links followed): two
+        sinks may not share one either (`tokend check` and start-up reject it)."""
+        return self.target()
+
     def preflight(self) -> list[str]:
         """Problems this machine would cause at the first write, found without writing (for
-        `tokend check`); one short line each, naming the target."""
+        `tokend check`, start-up and reloads); one short line each, naming the target."""
+        return []
+
+    def warnings(self) -> list[str]:
+        """Settings that work but deserve a second look (a token readable by other users)."""
         return []
 
     def preflight_remote(self, context: SinkContext) -> list[str]:

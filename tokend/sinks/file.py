@@ -76,6 +76,10 @@ class FileSinkOptions(SinkOptionsBase):
     def target(self) -> str:
         return f"file {self.path}"
 
+    def resolved_target(self) -> str:
+        directory, name = os.path.split(self.path)
+        return f"file {os.path.join(os.path.realpath(directory), name)}"
+
     def preflight(self) -> list[str]:
         problems = []
         try:
@@ -88,7 +92,14 @@ class FileSinkOptions(SinkOptionsBase):
             problems.append(
                 f"directory {directory} does not exist (create it, or set create_dirs: true)"
             )
+        if os.path.isdir(self.path):
+            problems.append(f"{self.path} is a directory, not a file")
         return problems
+
+    def warnings(self) -> list[str]:
+        if self.mode & 0o007:
+            return [f"mode {self.mode:04o} lets every user on this machine read {self.path}"]
+        return []
 
 
 class FileSink:

@@ -50,6 +50,11 @@ class Grant(Protocol):
         """Keep what this grant needs from a successful response's body, if anything."""
         ...
 
+    async def source_version(self) -> str:
+        """A short digest of what the grant is built from (a secret's content): while a token
+        fails permanently, a change here means an operator may have fixed the cause."""
+        ...
+
 
 class CredentialOptions(BaseModel):
     """Options every credential type has; each type's model adds its `type` literal."""

@@ -17,7 +17,7 @@ from tokend.oauth.grants.base import (
     GrantContext,
     HttpRequest,
 )
-from tokend.secrets import SecretError, SecretRef
+from tokend.secrets import SecretError, SecretRef, secret_version
 
 
 class ClientSecretOptions(CredentialOptions):
@@ -50,6 +50,9 @@ class ClientSecretGrant:
 
     def absorb(self, body: Mapping[str, Any]) -> None:
         return None
+
+    async def source_version(self) -> str:
+        return await secret_version(self._options.secret, self._resources)
 
     def __repr__(self) -> str:
         return f"ClientSecretGrant(client_id={self.client_id!r})"
