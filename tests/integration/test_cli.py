@@ -68,6 +68,40 @@ def test_once_exits_1_when_any_token_fails(idp: FakeIdp, tmp_path: Path) -> None
     assert "Traceback" not in result.stderr
 
 
+def test_once_retries_what_may_pass_until_its_timeout(idp: FakeIdp, tmp_path: Path) -> None:
+    """One IdP blip must not fail a pod start: transient failures are retried with backoff."""
+    document = {**_document(idp, tmp_path), "defaults": {"backoff": {"min": "100ms"}}}
+    config = write_config(tmp_path / "config.yaml", document)
+    idp.fail(faults.html(502), faults.too_many_requests("0"))
+    result = tokend("once", "-c", str(config), env={"APP_SECRET": CLIENT_SECRET})
+    assert result.returncode == 0, result.stderr
+    assert "once: 2 of 2 tokens published to all their sinks" in result.stderr
+    assert len(idp.token_requests) == 4  # one token: 502, 429, then success; the other at once
+
+    idp.reset()
+    idp.policy = lambda request: faults.html(503)
+    given_up = tokend(
+        "once", "-c", str(config), "--timeout", "1s", env={"APP_SECRET": CLIENT_SECRET}
+    )
+    assert given_up.returncode == 1
+    assert "once: 0 of 2 tokens published" in given_up.stderr
+    assert 4 <= len(idp.token_requests) <= 20  # retried, with backoff, then given up
+
+
+def test_run_and_once_refuse_a_config_that_check_rejects(idp: FakeIdp, tmp_path: Path) -> None:
+    """A secret reference that does not resolve is a config problem: exit 2 at once, not a
+    retry every 5 minutes for something only a restart can fix."""
+    config = write_config(tmp_path / "config.yaml", _document(idp, tmp_path))
+    for command in ("run", "once", "check"):
+        result = tokend(command, "-c", str(config), env={"APP_SECRET": ""})
+        assert result.returncode == 2, (command, result.stderr)
+        assert (
+            f"{config}: identities.app.credential.secret: environment variable APP_SECRET is empty"
+            in result.stderr
+        )
+        assert idp.token_requests == []
+
+
 def test_config_from_environment_variable(idp: FakeIdp, tmp_path: Path) -> None:
     config = write_config(tmp_path / "elsewhere.yaml", _document(idp, tmp_path))
     result = tokend("check", env={"TOKEND_CONFIG": str(config), "APP_SECRET": "x"})

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import socket
+import time
 from datetime import timedelta
 from urllib.parse import unquote
 
@@ -14,6 +16,7 @@ from tests.support import idp as faults
 from tests.support.clock import FakeClock
 from tests.support.idp import CLIENT_ID, CLIENT_SECRET, TENANT, FakeIdp
 from tests.support.requests import client_secret_request
+from tokend import __version__
 from tokend.oauth import (
     Endpoint,
     HttpSettings,
@@ -203,3 +206,38 @@ def test_concurrent_requests_are_capped(idp: FakeIdp) -> None:
 
     assert len(asyncio.run(burst())) == 8
     assert peak == 3
+
+
+def test_the_whole_exchange_has_a_deadline(idp: FakeIdp) -> None:
+    """A peer that drips one byte every 0.1 s never trips a per-read timeout; the deadline on
+    the whole exchange (`http.timeout`) ends it anyway, long before the 4 s the body would take."""
+    idp.fail(faults.drip(0.1, 40))
+    started = time.monotonic()
+    with pytest.raises(TransientError, match=r"timed out: no complete answer within 0\.5s"):
+        _acquire(_request(idp), read_timeout=0.5)
+    assert time.monotonic() - started < 3
+
+
+def test_requests_say_who_sends_them(idp: FakeIdp) -> None:
+    _acquire(_request(idp))
+    (sent,) = idp.token_requests
+    assert sent.headers["user-agent"] == f"tokend/{__version__}"
+
+
+def test_loopback_requests_never_go_through_a_proxy(
+    idp: FakeIdp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With HTTP_PROXY set and no NO_PROXY, a request to the loopback IdP (client secret and
+    all) goes straight there, not to the proxy."""
+    with socket.socket() as proxy:
+        proxy.bind(("127.0.0.1", 0))
+        proxy.listen()
+        proxy.setblocking(False)
+        for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "all_proxy"):
+            monkeypatch.setenv(name, f"http://127.0.0.1:{proxy.getsockname()[1]}")
+        for name in ("NO_PROXY", "no_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        token = _acquire(_request(idp))
+        with pytest.raises(BlockingIOError):
+            proxy.accept()  # nobody connected to the proxy
+    assert token.value.startswith("eyJ")

@@ -120,6 +120,17 @@ def test_sighup_applies_a_good_config_and_rejects_a_bad_one(idp: FakeIdp, tmp_pa
         )
         assert status()["tokens"]["crm"]["next_refresh"] == crm_before["next_refresh"]  # type: ignore[index]
 
+        # Valid YAML and schema, but `tokend check` would reject it: a reload must too.
+        unset = _document(idp, {"crm": _token(tmp_path, "crm")}, **listen)
+        unset["identities"]["app"]["credential"]["secret"] = {"env": "TOKEND_TEST_UNSET"}
+        write_config(config, unset)
+        process.send_signal(signal.SIGHUP)
+        wait_for(
+            lambda: log.read_text().count("carrying on with the config loaded before") == 2,
+            what="the second rejection",
+        )
+        assert "environment variable TOKEND_TEST_UNSET is not set" in log.read_text()
+
         tokens = {"crm": _token(tmp_path, "crm"), "graph": _token(tmp_path, "graph")}
         write_config(config, _document(idp, tokens, **listen))
         process.send_signal(signal.SIGHUP)

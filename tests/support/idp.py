@@ -11,7 +11,7 @@ import asyncio
 import json
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from tests.support.servers import serve
@@ -173,6 +173,21 @@ def meanwhile(action: Callable[[], object]) -> Fault:
 
     async def respond() -> None:
         action()
+
+    return respond
+
+
+def drip(every: float, count: int) -> Fault:
+    """A 200 whose body comes one byte every `every` seconds, `count` bytes in all: each read
+    is quick, the whole answer is not."""
+
+    async def respond() -> Response:
+        async def body() -> AsyncIterator[bytes]:
+            for _ in range(count):
+                await asyncio.sleep(every)
+                yield b" "
+
+        return StreamingResponse(body(), status_code=200, media_type="application/json")
 
     return respond
 
