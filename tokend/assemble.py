@@ -9,6 +9,7 @@ no part uses them any more. Concrete kinds are found through their registries on
 from __future__ import annotations
 
 import functools
+import logging
 import random
 from dataclasses import dataclass
 from datetime import timedelta
@@ -34,9 +35,12 @@ from tokend.engine.state import StateStore
 from tokend.oauth import GrantContext, HttpSettings, Target, TokenRequest, build_grant
 from tokend.oauth.dialects import endpoint_for
 from tokend.resources import Environment, Resources
+from tokend.seal import Sealer
+from tokend.secrets import SecretError
 from tokend.sinks import SinkContext, build_sink, sink_labels
 
 T = TypeVar("T")
+log = logging.getLogger("tokend")
 
 
 def http_settings(config: Config) -> HttpSettings:
@@ -142,7 +146,7 @@ class _Parts:
     def __init__(self, runtime: _Runtime, config: Config) -> None:
         self._runtime = runtime
         self._config = config
-        self._state = StateStore(config.state_dir) if config.state_dir else None
+        self._state = _state_store(config, runtime.resources)
         self._shared: dict[Any, Any] = {}
 
     def job(self, name: str) -> TokenJob:
@@ -216,11 +220,26 @@ class _Parts:
         return shared
 
 
+def _state_store(config: Config, resources: Resources) -> StateStore | None:
+    """Where tokens are kept across restarts, sealed with `state_key` if one is set. A key that
+    cannot be read means no state at all, never state written in the clear by mistake."""
+    if config.state_dir is None:
+        return None
+    if config.state_key is None:
+        return StateStore(config.state_dir)
+    try:
+        key = config.state_key.resolve(resources).reveal()
+    except SecretError as exc:
+        log.error("state_key: %s; tokens are not kept across restarts", exc)
+        return None
+    return StateStore(config.state_dir, Sealer(key))
+
+
 def _common_inputs(config: Config) -> tuple[Any, ...]:
     """What every token's job is built from besides its own spec and identity."""
     defaults = config.defaults.model_copy(update={"startup_spread": timedelta(0)})
     sections = tuple(sorted(config.sections.items()))
-    return defaults, config.http.ca_bundle, config.state_dir, sections
+    return defaults, config.http.ca_bundle, config.state_dir, config.state_key, sections
 
 
 def _own_inputs(config: Config | None, name: str) -> tuple[Any, ...] | None:

@@ -12,13 +12,12 @@
 
 from __future__ import annotations
 
-import os
 import socket
 from collections.abc import Iterator
-from pathlib import Path
 
 from tokend.config import Config
 from tokend.configfile import LoadedConfig
+from tokend.engine.state import state_dir_problem
 from tokend.resources import RESOURCES, Environment, Resources
 from tokend.secrets import SecretError, secret_references
 from tokend.sinks import SinkContext, sink_labels
@@ -74,7 +73,7 @@ def _local(config: Config) -> Iterator[tuple[str, str]]:
             yield f"identities.{name}.ca_bundle", problem
     if config.http.ca_bundle and (problem := ca_bundle_problem(config.http.ca_bundle)):
         yield "http.ca_bundle", problem
-    if config.state_dir and (problem := _state_dir_problem(config.state_dir)):
+    if config.state_dir and (problem := state_dir_problem(config.state_dir)):
         yield "state_dir", problem
     yield from _sink_problems(config)
 
@@ -90,15 +89,6 @@ def _sink_problems(config: Config) -> Iterator[tuple[str, str]]:
             if target in written_by and target != sink.target():
                 yield where, f"{target} is also written by {written_by[target]}"
             written_by.setdefault(target, where)
-
-
-def _state_dir_problem(directory: Path) -> str | None:
-    if directory.exists() and not directory.is_dir():
-        return f"{directory} is not a directory"
-    existing = next((p for p in (directory, *directory.parents) if p.exists()), None)
-    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
-        return f"{existing} is not writable by this user"
-    return None
 
 
 def _listen_problem(listen: str) -> str | None:

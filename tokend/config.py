@@ -37,11 +37,11 @@ from tokend import backoff, registry
 from tokend.durations import Duration, PositiveDuration
 from tokend.engine.policy import DEFAULT_JITTER, DEFAULT_THRESHOLD
 from tokend.errors import TokendError
-from tokend.logs import one_line
 from tokend.oauth import client
 from tokend.oauth.grants import CREDENTIALS, CredentialOptions
+from tokend.redaction import one_line
 from tokend.resources import RESOURCES
-from tokend.secrets import SecretReference, secret_references
+from tokend.secrets import SecretRef, SecretReference, secret_references
 from tokend.sinks import SINKS, SinkOptionsBase, sink_labels
 from tokend.transport import split_listen, url_problem
 from tokend.validation import SECTIONS, did_you_mean, validation_lines
@@ -188,6 +188,8 @@ class Config(_Model):
     log: LogOptions = LogOptions()
     listen: str | None = DEFAULT_LISTEN
     state_dir: Path | None = Field(default_factory=_systemd_state_directory)
+    state_key: SecretRef | None = None
+    """Seals stored state (AES-256-GCM); without it, state is stored unencrypted (warned)."""
     systemd_ready: Literal["published", "started"] = "published"
     """When to tell systemd tokend is ready: once every token is published to all its sinks,
     or as soon as it has started."""

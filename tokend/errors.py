@@ -8,7 +8,7 @@ never holds a secret or a token. Callers that retry (the engine, the publisher) 
 
 from __future__ import annotations
 
-from tokend.logs import one_line
+from tokend.redaction import one_line
 
 
 class TokendError(Exception):

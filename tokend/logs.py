@@ -1,72 +1,21 @@
-"""Logging set-up, and redaction as the last line of defence.
+"""Logging set-up: one line per event on stderr, as text or JSON, every line redacted.
 
-tokend never logs a secret or a token on purpose. The redacting formatter is the safety net for
-everything else (library messages, exception text): it replaces every configured secret value and
-anything shaped like a JWT or a bearer credential with `***` in the final formatted line.
+tokend never logs a secret or a token on purpose. The redacting formatters are the safety net for
+everything else (library messages, exception text): `tokend.redaction` masks the final line.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
-import threading
 from datetime import UTC, datetime
 from typing import Literal
 
+from tokend.redaction import redactor
 from tokend.systemd import JournalPriorityFormatter, writes_to_journal
 
 LogFormat = Literal["text", "json"]
-
-MASK = "***"
-_MIN_SECRET_LENGTH = 4  # shorter values would mask ordinary words; no real secret is that short
-_SHAPES = re.compile(
-    r"eyJ[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]*"  # JWT / JWS
-    r"|(?<=[Bb]earer )[A-Za-z0-9._~+/=-]{8,}"  # Authorization: Bearer <token>
-    r"|(?<=[Bb]asic )[A-Za-z0-9+/=]{8,}"  # Authorization: Basic <id:secret>
-)
-
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-def one_line(text: str) -> str:
-    """`text` with control characters shown escaped: whatever a config key or an identity
-    provider's error field holds, a message about it stays one line."""
-    return _CONTROL.sub(lambda match: repr(match.group())[1:-1], text)
-
-
-class Redactor:
-    """Masks known secret values and token-shaped strings. Thread-safe; one per process."""
-
-    def __init__(self) -> None:
-        self._secrets: set[str] = set()
-        self._lock = threading.Lock()
-        self._pattern: re.Pattern[str] | None = None
-
-    def add_secret(self, value: str) -> None:
-        if len(value) < _MIN_SECRET_LENGTH or value in self._secrets:
-            return
-        with self._lock:
-            self._secrets.add(value)
-            self._pattern = None
-
-    def redact(self, text: str) -> str:
-        text = self._secret_pattern().sub(MASK, text) if self._secrets else text
-        return _SHAPES.sub(MASK, text)
-
-    def _secret_pattern(self) -> re.Pattern[str]:
-        pattern = self._pattern
-        if pattern is None:
-            with self._lock:
-                # Longest first, so a secret that contains another is masked whole.
-                ordered = sorted(self._secrets, key=len, reverse=True)
-                pattern = self._pattern = re.compile("|".join(map(re.escape, ordered)))
-        return pattern
-
-
-redactor = Redactor()
 
 
 class TextFormatter(logging.Formatter):

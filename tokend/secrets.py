@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError
 
 from tokend.errors import TokendError
-from tokend.logs import redactor
+from tokend.redaction import redactor
 from tokend.registry import Registry
 
 if TYPE_CHECKING:

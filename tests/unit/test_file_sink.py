@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import stat
+import subprocess
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -59,15 +61,45 @@ def test_env_file(tmp_path: Path) -> None:
     path = tmp_path / "crm.env"
     asyncio.run(_sink(path=path, format="env", env_prefix="CRM_").publish(_token()))
     assert path.read_text().splitlines() == [
-        "CRM_ACCESS_TOKEN=eyJ.payload.sig",
-        "CRM_TOKEN_TYPE=Bearer",
+        "CRM_ACCESS_TOKEN='eyJ.payload.sig'",
+        "CRM_TOKEN_TYPE='Bearer'",
         f"CRM_EXPIRES_ON={int((T0 + timedelta(hours=1)).timestamp())}",
     ]
+    # What the README tells consumers to do with it:
+    shell = subprocess.run(
+        [
+            "/bin/sh",
+            "-c",
+            'set -a; . "$1"; printf "%s|%s|%s" "$CRM_ACCESS_TOKEN" "$CRM_TOKEN_TYPE" "$CRM_EXPIRES_ON"',
+            "sh",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert shell.stdout == f"eyJ.payload.sig|Bearer|{int((T0 + timedelta(hours=1)).timestamp())}"
 
 
-def test_env_file_refuses_values_it_cannot_hold(tmp_path: Path) -> None:
-    with pytest.raises(SinkError, match="env file cannot hold"):
-        asyncio.run(_sink(path=tmp_path / "x.env", format="env").publish(_token("a b\nEVIL=1")))
+@pytest.mark.parametrize("file_format", ["raw", "env", "json"])
+@pytest.mark.parametrize(
+    ("value", "token_type"),
+    [
+        ("a b\nEVIL=1", "Bearer"),
+        ("tok'en", "Bearer"),
+        ("token", "Bearer$(touch pwned)"),
+        ("token", "Bearer\nEVIL=1"),
+    ],
+)
+def test_values_no_file_format_may_hold_are_refused(
+    tmp_path: Path, file_format: str, value: str, token_type: str
+) -> None:
+    """A second lock: parsing already refuses such responses; a sink never writes them."""
+    path = tmp_path / f"x.{file_format}"
+    token = dataclasses.replace(_token(value), token_type=token_type)
+    with pytest.raises(SinkError, match="token has characters a file sink never writes"):
+        asyncio.run(_sink(path=path, format=file_format).publish(token))
+    assert not path.exists()
 
 
 def test_mode_is_reapplied_on_every_write(tmp_path: Path) -> None:

@@ -116,6 +116,19 @@ def test_target_and_type_come_from_response_else_request() -> None:
         ({"access_token": "a", "expires_in": 400 * 86400}, "implausibly long"),
         ({"access_token": "a", "expires_on": "1000"}, "already expired"),
         ({"access_token": "a", "expires_in": 60, "token_type": 7}, "token_type"),
+        # Values that would inject into an env file, a shell or a header are refused outright.
+        (
+            {"access_token": "a", "expires_in": 60, "token_type": "Bearer$(touch pwned)"},
+            "token_type is not",
+        ),
+        (
+            {"access_token": "a", "expires_in": 60, "token_type": "Bearer\nEVIL=1"},
+            "token_type is not",
+        ),
+        ({"access_token": "a b", "expires_in": 60}, "access_token has characters"),
+        ({"access_token": "a\r\nX-Evil: 1", "expires_in": 60}, "access_token has characters"),
+        ({"access_token": "a'b", "expires_in": 60}, "access_token has characters"),
+        ({"access_token": "t\u00e9", "expires_in": 60}, "access_token has characters"),
     ],
 )
 def test_malformed_responses(body: dict[str, object], message: str) -> None:
@@ -133,6 +146,14 @@ def test_repr_and_str_never_show_the_value() -> None:
     for text in (repr(token), str(token), f"{token}", repr([token])):
         assert "CANARY" not in text
     assert "2026-03-01T13:00:00" in str(token)
+
+
+def test_idp_strings_with_control_characters_are_ignored() -> None:
+    """`resource` and `scope` from the response reach JSON and Vault sinks: one with control
+    characters is ignored for the configured value."""
+    body = {"access_token": "t", "expires_in": 60, "resource": "r\nEVIL", "scope": "a\tb"}
+    token = parse_token_response(body, sent_at=SENT, resource="https://crm", scopes=("s",))
+    assert (token.resource, token.scopes) == ("https://crm", ("s",))
 
 
 def test_a_refresh_token_in_the_response_never_enters_the_token() -> None:

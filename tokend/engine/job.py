@@ -25,6 +25,7 @@ from tokend.engine.recovery import Recovery
 from tokend.engine.state import StateStore, fingerprint
 from tokend.errors import TokendError
 from tokend.oauth import TokenRequest
+from tokend.redaction import redactor
 from tokend.token import Token
 
 log = logging.getLogger("tokend.refresh")
@@ -146,13 +147,20 @@ class TokenJob:
 
     async def resume(self, token: Token) -> None:
         """Carry on with a stored token: publish it and plan its refresh as if just obtained."""
-        self.token = token
+        self._hold(token)
         self.last_success = token.obtained_at
         log.info(
             "resumed stored token: expires %s", _clock_time(token.expires_at), extra=self._extra
         )
         self._plan(self.policy.refresh_at(token, self._rand.random()))
         await self.publisher.publish(token)
+
+    def _hold(self, token: Token) -> None:
+        """`token` is the current one; the redactor masks it wherever it might be echoed."""
+        if self.token is not None:
+            redactor.forget_token(self.token.value)
+        redactor.add_token(token.value)
+        self.token = token
 
     def stop(self) -> None:
         self._stopped = True
@@ -307,7 +315,7 @@ class TokenJob:
         if self.failures:
             log.info("recovered after %d failed attempts", self.failures, extra=self._extra)
         if self.token is None or token.expires_at > self.token.expires_at:
-            self.token = token
+            self._hold(token)
             self._expiry_reported = False
         self.failures = 0
         self.last_error = None

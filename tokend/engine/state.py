@@ -3,26 +3,37 @@ without a burst of requests to the identity provider, and keeps consumers suppli
 identity provider is down at the time of the restart.
 
 One JSON file per token in `state_dir`, written atomically with mode 0600 in a 0700 directory.
-A stored token is used only while valid and only for the same request (endpoint, client and
-target): changing a token's config discards its stored value.
+With `state_key`, the token is sealed (AES-256-GCM, bound to the token's name and request
+fingerprint); without one, tokend says once that state is stored unencrypted. Either way, state
+is private as ssh keys are: a directory or file that another user owns or can write is refused,
+so a forged file never reaches a sink. A stored token is used only while valid, only for the
+same request (endpoint, client and target), and never if it claims a life no identity provider
+issues.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
-from datetime import datetime
+import os
+import stat
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from tokend import files
 from tokend.oauth import TokenRequest
+from tokend.seal import Sealer, SealError
 from tokend.token import Token
 
 log = logging.getLogger("tokend.state")
 
-_FORMAT = 1
+_PLAIN = 1
+_SEALED = 2
+MAX_AHEAD = timedelta(hours=24)
+"""No identity provider issues tokens living longer: a stored expiry beyond is not trusted."""
 
 
 def fingerprint(request: TokenRequest) -> str:
@@ -39,44 +50,129 @@ def fingerprint(request: TokenRequest) -> str:
 
 
 class StateStore:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, sealer: Sealer | None = None) -> None:
         self.directory = directory
+        self._sealer = sealer
+        if sealer is None:
+            _warn_unencrypted(directory)
 
     def load(self, name: str, expected_fingerprint: str, now: datetime) -> Token | None:
         """The stored token of `name`, if there is one still valid for the same request."""
         path = self._path(name)
+        extra = {"token": name}
         try:
+            if problem := private_problem(path, directory=False):
+                log.warning("stored state %s ignored: %s", path, problem, extra=extra)
+                return None
             document = json.loads(path.read_text(encoding="utf-8"))
-            if document.get("format") != _FORMAT:
-                return None
             if document.get("fingerprint") != expected_fingerprint:
-                log.info("stored token discarded: its config changed", extra={"token": name})
+                log.info("stored token discarded: its config changed", extra=extra)
                 return None
-            token = _token_from(document["token"])
+            token = _token_from(self._contents(document, name, expected_fingerprint))
         except FileNotFoundError:
+            return None
+        except SealError:
+            log.warning(
+                "stored state %s does not open with this state_key (tampered, or sealed with "
+                "another key); ignoring it",
+                path,
+                extra=extra,
+            )
             return None
         except (OSError, ValueError, KeyError, TypeError) as exc:
             log.warning(
                 "stored state %s unreadable (%s); ignoring it",
                 path,
                 type(exc).__name__,
-                extra={"token": name},
+                extra=extra,
             )
+            return None
+        if token.expires_at > now + MAX_AHEAD or token.obtained_at > now + MAX_AHEAD:
+            log.warning("stored state %s ignored: its times are implausible", path, extra=extra)
             return None
         return token if token.is_valid(now) else None
 
     def save(self, name: str, request_fingerprint: str, token: Token) -> None:
-        """Store `token` for `name`. Raises OSError."""
-        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        document = {
-            "format": _FORMAT,
-            "fingerprint": request_fingerprint,
-            "token": _token_to(token),
-        }
+        """Store `token` for `name`. Raises OSError (a directory that is not private too)."""
+        make_private_directory(self.directory)
+        document: dict[str, Any] = {"fingerprint": request_fingerprint}
+        plain = json.dumps(_token_to(token))
+        if self._sealer is None:
+            document |= {"format": _PLAIN, "token": json.loads(plain)}
+        else:
+            sealed = self._sealer.seal(plain.encode(), _associated(name, request_fingerprint))
+            document |= {"format": _SEALED, "sealed": sealed}
         files.write_atomic(self._path(name), json.dumps(document).encode(), mode=0o600)
+
+    def _contents(self, document: dict[str, Any], name: str, fingerprint: str) -> Any:
+        kind = document.get("format")
+        if kind == _SEALED:
+            if self._sealer is None:
+                raise SealError("sealed state, but no state_key is configured")
+            return json.loads(self._sealer.open(document["sealed"], _associated(name, fingerprint)))
+        if kind == _PLAIN:
+            return document["token"]  # (from before state_key was set: sealed at the next save)
+        raise ValueError(f"unknown format {kind!r}")
 
     def _path(self, name: str) -> Path:
         return self.directory / f"{name}.json"
+
+
+def _associated(name: str, fingerprint: str) -> str:
+    return f"tokend state\n{name}\n{fingerprint}"
+
+
+def private_problem(path: Path, *, directory: bool) -> str | None:
+    """Why `path` may not hold tokend's state (another user owns it or can write to it; for a
+    file, can read it), or None. Raises FileNotFoundError if it does not exist."""
+    info = os.lstat(path)
+    if stat.S_ISLNK(info.st_mode):
+        return "it is a symbolic link"
+    if directory != stat.S_ISDIR(info.st_mode):
+        return "it is a directory" if not directory else "it is not a directory"
+    if info.st_uid != os.geteuid():
+        return f"it is owned by uid {info.st_uid}, not by tokend's user (uid {os.geteuid()})"
+    exposed = 0o022 if directory else 0o077
+    if info.st_mode & exposed:
+        who = "written" if directory else "read or written"
+        return f"mode {stat.S_IMODE(info.st_mode):04o} lets other users have it {who}"
+    return None
+
+
+def make_private_directory(directory: Path) -> None:
+    """Create `directory` (and missing parents) with mode 0700 whatever the umask; refuse one
+    that is not private. Raises OSError."""
+    try:
+        problem = private_problem(directory, directory=True)
+    except FileNotFoundError:
+        directory.mkdir(parents=True, exist_ok=True)
+        directory.chmod(0o700)
+        problem = private_problem(directory, directory=True)
+    if problem:
+        raise PermissionError(errno.EPERM, f"state_dir {directory}: {problem}")
+
+
+def state_dir_problem(directory: Path) -> str | None:
+    """Why `directory` cannot hold state (for `tokend check` and start-up), or None."""
+    try:
+        return private_problem(directory, directory=True)
+    except FileNotFoundError:
+        existing = next((p for p in directory.parents if p.exists()), None)
+        if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+            return f"{directory} cannot be created: {existing} is not writable by this user"
+        return None
+
+
+_warned: set[Path] = set()
+
+
+def _warn_unencrypted(directory: Path) -> None:
+    if directory not in _warned:
+        _warned.add(directory)
+        log.warning(
+            "state in %s is stored unencrypted: set state_key (a secret reference) to seal it",
+            directory,
+        )
 
 
 def _token_to(token: Token) -> dict[str, Any]:

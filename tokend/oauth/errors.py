@@ -11,6 +11,7 @@ Microsoft asks clients to branch on `error`, the HTTP status and the AADSTS code
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -18,12 +19,15 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 from tokend.errors import TokendError
-from tokend.logs import redactor
+from tokend.redaction import redactor
 
 LOOP_DETECTED = 50196  # AADSTS50196: the same request too often; back off hard
 
 _TRANSIENT_ERRORS = frozenset({"temporarily_unavailable", "server_error", "slow_down"})
 _DESCRIPTION_LIMIT = 160
+_ID_LIMIT = 64
+_ERROR_LIMIT = 64
+_NOT_CODE = re.compile(r"[^A-Za-z0-9_.-]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +99,7 @@ def classify_error_response(
 ) -> TokenError:
     """Turn a non-2xx token-endpoint response (body already JSON-decoded, or None) into an error."""
     fields = body if isinstance(body, Mapping) else {}
-    error = _text(fields.get("error"))
+    error = _error_name(fields.get("error"))
     codes = _aadsts_codes(fields.get("error_codes"))
     reason = _describe(status, error, codes, fields, has_json=isinstance(body, Mapping))
     retry_after = parse_retry_after(headers.get("retry-after"), now)
@@ -113,8 +117,8 @@ def classify_error_response(
         code=code,
         error=error,
         aadsts_codes=codes,
-        trace_id=_text(fields.get("trace_id")),
-        correlation_id=_text(fields.get("correlation_id")),
+        trace_id=_shown(fields.get("trace_id"), _ID_LIMIT),
+        correlation_id=_shown(fields.get("correlation_id"), _ID_LIMIT),
     )
 
 
@@ -148,27 +152,35 @@ def _describe(
     parts = [f"HTTP {status}", error or "no error code"]
     if codes:
         parts.append("(" + ", ".join(f"AADSTS{code}" for code in codes) + ")")
-    description = _first_line(_text(fields.get("error_description")))
+    description = _shown(_first_line(fields.get("error_description")), _DESCRIPTION_LIMIT)
     if description:
         parts.append(f"- {description}")
     for key in ("trace_id", "correlation_id"):
-        if value := _text(fields.get(key)):
-            parts.append(f"{key}={value[:64]}")
-    return redactor.redact(" ".join(parts))
+        if value := _shown(fields.get(key), _ID_LIMIT):
+            parts.append(f"{key}={value}")
+    return " ".join(parts)
 
 
-def _first_line(description: str | None) -> str | None:
-    if not description:
+def _shown(raw: Any, limit: int) -> str | None:
+    """An IdP-supplied string as it may be shown: masked first, then cut (never the other way
+    round: a secret straddling the cut would be printed minus its last characters)."""
+    return redactor.shown(raw, limit) if isinstance(raw, str) and raw else None
+
+
+def _first_line(raw: Any) -> Any:
+    if not isinstance(raw, str) or not raw.strip():
         return None
-    line = description.strip().splitlines()[0] if description.strip() else ""
-    return line[:_DESCRIPTION_LIMIT] + ("..." if len(line) > _DESCRIPTION_LIMIT else "")
+    return raw.strip().splitlines()[0]
+
+
+def _error_name(raw: Any) -> str | None:
+    """The `error` field as a short stable code: masked, cut, and kept to the characters of
+    an OAuth error name (it ends up in `last_error_code`)."""
+    shown = _shown(raw, _ERROR_LIMIT)
+    return _NOT_CODE.sub("?", shown) if shown else None
 
 
 def _aadsts_codes(raw: Any) -> tuple[int, ...]:
     if not isinstance(raw, list):
         return ()
     return tuple(code for code in raw if isinstance(code, int) and not isinstance(code, bool))
-
-
-def _text(raw: Any) -> str | None:
-    return raw if isinstance(raw, str) and raw else None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import sys
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
@@ -34,22 +35,43 @@ def parse_token_response(
     value = body.get("access_token")
     if not isinstance(value, str) or not value:
         raise MalformedResponse("response has no access_token")
+    if not _TOKEN_VALUE.fullmatch(value):
+        raise MalformedResponse(
+            "access_token has characters no token has (spaces, quotes, control characters or "
+            "non-ASCII)"
+        )
     token_type = body.get("token_type", "Bearer")
-    if not isinstance(token_type, str) or not token_type:
-        raise MalformedResponse("token_type is not a string")
+    if not isinstance(token_type, str) or not _TOKEN_TYPE.fullmatch(token_type):
+        raise MalformedResponse("token_type is not an OAuth token type name (RFC 6749 11.1)")
     expires_at = _expiry(body, sent_at, value)
     refresh_in = _seconds(body, "refresh_in")
     refresh_on = sent_at + timedelta(seconds=refresh_in) if refresh_in else None
-    granted = body.get("scope")
+    granted = _printable(body, "scope")
     return Token(
         value=value,
         token_type=sys.intern(token_type),  # "Bearer", shared by every token
         expires_at=expires_at,
         obtained_at=sent_at,
         refresh_on=refresh_on if refresh_on and refresh_on < expires_at else None,
-        resource=_string(body, "resource") or resource,
-        scopes=tuple(granted.split()) if isinstance(granted, str) and granted else scopes,
+        resource=_printable(body, "resource") or resource,
+        scopes=tuple(granted.split()) if granted else scopes,
     )
+
+
+_TOKEN_VALUE = re.compile(r"[A-Za-z0-9\-._~+/=!#$%&*^`|:@,;?\[\]{}()<>]{1,16384}")
+"""What an access token may hold: visible ASCII without quotes or backslashes (RFC 6750's
+b64token and more: opaque tokens vary), never a space, quote or control character that could
+end a header line, a shell word or an env file value."""
+_TOKEN_TYPE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+"""RFC 6749 section 11.1: a token type name is letters, digits, `-`, `.` and `_`."""
+_PRINTABLE = re.compile(r"[\x21-\x7e]+(?: [\x21-\x7e]+)*")
+
+
+def _printable(body: Mapping[str, Any], key: str) -> str | None:
+    """An optional string field, if it is printable ASCII (else ignored: the configured value
+    is used instead of one that could carry control characters into a sink)."""
+    raw = body.get(key)
+    return raw if isinstance(raw, str) and _PRINTABLE.fullmatch(raw) else None
 
 
 def _expiry(body: Mapping[str, Any], sent_at: datetime, value: str) -> datetime:
@@ -91,11 +113,6 @@ def _seconds(body: Mapping[str, Any], key: str) -> int | None:
     if number > 10**11:  # beyond datetime's range; no real lifetime or epoch is near
         raise MalformedResponse(f"{key} is out of range")
     return number
-
-
-def _string(body: Mapping[str, Any], key: str) -> str | None:
-    raw = body.get(key)
-    return raw if isinstance(raw, str) else None
 
 
 def _jwt_exp(value: str) -> int | None:

@@ -31,7 +31,9 @@ from tokend.sinks.base import (
 )
 from tokend.token import Token
 
-_B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")  # RFC 6750 token68: safe unquoted anywhere
+_SAFE = re.compile(r"[\x21\x23-\x26\x28-\x5b\x5d-\x7e]+")
+"""Visible ASCII but the quotes and the backslash: nothing can end a line, a header value or
+a single-quoted shell word (env values are written in single quotes)."""
 
 
 def _parse_mode(value: Any) -> int:
@@ -149,7 +151,11 @@ class FileSink:
 
 
 def render(token: Token, options: FileSinkOptions) -> bytes:
-    """The file's content in the configured format."""
+    """The file's content in the configured format. Token fields were validated when the
+    response was read; the checks here are a second lock on the door of the formats a shell or
+    an HTTP header reads."""
+    if not _SAFE.fullmatch(token.value) or not _SAFE.fullmatch(token.token_type):
+        raise SinkError(f"{options.path}: token has characters a file sink never writes")
     if options.format == "raw":
         return token.value.encode()
     if options.format == "json":
@@ -164,12 +170,10 @@ def render(token: Token, options: FileSinkOptions) -> bytes:
         if token.scopes:
             document["scopes"] = list(token.scopes)
         return (json.dumps(document, indent=2) + "\n").encode()
-    if not _B64TOKEN.fullmatch(token.value):
-        raise SinkError(f"{options.path}: token has characters an env file cannot hold unquoted")
     prefix = options.env_prefix
     lines = [
-        f"{prefix}ACCESS_TOKEN={token.value}",
-        f"{prefix}TOKEN_TYPE={token.token_type}",
+        f"{prefix}ACCESS_TOKEN='{token.value}'",
+        f"{prefix}TOKEN_TYPE='{token.token_type}'",
         f"{prefix}EXPIRES_ON={int(token.expires_at.timestamp())}",
     ]
     return ("\n".join(lines) + "\n").encode()

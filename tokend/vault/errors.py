@@ -13,7 +13,7 @@ from enum import StrEnum
 from typing import Any
 
 from tokend.errors import TokendError
-from tokend.logs import redactor
+from tokend.redaction import redactor
 
 _MAX_DETAIL = 200
 

@@ -17,6 +17,7 @@ from tokend.oauth.grants.base import (
     GrantContext,
     HttpRequest,
 )
+from tokend.redaction import redactor
 from tokend.secrets import SecretError, SecretRef, secret_version
 
 
@@ -61,7 +62,9 @@ class ClientSecretGrant:
 def basic_authorization(client_id: str, secret: str) -> str:
     """RFC 6749 §2.3.1: id and secret are form-urlencoded *before* base64 (strict servers care)."""
     pair = f"{quote(client_id, safe='')}:{quote(secret, safe='')}"
-    return "Basic " + base64.b64encode(pair.encode()).decode("ascii")
+    encoded = base64.b64encode(pair.encode()).decode("ascii")
+    redactor.add_secret(encoded)  # an echo of the header must not show it either
+    return "Basic " + encoded
 
 
 CREDENTIALS.register("client_secret", CredentialType(ClientSecretOptions, ClientSecretGrant))

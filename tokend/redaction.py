@@ -1,0 +1,126 @@
+"""Masking secrets and tokens in text that tokend shows: the last line of defence.
+
+tokend never prints a secret or a token on purpose. Everything an identity provider, Vault or a
+library says is still treated as hostile: before it is shown anywhere (logs, `/status`, `tokend
+status`, exception text) it is masked, and only then cut to length (`shown`), so a secret
+straddling the cut is never printed minus its last characters. Masked are: every secret value
+tokend has read, its usual encodings (base64, URL encoding), every access token tokend holds,
+anything shaped like a JWT or an `Authorization` value, and the start or end of a known secret
+at the edges of a text (an identity provider that cut its own echo short).
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import threading
+from urllib.parse import quote, quote_plus
+
+MASK = "***"
+_MIN_SECRET_LENGTH = 4  # shorter values would mask ordinary words; no real secret is that short
+_MIN_PARTIAL = 6  # a secret's first or last characters this many or more, at a text's edge
+_TOKEN_KEY = 12  # tokens are found by their first characters: a dict lookup per position
+_SHAPES = re.compile(
+    r"eyJ[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]*"  # JWT / JWS
+    r"|(?<=[Bb]earer )[A-Za-z0-9._~+/=-]{8,}"  # Authorization: Bearer <token>
+    r"|(?<=[Bb]asic )[A-Za-z0-9+/=]{8,}"  # Authorization: Basic <id:secret>
+)
+_TOKEN_RUN = re.compile(r"[A-Za-z0-9\-._~+/=]{" + str(_TOKEN_KEY) + ",}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def one_line(text: str) -> str:
+    """`text` with control characters shown escaped: whatever a config key or an identity
+    provider's error field holds, a message about it stays one line."""
+    return _CONTROL.sub(lambda match: repr(match.group())[1:-1], text)
+
+
+def encodings(value: str) -> set[str]:
+    """How a secret may appear when someone echoes what tokend sent."""
+    raw = value.encode()
+    forms = {value, quote(value, safe=""), quote_plus(value)}
+    for encoded in (base64.b64encode(raw), base64.urlsafe_b64encode(raw)):
+        text = encoded.decode("ascii")
+        forms |= {text, text.rstrip("=")}
+    return forms
+
+
+class Redactor:
+    """Thread-safe; one per process (`redactor`)."""
+
+    def __init__(self) -> None:
+        self._secrets: set[str] = set()
+        self._lock = threading.Lock()
+        self._pattern: re.Pattern[str] | None = None
+        self._tokens: dict[str, set[str]] = {}  # first _TOKEN_KEY characters -> token values
+
+    def add_secret(self, value: str) -> None:
+        """Mask `value` and its encodings from now on."""
+        if len(value) < _MIN_SECRET_LENGTH or value in self._secrets:
+            return
+        with self._lock:
+            self._secrets |= {form for form in encodings(value) if len(form) >= _MIN_SECRET_LENGTH}
+            self._pattern = None
+
+    def add_token(self, value: str) -> None:
+        """Mask the access token `value` (held now) wherever it appears."""
+        if len(value) >= _TOKEN_KEY:
+            with self._lock:
+                self._tokens.setdefault(value[:_TOKEN_KEY], set()).add(value)
+
+    def forget_token(self, value: str) -> None:
+        """`value` is no longer held (replaced): stop looking for it."""
+        with self._lock:
+            values = self._tokens.get(value[:_TOKEN_KEY])
+            if values is not None:
+                values.discard(value)
+                if not values:
+                    del self._tokens[value[:_TOKEN_KEY]]
+
+    def redact(self, text: str) -> str:
+        if self._secrets:
+            text = self._secret_pattern().sub(MASK, text)
+            text = self._mask_edges(text)
+        if self._tokens:
+            text = _TOKEN_RUN.sub(self._mask_tokens, text)
+        return _SHAPES.sub(MASK, text)
+
+    def shown(self, text: str, limit: int) -> str:
+        """`text` as it may be shown: masked, on one line, then cut to `limit` characters."""
+        line = one_line(self.redact(text))
+        return line if len(line) <= limit else line[: limit - 3] + "..."
+
+    def _mask_edges(self, text: str) -> str:
+        """A secret's first characters at the end of `text`, or its last at the start."""
+        for secret in self._secrets:
+            for length in range(len(secret) - 1, _MIN_PARTIAL - 1, -1):
+                if text.endswith(secret[:length]):
+                    text = text[:-length] + MASK
+                    break
+            for length in range(len(secret) - 1, _MIN_PARTIAL - 1, -1):
+                if text.startswith(secret[-length:]):
+                    text = MASK + text[length:]
+                    break
+        return text
+
+    def _mask_tokens(self, match: re.Match[str]) -> str:
+        run = match.group()
+        tokens = self._tokens
+        for start in range(len(run) - _TOKEN_KEY + 1):
+            for value in tokens.get(run[start : start + _TOKEN_KEY], ()):
+                if run.startswith(value, start):
+                    rest = run[start + len(value) :]
+                    return run[:start] + MASK + (_TOKEN_RUN.sub(self._mask_tokens, rest))
+        return run
+
+    def _secret_pattern(self) -> re.Pattern[str]:
+        pattern = self._pattern
+        if pattern is None:
+            with self._lock:
+                # Longest first, so a secret that contains another is masked whole.
+                ordered = sorted(self._secrets, key=len, reverse=True)
+                pattern = self._pattern = re.compile("|".join(map(re.escape, ordered)))
+        return pattern
+
+
+redactor = Redactor()
