@@ -33,6 +33,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.handler(args))
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `tokend status --json | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -248,19 +251,24 @@ def _status(args: argparse.Namespace) -> int:
 
     import httpx2
 
-    from tokend.status import render_table
+    from tokend.status import is_status, render_table
+    from tokend.transport import USER_AGENT
 
     url = args.url or _listener_url(args)
     if url is None:
         return EXIT_USAGE
     try:
-        response = httpx2.get(f"{url.rstrip('/')}/status", timeout=5)
+        response = httpx2.get(
+            f"{url.rstrip('/')}/status", timeout=5, headers={"User-Agent": USER_AGENT}
+        )
         response.raise_for_status()
         status = response.json()
     except (httpx2.HTTPError, ValueError) as exc:
-        print(
-            f"cannot read tokend's status from {url}: {type(exc).__name__}: {exc}", file=sys.stderr
-        )
+        reason = str(exc) or type(exc).__name__
+        print(f"cannot read tokend's status from {url}: {reason}", file=sys.stderr)
+        return EXIT_FAILED
+    if not is_status(status):
+        print(f"{url} does not answer like tokend: /status is not tokend's", file=sys.stderr)
         return EXIT_FAILED
     print(json.dumps(status, indent=2) if args.json else render_table(status))
     return EXIT_OK if status.get("ready") else EXIT_FAILED

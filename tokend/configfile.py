@@ -30,12 +30,26 @@ def config_path(explicit: str | None) -> Path:
 def load_config(path: Path) -> LoadedConfig:
     """Read and validate `path`. Raises `ConfigError` listing every problem found."""
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError([f"{path}: config file not found"]) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([f"{path}: cannot read config: {type(exc).__name__}"]) from None
+    except OSError as exc:
+        reason = (exc.strerror or type(exc).__name__).lower()
+        raise ConfigError([f"{path}: cannot read config: {reason}"]) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line, column = _position(raw, exc.start)
+        byte = raw[exc.start]
+        message = f"not UTF-8 (byte 0x{byte:02x}); save the file as UTF-8"
+        raise ConfigError([f"{path}:{line}:{column}: {message}"]) from None
     return parse_config(text, label=str(path), source=path)
+
+
+def _position(raw: bytes, offset: int) -> tuple[int, int]:
+    """1-based line and column of byte `offset`."""
+    before = raw[:offset]
+    return before.count(b"\n") + 1, offset - (before.rfind(b"\n") + 1) + 1
 
 
 def parse_config(text: str, *, label: str, source: Path | None = None) -> LoadedConfig:
@@ -59,5 +73,11 @@ def _read_yaml(text: str, label: str) -> Any:
         mark = exc.problem_mark
         where = f"{label}:{mark.line + 1}:{mark.column + 1}" if mark else label
         raise ConfigError([f"{where}: {exc.problem or exc.context}"]) from None
+    except yaml.reader.ReaderError as exc:  # a character YAML does not allow (NUL, controls)
+        line, column = _position(text.encode(), len(text[: exc.position].encode()))
+        character = repr(chr(exc.character)) if isinstance(exc.character, int) else "a byte"
+        raise ConfigError(
+            [f"{label}:{line}:{column}: the character {character} is not allowed in YAML"]
+        ) from None
     except yaml.YAMLError as exc:
         raise ConfigError([f"{label}: not valid YAML ({type(exc).__name__})"]) from None

@@ -64,6 +64,7 @@ class Daemon:
         )
         self._stopping = asyncio.Event()
         self._reloading = asyncio.Lock()
+        self._reload_pending = False
         self._reload_tasks: set[asyncio.Task[bool]] = set()
 
     def stop(self) -> None:
@@ -74,6 +75,9 @@ class Daemon:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._on_stop_signal, signum)
         loop.add_signal_handler(signal.SIGHUP, self._on_hangup)
+        # A burst of signals fills asyncio's wakeup pipe; losing a wakeup byte is harmless (the
+        # handler has run), so no "Exception ignored ... BlockingIOError" on stderr for it.
+        signal.set_wakeup_fd(signal.set_wakeup_fd(-1), warn_on_full_buffer=False)
         serving = asyncio.create_task(self.listener.serve()) if self.listener else None
         self.scheduler.start()
         await self.engine.start()
@@ -108,39 +112,50 @@ class Daemon:
         self.stop()
 
     def _on_hangup(self) -> None:
+        if self._reload_pending:
+            log.debug("received SIGHUP: a reload is already waiting to read the config")
+            return
         log.info("received SIGHUP: reloading the config")
+        self._reload_pending = True
         task = asyncio.create_task(self._reload_for_signal())
         self._reload_tasks.add(task)
         task.add_done_callback(self._reload_tasks.discard)
 
     async def _reload_for_signal(self) -> bool:
-        self.service.reloading()
-        accepted = await self.reload()
-        self.service.reloaded(accepted)
-        return accepted
+        """One reload runs at a time, and at most one more waits: signals that arrive meanwhile
+        join it (it reads the config as it is when it starts)."""
+        async with self._reloading:
+            self._reload_pending = False
+            self.service.reloading()
+            accepted = await self._reload_locked()
+            self.service.reloaded(accepted)
+            return accepted
 
     async def reload(self) -> bool:
         """Apply the config as it is now on disk. False (and the old config kept) if it is bad."""
+        async with self._reloading:
+            return await self._reload_locked()
+
+    async def _reload_locked(self) -> bool:
         if self.reload_config is None:
             log.warning("reload: this daemon has no config file to read again")
             return False
-        async with self._reloading:
-            try:
-                loaded = await asyncio.to_thread(self.reload_config)
-            except ConfigError as exc:
-                for line in exc.lines:
-                    log.error("reload rejected: %s", line)
-                log.error("reload rejected: carrying on with the config loaded before")
-                return False
-            for warning in loaded.warnings:
-                log.warning("%s", warning)
-            for key in ("listen", "http"):
-                if getattr(loaded.config, key) != getattr(self.config, key):
-                    log.warning("reload: changes to %s take effect at the next restart", key)
-            summary = await self.assembly.reload(loaded.config)
-            self.config = loaded.config
-            log.info("reloaded: %s", summary)
-            return True
+        try:
+            loaded = await asyncio.to_thread(self.reload_config)
+        except ConfigError as exc:
+            for line in exc.lines:
+                log.error("reload rejected: %s", line)
+            log.error("reload rejected: carrying on with the config loaded before")
+            return False
+        for warning in loaded.warnings:
+            log.warning("%s", warning)
+        for key in ("listen", "http"):
+            if getattr(loaded.config, key) != getattr(self.config, key):
+                log.warning("reload: changes to %s take effect at the next restart", key)
+        summary = await self.assembly.reload(loaded.config)
+        self.config = loaded.config
+        log.info("reloaded: %s", summary)
+        return True
 
 
 async def run_once(config: Config, clock: Clock = SYSTEM_CLOCK, timeout: float = 120.0) -> bool:

@@ -59,6 +59,21 @@ def _seconds_until(moment: datetime, now: datetime) -> int:
     return max(int((moment - now).total_seconds()), 0)
 
 
+def is_status(document: Any) -> bool:
+    """`document` has the shape of tokend's `/status` (what `render_table` reads)."""
+    if not isinstance(document, dict) or not isinstance(document.get("tokens"), dict):
+        return False
+    if not isinstance(document.get("time"), str) or not isinstance(document.get("ready"), bool):
+        return False
+    return all(
+        isinstance(token, dict) and token.keys() >= _TOKEN_KEYS and isinstance(token["sinks"], dict)
+        for token in document["tokens"].values()
+    )
+
+
+_TOKEN_KEYS = {"state", "expires_at", "next_refresh", "consecutive_failures", "last_error", "sinks"}
+
+
 def render_table(status: dict[str, Any]) -> str:
     """`tokend status` output: one line per token, one indented line per sink."""
     now = datetime.fromisoformat(status["time"])

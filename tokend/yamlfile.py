@@ -40,10 +40,15 @@ def read_yaml(text: str) -> Any:
         loader.dispose()
 
 
+MAX_DEPTH = 64
+"""No config nests deeper; a document that does is refused before Python's stack runs out."""
+
+
 class _Builder:
     def __init__(self, loader: Any) -> None:
         self._loader = loader
         self._anchors: dict[str, Any] = {}
+        self._depth = 0
 
     def document(self) -> Any:
         events = self._loader
@@ -67,9 +72,13 @@ class _Builder:
         elif isinstance(event, yaml.SequenceStartEvent | yaml.MappingStartEvent):
             if event.tag not in _COLLECTION_TAGS:
                 raise YamlError(f"unsupported tag {event.tag}", event)
+            if self._depth >= MAX_DEPTH:
+                raise YamlError(f"nested more than {MAX_DEPTH} levels deep", event)
+            self._depth += 1
             value = (
                 self._sequence() if isinstance(event, yaml.SequenceStartEvent) else self._mapping()
             )
+            self._depth -= 1
         else:  # pragma: no cover - libyaml emits nothing else inside a document
             raise YamlError(f"unexpected {type(event).__name__}", event)
         if event.anchor:

@@ -290,3 +290,33 @@ def test_shipped_configs_load(name: str) -> None:
 )
 def test_listen(listen: str, parsed: tuple[str, int]) -> None:
     assert split_listen(listen) == parsed
+
+
+@pytest.mark.parametrize(
+    ("content", "line"),
+    [
+        (
+            GOOD.encode() + b"\x00extra: 1\n",
+            "c.yaml:12:1: the character '\\x00' is not allowed in YAML",
+        ),
+        (GOOD.encode() + b"x: \x07\n", "c.yaml:12:4: the character '\\x07' is not allowed in YAML"),
+        (b"a: caf\xe9\n", "c.yaml:1:7: not UTF-8 (byte 0xe9); save the file as UTF-8"),
+        (b"a: " + b"[" * 500 + b"]" * 500 + b"\n", "c.yaml:1:67: nested more than 64 levels deep"),
+    ],
+)
+def test_unreadable_files_say_what_and_where(tmp_path: Path, content: bytes, line: str) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert caught.value.lines == [line.replace("c.yaml", str(path))]
+
+
+def test_a_symbolic_link_loop_is_named(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").symlink_to(tmp_path / "b.yaml")
+    (tmp_path / "b.yaml").symlink_to(tmp_path / "a.yaml")
+    with pytest.raises(ConfigError) as caught:
+        load_config(tmp_path / "a.yaml")
+    assert caught.value.lines == [
+        f"{tmp_path / 'a.yaml'}: cannot read config: too many levels of symbolic links"
+    ]
