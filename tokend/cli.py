@@ -264,7 +264,7 @@ def _status(args: argparse.Namespace) -> int:
         response.raise_for_status()
         status = response.json()
     except (httpx2.HTTPError, ValueError) as exc:
-        reason = str(exc) or type(exc).__name__
+        reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         print(f"cannot read tokend's status from {url}: {reason}", file=sys.stderr)
         return EXIT_FAILED
     if not is_status(status):
