@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from tokend.backoff import Backoff
 from tokend.clock import SYSTEM_CLOCK, Clock, Scheduler
 from tokend.config import Config, TokenSpec
+from tokend.consumers import ConsumerNotifier
 from tokend.engine import (
     Blueprint,
     Deliveries,
@@ -197,8 +198,9 @@ class _Parts:
     def _slots(self, name: str, spec: TokenSpec, backoff: Backoff) -> list[SinkSlot]:
         runtime = self._runtime
         labels = sink_labels(spec.sinks)
-        return [
-            SinkSlot(
+        slots = []
+        for index, options in enumerate(spec.sinks):
+            slot = SinkSlot(
                 name,
                 build_sink(options, SinkContext(name, labels[index], runtime.resources)),
                 clock=runtime.clock,
@@ -207,8 +209,10 @@ class _Parts:
                 rand=runtime.rand,
                 withdraw_on_expiry=options.on_expiry == "withdraw",
             )
-            for index, options in enumerate(spec.sinks)
-        ]
+            if options.on_publish is not None:
+                slot.observer = ConsumerNotifier(options.on_publish, name, labels[index])
+            slots.append(slot)
+        return slots
 
     def _backoff(self, spec: TokenSpec) -> Backoff:
         limits = spec.backoff or self._config.defaults.backoff

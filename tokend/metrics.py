@@ -80,6 +80,11 @@ class EngineCollector(Collector):
             "Attempts to publish a token to a sink, by outcome.",
             labels=["token", "sink", "result"],
         )
+        notifier_runs = CounterMetricFamily(
+            "tokend_notifier_runs",
+            "Consumer notifications (on_publish) after a sink's write, by outcome.",
+            labels=["token", "sink", "result"],
+        )
         sink_success = GaugeMetricFamily(
             "tokend_sink_last_success_timestamp_seconds",
             "When a sink last accepted a token (Unix time).",
@@ -98,8 +103,10 @@ class EngineCollector(Collector):
                 publishes.add_metric([name, sink.name, "success"], sink.published)
                 publishes.add_metric([name, sink.name, "error"], sink.errors)
                 _add_time(sink_success, [name, sink.name], sink.last_success)
+                for result, count in (sink.notifications or {}).items():
+                    notifier_runs.add_metric([name, sink.name, result], count)
         yield from token_gauges.values()
-        yield from (refreshes, publishes, sink_success)
+        yield from (refreshes, publishes, sink_success, notifier_runs)
 
 
 def _add_time(family: GaugeMetricFamily, labels: list[str], moment: datetime | None) -> None:

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import random
 from datetime import datetime
+from typing import Protocol
 
 from tokend.backoff import Backoff
 from tokend.clock import Clock, Job, Scheduler
@@ -36,13 +37,34 @@ class PublishCounts:
         return int(getattr(self, result))
 
 
+class PublishObserver(Protocol):
+    def published(self, token: Token) -> None:
+        """`token` is durably in the sink. Must not block: start background work, if any."""
+        ...
+
+    async def close(self) -> None: ...
+
+
 class SinkSlot:
     """One sink of one token: what it holds, what it should hold, and how delivery is going."""
 
     __slots__ = (
-        "_backoff", "_clock", "_lock", "_rand", "_retry_pending", "_scheduler", "_stopped",
-        "failures", "held",
-        "last_error", "last_success", "results", "sink", "token_name", "wanted",
+        "_backoff",
+        "_clock",
+        "_lock",
+        "_rand",
+        "_retry_pending",
+        "_scheduler",
+        "_stopped",
+        "failures",
+        "held",
+        "last_error",
+        "last_success",
+        "observer",
+        "results",
+        "sink",
+        "token_name",
+        "wanted",
         "withdraw_on_expiry",
     )  # fmt: skip
 
@@ -73,6 +95,8 @@ class SinkSlot:
         self._lock = asyncio.Lock()
         self._retry_pending = False
         self._stopped = False
+        self.observer: PublishObserver | None = None
+        """Told after each durable write (consumer notification)."""
 
     @property
     def name(self) -> str:
@@ -189,6 +213,8 @@ class SinkSlot:
         self.stop()
         async with self._lock:
             pass
+        if self.observer is not None:
+            await self.observer.close()
         try:
             await self.sink.close()
         except Exception:
@@ -222,6 +248,8 @@ class SinkSlot:
         self.last_success = self._clock.now()
         self.results.success += 1
         self._cancel_retry()
+        if self.observer is not None:
+            self.observer.published(token)  # the write is durable: consumers may look now
 
     def _failed(self, token: Token, error: TokendError) -> None:
         self.failures += 1

@@ -33,6 +33,8 @@ class SinkView:
     """Successful publishes so far."""
     errors: int
     """Failed publishes so far."""
+    notifications: dict[str, int] | None = None
+    """Consumer notifications (`on_publish`) by result, if the sink has any."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,4 +95,5 @@ def _sink_view(slot: SinkSlot, now: datetime) -> SinkView:
         last_error=slot.last_error,
         published=slot.results.success,
         errors=slot.results.error,
+        notifications=dict(getattr(slot.observer, "results", {})) if slot.observer else None,
     )

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 from pydantic import ConfigDict
 from pydantic import dataclasses as pydantic_dataclasses
 
+from tokend.consumers import OnPublish
 from tokend.errors import TokendError
 from tokend.registry import Registry
 from tokend.token import Token
@@ -65,6 +66,9 @@ class SinkOptionsBase:
     on_expiry: Literal["keep", "withdraw"] = "keep"
     """When the token expires with no replacement: leave the dead value (`keep`), or remove it
     (`withdraw`) so consumers fail fast instead of calling APIs with an expired token."""
+    on_publish: OnPublish | None = None
+    """Tell consumers that keep the token in memory: a command and/or a signal after each
+    durable write (`tokend.consumers`)."""
 
     def target(self) -> str:
         """What this sink writes to, e.g. `file /run/tokend/crm.token`; two sinks may not share
