@@ -7,7 +7,6 @@ tokend unreachable or not ready); 2 the config or the command line is wrong.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import functools
 import logging
 import os
@@ -15,11 +14,13 @@ import secrets
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tokend import __version__
-from tokend.config import DEFAULT_LISTEN, ConfigError
-from tokend.configfile import LoadedConfig, config_path, load_config
 from tokend.logs import setup_logging
+
+if TYPE_CHECKING:
+    from tokend.configfile import LoadedConfig
 
 log = logging.getLogger("tokend")
 
@@ -93,6 +94,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def _load(args: argparse.Namespace) -> LoadedConfig | None:
     """Load the config named on the command line; print its problems and return None if bad."""
+    from tokend.configfile import config_path, load_config
+    from tokend.errors import ConfigError
+
     try:
         loaded = load_config(config_path(args.config))
     except ConfigError as exc:
@@ -139,6 +143,8 @@ def _reloader(args: argparse.Namespace, source: Path) -> LoadedConfig:
     """Read the config again for a reload, applying its log settings as a start would, and
     refuse it (`ConfigError`) on what `tokend check` would find without asking any service."""
     from tokend.check import local_problems
+    from tokend.configfile import load_config
+    from tokend.errors import ConfigError
 
     loaded = load_config(source)
     if problems := local_problems(loaded, listen=False):
@@ -155,6 +161,8 @@ def _serve(
     dev_idp: bool = False,
 ) -> int:
     """Run the daemon (and, for `tokend dev`, the development identity provider beside it)."""
+    import asyncio
+
     from tokend.daemon import Daemon
     from tokend.devidp import serve_dev_idp
     from tokend.server import ListenError
@@ -191,7 +199,9 @@ def _seconds(text: str) -> float:
 
 
 def _once(args: argparse.Namespace) -> int:
-    from tokend.daemon import run_once
+    import asyncio
+
+    from tokend.once import run_once
 
     loaded = _load_usable(args)
     if loaded is None:
@@ -247,47 +257,41 @@ def _dev(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
+    """Standard library and YAML only: scripts and probes call this often."""
     import json
 
-    import httpx2
-
-    from tokend.status import is_status, render_table
-    from tokend.transport import USER_AGENT
+    from tokend.status import StatusUnavailable, fetch_status, render_table
 
     url = args.url or _listener_url(args)
     if url is None:
         return EXIT_USAGE
     try:
-        response = httpx2.get(
-            f"{url.rstrip('/')}/status", timeout=5, headers={"User-Agent": USER_AGENT}
-        )
-        response.raise_for_status()
-        status = response.json()
-    except (httpx2.HTTPError, ValueError) as exc:
-        reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        print(f"cannot read tokend's status from {url}: {reason}", file=sys.stderr)
-        return EXIT_FAILED
-    if not is_status(status):
-        print(f"{url} does not answer like tokend: /status is not tokend's", file=sys.stderr)
+        status = fetch_status(url)
+    except StatusUnavailable as exc:
+        print(f"cannot read tokend's status from {url}: {exc}", file=sys.stderr)
         return EXIT_FAILED
     print(json.dumps(status, indent=2) if args.json else render_table(status))
     return EXIT_OK if status.get("ready") else EXIT_FAILED
 
 
 def _listener_url(args: argparse.Namespace) -> str | None:
-    """The listener named by the config; the default address when there is no config file."""
+    """The listener the config names (its `listen:` alone is read: the rest of the config is not
+    this command's business); the default address when there is no config file."""
+    from tokend.configfile import config_path, listen_of
+    from tokend.transport import DEFAULT_LISTEN
+
     path = config_path(args.config)
     if not args.config and not path.exists():
         return f"http://{DEFAULT_LISTEN}"
-    loaded = _load(args)
-    if loaded is None:
+    try:
+        listen = listen_of(path)
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
         return None
-    if loaded.config.listen is None:
-        print(
-            f"{loaded.source}: listen is off: tokend serves no status (use --url)", file=sys.stderr
-        )
+    if listen is None:
+        print(f"{path}: listen is off: tokend serves no status (use --url)", file=sys.stderr)
         return None
-    return f"http://{loaded.config.listen}"
+    return f"http://{listen}"
 
 
 def _version(args: argparse.Namespace) -> int:

@@ -33,17 +33,15 @@ from pydantic import (
 from pydantic import dataclasses as pydantic_dataclasses
 from pydantic.dataclasses import rebuild_dataclass
 
-from tokend import backoff, registry
+from tokend import backoff, registry, transport
 from tokend.durations import Duration, PositiveDuration
 from tokend.engine.policy import DEFAULT_JITTER, DEFAULT_THRESHOLD
-from tokend.errors import TokendError
-from tokend.oauth import client
+from tokend.errors import ConfigError
 from tokend.oauth.grants import CREDENTIALS, CredentialOptions
-from tokend.redaction import one_line
 from tokend.resources import RESOURCES
 from tokend.secrets import SecretRef, SecretReference, secret_references
 from tokend.sinks import SINKS, SinkOptionsBase, sink_labels
-from tokend.transport import split_listen, url_problem
+from tokend.transport import DEFAULT_LISTEN, split_listen, url_problem
 from tokend.validation import SECTIONS, did_you_mean, validation_lines
 
 if TYPE_CHECKING:
@@ -55,18 +53,8 @@ else:
     Credential = CREDENTIALS.union(CredentialOptions)
     Sections = RESOURCES.sections()
 
-DEFAULT_LISTEN = "127.0.0.1:9464"
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 _MULTI_TENANT = frozenset({"common", "organizations", "consumers"})
-
-
-class ConfigError(TokendError):
-    """The config cannot be used. `lines` holds one self-contained message per problem."""
-
-    def __init__(self, lines: list[str]) -> None:
-        self.lines = [one_line(line) for line in lines]
-        super().__init__("\n".join(self.lines), code="config")
-        self.message = "\n".join(self.lines)
 
 
 Name = Annotated[str, Field(pattern=_NAME)]
@@ -95,10 +83,10 @@ class Defaults(_Model):
 
 
 class HttpOptions(_Model):
-    connect_timeout: PositiveDuration = timedelta(seconds=client.DEFAULT_CONNECT_TIMEOUT)
-    timeout: PositiveDuration = timedelta(seconds=client.DEFAULT_READ_TIMEOUT)
+    connect_timeout: PositiveDuration = timedelta(seconds=transport.DEFAULT_CONNECT_TIMEOUT)
+    timeout: PositiveDuration = timedelta(seconds=transport.DEFAULT_READ_TIMEOUT)
     max_concurrent_requests: int = Field(
-        default=client.DEFAULT_MAX_CONCURRENT_REQUESTS, ge=1, le=1024
+        default=transport.DEFAULT_MAX_CONCURRENT_REQUESTS, ge=1, le=1024
     )
     ca_bundle: Path | None = None
 

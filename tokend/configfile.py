@@ -6,13 +6,16 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from tokend.config import Config, ConfigError, validate_config
-from tokend.secrets import InlineSecret, secret_references
+from tokend.errors import ConfigError
+from tokend.transport import DEFAULT_LISTEN, split_listen
 from tokend.yamlfile import read_yaml
+
+if TYPE_CHECKING:
+    from tokend.config import Config
 
 
 @dataclass(frozen=True)
@@ -52,10 +55,31 @@ def _position(raw: bytes, offset: int) -> tuple[int, int]:
     return before.count(b"\n") + 1, offset - (before.rfind(b"\n") + 1) + 1
 
 
+def listen_of(path: Path) -> str | None:
+    """The `listen:` of the config at `path`, read without validating the rest (for `tokend
+    status`, which must start fast and needs nothing else). Raises ValueError (one line)."""
+    try:
+        document = read_yaml(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ValueError(f"{path}: cannot read config: {type(exc).__name__}") from None
+    listen = document.get("listen", DEFAULT_LISTEN) if isinstance(document, dict) else None
+    if listen is not None:
+        if not isinstance(listen, str):
+            raise ValueError(f"{path}: listen: not host:port")
+        try:
+            split_listen(listen)
+        except ValueError as exc:
+            raise ValueError(f"{path}: listen: {exc}") from None
+    return listen
+
+
 def parse_config(text: str, *, label: str, source: Path | None = None) -> LoadedConfig:
     document = _read_yaml(text, label)
     if not isinstance(document, dict):
         raise ConfigError([f"{label}: the config must be a mapping with identities and tokens"])
+    from tokend.config import validate_config  # pydantic and the kinds' schemas: not for status
+    from tokend.secrets import InlineSecret, secret_references
+
     config = validate_config(document, label=label)
     warnings = [
         f"{label}: {path}: secret written inline; prefer {{env: ...}}, {{file: ...}} "

@@ -1,4 +1,5 @@
-"""The long-running process: engine, scheduler and HTTP listener, and the signals that steer it.
+"""The long-running process (`tokend run`): engine, scheduler and HTTP listener, and the signals
+that steer it. (`tokend once` is `tokend.once`: none of this.)
 
 SIGTERM and SIGINT stop it cleanly: nothing new starts, runs in progress (and their sink writes)
 finish within `SHUTDOWN_TIMEOUT`, sinks close, exit status 0. Sink files are replaced atomically,
@@ -16,9 +17,10 @@ from dataclasses import InitVar, dataclass
 
 from tokend.assemble import Assembly, http_settings, run_limit
 from tokend.clock import SYSTEM_CLOCK, Clock
-from tokend.config import Config, ConfigError
+from tokend.config import Config
 from tokend.configfile import LoadedConfig
 from tokend.engine import ApsScheduler
+from tokend.errors import ConfigError
 from tokend.metrics import Metrics
 from tokend.oauth import TokenClient
 from tokend.server import HttpListener, create_app
@@ -156,31 +158,3 @@ class Daemon:
         self.config = loaded.config
         log.info("reloaded: %s", summary)
         return True
-
-
-async def run_once(config: Config, clock: Clock = SYSTEM_CLOCK, timeout: float = 120.0) -> bool:
-    """Acquire and publish every token once, retrying what may pass for up to `timeout`
-    seconds. True only if every token reached every sink."""
-    metrics = Metrics(clock)
-    client = TokenClient(http_settings(config), clock=clock)
-    assembly = Assembly(
-        acquirer=client,
-        scheduler=ApsScheduler(),  # never started: sink retries are not waited for
-        durations=metrics.refresh_duration,
-        clock=clock,
-    )
-    engine = assembly.engine
-    try:
-        assembly.build(config)  # inside: a sink that cannot be built must not leak the client
-        ok = await engine.refresh_all(timeout)
-    finally:
-        await assembly.stop()
-        await client.aclose()
-    published = sum(view.published for view in engine.query(clock.now()))
-    log.log(
-        logging.INFO if ok else logging.ERROR,
-        "once: %d of %d tokens published to all their sinks",
-        published,
-        len(engine.jobs),
-    )
-    return ok

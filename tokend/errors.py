@@ -32,3 +32,12 @@ class TokendError(Exception):
     def kind(self) -> str:
         """`transient` or `permanent`, as status output and metrics spell it."""
         return "transient" if self.transient else "permanent"
+
+
+class ConfigError(TokendError):
+    """The config cannot be used. `lines` holds one self-contained message per problem."""
+
+    def __init__(self, lines: list[str]) -> None:
+        self.lines = [one_line(line) for line in lines]
+        super().__init__("\n".join(self.lines), code="config")
+        self.message = "\n".join(self.lines)

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
+from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Literal
+from typing import IO, Literal
 
 from tokend.redaction import redactor
-from tokend.systemd import JournalPriorityFormatter, writes_to_journal
 
 LogFormat = Literal["text", "json"]
 
@@ -67,3 +68,41 @@ def setup_logging(level: str = "info", fmt: LogFormat = "text") -> None:
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
     for noisy in ("httpx2", "httpcore2", "uvicorn.access", "uvicorn.error"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+# --- journald -----------------------------------------------------------------------------
+
+_PRIORITIES = ((logging.CRITICAL, 2), (logging.ERROR, 3), (logging.WARNING, 4), (logging.INFO, 6))
+
+
+def syslog_priority(levelno: int) -> int:
+    """The syslog priority journald should record for a Python log level."""
+    for threshold, priority in _PRIORITIES:
+        if levelno >= threshold:
+            return priority
+    return 7  # debug
+
+
+def writes_to_journal(stream: IO[str], environ: Mapping[str, str] | None = None) -> bool:
+    """True if `stream` is the journald stream systemd connected (`$JOURNAL_STREAM` names its
+    device:inode). A stderr redirected elsewhere by the user gets no prefixes."""
+    value = (os.environ if environ is None else environ).get("JOURNAL_STREAM", "")
+    device, _, inode = value.partition(":")
+    try:
+        info = os.fstat(stream.fileno())
+        return (info.st_dev, info.st_ino) == (int(device), int(inode))
+    except (OSError, ValueError):
+        return False
+
+
+class JournalPriorityFormatter(logging.Formatter):
+    """Wraps tokend's formatter and puts `<N>` (syslog priority) before each line, so journald
+    records warnings and errors at their level. A traceback's lines keep the record's priority."""
+
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        prefix = f"<{syslog_priority(record.levelno)}>"
+        return "\n".join(prefix + line for line in self.inner.format(record).split("\n"))

@@ -10,11 +10,7 @@ from __future__ import annotations
 
 import base64
 import os
-
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from typing import Any
 
 _INFO = b"tokend state key v1"
 _NONCE = 12
@@ -31,22 +27,30 @@ class Sealer:
     __slots__ = ("_aead",)
 
     def __init__(self, secret: str) -> None:
+        # cryptography loads here, not at import: `tokend check` and `status` never seal.
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+        from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
         key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_INFO).derive(
             secret.encode()
         )
-        self._aead = AESGCM(key)
+        self._aead: Any = AESGCM(key)
 
     def seal(self, plaintext: bytes, associated: str) -> str:
         nonce = os.urandom(_NONCE)
-        sealed = self._aead.encrypt(nonce, plaintext, associated.encode())
+        sealed: bytes = self._aead.encrypt(nonce, plaintext, associated.encode())
         return base64.b64encode(nonce + sealed).decode("ascii")
 
     def open(self, blob: str, associated: str) -> bytes:
+        from cryptography.exceptions import InvalidTag
+
         try:
             raw = base64.b64decode(blob, validate=True)
-            return self._aead.decrypt(raw[:_NONCE], raw[_NONCE:], associated.encode())
+            plain: bytes = self._aead.decrypt(raw[:_NONCE], raw[_NONCE:], associated.encode())
         except (InvalidTag, ValueError) as exc:
             raise SealError(type(exc).__name__) from None
+        return plain
 
     def __repr__(self) -> str:
         return "Sealer(***)"

@@ -3,12 +3,19 @@ failures and last error, and per sink its last success and last error. No secret
 
 from __future__ import annotations
 
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tokend.clock import format_span
-from tokend.engine import Engine, SinkView, TokenView
-from tokend.errors import TokendError
+from tokend.transport import USER_AGENT, is_loopback
+
+if TYPE_CHECKING:
+    from tokend.engine import Engine, SinkView, TokenView
+    from tokend.errors import TokendError
 
 
 def engine_status(engine: Engine, now: datetime) -> dict[str, Any]:
@@ -57,6 +64,41 @@ def _iso(moment: datetime | None) -> str | None:
 
 def _seconds_until(moment: datetime, now: datetime) -> int:
     return max(int((moment - now).total_seconds()), 0)
+
+
+class StatusUnavailable(Exception):
+    """No status could be read; the text says why in one line."""
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None  # no HTTP client in tokend follows a redirect: the 3xx is the answer
+
+
+def fetch_status(url: str) -> dict[str, Any]:
+    """tokend's `/status` at `url` (its listener's base URL), with the standard library only, so
+    `tokend status` starts in a blink. Raises `StatusUnavailable`."""
+    host = urllib.parse.urlsplit(url).hostname or ""
+    handlers: list[urllib.request.BaseHandler] = [_NoRedirects()]
+    if is_loopback(host):
+        handlers.append(urllib.request.ProxyHandler({}))  # loopback never through a proxy
+    request = urllib.request.Request(  # noqa: S310 - the scheme is checked by the caller
+        f"{url.rstrip('/')}/status", headers={"User-Agent": USER_AGENT}
+    )
+    try:
+        with urllib.request.build_opener(*handlers).open(request, timeout=5) as response:
+            document = json.loads(response.read(1 << 24))
+    except urllib.error.HTTPError as exc:
+        raise StatusUnavailable(f"HTTP {exc.code}") from None
+    except urllib.error.URLError as exc:
+        reason = exc.reason if isinstance(exc.reason, str) else getattr(exc.reason, "strerror", "")
+        raise StatusUnavailable(f"cannot connect: {reason or exc.reason}") from None
+    except (OSError, ValueError) as exc:
+        raise StatusUnavailable(str(exc) or type(exc).__name__) from None
+    if not is_status(document):
+        raise StatusUnavailable("it does not answer like tokend: /status is not tokend's")
+    result: dict[str, Any] = document
+    return result
 
 
 def is_status(document: Any) -> bool:

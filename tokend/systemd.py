@@ -1,5 +1,6 @@
 """systemd integration in a few lines of socket code: readiness and status notifications
-(sd_notify), a watchdog that pings from the event loop, and journald priority prefixes.
+(sd_notify) and a watchdog that pings from the event loop. (Journald priority prefixes are in
+`tokend.logs`.)
 
 The notify protocol is one datagram of `KEY=value` lines to the Unix socket named by
 `$NOTIFY_SOCKET` (a path, or `@name` for an abstract socket), so no library is needed (the PyPI
@@ -17,7 +18,6 @@ import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import timedelta
-from typing import IO
 
 from tokend.clock import format_span
 
@@ -160,38 +160,3 @@ def _watchdog_usec(env: Mapping[str, str], pid: int | None) -> int | None:
 
 
 # --- journald ----------------------------------------------------------------------------------
-
-_PRIORITIES = ((logging.CRITICAL, 2), (logging.ERROR, 3), (logging.WARNING, 4), (logging.INFO, 6))
-
-
-def syslog_priority(levelno: int) -> int:
-    """The syslog priority journald should record for a Python log level."""
-    for threshold, priority in _PRIORITIES:
-        if levelno >= threshold:
-            return priority
-    return 7  # debug
-
-
-def writes_to_journal(stream: IO[str], environ: Mapping[str, str] | None = None) -> bool:
-    """True if `stream` is the journald stream systemd connected (`$JOURNAL_STREAM` names its
-    device:inode). A stderr redirected elsewhere by the user gets no prefixes."""
-    value = (os.environ if environ is None else environ).get("JOURNAL_STREAM", "")
-    device, _, inode = value.partition(":")
-    try:
-        info = os.fstat(stream.fileno())
-        return (info.st_dev, info.st_ino) == (int(device), int(inode))
-    except (OSError, ValueError):
-        return False
-
-
-class JournalPriorityFormatter(logging.Formatter):
-    """Wraps tokend's formatter and puts `<N>` (syslog priority) before each line, so journald
-    records warnings and errors at their level. A traceback's lines keep the record's priority."""
-
-    def __init__(self, inner: logging.Formatter) -> None:
-        super().__init__()
-        self.inner = inner
-
-    def format(self, record: logging.LogRecord) -> str:
-        prefix = f"<{syslog_priority(record.levelno)}>"
-        return "\n".join(prefix + line for line in self.inner.format(record).split("\n"))

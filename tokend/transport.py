@@ -11,13 +11,18 @@ import ssl
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import httpx2
-
 from tokend import __version__
 from tokend.errors import TokendError
 
 USER_AGENT = f"tokend/{__version__}"
 """Every request tokend sends says who it is."""
+
+DEFAULT_CONNECT_TIMEOUT = 5.0
+DEFAULT_READ_TIMEOUT = 15.0
+"""Seconds for the whole exchange of one request: connecting, sending, the whole answer."""
+DEFAULT_MAX_CONCURRENT_REQUESTS = 16
+DEFAULT_LISTEN = "127.0.0.1:9464"
+"""tokend's own listener (/metrics, /healthz, /readyz, /status): loopback unless configured."""
 
 
 def url_problem(url: str, *, allow_insecure_http: bool) -> str | None:
@@ -56,6 +61,8 @@ def ssl_context(ca_bundle: Path | None) -> ssl.SSLContext:
     """A verifying client context (cached: loading a CA store costs milliseconds). Raises
     `CaBundleError` when `ca_bundle` is missing, unreadable or holds no PEM certificate."""
     if ca_bundle is None:
+        import httpx2  # the system CA store as httpx2 finds it; loaded only by those who connect
+
         context = httpx2.create_ssl_context()
     else:
         try:

@@ -163,7 +163,10 @@ def test_status_from_something_that_is_not_tokend(tmp_path: Path) -> None:
     with serve(Starlette(routes=[Route("/status", status)])) as url:
         result = tokend("status", "--url", url)
     assert result.returncode == 1
-    assert result.stderr.strip() == f"{url} does not answer like tokend: /status is not tokend's"
+    assert result.stderr.strip() == (
+        f"cannot read tokend's status from {url}: it does not answer like tokend: "
+        "/status is not tokend's"
+    )
 
 
 def test_status_into_a_closed_pipe(idp: FakeIdp, tmp_path: Path) -> None:

@@ -18,8 +18,9 @@ from pydantic import dataclasses as pydantic_dataclasses
 from tests.conftest import entra_identity
 from tests.support.harness import Harness
 from tests.support.idp import CLIENT_ID, CLIENT_SECRET, FakeIdp
-from tokend.config import ConfigError, validate_config
+from tokend.config import validate_config
 from tokend.configfile import parse_config
+from tokend.errors import ConfigError
 from tokend.oauth import CREDENTIALS, CredentialOptions, CredentialType, GrantContext, HttpRequest
 from tokend.oauth.dialects import Target
 from tokend.resources import RESOURCES, Environment, ResourceKind

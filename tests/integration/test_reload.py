@@ -186,6 +186,7 @@ def test_tokend_status(idp: FakeIdp, tmp_path: Path) -> None:
         process.wait(15)
     gone = tokend("status", "--url", f"http://127.0.0.1:{port}")
     assert gone.returncode == 1
-    assert gone.stderr.startswith(
-        f"cannot read tokend's status from http://127.0.0.1:{port}: ConnectError"
+    assert gone.stderr == (
+        f"cannot read tokend's status from http://127.0.0.1:{port}: "
+        "cannot connect: Connection refused\n"
     )

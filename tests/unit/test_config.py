@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from tokend.config import ConfigError
 from tokend.configfile import load_config, parse_config
 from tokend.durations import parse_duration
+from tokend.errors import ConfigError
 from tokend.transport import split_listen
 
 REPO = Path(__file__).resolve().parents[2]

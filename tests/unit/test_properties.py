@@ -11,9 +11,9 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tokend.config import ConfigError
 from tokend.configfile import parse_config
 from tokend.durations import parse_duration
+from tokend.errors import ConfigError
 from tokend.oauth.errors import Peer, TokenError, classify_error_response, parse_retry_after
 from tokend.oauth.response import MalformedResponse, parse_token_response
 from tokend.token import Token

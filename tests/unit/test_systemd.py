@@ -19,14 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from tokend.logs import TextFormatter
-from tokend.systemd import (
-    JournalPriorityFormatter,
-    Notifier,
-    format_status,
-    syslog_priority,
-    writes_to_journal,
-)
+from tokend.logs import JournalPriorityFormatter, TextFormatter, syslog_priority, writes_to_journal
+from tokend.systemd import Notifier, format_status
 
 
 class FakeSystemd:

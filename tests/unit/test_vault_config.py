@@ -10,8 +10,8 @@ import pytest
 import requests.exceptions as rx
 import yaml
 
-from tokend.config import ConfigError
 from tokend.configfile import parse_config
+from tokend.errors import ConfigError
 from tokend.resources import Resources
 from tokend.secrets import SecretError
 from tokend.sinks.vault import VaultSinkOptions

@@ -1,12 +1,18 @@
 """Deciding when: refresh policy, scheduling, the jobs that tie them together, and the read-only
-views readers get of them."""
+views readers get of them. Names are imported on first use (`tokend.lazy`)."""
 
-from tokend.engine.engine import Blueprint, Engine, EngineSettings, ReloadSummary
-from tokend.engine.job import Phase, TokenJob
-from tokend.engine.policy import RefreshPolicy, retry_at, startup_at
-from tokend.engine.publisher import Deliveries, Publisher, SinkSlot
-from tokend.engine.query import SinkView, TokenView
-from tokend.engine.scheduler import ApsScheduler, Runner
+from typing import TYPE_CHECKING
+
+from tokend.lazy import exports
+
+if TYPE_CHECKING:
+    from tokend.engine.aps import ApsScheduler
+    from tokend.engine.engine import Blueprint, Engine, EngineSettings, ReloadSummary
+    from tokend.engine.job import Phase, TokenJob
+    from tokend.engine.policy import RefreshPolicy, retry_at, startup_at
+    from tokend.engine.publisher import Deliveries, Publisher, SinkSlot
+    from tokend.engine.query import SinkView, TokenView
+    from tokend.engine.scheduler import Runner
 
 __all__ = [
     "ApsScheduler",
@@ -26,3 +32,14 @@ __all__ = [
     "retry_at",
     "startup_at",
 ]
+
+_MODULES = {
+    "tokend.engine.aps": ("ApsScheduler",),
+    "tokend.engine.engine": ("Blueprint", "Engine", "EngineSettings", "ReloadSummary"),
+    "tokend.engine.job": ("Phase", "TokenJob"),
+    "tokend.engine.policy": ("RefreshPolicy", "retry_at", "startup_at"),
+    "tokend.engine.publisher": ("Deliveries", "Publisher", "SinkSlot"),
+    "tokend.engine.query": ("SinkView", "TokenView"),
+    "tokend.engine.scheduler": ("Runner",),
+}
+__getattr__ = exports(__name__, _MODULES)

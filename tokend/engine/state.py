@@ -21,12 +21,14 @@ import os
 import stat
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tokend import files
-from tokend.oauth import TokenRequest
 from tokend.seal import Sealer, SealError
 from tokend.token import Token
+
+if TYPE_CHECKING:
+    from tokend.oauth import TokenRequest
 
 log = logging.getLogger("tokend.state")
 

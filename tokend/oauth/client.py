@@ -29,7 +29,15 @@ from tokend.oauth.grants import Grant
 from tokend.oauth.response import MalformedResponse, parse_token_response
 from tokend.secrets import SecretError
 from tokend.token import Token
-from tokend.transport import USER_AGENT, is_loopback, ssl_context, url_problem
+from tokend.transport import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_MAX_CONCURRENT_REQUESTS,
+    DEFAULT_READ_TIMEOUT,
+    USER_AGENT,
+    is_loopback,
+    ssl_context,
+    url_problem,
+)
 
 _MAX_BODY = 1 << 20  # a token response is a few KiB; anything past 1 MiB is not one
 
@@ -47,11 +55,6 @@ class TokenRequest:
     @property
     def target(self) -> Target:
         return Target(self.resource, self.scopes)
-
-
-DEFAULT_CONNECT_TIMEOUT = 5.0
-DEFAULT_READ_TIMEOUT = 15.0
-DEFAULT_MAX_CONCURRENT_REQUESTS = 16
 
 
 @dataclass(frozen=True, slots=True)
