@@ -93,7 +93,14 @@ class TokenClient:
                 headers=http.headers,
             )
         if not 200 <= status < 300:
-            raise classify_error_response(peer, status, headers, body, self._clock.now())
+            raise classify_error_response(
+                peer,
+                status,
+                headers,
+                body,
+                self._clock.now(),
+                transient_statuses=http.retry_statuses,
+            )
         if not isinstance(body, dict):
             raise TransientError(
                 peer, f"HTTP {status} with a body that is not JSON", code="not_json"
