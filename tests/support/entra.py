@@ -81,6 +81,12 @@ class EntraFake(DevIdentityProvider):
             ]
         )
 
+    def sign(self, claims: dict[str, Any], key: Any = None, kid: str | None = None) -> str:
+        """A JWT with these claims, signed by this provider's key (or `key`), as it signs."""
+        return jwt.encode(
+            claims, key or self._key, algorithm="RS256", headers={"kid": kid or self._kid}
+        )
+
     def reset_credentials(self) -> None:
         self.certificates.clear()
         self.federations.clear()

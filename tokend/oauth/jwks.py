@@ -46,8 +46,11 @@ class JwksError(TokendError):
     """A discovery document or key set could not be fetched; `transient` unless the server
     said it does not exist (a 4xx) or the URL may not be used."""
 
-    def __init__(self, url: str, reason: str, *, transient: bool) -> None:
+    def __init__(
+        self, url: str, reason: str, *, transient: bool, retry_after: float | None = None
+    ) -> None:
         super().__init__(f"{url}: {reason}", code="jwks_unavailable", transient=transient)
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,19 +80,28 @@ class JwksCache:
 
     async def document(self, url: str, connection: Connection) -> dict[str, Any]:
         """The JSON document at `url` (a discovery document), fetched at most every max_age."""
-        entry = await self._entry(url, connection, stale_after=self._options.max_age)
+        entry, _ = await self._entry(url, connection, stale_after=self._options.max_age)
         return entry.document
 
     async def key(self, jwks_uri: str, kid: str | None, connection: Connection) -> jwt.PyJWK | None:
         """The key `kid` of the set at `jwks_uri` (the only key, when `kid` is None and the set
-        has one), or None when the set does not hold it even after a permitted refetch."""
-        entry = await self._entry(jwks_uri, connection, stale_after=self._options.max_age)
+        has one), or None when a fresh fetch of the set does not hold it. Raises a transient
+        `JwksError` (with `retry_after`) when the set was fetched too recently to fetch again."""
+        interval = self._options.refetch_interval
+        entry, _ = await self._entry(jwks_uri, connection, stale_after=self._options.max_age)
         found = _pick(entry, kid)
         if found is None:
-            entry = await self._entry(
-                jwks_uri, connection, stale_after=self._options.refetch_interval
-            )
+            entry, fetched = await self._entry(jwks_uri, connection, stale_after=interval)
             found = _pick(entry, kid)
+            if found is None and not fetched:  # a newer set may hold it: try again later
+                age = self._clock.now() - entry.fetched_at
+                raise JwksError(
+                    jwks_uri,
+                    f"key {kid!r} is not in the set fetched {age.total_seconds():.0f}s ago; "
+                    f"it is fetched again at most every {interval.total_seconds():.0f}s",
+                    transient=True,
+                    retry_after=(interval - age).total_seconds(),
+                )
         return found
 
     async def close(self) -> None:
@@ -100,13 +112,18 @@ class JwksCache:
     def close_sync(self) -> None:
         self._clients.clear()  # nothing was sent outside an event loop: no connections to close
 
-    async def _entry(self, url: str, connection: Connection, *, stale_after: timedelta) -> _Entry:
+    async def _entry(
+        self, url: str, connection: Connection, *, stale_after: timedelta
+    ) -> tuple[_Entry, bool]:
+        """The entry for `url`, fetched first if older than `stale_after`; and whether this
+        call fetched it."""
         lock = self._locks.setdefault(url, asyncio.Lock())
         async with lock:  # one fetch per URL at a time; the others take its result
             entry = self._entries.get(url)
-            if entry is None or self._clock.now() - entry.fetched_at >= stale_after:
-                entry = self._entries[url] = await self._fetch(url, connection)
-            return entry
+            if entry is not None and self._clock.now() - entry.fetched_at < stale_after:
+                return entry, False
+            entry = self._entries[url] = await self._fetch(url, connection)
+            return entry, True
 
     async def _fetch(self, url: str, connection: Connection) -> _Entry:
         if problem := url_problem(url, allow_insecure_http=connection.allow_insecure_http):

@@ -258,7 +258,9 @@ class Check:
             reason = f"self-check cannot fetch the issuer's keys: {exc}"
             peer = Peer(self.name, urlsplit(url).hostname or "?")
             if exc.transient:
-                raise TransientError(peer, reason, code="verify_unavailable") from None
+                raise TransientError(
+                    peer, reason, code="verify_unavailable", retry_after=exc.retry_after
+                ) from None
             raise PermanentError(peer, reason, code="verify_unavailable") from None
 
     def _fail(self, host: str, claim: str, reason: str) -> PermanentError:
