@@ -112,7 +112,7 @@ def endpoint_problem(url: str) -> str | None:
 def _endpoint_key(options: ManagedIdentityOptions, source: Source) -> str:
     if options.endpoint or source == "imds":
         return "endpoint"
-    return ENDPOINT_VARIABLE
+    return f"endpoint (${ENDPOINT_VARIABLE})"
 
 
 class ManagedIdentityGrant:
