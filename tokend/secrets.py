@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, PrivateAttr, ValidationError
 
 from tokend.errors import TokendError
 from tokend.redaction import redactor
@@ -60,6 +60,16 @@ class SecretReference(BaseModel):
 
     needs: ClassVar[tuple[str, ...]] = ()
     """Shared resources (config sections) this form reads through, e.g. `("vault",)`."""
+    _binary: bool = PrivateAttr(default=False)
+    """Read as bytes (a `BinarySecretRef`, such as a PKCS#12 bundle), not as text."""
+
+    def probe(self, resources: Resources | None = None) -> None:
+        """Read the secret the way its user will (as bytes when binary) and drop it: for
+        `tokend check`. Raises `SecretError`."""
+        if self._binary:
+            self.resolve_bytes(resources)
+        else:
+            self.resolve(resources)
 
     def describe(self) -> str:
         """Where the secret comes from, for messages (never the value)."""
@@ -232,6 +242,16 @@ async def secret_version(ref: SecretReference, resources: Resources | None = Non
     except SecretError as exc:
         return f"unreadable:{exc.code}"
     return hashlib.sha256(value.encode()).hexdigest()[:16]
+
+
+def parse_binary_secret_ref(value: Any) -> SecretReference:
+    reference = parse_secret_ref(value).model_copy()
+    reference._binary = True
+    return reference
+
+
+BinarySecretRef = Annotated[SecretReference, PlainValidator(parse_binary_secret_ref)]
+"""A secret whose value is bytes: a file as it is on disk, any other form as base64 text."""
 
 
 def secret_references(model: Any, prefix: str = "") -> Iterator[tuple[str, SecretReference]]:

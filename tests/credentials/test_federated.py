@@ -4,43 +4,24 @@ app's federated identity credential (issuer, subject, audience, signature, lifet
 from __future__ import annotations
 
 import sys
-import uuid
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import jwt
 import pytest
 
 from tests.credentials.conftest import document, fake, identity, run
-from tests.support.certs import client_cert
 from tests.support.clock import EPOCH, FakeClock
-from tests.support.entra import EXCHANGE_AUDIENCE, FederatedTrust
+from tests.support.federation import cluster_trust, service_account_token
 from tests.support.harness import Harness
 from tests.support.idp import CLIENT_ID, TENANT, FakeIdp
 
-KUBE_ISSUER = "https://oidc.prod-aks.azure.com/tenant/cluster/"
-SUBJECT = "system:serviceaccount:apps:crm"
-_KEY = client_cert(key_index=2).key
 GRAPH = {"scopes": ["https://graph.example/.default"]}
-
-
-def service_account_token(now: datetime, subject: str = SUBJECT) -> str:
-    """A projected service-account token as kubelet writes it for the webhook."""
-    claims = {
-        "iss": KUBE_ISSUER,
-        "sub": subject,
-        "aud": [EXCHANGE_AUDIENCE],
-        "iat": int(now.timestamp()),
-        "exp": int((now + timedelta(hours=1)).timestamp()),
-        "jti": str(uuid.uuid4()),
-    }
-    return jwt.encode(claims, _KEY, algorithm="RS256", headers={"kid": "cluster-key"})
 
 
 @pytest.fixture
 def trusted(entra: FakeIdp) -> FakeIdp:
-    fake(entra).federations[CLIENT_ID] = FederatedTrust(KUBE_ISSUER, SUBJECT, _KEY.public_key())
+    fake(entra).federations[CLIENT_ID] = cluster_trust()
     return entra
 
 

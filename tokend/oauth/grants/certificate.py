@@ -43,7 +43,7 @@ from tokend.oauth.grants.keys import (
     load_pem,
     load_pkcs12,
 )
-from tokend.secrets import SecretError, SecretRef
+from tokend.secrets import BinarySecretRef, SecretError, SecretRef
 
 if TYPE_CHECKING:
     from tokend.resources import Resources
@@ -62,7 +62,7 @@ class CertificateOptions(CredentialOptions):
     """PEM: the certificate (and any intermediates); may hold the private key too."""
     private_key: SecretRef | None = None
     """PEM private key, when it is not in `certificate`."""
-    pkcs12: SecretRef | None = None
+    pkcs12: BinarySecretRef | None = None
     """A PKCS#12 bundle (.pfx/.p12) with key and certificate: a file, or its base64."""
     password: SecretRef | None = None
     """Of the PKCS#12 bundle, or of an encrypted PEM private key."""
