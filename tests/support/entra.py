@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import hashlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import jwt
@@ -243,3 +244,25 @@ class EntraFake(DevIdentityProvider):
 
 def _msi_error(status: int, error: str, description: str) -> Response:
     return JSONResponse({"error": error, "error_description": description}, status_code=status)
+
+
+def certificate_identity(
+    provider: DevIdentityProvider, base_url: str, directory: Path, client_id: str = "signer"
+) -> dict[str, Any]:
+    """An identity with a certificate credential that `provider` (an EntraFake) accepts: a new
+    certificate, registered for `client_id`, its files written to `directory`."""
+    from tests.support.certs import client_cert
+    from tests.support.idp import TENANT
+
+    assert isinstance(provider, EntraFake)
+    cert = client_cert(client_id)
+    cert_path, key_path = cert.write(directory, client_id)
+    provider.certificates[client_id] = [cert.certificate]
+    return {
+        "tenant": TENANT,
+        "authority_host": base_url,
+        "allow_insecure_http": True,
+        "client_id": client_id,
+        "credential": {"type": "certificate", "certificate": {"file": str(cert_path)},
+                       "private_key": {"file": str(key_path)}},
+    }  # fmt: skip
