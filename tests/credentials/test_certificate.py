@@ -22,6 +22,7 @@ from tests.support.clock import EPOCH, FakeClock
 from tests.support.entra import thumbprint
 from tests.support.harness import Harness
 from tests.support.idp import CLIENT_ID, FakeIdp
+from tokend.engine import Phase
 from tokend.metrics import Metrics
 
 CRM = {"resource": "https://crm.example"}
@@ -218,3 +219,27 @@ def test_certificate_expiry_is_a_metric_and_a_daily_warning(
     assert len(warnings) == 4, warnings
     assert "expires in 10 days" in warnings[0] and "identity app" in warnings[0]
     assert "expires in 8 days" in warnings[-1]  # 8 days 23 hours
+
+
+def test_replacing_a_refused_certificate_fixes_it_within_seconds(
+    entra: FakeIdp, tmp_path: Path
+) -> None:
+    """A refusal is permanent (retried at the maximum backoff), but the credential's files are
+    watched meanwhile: the renewed certificate is used as soon as it is in place."""
+    stale, renewed = client_cert("stale", key_index=0), client_cert("renewed", key_index=1)
+    fake(entra).certificates[CLIENT_ID] = [renewed.certificate]
+    config = document(
+        identity(entra, _pem_credential(stale, tmp_path)), _tokens(tmp_path, graph=GRAPH)
+    )
+
+    async def scenario(h: Harness) -> None:
+        await h.start()
+        await h.run_for(timedelta(seconds=5))
+        assert h.job("graph").phase(h.clock.now()) is Phase.FAILING
+        renewed.write(tmp_path, "app")
+        await h.run_for(timedelta(seconds=30))  # well within the 5-minute backoff
+        assert h.job("graph").phase(h.clock.now()) is Phase.FRESH
+
+    run(entra, config, scenario)
+    used = [a.header["x5t#S256"] for a in fake(entra).accepted]
+    assert used == [thumbprint(renewed.certificate)]

@@ -135,14 +135,16 @@ def test_canaries_never_printed(entra: FakeIdp, tmp_path: Path) -> None:
         process.send_signal(signal.SIGTERM)
         assert process.wait(15) == 0
     outputs += [checked.stdout, checked.stderr, process.communicate()[0], log.read_text()]
-    # and the failure paths: a wrong PKCS#12 password, a refused certificate
+    # and the failure paths: certificates the provider refuses; a wrong PKCS#12 password
+    fake(entra).certificates[CLIENT_ID] = []
+    refused = tokend("--log-level", "debug", "once", "-c", str(config), env=env)
+    assert refused.returncode == 1 and "AADSTS700016" in refused.stderr, refused.stderr
     (tmp_path / "p12-password").write_text("CANARY-wrong-password-5b1e\n")
     canaries.append("CANARY-wrong-password-5b1e")
-    fake(entra).certificates[CLIENT_ID] = []
-    failed = tokend("--log-level", "debug", "once", "-c", str(config), env=env)
-    assert failed.returncode == 1
-    assert "pkcs12: cannot be read" in failed.stderr and "AADSTS700016" in failed.stderr
-    outputs += [failed.stdout, failed.stderr]
+    unreadable = tokend("--log-level", "debug", "once", "-c", str(config), env=env)
+    assert unreadable.returncode == 2, unreadable.stderr  # tokend once checks first, as run does
+    assert "identities.p12.credential: pkcs12: cannot be read" in unreadable.stderr
+    outputs += [refused.stdout, refused.stderr, unreadable.stdout, unreadable.stderr]
     for text in outputs:
         for canary in canaries:
             assert canary not in text, canary

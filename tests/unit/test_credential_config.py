@@ -10,6 +10,7 @@ import yaml
 
 from tokend.config import Config, ConfigError
 from tokend.configfile import parse_config
+from tokend.transport import is_on_this_machine
 
 ENTRA = {"tenant": "contoso.onmicrosoft.com", "client_id": "app-id"}
 WEBHOOK = {
@@ -196,3 +197,13 @@ def test_verify_true_and_false() -> None:
     audience = {"audience": "api://crm"}
     given = _parse(secret, resource="https://crm.example", verify=audience).tokens["crm"].verify
     assert given is not None and given.audience == ("api://crm",)
+
+
+@pytest.mark.parametrize(
+    ("host", "direct"),
+    [("169.254.169.254", True), ("127.0.0.1", True), ("localhost", True), ("[::1]", True),
+     ("fe80::1", True), ("10.0.0.5", False), ("login.microsoftonline.com", False)],
+)  # fmt: skip
+def test_requests_to_this_machine_bypass_proxies(host: str, direct: bool) -> None:
+    """IMDS (link-local) is asked directly, never through HTTP(S)_PROXY, like loopback."""
+    assert is_on_this_machine(host) is direct

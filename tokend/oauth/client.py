@@ -29,7 +29,7 @@ from tokend.oauth.grants import Grant
 from tokend.oauth.response import MalformedResponse, parse_token_response
 from tokend.secrets import SecretError
 from tokend.token import Token
-from tokend.transport import USER_AGENT, is_loopback, ssl_context, url_problem
+from tokend.transport import USER_AGENT, is_on_this_machine, ssl_context, url_problem
 
 _MAX_BODY = 1 << 20  # a token response is a few KiB; anything past 1 MiB is not one
 
@@ -174,7 +174,8 @@ class TokenClient:
         `read_timeout` bounds the whole exchange (connecting, sending, the whole answer), not
         each read: a peer that drips one byte a second cannot hold a refresh for longer."""
         deadline = self._settings.read_timeout
-        client = self._client(endpoint.ca_bundle, direct=is_loopback(urlsplit(url).hostname or ""))
+        host = urlsplit(url).hostname or ""
+        client = self._client(endpoint.ca_bundle, direct=is_on_this_machine(host))
         try:
             async with asyncio.timeout(deadline):
                 async with client.stream(method, url, **kwargs) as response:
@@ -195,8 +196,9 @@ class TokenClient:
         return response.status_code, response.headers, _json_or_none(raw)
 
     def _client(self, ca_bundle: Path | None, *, direct: bool) -> httpx2.AsyncClient:
-        """A pooled client per CA bundle; `direct` ones (for loopback addresses) ignore
-        `HTTP(S)_PROXY`: a request to this machine never goes through a proxy elsewhere."""
+        """A pooled client per CA bundle; `direct` ones (for loopback and link-local addresses,
+        such as IMDS) ignore `HTTP(S)_PROXY`: a request to this machine never goes through a
+        proxy elsewhere."""
         client = self._clients.get((ca_bundle, direct))
         if client is None:
             settings = self._settings

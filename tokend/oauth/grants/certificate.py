@@ -169,8 +169,14 @@ class CertificateGrant:
         algorithm = signing.algorithm(options.algorithm)
         return jwt.encode(claims, signing.key, algorithm=algorithm, headers=headers)
 
-    async def _current(self) -> SigningKey:
-        """The key material as it is now: re-parsed only when its bytes changed."""
+    async def source_version(self) -> str:
+        try:
+            return _digest(await self._read())[:8].hex()
+        except SecretError as exc:
+            return f"unreadable:{exc.code}"
+
+    async def _read(self) -> list[bytes]:
+        """The key material's bytes as they are now: certificate, key, bundle, [password]."""
         options, resources = self._options, self._resources
         try:
             parts = [
@@ -181,10 +187,15 @@ class CertificateGrant:
                 parts.append((await options.password.read(resources)).reveal().encode())
         except SecretError as exc:
             raise SecretError(f"certificate credential: {exc}", transient=exc.transient) from None
-        digest = hashlib.sha256(b"\0".join(hashlib.sha256(part).digest() for part in parts))
-        if self._signing is None or digest.digest() != self._digest:
+        return parts
+
+    async def _current(self) -> SigningKey:
+        """The key material as it is now: re-parsed only when its bytes changed."""
+        parts = await self._read()
+        digest = _digest(parts)
+        if self._signing is None or digest != self._digest:
             self._signing = self._parse(parts)
-            self._digest = digest.digest()
+            self._digest = digest
             log.info(
                 "identity %s: using certificate %s (expires %s)",
                 self._identity,
@@ -228,6 +239,10 @@ class CertificateGrant:
 
     def __repr__(self) -> str:
         return f"CertificateGrant(client_id={self.client_id!r})"
+
+
+def _digest(parts: list[bytes]) -> bytes:
+    return hashlib.sha256(b"".join(hashlib.sha256(part).digest() for part in parts)).digest()
 
 
 def _day(moment: datetime) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import os
 import shutil
@@ -151,6 +152,17 @@ class FederatedGrant:
 
     def absorb(self, body: Mapping[str, Any]) -> None:
         return None
+
+    async def source_version(self) -> str:
+        """The token file's digest (it changes at each rotation: a token refused for good is
+        tried again with the next one). A command is not run just to look: always the same."""
+        if self._options.token_file is None:
+            return "command"
+        try:
+            token = read_token_file(self._options.token_file)
+        except SecretError as exc:
+            return f"unreadable:{exc.code}"
+        return hashlib.sha256(token.encode()).hexdigest()[:16]
 
     def __repr__(self) -> str:
         return f"FederatedGrant(client_id={self.client_id!r})"

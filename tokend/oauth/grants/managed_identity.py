@@ -147,6 +147,10 @@ class ManagedIdentityGrant:
     def absorb(self, body: Mapping[str, Any]) -> None:
         return None
 
+    async def source_version(self) -> str:
+        """Nothing local to replace: a fix (assigning the identity) shows only by asking."""
+        return self._source
+
     def __repr__(self) -> str:
         return f"ManagedIdentityGrant(source={self._source!r}, client_id={self.client_id!r})"
 
