@@ -168,7 +168,7 @@ def test_federated_mistakes() -> None:
         (
             {"token_endpoint": "https://idp.example/token"},
             {"resource": "https://api.example", "verify": True},
-            "tokens.crm.verify: issuer: required for an identity with a token_endpoint only",
+            "tokens.crm.verify: issuer: required: the identity names no tenant or issuer to find it from",
         ),
         (
             {"issuer": "https://idp.example"},

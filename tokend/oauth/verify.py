@@ -129,7 +129,7 @@ def verify_problem(
     if options.audience is None and not default_audiences(resource, scopes):
         return "audience: required when the token names no resource and not one .default scope"
     if not (options.issuer or entra or issuer):
-        return "issuer: required for an identity with a token_endpoint only"
+        return "issuer: required: the identity names no tenant or issuer to find it from"
     return None
 
 
