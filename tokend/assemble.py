@@ -34,7 +34,9 @@ from tokend.engine.job import Acquirer, DurationObserver
 from tokend.engine.recovery import Recovery
 from tokend.engine.state import StateStore
 from tokend.oauth import GrantContext, HttpSettings, Target, TokenRequest, build_grant
-from tokend.oauth.dialects import endpoint_for
+from tokend.oauth.dialects import DEFAULT_AUTHORITY_HOST, endpoint_for
+from tokend.oauth.jwks import JWKS, Connection
+from tokend.oauth.verify import VerifyingAcquirer, expectation
 from tokend.resources import Environment, Resources
 from tokend.seal import Sealer
 from tokend.secrets import SecretError
@@ -162,7 +164,7 @@ class _Parts:
         )
         return TokenJob(
             self.request(name),
-            acquirer=runtime.acquirer,
+            acquirer=self._acquirer(spec),
             publisher=Publisher(self._slots(name, spec, backoff), runtime.deliveries),
             policy=policy,
             backoff=backoff,
@@ -191,9 +193,39 @@ class _Parts:
                 allow_insecure_http=identity.allow_insecure_http,
                 ca_bundle=identity.ca_bundle or config.http.ca_bundle,
             )
-            context = GrantContext(identity.client_id, endpoint, self._runtime.resources)
+            context = GrantContext(
+                identity.client_id or "",
+                endpoint,
+                self._runtime.resources,
+                identity=spec.identity,
+                clock=self._runtime.clock,
+                entra_version=(1 if spec.resource else 2) if identity.is_entra else None,
+            )
             self._shared[key] = build_grant(identity.credential, context)
         return TokenRequest(name, self._shared[key], spec.resource, target.scopes)
+
+    def _acquirer(self, spec: TokenSpec) -> Acquirer:
+        """The client, or for a token with `verify:` the client followed by the self-check."""
+        runtime = self._runtime
+        if spec.verify is None:
+            return runtime.acquirer
+        identity = self._config.identity_for(spec)
+        authority = (identity.authority_host or DEFAULT_AUTHORITY_HOST).rstrip("/")
+        expected = expectation(
+            spec.verify,
+            resource=spec.resource,
+            scopes=tuple(spec.scopes or ()),
+            entra_authority=f"{authority}/{identity.tenant}" if identity.tenant else None,
+            issuer=identity.issuer,
+            connection=Connection(
+                identity.ca_bundle or self._config.http.ca_bundle, identity.allow_insecure_http
+            ),
+        )
+        return self._once(
+            VerifyingAcquirer(
+                runtime.acquirer, self._once(expected), runtime.resources.get(JWKS), runtime.clock
+            )
+        )
 
     def _slots(self, name: str, spec: TokenSpec, backoff: Backoff) -> list[SinkSlot]:
         runtime = self._runtime

@@ -63,7 +63,7 @@ def _local(config: Config) -> Iterator[tuple[str, str]]:
     for path, ref in secret_references(config):
         if not ref.needs:  # read locally; the others are checked with their resource
             try:
-                ref.resolve()
+                ref.probe()
             except SecretError as exc:
                 yield path, str(exc)
     for name, identity in config.identities.items():
@@ -117,7 +117,7 @@ def _remote(loaded: LoadedConfig, resources: Resources) -> Iterator[str]:
     for path, ref in secret_references(config):
         if ref.needs and not any(section in failed for section in ref.needs):
             try:
-                ref.resolve(resources)
+                ref.probe(resources)
             except SecretError as exc:
                 yield f"{source}: {path}: {exc}"
     for name, token in config.tokens.items():

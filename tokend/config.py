@@ -38,6 +38,7 @@ from tokend.durations import Duration, PositiveDuration
 from tokend.engine.policy import DEFAULT_JITTER, DEFAULT_THRESHOLD
 from tokend.errors import ConfigError
 from tokend.oauth.grants import CREDENTIALS, CredentialOptions
+from tokend.oauth.verify import VerifySetting, verify_problem
 from tokend.resources import RESOURCES
 from tokend.secrets import SecretRef, SecretReference, secret_references
 from tokend.sinks import SINKS, SinkOptionsBase, sink_labels
@@ -55,6 +56,7 @@ else:
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 _MULTI_TENANT = frozenset({"common", "organizations", "consumers"})
+_ENDPOINT_KEYS = ("tenant", "authority_host", "token_endpoint", "issuer", "client_id")
 
 
 Name = Annotated[str, Field(pattern=_NAME)]
@@ -108,10 +110,33 @@ class Identity(_Model):
     authority_host: str | None = None
     token_endpoint: str | None = None
     issuer: str | None = None
-    client_id: str = Field(min_length=1)
+    client_id: str | None = Field(min_length=1)
+    """Required (no default) except where the credential type knows its endpoint itself."""
     credential: Credential
     allow_insecure_http: bool = False
     ca_bundle: Path | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_credential(cls, data: Any) -> Any:
+        """What the credential type supplies: no endpoint or client_id where it knows its own
+        (a managed identity), defaults from the environment where it reads them."""
+        if not isinstance(data, dict) or not isinstance(credential := data.get("credential"), dict):
+            return data
+        tag = credential.get("type")
+        if not isinstance(tag, str) or tag not in CREDENTIALS:
+            return data
+        options = CREDENTIALS[tag].options
+        if options.own_endpoint:
+            given = [key for key in _ENDPOINT_KEYS if data.get(key) is not None]
+            if given:
+                raise ValueError(
+                    f"a {tag} credential knows its endpoint: give no {', '.join(given)} "
+                    "(choose a user-assigned identity in the credential)"
+                )
+            return {**data, "client_id": None}
+        defaults = options.identity_defaults(credential, data)
+        return {**data, **{k: v for k, v in defaults.items() if data.get(k) is None}}
 
     @field_validator("tenant")
     @classmethod
@@ -124,6 +149,10 @@ class Identity(_Model):
 
     @model_validator(mode="after")
     def _one_endpoint(self) -> Identity:
+        if self.credential.own_endpoint:
+            return self
+        if self.client_id is None:
+            raise ValueError("client_id: required for this credential type")
         given = [key for key in ("tenant", "token_endpoint", "issuer") if getattr(self, key)]
         if len(given) != 1:
             raise ValueError(
@@ -160,6 +189,8 @@ class TokenSpec:
     refresh_threshold: PositiveDuration | None = None
     jitter: Annotated[float, Field(ge=0, le=0.5)] | None = None
     backoff: BackoffOptions | None = None
+    verify: VerifySetting = None
+    """Check each new token's signature and claims before publishing it (`tokend.oauth.verify`)."""
 
 
 def _systemd_state_directory() -> Path | None:
@@ -290,7 +321,20 @@ def _subject(part: Any) -> str:
 
 
 def _target_problems(where: str, token: TokenSpec, identity: Identity) -> Iterator[tuple[str, str]]:
+    scopes = tuple(token.scopes or ())
+    if token.verify is not None and (
+        problem := verify_problem(
+            token.verify,
+            resource=token.resource,
+            scopes=scopes,
+            entra=identity.is_entra,
+            issuer=identity.issuer,
+        )
+    ):
+        yield f"{where}.verify", problem
     if not identity.is_entra:
+        if problem := identity.credential.target_problem(token.resource, scopes):
+            yield where, problem
         return
     if (token.resource is None) == (token.scopes is None):
         yield where, ("give exactly one of resource (Entra ID v1 endpoint) or scopes (v2 endpoint)")

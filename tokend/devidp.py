@@ -120,9 +120,11 @@ class DevIdentityProvider:
             audience = scope.removesuffix("/.default")
         tenant = request.path_params["tenant"]
         self.issued[client_id] += 1
-        return JSONResponse(self._token_body(tenant, client_id, audience, version))
+        return JSONResponse(self.token_body(tenant, client_id, audience, version))
 
     def _authenticate(self, request: Request, form: dict[str, str]) -> tuple[str, Response | None]:
+        if "client_assertion" in form or "client_assertion_type" in form:
+            return self.authenticate_assertion(request, form)
         client_id, secret = form.get("client_id", ""), form.get("client_secret")
         header = request.headers.get("authorization", "")
         if header.lower().startswith("basic "):
@@ -156,9 +158,19 @@ class DevIdentityProvider:
             )
         return client_id, None
 
-    def _token_body(
+    def authenticate_assertion(
+        self, request: Request, form: dict[str, str]
+    ) -> tuple[str, Response | None]:
+        """Client assertions (certificates, federation): not known here; the fake Entra ID of
+        the tests checks them."""
+        return form.get("client_id", ""), _error(
+            401, "invalid_client", 7000218, "This provider accepts client secrets only."
+        )
+
+    def token_body(
         self, tenant: str, client_id: str, audience: str, version: int
     ) -> dict[str, Any]:
+        """A token response as Entra ID sends it (v1: numbers as strings, `expires_on`)."""
         now = self.clock.now()
         issued_at = int(now.timestamp())
         lifetime = int(self.lifetime.total_seconds())
@@ -222,6 +234,10 @@ def _error(status: int, error: str, code: int, description: str) -> Response:
         },
         status_code=status,
     )
+
+
+entra_error = _error
+"""An error response shaped as Entra ID's (AADSTS code, trace and correlation ids)."""
 
 
 DEV_IDP_LISTEN = "127.0.0.1:9477"

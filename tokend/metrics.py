@@ -90,6 +90,12 @@ class EngineCollector(Collector):
             "When a sink last accepted a token (Unix time).",
             labels=["token", "sink"],
         )
+        certificates = GaugeMetricFamily(
+            "tokend_identity_certificate_expiry_timestamp_seconds",
+            "When the certificate an identity signs its requests with expires (Unix time).",
+            labels=["identity"],
+        )
+        identities: set[str] = set()
         for view in engine.query(now):
             name = view.name
             _add_time(token_gauges["expiry_timestamp_seconds"], [name], view.expires_at)
@@ -105,8 +111,12 @@ class EngineCollector(Collector):
                 _add_time(sink_success, [name, sink.name], sink.last_success)
                 for result, count in (sink.notifications or {}).items():
                     notifier_runs.add_metric([name, sink.name, result], count)
+            credential = view.credential
+            if credential and credential.expires_at and credential.identity not in identities:
+                identities.add(credential.identity)  # tokens of one identity share it
+                _add_time(certificates, [credential.identity], credential.expires_at)
         yield from token_gauges.values()
-        yield from (refreshes, publishes, sink_success, notifier_runs)
+        yield from (refreshes, publishes, sink_success, notifier_runs, certificates)
 
 
 def _add_time(family: GaugeMetricFamily, labels: list[str], moment: datetime | None) -> None:

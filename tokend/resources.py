@@ -62,7 +62,7 @@ class ResourceKind(Generic[OptionsT, ClientT]):
 
 
 RESOURCES: Registry[ResourceKind[Any, Any]] = Registry(
-    "shared resource", builtins=("tokend.vault",)
+    "shared resource", builtins=("tokend.vault", "tokend.oauth.jwks")
 )
 
 

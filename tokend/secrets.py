@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, PrivateAttr, ValidationError
 
 from tokend.errors import TokendError
 from tokend.redaction import redactor
@@ -60,6 +60,16 @@ class SecretReference(BaseModel):
 
     needs: ClassVar[tuple[str, ...]] = ()
     """Shared resources (config sections) this form reads through, e.g. `("vault",)`."""
+    _binary: bool = PrivateAttr(default=False)
+    """Read as bytes (a `BinarySecretRef`, such as a PKCS#12 bundle), not as text."""
+
+    def probe(self, resources: Resources | None = None) -> None:
+        """Read the secret the way its user will (as bytes when binary) and drop it: for
+        `tokend check`. Raises `SecretError`."""
+        if self._binary:
+            self.resolve_bytes(resources)
+        else:
+            self.resolve(resources)
 
     def describe(self) -> str:
         """Where the secret comes from, for messages (never the value)."""
@@ -73,6 +83,15 @@ class SecretReference(BaseModel):
         """`resolve()` from the event loop. Local sources are read in place (microseconds);
         a form that does network I/O overrides this to keep the loop free."""
         return self.resolve(resources)
+
+    def resolve_bytes(self, resources: Resources | None = None) -> bytes:
+        """The secret as bytes, for binary secrets (a PKCS#12 bundle): files as they are on
+        disk, other forms as their text's UTF-8 (where a binary secret is kept as base64)."""
+        return self.resolve(resources).reveal().encode("utf-8")
+
+    async def read_bytes(self, resources: Resources | None = None) -> bytes:
+        """`resolve_bytes()` from the event loop."""
+        return (await self.read(resources)).reveal().encode("utf-8")
 
 
 class InlineSecret(SecretReference):
@@ -111,6 +130,12 @@ class FileSecret(SecretReference):
     def resolve(self, resources: Resources | None = None) -> Secret:
         return Secret(_read_secret_file(self.file, "secret file"))
 
+    def resolve_bytes(self, resources: Resources | None = None) -> bytes:
+        return _read_secret_bytes(self.file, "secret file")
+
+    async def read_bytes(self, resources: Resources | None = None) -> bytes:
+        return self.resolve_bytes(resources)
+
 
 class CredentialSecret(SecretReference):
     """A systemd credential (`LoadCredential=`/`SetCredentialEncrypted=`), read from
@@ -122,28 +147,47 @@ class CredentialSecret(SecretReference):
         return f"systemd credential {self.credential}"
 
     def resolve(self, resources: Resources | None = None) -> Secret:
+        return Secret(_read_secret_file(self._path(), "systemd credential"))
+
+    def resolve_bytes(self, resources: Resources | None = None) -> bytes:
+        return _read_secret_bytes(self._path(), "systemd credential")
+
+    async def read_bytes(self, resources: Resources | None = None) -> bytes:
+        return self.resolve_bytes(resources)
+
+    def _path(self) -> Path:
         directory = os.environ.get("CREDENTIALS_DIRECTORY")
         if not directory:
             raise SecretError(
                 f"systemd credential {self.credential}: CREDENTIALS_DIRECTORY is not set "
                 "(run under systemd with LoadCredential=)"
             )
-        return Secret(_read_secret_file(Path(directory) / self.credential, "systemd credential"))
+        return Path(directory) / self.credential
 
 
 def _read_secret_file(path: Path, what: str) -> str:
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SecretError(f"{what} {path} does not exist") from None
-    except PermissionError:
-        raise SecretError(f"{what} {path} is not readable by this user") from None
-    except (OSError, UnicodeDecodeError) as exc:
+        text = _read_secret_bytes(path, what).decode("utf-8")
+    except UnicodeDecodeError as exc:
         raise SecretError(f"{what} {path} cannot be read: {type(exc).__name__}") from None
     value = text.rstrip("\r\n")
     if not value:
         raise SecretError(f"{what} {path} is empty")
     return value
+
+
+def _read_secret_bytes(path: Path, what: str) -> bytes:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise SecretError(f"{what} {path} does not exist") from None
+    except PermissionError:
+        raise SecretError(f"{what} {path} is not readable by this user") from None
+    except OSError as exc:
+        raise SecretError(f"{what} {path} cannot be read: {type(exc).__name__}") from None
+    if not data.rstrip(b"\r\n"):
+        raise SecretError(f"{what} {path} is empty")
+    return data
 
 
 @dataclass(frozen=True)
@@ -198,6 +242,16 @@ async def secret_version(ref: SecretReference, resources: Resources | None = Non
     except SecretError as exc:
         return f"unreadable:{exc.code}"
     return hashlib.sha256(value.encode()).hexdigest()[:16]
+
+
+def parse_binary_secret_ref(value: Any) -> SecretReference:
+    reference = parse_secret_ref(value).model_copy()
+    reference._binary = True
+    return reference
+
+
+BinarySecretRef = Annotated[SecretReference, PlainValidator(parse_binary_secret_ref)]
+"""A secret whose value is bytes: a file as it is on disk, any other form as base64 text."""
 
 
 def secret_references(model: Any, prefix: str = "") -> Iterator[tuple[str, SecretReference]]:

@@ -49,6 +49,17 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def is_on_this_machine(host: str) -> bool:
+    """Loopback, or link-local (the Azure IMDS at 169.254.169.254 answers on the host itself):
+    no proxy elsewhere can reach it, so no request to it goes through one."""
+    if is_loopback(host):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_link_local
+    except ValueError:
+        return False
+
+
 class CaBundleError(TokendError):
     """A configured CA bundle cannot be used; an operator must fix the file."""
 

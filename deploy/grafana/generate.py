@@ -324,6 +324,26 @@ def refresh_and_sink_panels(dashboard: board.Dashboard) -> board.Dashboard:
     )
 
 
+def credential_panels(dashboard: board.Dashboard) -> board.Dashboard:
+    expiry = 'tokend_identity_certificate_expiry_timestamp_seconds{instance=~"$instance"}'
+    return dashboard.with_row(board.Row("Credentials")).with_panel(
+        graph(
+            "Certificate time to expiry",
+            "Time until the certificate each identity signs its requests with (type: "
+            "certificate) expires; renew it before it reaches 14 days (alert "
+            "TokendCertificateExpiringSoon; below 2 days TokendCertificateExpiring). Per "
+            "identity: the token filter does not apply.",
+            "s",
+            (f"{expiry} - time()", "{{identity}} ({{instance}})"),
+        )
+        .thresholds(thresholds((None, "red"), (2 * 86400, "orange"), (14 * 86400, "green")))
+        .thresholds_style(
+            common_builders.GraphThresholdsStyleConfig().mode(common.GraphTresholdsStyleMode.LINE)
+        )
+        .span(24)
+    )
+
+
 def build() -> board.Dashboard:
     dashboard = (
         board.Dashboard("tokend")
@@ -335,7 +355,7 @@ def build() -> board.Dashboard:
         .tooltip(DashboardCursorSync.CROSSHAIR)
         .variables(variables())
     )
-    return refresh_and_sink_panels(token_panels(dashboard))
+    return credential_panels(refresh_and_sink_panels(token_panels(dashboard)))
 
 
 def render() -> str:

@@ -53,8 +53,15 @@ def test_every_query_goes_to_the_chosen_datasource_and_token() -> None:
         for target in panel["targets"]:
             assert target["datasource"]["uid"] == "${datasource}"
             expr = target["expr"]
-            if "tokend_token_refresh_duration" in expr or "tokend_build_info" in expr:
-                continue  # not per token (the histogram has no token label)
+            if any(
+                name in expr
+                for name in (
+                    "tokend_token_refresh_duration",
+                    "tokend_build_info",
+                    "tokend_identity_certificate_expiry",
+                )
+            ):
+                continue  # not per token (the histogram has no token label; per identity)
             assert 'token=~"$token"' in expr and 'instance=~"$instance"' in expr, expr
 
 

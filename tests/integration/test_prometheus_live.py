@@ -14,24 +14,31 @@ from typing import Any
 import pytest
 
 from tests.conftest import entra_identity, write_config
-from tests.support.idp import CLIENT_SECRET, FakeIdp, RecordedRequest, status
+from tests.support.entra import EntraFake, certificate_identity
+from tests.support.idp import CLIENT_SECRET, FakeIdp, RecordedRequest, running_idp, status
 from tests.support.processes import start_tokend, wait_for
 from tests.support.prometheus import RULES, Prometheus, binary, running_prometheus
 from tests.support.promql import dashboard_expressions, rule_expressions
 from tests.support.servers import free_port
 
 
-def _config(idp: FakeIdp, tmp_path: Path, port: int) -> Path:
+def _config(idp: FakeIdp, tmp_path: Path, port: int, signer: dict[str, Any]) -> Path:
     return write_config(
         tmp_path / "config.yaml",
         {
-            "identities": {"app": entra_identity(idp, CLIENT_SECRET)},
+            "identities": {"app": entra_identity(idp, CLIENT_SECRET), "signer": signer},
             "tokens": {
                 "crm": {
                     "identity": "app",
                     "resource": "https://crm.example",
                     "sinks": [{"type": "file", "path": str(tmp_path / "crm.token")}],
-                }
+                },
+                # from another, healthy provider: a certificate credential, for its metric
+                "signed": {
+                    "identity": "signer",
+                    "resource": "https://crm.example",
+                    "sinks": [{"type": "file", "path": str(tmp_path / "signed.token")}],
+                },
             },
             # Retries at most a second apart: the token arrives soon after the provider heals.
             "defaults": {
@@ -46,18 +53,20 @@ def _config(idp: FakeIdp, tmp_path: Path, port: int) -> Path:
 
 @pytest.fixture
 def tokend_url(idp: FakeIdp, tmp_path: Path) -> Iterator[str]:
-    """`tokend run` whose identity provider answers every token request with a 503."""
+    """`tokend run` whose identity provider answers every token request with a 503 (and a
+    second identity, with a certificate, at a healthy one)."""
     binary("prometheus")  # skip (or fail under CI) before starting anything
     idp.policy = _unavailable
     port = free_port()
-    process = start_tokend(
-        "run", "-c", str(_config(idp, tmp_path, port)), log=tmp_path / "tokend.log"
-    )
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(15) == 0
+    with running_idp(kind=EntraFake) as healthy:
+        signer = certificate_identity(healthy.provider, healthy.url, tmp_path)
+        config = _config(idp, tmp_path, port, signer)
+        process = start_tokend("run", "-c", str(config), log=tmp_path / "tokend.log")
+        try:
+            yield f"127.0.0.1:{port}"
+        finally:
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(15) == 0
 
 
 def _unavailable(_request: RecordedRequest) -> Any:
@@ -72,7 +81,7 @@ def test_token_invalid_alert_pends_while_the_idp_refuses_and_clears_when_it_heal
     with running_prometheus(workdir, [tokend_url], [RULES]) as prometheus:
         groups = prometheus.api("rules")["groups"]
         loaded = [rule["name"] for group in groups for rule in group["rules"]]
-        assert "TokendTokenInvalid" in loaded and len(loaded) == 7, loaded
+        assert "TokendTokenInvalid" in loaded and len(loaded) == 9, loaded
 
         # Scraped: tokend's own metrics are in Prometheus, the token not valid, failures counted.
         wait_for(
@@ -84,7 +93,9 @@ def test_token_invalid_alert_pends_while_the_idp_refuses_and_clears_when_it_heal
             lambda: (_value(prometheus, 'tokend_token_consecutive_failures{token="crm"}') or 0) > 0,
             what="failed refreshes scraped",
         )
-        alert = wait_for(lambda: _alert(prometheus, "TokendTokenInvalid"), what="alert pending")
+        alert = wait_for(
+            lambda: _alert(prometheus, "TokendTokenInvalid", "crm"), what="alert pending"
+        )
         assert alert["state"] in ("pending", "firing")
         assert alert["labels"]["token"] == "crm"
         assert alert["labels"]["severity"] == "critical"
@@ -113,8 +124,9 @@ def _value(prometheus: Prometheus, expr: str) -> float | None:
     return float(result[0]["value"][1]) if result else None
 
 
-def _alert(prometheus: Prometheus, name: str) -> dict[str, Any] | None:
+def _alert(prometheus: Prometheus, name: str, token: str | None = None) -> dict[str, Any] | None:
     for alert in prometheus.alerts():
-        if alert["labels"]["alertname"] == name:
+        labels = alert["labels"]
+        if labels["alertname"] == name and token in (None, labels.get("token")):
             return alert
     return None

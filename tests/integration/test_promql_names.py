@@ -14,6 +14,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import entra_identity, write_config
+from tests.support.entra import EntraFake, certificate_identity
 from tests.support.idp import CLIENT_SECRET, running_idp
 from tests.support.processes import start_tokend, wait_for
 from tests.support.prometheus import promtool
@@ -25,20 +26,23 @@ PROMETHEUS_OWN = {"up"}  # series Prometheus makes itself for every target
 
 @pytest.fixture(scope="module")
 def exposition(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """/metrics of a `tokend run` that has published a token to a file sink."""
+    """/metrics of a `tokend run` that has published tokens to file sinks (one of them for an
+    identity with a certificate credential)."""
     tmp_path = tmp_path_factory.mktemp("metrics")
-    with running_idp() as idp:
+    with running_idp(kind=EntraFake) as idp:
         port = free_port()
+        signer = certificate_identity(idp.provider, idp.url, tmp_path)
         config = write_config(
             tmp_path / "config.yaml",
             {
-                "identities": {"app": entra_identity(idp, CLIENT_SECRET)},
+                "identities": {"app": entra_identity(idp, CLIENT_SECRET), "signer": signer},
                 "tokens": {
-                    "crm": {
-                        "identity": "app",
+                    name: {
+                        "identity": name,
                         "resource": "https://crm.example",
-                        "sinks": [{"type": "file", "path": str(tmp_path / "crm.token")}],
+                        "sinks": [{"type": "file", "path": str(tmp_path / f"{name}.token")}],
                     }
+                    for name in ("app", "signer")
                 },
                 "defaults": {"startup_spread": 0},
                 "listen": f"127.0.0.1:{port}",

@@ -7,6 +7,9 @@ they are missing the tests fail (never skip): CI must run them.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 import os
 import queue
 import secrets
@@ -19,8 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+import jwt
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from tests.support.certs import ClientCert, client_cert
 from tests.support.servers import free_port
 
 OIDC_DIR = Path(__file__).parent / "oidc"
@@ -43,6 +49,8 @@ class OidcServer:
     issuer: str
     log_path: Path
     clients: dict[str, OidcClient]
+    jwt_keys: dict[str, ClientCert]
+    """The keys (with certificates) `tokend-jwt` may sign its assertions with, by key type."""
 
     @property
     def token_endpoint(self) -> str:
@@ -84,11 +92,13 @@ def oidc_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OidcServer
         )
         for method, short in (("client_secret_basic", "basic"), ("client_secret_post", "post"))
     }
+    jwt_keys = {"RSA": client_cert("tokend-jwt"), "EC": client_cert(ec_curve=ec.SECP256R1())}
     env = {
         **os.environ,
         "OIDC_BASIC_SECRET": clients["client_secret_basic"].secret,
         "OIDC_POST_SECRET": clients["client_secret_post"].secret,
         "OIDC_RESOURCE": RESOURCE,
+        "OIDC_JWT_JWKS": json.dumps({"keys": [_public_jwk(c) for c in jwt_keys.values()]}),
     }
     port = free_port()
     log_path = tmp_path_factory.mktemp("oidc-provider") / "server.log"
@@ -110,11 +120,26 @@ def oidc_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OidcServer
     try:
         issuer = _wait_until_ready(process, lines, log_path)
         assert issuer == f"http://127.0.0.1:{port}", issuer
-        yield OidcServer(issuer=issuer, log_path=log_path, clients=clients)
+        yield OidcServer(issuer=issuer, log_path=log_path, clients=clients, jwt_keys=jwt_keys)
     finally:
         _stop(process)
         reader.join(STOP_TIMEOUT)
         process.stdout.close()
+
+
+def _public_jwk(cert: ClientCert) -> dict[str, str]:
+    """The public key as the client registers it, named by its RFC 7638 thumbprint (the `kid`
+    tokend sends unless told otherwise), computed here independently of tokend."""
+    members = json.loads(
+        jwt.algorithms.get_default_algorithms()[
+            "RS256" if isinstance(cert.key, rsa.RSAPrivateKey) else "ES256"
+        ].to_jwk(cert.key.public_key())
+    )
+    required = ("e", "kty", "n") if members["kty"] == "RSA" else ("crv", "kty", "x", "y")
+    canonical = json.dumps({k: members[k] for k in required}, separators=(",", ":"), sort_keys=True)
+    digest = hashlib.sha256(canonical.encode()).digest()
+    kid = base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+    return {k: members[k] for k in required} | {"kid": kid, "use": "sig"}
 
 
 def _wait_until_ready(

@@ -38,6 +38,7 @@ class RecordedRequest:
     path: str
     form: dict[str, str]
     headers: dict[str, str]
+    query: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -80,7 +81,10 @@ class FakeIdp:
         request = Request(scope, receive)
         body = await request.body()
         recorded = RecordedRequest(
-            scope["path"], dict(parse_qsl(body.decode())), dict(request.headers)
+            scope["path"],
+            dict(parse_qsl(body.decode())),
+            dict(request.headers),
+            dict(parse_qsl(scope["query_string"].decode())),
         )
         self.requests.append(recorded)
         fault = self._fault_for(recorded) if scope["path"].endswith("/token") else None
@@ -105,8 +109,14 @@ def _replay(body: bytes) -> Receive:
 
 
 @contextmanager
-def running_idp(lifetime: timedelta = timedelta(hours=1), **options: Any) -> Iterator[FakeIdp]:
-    provider = DevIdentityProvider(clients={CLIENT_ID: CLIENT_SECRET}, lifetime=lifetime, **options)
+def running_idp(
+    lifetime: timedelta = timedelta(hours=1),
+    kind: type[DevIdentityProvider] = DevIdentityProvider,
+    **options: Any,
+) -> Iterator[FakeIdp]:
+    """`kind`: the provider behind the fault injector (`tests.support.entra.EntraFake` adds
+    certificate, federated and managed-identity credentials)."""
+    provider = kind(clients={CLIENT_ID: CLIENT_SECRET}, lifetime=lifetime, **options)
     idp = FakeIdp(provider)
     with serve(idp) as url:
         idp.url = url

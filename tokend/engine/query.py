@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from tokend.errors import TokendError
+from tokend.oauth.grants import CredentialState, credential_state
 from tokend.token import Token
 
 if TYPE_CHECKING:
@@ -55,6 +56,8 @@ class TokenView:
     refreshes: dict[str, int]
     """Attempts by result: success, transient_error, permanent_error."""
     sinks: tuple[SinkView, ...]
+    credential: CredentialState | None = None
+    """What is known about the grant's own credential (a certificate's expiry), if anything."""
 
     @property
     def expires_at(self) -> datetime | None:
@@ -81,6 +84,7 @@ def view_of(job: TokenJob, now: datetime) -> TokenView:
             "permanent_error": job.results.permanent_error,
         },
         sinks=sinks,
+        credential=credential_state(job.request.grant),
     )
 
 

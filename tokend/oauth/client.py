@@ -10,9 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx2
 
@@ -26,6 +24,7 @@ from tokend.oauth.errors import (
     classify_error_response,
 )
 from tokend.oauth.grants import Grant
+from tokend.oauth.http import Clients, ExchangeFailed
 from tokend.oauth.response import MalformedResponse, parse_token_response
 from tokend.secrets import SecretError
 from tokend.token import Token
@@ -33,13 +32,8 @@ from tokend.transport import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_MAX_CONCURRENT_REQUESTS,
     DEFAULT_READ_TIMEOUT,
-    USER_AGENT,
-    is_loopback,
-    ssl_context,
     url_problem,
 )
-
-_MAX_BODY = 1 << 20  # a token response is a few KiB; anything past 1 MiB is not one
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +67,12 @@ class TokenClient:
         self._settings = settings or HttpSettings()
         self._clock = clock
         self._slots = asyncio.Semaphore(self._settings.max_concurrent_requests)
-        self._clients: dict[tuple[Path | None, bool], httpx2.AsyncClient] = {}
+        settings = self._settings
+        self._http = Clients(
+            deadline=settings.read_timeout,
+            connect_timeout=settings.connect_timeout,
+            max_connections=settings.max_concurrent_requests,
+        )
         self._discovered: dict[str, str] = {}
 
     async def acquire(self, request: TokenRequest) -> Token:
@@ -96,7 +95,14 @@ class TokenClient:
                 headers=http.headers,
             )
         if not 200 <= status < 300:
-            raise classify_error_response(peer, status, headers, body, self._clock.now())
+            raise classify_error_response(
+                peer,
+                status,
+                headers,
+                body,
+                self._clock.now(),
+                transient_statuses=http.retry_statuses,
+            )
         if not isinstance(body, dict):
             raise TransientError(
                 peer, f"HTTP {status} with a body that is not JSON", code="not_json"
@@ -111,9 +117,7 @@ class TokenClient:
         return token
 
     async def aclose(self) -> None:
-        for client in self._clients.values():
-            await client.aclose()
-        self._clients.clear()
+        await self._http.aclose()
 
     async def _token_url(self, endpoint: Endpoint, peer: Peer) -> str:
         if endpoint.token_url:
@@ -165,50 +169,12 @@ class TokenClient:
     async def _send(
         self, endpoint: Endpoint, peer: Peer, method: str, url: str, **kwargs: Any
     ) -> tuple[int, httpx2.Headers, Any]:
-        """One request; returns status, headers and the JSON body (None if it is not JSON).
-
-        `read_timeout` bounds the whole exchange (connecting, sending, the whole answer), not
-        each read: a peer that drips one byte a second cannot hold a refresh for longer."""
-        deadline = self._settings.read_timeout
-        client = self._client(endpoint.ca_bundle, direct=is_loopback(urlsplit(url).hostname or ""))
+        """One request; returns status, headers and the JSON body (None if it is not JSON)."""
         try:
-            async with asyncio.timeout(deadline):
-                async with client.stream(method, url, **kwargs) as response:
-                    raw = await _read_capped(response)
-        except (TimeoutError, httpx2.TimeoutException):
-            raise TransientError(
-                peer, f"timed out: no complete answer within {deadline:g}s", code="timeout"
-            ) from None
-        except httpx2.TransportError as exc:
-            reason = str(exc) or "the connection failed"
-            raise TransientError(
-                peer, f"{type(exc).__name__}: {reason}", code=type(exc).__name__
-            ) from None
-        except _TooLarge:
-            raise TransientError(
-                peer, "response body larger than 1 MiB", code="too_large"
-            ) from None
-        return response.status_code, response.headers, _json_or_none(raw)
-
-    def _client(self, ca_bundle: Path | None, *, direct: bool) -> httpx2.AsyncClient:
-        """A pooled client per CA bundle; `direct` ones (for loopback addresses) ignore
-        `HTTP(S)_PROXY`: a request to this machine never goes through a proxy elsewhere."""
-        client = self._clients.get((ca_bundle, direct))
-        if client is None:
-            settings = self._settings
-            client = httpx2.AsyncClient(
-                verify=ssl_context(ca_bundle),
-                timeout=httpx2.Timeout(settings.read_timeout, connect=settings.connect_timeout),
-                limits=httpx2.Limits(
-                    max_connections=settings.max_concurrent_requests,
-                    max_keepalive_connections=settings.max_concurrent_requests,
-                ),
-                follow_redirects=False,
-                trust_env=not direct,
-                headers={"User-Agent": USER_AGENT},
-            )
-            self._clients[(ca_bundle, direct)] = client
-        return client
+            answer = await self._http.exchange(method, url, ca_bundle=endpoint.ca_bundle, **kwargs)
+        except ExchangeFailed as exc:
+            raise TransientError(peer, exc.reason, code=exc.code) from None
+        return answer.status, answer.headers, _json_or_none(answer.body)
 
 
 def _secret_unavailable(token: str, exc: SecretError) -> TokenError:
@@ -216,21 +182,6 @@ def _secret_unavailable(token: str, exc: SecretError) -> TokenError:
     if exc.transient:
         return TransientError(peer, str(exc), code=exc.code)
     return PermanentError(peer, str(exc), code=exc.code)
-
-
-class _TooLarge(Exception):
-    pass
-
-
-async def _read_capped(response: httpx2.Response) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in response.aiter_bytes():
-        size += len(chunk)
-        if size > _MAX_BODY:
-            raise _TooLarge
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _json_or_none(raw: bytes) -> Any:

@@ -12,7 +12,7 @@ Microsoft asks clients to branch on `error`, the HTTP status and the AADSTS code
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.utils import parsedate_to_datetime
@@ -96,8 +96,11 @@ def classify_error_response(
     headers: Mapping[str, str],
     body: Any,
     now: datetime,
+    *,
+    transient_statuses: Collection[int] = (),
 ) -> TokenError:
-    """Turn a non-2xx token-endpoint response (body already JSON-decoded, or None) into an error."""
+    """Turn a non-2xx token-endpoint response (body already JSON-decoded, or None) into an error.
+    `transient_statuses`: what this endpoint says "not yet" with besides 408, 429 and 5xx."""
     fields = body if isinstance(body, Mapping) else {}
     error = _error_name(fields.get("error"))
     codes = _aadsts_codes(fields.get("error_codes"))
@@ -108,7 +111,7 @@ def classify_error_response(
         return TransientError(
             peer, reason, code="loop_detected", retry_after=retry_after, back_off_hard=True
         )
-    if status == 429 or status >= 500 or status == 408 or error in _TRANSIENT_ERRORS:
+    if status in (408, 429, *transient_statuses) or status >= 500 or error in _TRANSIENT_ERRORS:
         code = error if error in _TRANSIENT_ERRORS else f"http_{status}"
         return TransientError(peer, reason, code=code, retry_after=retry_after)
     return PermanentError(

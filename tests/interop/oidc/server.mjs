@@ -1,9 +1,11 @@
 // oidc-provider (panva, 9.x) on loopback: the third-party OAuth2 server of tokend's interop tests.
 //
-//   OIDC_BASIC_SECRET=... OIDC_POST_SECRET=... node server.mjs PORT     (or PORT=... in the env)
+//   OIDC_BASIC_SECRET=... OIDC_POST_SECRET=... [OIDC_JWT_JWKS=...] node server.mjs PORT
 //
-// Issuer http://127.0.0.1:PORT. Two confidential clients that may only use client_credentials:
-// `tokend-basic` (client_secret_basic) and `tokend-post` (client_secret_post). Client-credentials
+// Issuer http://127.0.0.1:PORT. Confidential clients that may only use client_credentials:
+// `tokend-basic` (client_secret_basic), `tokend-post` (client_secret_post) and, when
+// OIDC_JWT_JWKS holds a JWK set of public keys, `tokend-jwt` (private_key_jwt, RFC 7523: signed
+// client assertions; oidc-provider refuses an assertion whose jti it has seen). Client-credentials
 // tokens for RESOURCE are RS256 JWTs (RFC 9068) with aud = RESOURCE, scope api:read, 300 s
 // lifetime. Prints `READY <issuer>` on stdout once listening and nothing else on stdout; logs go
 // to stderr and never contain a secret or a token. SIGTERM/SIGINT close the listener and exit 0.
@@ -47,6 +49,7 @@ const secrets = {
   basic: requiredEnv('OIDC_BASIC_SECRET'),
   post: requiredEnv('OIDC_POST_SECRET'),
 };
+const jwtClientKeys = process.env.OIDC_JWT_JWKS ? JSON.parse(process.env.OIDC_JWT_JWKS) : null;
 
 // A fresh RS256 signing key per run, from node:crypto (no dependency beyond oidc-provider).
 const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
@@ -72,6 +75,16 @@ const configuration = {
       client_secret: secrets.post,
       token_endpoint_auth_method: 'client_secret_post',
     },
+    ...(jwtClientKeys
+      ? [
+          {
+            ...clientCredentialsOnly,
+            client_id: 'tokend-jwt',
+            token_endpoint_auth_method: 'private_key_jwt',
+            jwks: jwtClientKeys,
+          },
+        ]
+      : []),
   ],
   jwks: { keys: [signingKey] },
   // Signs the provider's interaction cookies (unused here; set so no development key is used).
@@ -143,7 +156,8 @@ server.listen(Number(portText), HOST, () => {
   provider.use(strictSecretTransport);
   provider.on('grant.error', (ctx, error) => {
     const client = ctx.oidc?.client?.clientId ?? '?';
-    log(`token error client=${client} ${error.error}: ${error.error_description}`);
+    const detail = error.error_detail ? ` (${error.error_detail})` : '';
+    log(`token error client=${client} ${error.error}: ${error.error_description}${detail}`);
   });
   provider.on('server_error', (_ctx, error) => log(`server_error ${error.stack}`));
 

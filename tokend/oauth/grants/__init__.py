@@ -3,19 +3,23 @@
 from tokend.oauth.grants.base import (
     CREDENTIALS,
     CredentialOptions,
+    CredentialState,
     CredentialType,
     Grant,
     GrantContext,
     HttpRequest,
     build_grant,
+    credential_state,
 )
 
 __all__ = [
     "CREDENTIALS",
     "CredentialOptions",
+    "CredentialState",
     "CredentialType",
     "Grant",
     "GrantContext",
     "HttpRequest",
     "build_grant",
+    "credential_state",
 ]

@@ -1,0 +1,99 @@
+"""How tokend speaks HTTP to a peer (an identity provider, a key set): the rules every request
+follows, in one place.
+
+Pooled httpx2 clients per CA bundle that never follow a redirect, say `User-Agent:
+tokend/<version>`, and, for addresses on this machine (loopback, link-local such as IMDS), ignore
+`HTTP(S)_PROXY`. `exchange()` bounds the whole exchange (connecting, sending, the whole answer) by
+one deadline, so a peer that drips its answer cannot hold tokend, and reads at most 1 MiB.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx2
+
+from tokend.transport import USER_AGENT, is_on_this_machine, ssl_context
+
+MAX_BODY = 1 << 20  # a token response or a key set is a few KiB; past 1 MiB it is not one
+
+
+class ExchangeFailed(Exception):
+    """No complete answer. `reason` is one line; `code` names the kind (`timeout`,
+    `too_large`, or the transport error's class name)."""
+
+    def __init__(self, reason: str, code: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    headers: httpx2.Headers
+    body: bytes
+
+
+class Clients:
+    """The pooled clients of one user of HTTP (the token client, the key-set cache)."""
+
+    def __init__(self, *, deadline: float, connect_timeout: float, max_connections: int) -> None:
+        self.deadline = deadline
+        self._connect_timeout = connect_timeout
+        self._max_connections = max_connections
+        self._clients: dict[tuple[Path | None, bool], httpx2.AsyncClient] = {}
+
+    async def exchange(
+        self, method: str, url: str, *, ca_bundle: Path | None = None, **kwargs: Any
+    ) -> Answer:
+        """One request and its whole answer within `deadline`. Raises `ExchangeFailed`; a
+        bad CA bundle raises `tokend.transport.CaBundleError`."""
+        client = self._client(ca_bundle, direct=is_on_this_machine(urlsplit(url).hostname or ""))
+        try:
+            async with asyncio.timeout(self.deadline):
+                async with client.stream(method, url, **kwargs) as response:
+                    body = await _read_capped(response)
+        except (TimeoutError, httpx2.TimeoutException):
+            reason = f"timed out: no complete answer within {self.deadline:g}s"
+            raise ExchangeFailed(reason, "timeout") from None
+        except httpx2.TransportError as exc:
+            reason = f"{type(exc).__name__}: {exc or 'the connection failed'}"
+            raise ExchangeFailed(reason, type(exc).__name__) from None
+        return Answer(response.status_code, response.headers, body)
+
+    async def aclose(self) -> None:
+        for client in self._clients.values():
+            await client.aclose()
+        self._clients.clear()
+
+    def _client(self, ca_bundle: Path | None, *, direct: bool) -> httpx2.AsyncClient:
+        client = self._clients.get((ca_bundle, direct))
+        if client is None:
+            client = self._clients[(ca_bundle, direct)] = httpx2.AsyncClient(
+                verify=ssl_context(ca_bundle),
+                timeout=httpx2.Timeout(self.deadline, connect=self._connect_timeout),
+                limits=httpx2.Limits(
+                    max_connections=self._max_connections,
+                    max_keepalive_connections=self._max_connections,
+                ),
+                follow_redirects=False,
+                trust_env=not direct,
+                headers={"User-Agent": USER_AGENT},
+            )
+        return client
+
+
+async def _read_capped(response: httpx2.Response) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise ExchangeFailed("response body larger than 1 MiB", "too_large")
+        chunks.append(chunk)
+    return b"".join(chunks)
