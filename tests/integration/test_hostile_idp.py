@@ -145,7 +145,8 @@ def test_nothing_an_idp_echoes_is_shown(hostile: FakeIdp, tmp_path: Path) -> Non
         process.wait(20)
         del hostile.provider.clients[CLIENT]
     shown.append(log.read_text())
-    assert "invalid_client" in shown[0] and "server_error" in log.read_text()  # it did fail
+    assert json.loads(shown[0])["tokens"]["crm"]["last_error"]  # read while failing,
+    assert "invalid_client" in log.read_text() and "server_error" in log.read_text()  # both ways
     assert (tmp_path / "crm.token").read_text() == TOKEN  # and tokend did hold the canary
     for text in shown:
         assert _leaks(text) == set(), text[:2000]

@@ -3,16 +3,17 @@
 
 The engine asks for "run this coroutine function at that time" under a key (one key per token,
 one per sink retry); scheduling a key again replaces its pending run. APScheduler's
-`AsyncIOScheduler` sleeps until the next due job (no polling); a `Runner` bounds how many due jobs
-run at once. Tests substitute a virtual-time scheduler and run days of token lifetimes in seconds.
+`AsyncIOScheduler` sleeps until the next key is due (no polling); a `Runner` bounds how many due
+jobs run at once. Tests substitute a virtual-time scheduler and run days of token lifetimes in
+seconds.
 """
 
 from __future__ import annotations
 
-import contextlib
+import heapq
+import itertools
 from datetime import UTC, datetime
 
-from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.date import DateTrigger
 
@@ -21,41 +22,82 @@ from tokend.engine.scheduler import Runner
 
 
 class ApsScheduler:
-    """`Scheduler` on APScheduler 3.x: APScheduler decides *when*; a `Runner` bounds how many
-    due jobs run at once and lets them finish at shutdown."""
+    """`Scheduler` on APScheduler 3.x, for any number of keys.
+
+    APScheduler decides when to wake up: it holds one job, due at the earliest time any key is
+    due. The keys themselves live in a heap here: one tuple each rather than an APScheduler job
+    (a job, its trigger and its bookkeeping take about a kilobyte; at 100,000 tokens that is
+    100 MB and seconds of start-up). A `Runner` bounds how many due jobs run at once and lets
+    them finish at shutdown.
+    """
+
+    _WAKEUP = "tokend/due"
 
     def __init__(self, concurrency: int = 32) -> None:
         self._aps = AsyncIOScheduler(timezone=UTC)
         self.runner = Runner(concurrency)
-        self._due_job = self._due  # one bound method for all jobs, not one per job
+        self._heap: list[tuple[datetime, int, str]] = []  # (due, sequence, key); stale ones too
+        self._pending: dict[str, tuple[int, Job]] = {}  # key -> (sequence, job): the live ones
+        self._sequence = itertools.count()
+        self._wakeup_at: datetime | None = None
 
     def start(self) -> None:
         self._aps.start()
 
     def schedule(self, key: str, at: datetime, job: Job) -> None:
-        self._aps.add_job(
-            self._due_job,
-            trigger=DateTrigger(run_date=at, timezone=UTC),
-            args=(job,),
-            id=key,
-            name=key,
-            replace_existing=True,
-            misfire_grace_time=None,  # late is better than never: always run
-            coalesce=True,
-            # The engine keeps a single flight per token itself. A job that re-schedules its own
-            # key must not be refused because its previous run is still finishing.
-            max_instances=1_000_000,
-        )
+        sequence = next(self._sequence)
+        self._pending[key] = (sequence, job)  # a key scheduled again: its older entry is stale
+        heapq.heappush(self._heap, (at, sequence, key))
+        if self._wakeup_at is None or at < self._wakeup_at:
+            self._wake_at(at)
 
     def cancel(self, key: str) -> None:
-        with contextlib.suppress(JobLookupError):
-            self._aps.remove_job(key)
+        self._pending.pop(key, None)  # its heap entry is dropped when it surfaces
+
+    def due(self, key: str) -> bool:
+        return key in self._pending
 
     async def stop(self, timeout: float) -> bool:
         """Run nothing new; wait up to `timeout` s for running jobs. False if some were cut off."""
         if self._aps.running:
             self._aps.shutdown(wait=False)
+        self._pending.clear()
         return await self.runner.close(timeout)
 
-    async def _due(self, job: Job) -> None:
-        self.runner.submit(job)
+    def _wake_at(self, at: datetime) -> None:
+        self._wakeup_at = at
+        self._aps.add_job(
+            self._wake,
+            trigger=DateTrigger(run_date=at, timezone=UTC),
+            id=self._WAKEUP,
+            name=self._WAKEUP,
+            replace_existing=True,
+            misfire_grace_time=None,  # late is better than never: always run
+            coalesce=True,
+            max_instances=1_000_000,  # re-planned while it runs: never refused for that
+        )
+
+    async def _wake(self) -> None:
+        """Hand every due job to the runner; then sleep until the next one is due."""
+        now = datetime.now(UTC)
+        self._wakeup_at = None
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            _, sequence, key = heapq.heappop(heap)
+            entry = self._pending.get(key)
+            if entry is not None and entry[0] == sequence:
+                del self._pending[key]
+                self.runner.submit(entry[1])
+        self._drop_stale()
+        if heap and (self._wakeup_at is None or heap[0][0] < self._wakeup_at):
+            self._wake_at(heap[0][0])
+
+    def _drop_stale(self) -> None:
+        """Entries of keys since scheduled again or cancelled stay until they surface; when they
+        outnumber the live ones, the heap is rebuilt from the live ones alone."""
+        heap, pending = self._heap, self._pending
+        while heap and pending.get(heap[0][2], (None,))[0] != heap[0][1]:
+            heapq.heappop(heap)
+        if len(heap) > 2 * len(pending) + 1024:
+            self._heap = [entry for entry in heap if pending.get(entry[2], (None,))[0] == entry[1]]
+            heapq.heapify(self._heap)
