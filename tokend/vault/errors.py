@@ -25,6 +25,7 @@ class Problem(StrEnum):
     NO_MOUNT = "no_mount"  # no secrets engine is mounted there, or not the kind expected
     CONFLICT = "conflict"  # check-and-set: someone else wrote first
     INVALID = "invalid"  # Vault rejected the request as malformed
+    ADDRESS = "address"  # not a Vault to talk to: a redirect, plain http to an https port
     SEALED = "sealed"
     UNAVAILABLE = "unavailable"  # unreachable, timed out, 5xx, rate limited, not initialized
     INTERNAL = "internal"  # a bug in tokend or an answer it does not understand
@@ -49,6 +50,9 @@ def classify(exc: BaseException, where: str, action: str, timeout: float) -> Vau
     at `where`."""
     if isinstance(exc, VaultError):
         return exc
+    address = _address_problem(exc)
+    if address is not None:
+        return VaultError(where, address, Problem.ADDRESS)
     network = _network_problem(exc, timeout)
     if network is not None:
         return VaultError(where, network, Problem.UNAVAILABLE)
@@ -83,6 +87,21 @@ def classify(exc: BaseException, where: str, action: str, timeout: float) -> Vau
 
 
 _STATUS = {"InternalServerError": "HTTP 500", "BadGateway": "HTTP 502"}
+
+
+def _address_problem(exc: BaseException) -> str | None:
+    """Why the configured address is the wrong place to talk to Vault, or None."""
+    from tokend.vault.http import RedirectRefused
+
+    if isinstance(exc, RedirectRefused):
+        return (
+            f"Vault answered with a redirect to {exc.target}, which tokend does not follow "
+            "(set vault.address to where Vault answers itself)"
+        )
+    text = str(getattr(exc, "text", None) or "")
+    if "HTTP request to an HTTPS server" in text:
+        return "this address speaks HTTPS: write vault.address with https://"
+    return None
 
 
 def _network_problem(exc: BaseException, timeout: float) -> str | None:

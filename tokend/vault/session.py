@@ -170,6 +170,8 @@ class VaultSession:
     def _new_client(self) -> Any:
         import hvac
 
+        from tokend.vault.http import vault_http_session
+
         ca_bundle = self.options.ca_bundle
         return hvac.Client(
             url=self.address,
@@ -177,6 +179,8 @@ class VaultSession:
             namespace=self.options.namespace,
             verify=str(ca_bundle) if ca_bundle else True,
             timeout=self._timeout,
+            allow_redirects=False,
+            session=vault_http_session(self.address, ca_bundle),
         )
 
     def _is_dead(self, client: Any) -> bool:
