@@ -34,7 +34,7 @@ def create_app(engine: Engine, metrics: Metrics, clock: Clock) -> Starlette:
 
     async def readyz(request: Request) -> Response:
         now = clock.now()
-        waiting = [view.name for view in engine.query(now) if not view.published]
+        waiting = [view.name for view in engine.query(now) if not view.ready]
         if not waiting:
             return PlainTextResponse("ready\n")
         return PlainTextResponse("not ready: " + ", ".join(waiting) + "\n", status_code=503)

@@ -22,7 +22,7 @@ def engine_status(engine: Engine, now: datetime) -> dict[str, Any]:
     tokens = {view.name: token_status(view, now) for view in engine.query(now)}
     return {
         "time": _iso(now),
-        "ready": all(token["published"] for token in tokens.values()),
+        "ready": all(token["ready"] for token in tokens.values()),
         "tokens": tokens,
     }
 
@@ -32,6 +32,7 @@ def token_status(view: TokenView, now: datetime) -> dict[str, Any]:
     return {
         "state": view.phase.value,
         "published": view.published,
+        "ready": view.ready,
         "expires_at": _iso(expires_at),
         "expires_in_seconds": _seconds_until(expires_at, now) if expires_at else None,
         "next_refresh": _iso(view.next_refresh),
@@ -45,6 +46,8 @@ def token_status(view: TokenView, now: datetime) -> dict[str, Any]:
 def sink_status(sink: SinkView) -> dict[str, Any]:
     return {
         "holds_expires_at": _iso(sink.held_expires_at),
+        "holds_valid_token": sink.holds_valid_token,
+        "required_for_ready": sink.required_for_ready,
         "last_success": _iso(sink.last_success),
         "consecutive_failures": sink.failures,
         **_error(sink.last_error),
@@ -142,11 +145,17 @@ def render_table(status: dict[str, Any]) -> str:
             + row[5]
         )
         lines += [f"    {line}" for line in sink_lines.get(row[0], [])]
-    lines.append("ready" if status["ready"] else "NOT READY: some token is not valid in every sink")
+    lines.append(
+        "ready"
+        if status["ready"]
+        else "NOT READY: some token is not valid in every sink that readiness waits for"
+    )
     return "\n".join(line.rstrip() for line in lines)
 
 
 def _sink_line(name: str, sink: dict[str, Any], now: datetime) -> str:
+    if not sink.get("required_for_ready", True):
+        name += " (readiness does not wait for it)"
     when = (
         f"last success {_ago(sink['last_success'], now)}"
         if sink["last_success"]

@@ -5,7 +5,8 @@ version; the policy allows what is needed)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 
@@ -26,10 +27,64 @@ class KvLocation(Protocol):
 
 @dataclass(frozen=True)
 class Current:
-    """What the secret holds now: its version (0: none yet) and its token's `expires_on`."""
+    """What the secret holds now: its version (0: none yet) and its token's `expires_on`, and
+    what says whether tokend could have written it."""
 
     version: int
     expires_on: int | None
+    token_exp: int | None = None
+    """The `exp` claim of the stored `access_token`, when it is a JWT."""
+    tokend_metadata: bool | None = None
+    """KV v2: the secret's `custom_metadata` says `managed-by: tokend` (None: KV v1, none)."""
+    token_digest: bytes | None = field(default=None, repr=False)
+    """SHA-256 of the stored `access_token` (to recognise it without keeping it)."""
+
+
+@dataclass(frozen=True)
+class Stored:
+    """What a sink left in the secret (or found there and deferred to), to tell later whether
+    anyone changed it: KV v2 by its version, KV v1 (no versions) by the token it holds."""
+
+    version: int
+    expires_on: int | None
+    token_digest: bytes | None
+
+    @classmethod
+    def of(cls, current: Current) -> Stored:
+        return cls(current.version, current.expires_on, current.token_digest)
+
+
+def digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+LIKE_TOKEN_EXP = 300
+"""Seconds `expires_on` may differ from the JWT's `exp`: tokend counts expiry from when it sent
+the request, and the identity provider's clock may be a little off."""
+
+
+def foreign(current: Current, ours: int, lifetime: int) -> str | None:
+    """Why the stored token cannot have been written by tokend (another instance, or this one
+    earlier), or None when it could have. `ours`: `expires_on` of the token tokend publishes,
+    `lifetime` its lifetime in seconds. Only a value tokend could have written may make tokend
+    leave the secret alone (monotonic publish): anything else is replaced."""
+    stored = current.expires_on
+    if stored is None:
+        return None
+    horizon = max(_DAY, 2 * lifetime)
+    if stored > ours + horizon:
+        return (
+            f"its expires_on ({stored}) is more than {horizon // 3600} h after that of tokend's "
+            "token: no identity provider issued it"
+        )
+    if current.token_exp is not None and abs(current.token_exp - stored) > LIKE_TOKEN_EXP:
+        return "its expires_on does not match the exp of its access_token"
+    if current.tokend_metadata is False:
+        return "its metadata does not say managed-by: tokend"
+    return None
+
+
+_DAY = 86400
 
 
 def read_current(options: KvLocation, client: Any) -> Current:
@@ -37,16 +92,19 @@ def read_current(options: KvLocation, client: Any) -> Current:
     return _read_v2(options, client) if options.kv_version == 2 else _read_v1(options, client)
 
 
-def write(options: KvLocation, secret: dict[str, Any], cas: int, client: Any) -> None:
-    """Write the secret; KV v2 only if its version is still `cas` (check-and-set)."""
-    if options.kv_version == 2:
-        client.secrets.kv.v2.create_or_update_secret(
-            path=options.path, secret=secret, cas=cas, mount_point=options.mount
-        )
-    else:
+def write(options: KvLocation, secret: dict[str, Any], cas: int, client: Any) -> int:
+    """Write the secret; KV v2 only if its version is still `cas` (check-and-set). Returns the
+    version written (KV v2; 0 for KV v1)."""
+    if options.kv_version != 2:
         client.secrets.kv.v1.create_or_update_secret(
             path=options.path, secret=secret, mount_point=options.mount
         )
+        return 0
+    body = client.secrets.kv.v2.create_or_update_secret(
+        path=options.path, secret=secret, cas=cas, mount_point=options.mount
+    )
+    version = (body.get("data") or {}).get("version") if isinstance(body, dict) else None
+    return version if isinstance(version, int) else 0
 
 
 def _read_v2(options: KvLocation, client: Any) -> Current:
@@ -61,8 +119,17 @@ def _read_v2(options: KvLocation, client: Any) -> Current:
             return Current(0, None)
         raise
     data = body.get("data") or {}
-    version = (data.get("metadata") or {}).get("version")
-    return Current(version if isinstance(version, int) else 0, _expires_on(data.get("data")))
+    metadata = data.get("metadata") or {}
+    version = metadata.get("version")
+    custom = metadata.get("custom_metadata")
+    values = data.get("data")
+    return Current(
+        version if isinstance(version, int) else 0,
+        _expires_on(values),
+        _token_exp(values),
+        isinstance(custom, dict) and custom.get("managed-by") == "tokend",
+        _token_digest(values),
+    )
 
 
 def _read_v1(options: KvLocation, client: Any) -> Current:
@@ -74,7 +141,8 @@ def _read_v1(options: KvLocation, client: Any) -> Current:
         if _nothing_there(exc):
             return Current(0, None)
         raise
-    return Current(0, _expires_on(body.get("data")))
+    values = body.get("data")
+    return Current(0, _expires_on(values), _token_exp(values), None, _token_digest(values))
 
 
 def delete(options: KvLocation, client: Any) -> None:
@@ -149,3 +217,23 @@ def _expires_on(values: Any) -> int | None:
     if isinstance(raw, str) and raw.isdigit():
         return int(raw)
     return None
+
+
+def _token_exp(values: Any) -> int | None:
+    """The `exp` of the stored `access_token` if it is a JWT (read, never verified)."""
+    token = values.get("access_token") if isinstance(values, dict) else None
+    if not isinstance(token, str) or token.count(".") != 2:
+        return None
+    import jwt
+
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False, "verify_exp": False})
+    except jwt.PyJWTError:
+        return None
+    exp = claims.get("exp")
+    return exp if isinstance(exp, int) and not isinstance(exp, bool) else None
+
+
+def _token_digest(values: Any) -> bytes | None:
+    token = values.get("access_token") if isinstance(values, dict) else None
+    return digest(token) if isinstance(token, str) else None
