@@ -29,8 +29,9 @@ def _session(options: VaultOptions, environment: Environment) -> VaultSession:
 
 
 def _check(session: VaultSession) -> list[str]:
-    """`tokend check`: can tokend log in? (The login is revoked when the check closes.)"""
-    problem = session.check_login()
+    """`tokend check`: can tokend log in, and does its policy let it look up and renew its
+    token? (The login is revoked when the check closes.)"""
+    problem = session.check_login() or session.check_policy()
     return [f"auth: {problem}"] if problem else []
 
 

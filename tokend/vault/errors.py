@@ -91,7 +91,7 @@ _STATUS = {"InternalServerError": "HTTP 500", "BadGateway": "HTTP 502"}
 
 def _address_problem(exc: BaseException) -> str | None:
     """Why the configured address is the wrong place to talk to Vault, or None."""
-    from tokend.vault.http import RedirectRefused
+    from tokend.vault.http import HttpsPort, RedirectRefused
 
     if isinstance(exc, RedirectRefused):
         return (
@@ -99,7 +99,7 @@ def _address_problem(exc: BaseException) -> str | None:
             "(set vault.address to where Vault answers itself)"
         )
     text = str(getattr(exc, "text", None) or "")
-    if "HTTP request to an HTTPS server" in text:
+    if isinstance(exc, HttpsPort) or "HTTP request to an HTTPS server" in text:
         return "this address speaks HTTPS: write vault.address with https://"
     return None
 

@@ -36,6 +36,11 @@ class RedirectRefused(requests.exceptions.RequestException):
         self.target = target
 
 
+class HttpsPort(requests.exceptions.RequestException):
+    """Plain http sent to a port that speaks TLS (Go's servers answer a bare HTTP/1.0 400, then
+    hang up, often before the body can be read)."""
+
+
 def vault_http_session(address: str, ca_bundle: Path | None) -> requests.Session:
     """A requests session for the Vault at `address` (hvac uses it for every call)."""
     session = requests.Session()
@@ -48,7 +53,10 @@ def vault_http_session(address: str, ca_bundle: Path | None) -> requests.Session
 
 
 def _refuse_redirect(response: requests.Response, *args: Any, **kwargs: Any) -> None:
-    """A response hook: runs before requests would follow a redirect, so none is followed."""
+    """A response hook: runs before requests would follow a redirect (or read the body)."""
+    if response.status_code == 400 and not response.headers and response.raw.version == 10:
+        response.close()  # Vault answers HTTP/1.1 with headers; this is Go's TLS listener
+        raise HttpsPort("plain http to an https port")
     if not 300 <= response.status_code < 400:
         return
     location = urljoin(response.url, response.headers.get("Location", ""))

@@ -164,7 +164,7 @@ def mount_problem(options: KvLocation, client: Any) -> str | None:
     except hvac.exceptions.Forbidden:
         # Vault says the same for a path under no mount and for a path the policy hides.
         if _capabilities(client, [options.data_path]).get(options.data_path, {"deny"}) <= {"deny"}:
-            raise
+            return _hidden_mount(options, client)
         return no_mount
     data = body.get("data") if isinstance(body, dict) else None
     if not isinstance(data, dict) or str(data.get("path", "")).strip("/") != options.mount:
@@ -176,6 +176,44 @@ def mount_problem(options: KvLocation, client: Any) -> str | None:
     if version != str(options.kv_version):
         return f"mount '{options.mount}' is KV version {version}: set kv_version: {version}"
     return None
+
+
+def _hidden_mount(options: KvLocation, client: Any) -> str:
+    """Vault hides mounts a token's policy grants nothing under: say which ones it shows."""
+    visible = kv_mounts(client)
+    seen = f"KV mounts it can see: {', '.join(visible)}" if visible else "it can see no KV mount"
+    return (
+        f"tokend's token can see no secrets engine at '{options.mount}' ({seen}): check the "
+        f"mount, or the policy if it should allow {options.data_path}"
+    )
+
+
+def kv_mounts(client: Any) -> list[str]:
+    """The KV mounts this token may see (Vault lists those its policy grants anything under)."""
+    try:
+        body = client.adapter.get("/v1/sys/internal/ui/mounts")
+    except Exception:
+        return []
+    mounts = (body.get("data") or {}).get("secret") if isinstance(body, dict) else None
+    if not isinstance(mounts, dict):
+        return []
+    return sorted(
+        path.strip("/")
+        for path, info in mounts.items()
+        if isinstance(info, dict) and info.get("type") in ("kv", "generic")
+    )
+
+
+def kv_version_of(path: str, client: Any) -> int | None:
+    """The KV version of the mount `path` (an API path) is under, or None if unknown."""
+    try:
+        body = client.adapter.get(f"/v1/sys/internal/ui/mounts/{path}")
+    except Exception:
+        return None
+    data = body.get("data") if isinstance(body, dict) else None
+    if not isinstance(data, dict) or data.get("type") not in ("kv", "generic"):
+        return None
+    return 2 if str((data.get("options") or {}).get("version")) == "2" else 1
 
 
 def capability_problem(options: KvLocation, client: Any, *, delete: bool = False) -> str | None:
