@@ -1,5 +1,6 @@
 """What `/status` and `tokend status` report: per token its state, expiry, next refresh,
-failures and last error, and per sink its last success and last error. No secret, no token."""
+failures and last error, and per sink its last success and last error; a section per shared
+client in use (Vault's health), as its resource kind reports it. No secret, no token."""
 
 from __future__ import annotations
 
@@ -16,15 +17,23 @@ from tokend.transport import USER_AGENT, is_loopback
 if TYPE_CHECKING:
     from tokend.engine import Engine, SinkView, TokenView
     from tokend.errors import TokendError
+    from tokend.resources import Resources
 
 
-def engine_status(engine: Engine, now: datetime) -> dict[str, Any]:
+def engine_status(
+    engine: Engine, now: datetime, resources: Resources | None = None
+) -> dict[str, Any]:
+    """Per token; plus a section per shared client in use (`vault`), as its kind reports it."""
     tokens = {view.name: token_status(view, now) for view in engine.query(now)}
-    return {
+    status: dict[str, Any] = {
         "time": _iso(now),
         "ready": all(token["ready"] for token in tokens.values()),
         "tokens": tokens,
     }
+    for kind, client in resources.in_use() if resources is not None else ():
+        if kind.status is not None:
+            status[kind.section] = kind.status(client, now)
+    return status
 
 
 def token_status(view: TokenView, now: datetime) -> dict[str, Any]:
@@ -145,6 +154,9 @@ def render_table(status: dict[str, Any]) -> str:
             + row[5]
         )
         lines += [f"    {line}" for line in sink_lines.get(row[0], [])]
+    for key, section in status.items():
+        if isinstance(section, dict) and isinstance(section.get("summary"), str):
+            lines.append(f"{key} {section['summary']}")
     lines.append(
         "ready"
         if status["ready"]

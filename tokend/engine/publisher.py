@@ -268,8 +268,8 @@ class SinkSlot:
 
     def _failed_withdrawal(self, error: TokendError) -> None:
         self.failures += 1
-        if not _same(error, self.last_error):
-            log.warning("sink %s: cannot withdraw: %s", self.name, error, extra=self._extra)
+        level = logging.DEBUG if _same(error, self.last_error) else logging.WARNING
+        log.log(level, "sink %s: cannot withdraw: %s", self.name, error, extra=self._extra)
         self.last_error = error
         now = self._clock.now()
         at = retry_at(
@@ -303,8 +303,8 @@ class SinkSlot:
         self.failures += 1
         self.results.error += 1
         now = self._clock.now()
-        if not _same(error, self.last_error):
-            log.warning("sink %s: %s", self.name, error, extra=self._extra)
+        level = logging.DEBUG if _same(error, self.last_error) else logging.WARNING
+        log.log(level, "sink %s: %s", self.name, error, extra=self._extra)  # repeats: DEBUG
         self.last_error = error
         if not token.is_valid(now):
             return  # nothing worth retrying; the next refresh offers a new token
@@ -325,7 +325,8 @@ def _unexpected(exc: Exception) -> TokendError:
 
 
 def _same(error: TokendError, previous: TokendError | None) -> bool:
-    """The same failure again (said once; repeats only show in status and metrics)."""
+    """The same failure again (said once at WARNING; repeats at DEBUG, and in status and
+    metrics)."""
     return previous is not None and str(error) == str(previous)
 
 

@@ -21,6 +21,7 @@ from tokend.vault.auth import (
 )
 from tokend.vault.errors import Problem, VaultError
 from tokend.vault.options import VaultOptions
+from tokend.vault.report import vault_metrics, vault_status
 from tokend.vault.session import VaultSession
 
 
@@ -43,6 +44,8 @@ VAULT: ResourceKind[VaultOptions, VaultSession] = RESOURCES.register(
         create=_session,
         summary="address, auth",
         check=_check,
+        status=vault_status,
+        metrics=vault_metrics,
     ),
 )
 
