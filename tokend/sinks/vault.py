@@ -2,10 +2,12 @@
 OpenBao, with the policies and audit trail they already have.
 
 KV version 2 (default): every write is a check-and-set against the version just read, so two
-writers (two tokend instances, an operator) never lose an update; a value whose `expires_on` is
-later than ours is never replaced (monotonic publish, across writers); `max_versions` keeps
-hourly writes from piling up; `custom_metadata` says the secret is tokend's and for which token.
-KV version 1 has no versions: read, compare, write.
+writers (two tokend instances, an operator) never lose an update; a later token that tokend could
+have written (`tokend.vault.kv.foreign`) is never replaced (monotonic publish, across writers),
+anything else is; `max_versions` keeps hourly writes from piling up; `custom_metadata` says the
+secret is tokend's and for which token. KV version 1 has no versions: read, compare, write.
+`verify()` reads the secret back (the publisher asks every `verify_interval`), so a secret
+someone else deleted or changed is written again within about a minute.
 
 All Vault calls go through the process's `VaultSession` (the `vault` shared resource: login,
 renewal, worker threads, one-line errors); the KV operations themselves are in `tokend.vault.kv`.

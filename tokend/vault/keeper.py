@@ -96,9 +96,10 @@ class TokenKeeper:
 
     @property
     def login_now(self) -> Login | None:
-        """The current login, if any (for status: its expiry), without logging in."""
-        with self._lock:
-            return self._login
+        """The current login, if any (for status: its expiry), without logging in. Read
+        without the lock, which a login holds for as long as Vault takes to answer: a scrape
+        must not wait for that (reading one attribute is atomic)."""
+        return self._login
 
     def _new_login(self, now: datetime) -> Login:
         """Log in (lock held). Raises `VaultError`."""
