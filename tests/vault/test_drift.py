@@ -100,23 +100,33 @@ def test_a_later_token_tokend_could_have_written_is_left_alone_and_not_rewritten
     assert FOREIGN not in caplog.text
 
 
-@pytest.mark.parametrize("change", ["deleted", "deleted with its metadata", "overwritten"])
+@pytest.mark.parametrize(
+    "change",
+    ["deleted", "deleted with its metadata", "overwritten", "KV v1 deleted", "KV v1 overwritten"],
+)
 def test_a_secret_changed_by_someone_else_is_current_again_within_one_verify_interval(
     change: str, idp: FakeIdp, bao: Bao, tmp_path: Path, kvpath: str
 ) -> None:
+    v1 = {"mount": "kv1", "kv_version": 1} if change.startswith("KV v1") else {}
     sinks = [
         {"type": "file", "path": str(tmp_path / "crm.token")},
-        {"type": "vault", "path": kvpath, "verify_interval": "20s"},
+        {"type": "vault", "path": kvpath, "verify_interval": "20s", **v1},
     ]
 
     def meddle() -> None:
-        kv = bao.client().secrets.kv.v2
+        kv = bao.client().secrets.kv
         if change == "deleted":
-            kv.delete_latest_version_of_secret(path=kvpath)
+            kv.v2.delete_latest_version_of_secret(path=kvpath)
         elif change == "deleted with its metadata":
-            kv.delete_metadata_and_all_versions(path=kvpath)
-        else:
+            kv.v2.delete_metadata_and_all_versions(path=kvpath)
+        elif change == "overwritten":
             put(bao, kvpath, access_token="stale-by-hand", expires_on=1)
+        elif change == "KV v1 deleted":
+            kv.v1.delete_secret(path=kvpath, mount_point="kv1")
+        else:  # someone else's older token
+            data = kv.v1.read_secret(path=kvpath, mount_point="kv1")["data"]
+            data.update(access_token="someone-elses", expires_on=data["expires_on"] - 600)
+            kv.v1.create_or_update_secret(path=kvpath, secret=data, mount_point="kv1")
 
     async def scenario(h: Harness) -> None:
         await h.start()
@@ -126,7 +136,7 @@ def test_a_secret_changed_by_someone_else_is_current_again_within_one_verify_int
         repaired_after = None
         for second in range(1, 31):
             await h.run_for(S)
-            data = await asyncio.to_thread(_data, bao, kvpath)
+            data = await asyncio.to_thread(_data, bao, kvpath, bool(v1))
             if data and data.get("access_token") == token.value:
                 repaired_after = second
                 break
@@ -140,13 +150,18 @@ def test_a_secret_changed_by_someone_else_is_current_again_within_one_verify_int
     run(config_for(idp, bao, sinks), scenario)
 
 
-def _data(bao: Bao, path: str) -> dict[str, Any] | None:
+def _data(bao: Bao, path: str, v1: bool = False) -> dict[str, Any] | None:
     try:
+        if v1:
+            found: dict[str, Any] = bao.client().secrets.kv.v1.read_secret(
+                path=path, mount_point="kv1"
+            )["data"]
+            return found
         body = bao.client().secrets.kv.v2.read_secret_version(
             path=path, raise_on_deleted_version=False
         )
     except hx.InvalidPath:
-        return None  # deleted with its metadata
+        return None  # deleted (with its metadata)
     data: dict[str, Any] | None = body["data"]["data"]
     return data
 
