@@ -109,8 +109,7 @@ def test_a_missing_secret_id_file_is_reported_once(
     (tmp_path / "secret_id").unlink()
     document = config_document(idp, bao, [{"type": "vault", "path": kvpath}], auth)
     assert check(document) == [
-        f"{SOURCE}: vault.auth: {bao.url}/v1/auth/approle/login: vault.auth.secret_id: secret "
-        f"file {tmp_path / 'secret_id'} does not exist"
+        f"{SOURCE}: vault.auth.secret_id: secret file {tmp_path / 'secret_id'} does not exist"
     ]
 
 

@@ -21,10 +21,7 @@ from urllib.parse import urljoin, urlsplit
 
 import requests
 
-from tokend import __version__
-from tokend.transport import is_loopback
-
-USER_AGENT = f"tokend/{__version__}"
+from tokend.transport import USER_AGENT, is_loopback
 
 
 class RedirectRefused(requests.exceptions.RequestException):
