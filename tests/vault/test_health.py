@@ -10,11 +10,13 @@ import re
 from datetime import timedelta
 from pathlib import Path
 
+import hvac.exceptions as hx
 import pytest
 
 from tests.support.harness import Harness
 from tests.support.idp import FakeIdp
 from tests.support.openbao import Bao, PersistentServer
+from tests.support.processes import wait_for
 from tests.support.vault import H, M, config_for, run, writer_policy
 from tests.vault.test_check import role
 from tokend.metrics import Metrics
@@ -86,6 +88,7 @@ def test_down_sealed_and_back_as_vault_goes_away_and_returns(
     while no token needs writing."""
     bao = persistent
     sinks = [{"type": "vault", "path": kvpath, "verify_interval": "20s"}]
+    wait_for(lambda: _writable(bao), what="the new KV v2 mount upgraded")
 
     async def scenario(h: Harness) -> None:
         metrics = Metrics(h.clock)
@@ -115,6 +118,14 @@ def test_down_sealed_and_back_as_vault_goes_away_and_returns(
         assert h.slot("vault").failures == 0
 
     run(config_for(idp, bao, sinks), scenario)
+
+
+def _writable(bao: Bao) -> bool:
+    try:
+        bao.client().secrets.kv.v2.create_or_update_secret(path="probe", secret={"a": 1})
+    except hx.InvalidRequest:
+        return False  # "Upgrading from non-versioned to versioned data"
+    return True
 
 
 def test_repeated_sink_failures_are_logged_at_debug(

@@ -75,9 +75,7 @@ def classify(exc: BaseException, where: str, action: str, timeout: float) -> Vau
     if isinstance(exc, hx.InvalidPath):
         return _not_found(exc, where, detail)
     if isinstance(exc, hx.InvalidRequest):
-        if "check-and-set" in detail:
-            return VaultError(where, "changed by another writer meanwhile", Problem.CONFLICT)
-        return VaultError(where, _with(f"Vault refused to {action}", detail), Problem.INVALID)
+        return _refused(where, action, detail)
     if isinstance(exc, hx.VaultNotInitialized):
         return VaultError(where, "Vault is not initialized", Problem.UNAVAILABLE)
     if isinstance(exc, hx.RateLimitExceeded):
@@ -119,6 +117,17 @@ def _network_problem(exc: BaseException, timeout: float) -> str | None:
     if isinstance(exc, OSError) and "CA certificate bundle" in str(exc):
         return "cannot use the CA bundle (check vault.ca_bundle: it must be a readable PEM file)"
     return None
+
+
+def _refused(where: str, action: str, detail: str) -> VaultError:
+    """An HTTP 400."""
+    if "Upgrading from non-versioned to versioned data" in detail:  # a KV v2 mount just made
+        return VaultError(
+            where, "the KV mount is upgrading to version 2 (for a moment)", Problem.UNAVAILABLE
+        )
+    if "check-and-set" in detail:
+        return VaultError(where, "changed by another writer meanwhile", Problem.CONFLICT)
+    return VaultError(where, _with(f"Vault refused to {action}", detail), Problem.INVALID)
 
 
 def _not_found(exc: Any, where: str, detail: str) -> VaultError:
