@@ -33,6 +33,7 @@ from tokend.engine import (
 from tokend.engine.job import Acquirer, DurationObserver
 from tokend.engine.recovery import Recovery
 from tokend.engine.state import StateStore
+from tokend.engine.verifier import Verifier
 from tokend.oauth import GrantContext, HttpSettings, Target, TokenRequest, build_grant
 from tokend.oauth.dialects import DEFAULT_AUTHORITY_HOST, endpoint_for
 from tokend.oauth.jwks import JWKS, Connection
@@ -81,6 +82,7 @@ class _Runtime:
     resources: Resources
     deliveries: Deliveries
     recovery: Recovery
+    verifier: Verifier
 
 
 class Assembly:
@@ -108,6 +110,7 @@ class Assembly:
             resources=self.resources,
             deliveries=self.engine.deliveries,
             recovery=Recovery(scheduler, clock, rand),
+            verifier=Verifier(clock, scheduler, rand, self.engine.deliveries),
         )
 
     def build(self, config: Config) -> None:
@@ -240,6 +243,8 @@ class _Parts:
                 backoff=backoff,
                 rand=runtime.rand,
                 withdraw_on_expiry=options.on_expiry == "withdraw",
+                required_for_ready=options.waits_for_ready(),
+                verifier=runtime.verifier,
             )
             if options.on_publish is not None:
                 slot.observer = ConsumerNotifier(options.on_publish, name, labels[index])

@@ -22,13 +22,15 @@ from tokend.resources import RESOURCES, Environment, Resources
 from tokend.secrets import SecretError, secret_references
 from tokend.sinks import SinkContext, sink_labels
 from tokend.transport import ca_bundle_problem, is_loopback, split_listen
+from tokend.validation import SECTIONS
 
 
 def preflight(loaded: LoadedConfig) -> list[str]:
     """Everything `tokend check` finds: one line per problem, naming the file and the key."""
     resources = Resources(loaded.config.sections, Environment())
     try:
-        return list(local_problems(loaded, listen=True)) + list(_remote(loaded, resources))
+        local = local_problems(loaded, listen=True)
+        return local + list(_remote(loaded, resources, said=local))
     finally:
         resources.close_sync()
 
@@ -60,12 +62,12 @@ def warnings(loaded: LoadedConfig) -> list[str]:
 
 
 def _local(config: Config) -> Iterator[tuple[str, str]]:
-    for path, ref in secret_references(config):
+    for key, ref in secret_references(config):
         if not ref.needs:  # read locally; the others are checked with their resource
             try:
                 ref.probe()
             except SecretError as exc:
-                yield path, str(exc)
+                yield key.removeprefix(f"{SECTIONS}."), str(exc)  # `vault.auth.secret_id`
     for name, identity in config.identities.items():
         for line in identity.credential.preflight():
             yield f"identities.{name}.credential", line
@@ -107,12 +109,14 @@ def _listen_problem(listen: str) -> str | None:
     return None
 
 
-def _remote(loaded: LoadedConfig, resources: Resources) -> Iterator[str]:
+def _remote(loaded: LoadedConfig, resources: Resources, said: list[str]) -> Iterator[str]:
     config, source = loaded.config, loaded.source
     for section in config.sections:
         resources.get(RESOURCES[section])
     failed = resources.check()
     for section, lines in failed.items():
+        if any(line.startswith(f"{source}: {section}.") for line in said):
+            continue  # a setting of its own is wrong (said above): that is why it failed
         yield from (f"{source}: {section}.{line}" for line in lines)
     for path, ref in secret_references(config):
         if ref.needs and not any(section in failed for section in ref.needs):

@@ -55,11 +55,11 @@ class Daemon:
         )
         self.assembly.build(self.config)
         self.engine = self.assembly.engine
-        self.metrics.watch(self.engine)
+        self.metrics.watch(self.engine, self.assembly.resources)
         self.listener: HttpListener | None = None
         if self.config.listen:
             host, port = split_listen(self.config.listen)
-            app = create_app(self.engine, self.metrics, self.clock)
+            app = create_app(self.engine, self.metrics, self.clock, self.assembly.resources)
             self.listener = HttpListener(app, host, port)
         self.service = ServiceReporter(
             self.engine, self.clock, ready_when_started=self.config.systemd_ready == "started"

@@ -3,6 +3,8 @@
 Token and sink state is read from the engine at scrape time by one collector (as cert-manager
 does), so nothing is updated from all over the code and 10,000 tokens cost no extra objects.
 Only the refresh-duration histogram records events as they happen; it has no per-token label.
+Shared clients (the Vault session) contribute their own families through their resource kind
+(`ResourceKind.metrics`), also read at scrape time; this module names none of them.
 Metric names are an interface: dashboards and alerts depend on them.
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import datetime
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -18,6 +21,7 @@ from prometheus_client.registry import Collector
 from tokend import __version__
 from tokend.clock import SYSTEM_CLOCK, Clock
 from tokend.engine import Engine
+from tokend.resources import ResourceKind, Resources
 
 REFRESH_RESULTS = ("success", "transient_error", "permanent_error")
 
@@ -40,8 +44,12 @@ class Metrics:
         self._collector = EngineCollector(clock)
         self.registry.register(self._collector)
 
-    def watch(self, engine: Engine) -> None:
+    def watch(self, engine: Engine, resources: Resources | None = None) -> None:
+        """Read token and sink metrics from `engine`, and those of the shared clients in use
+        (Vault's health...) from `resources`, at each scrape."""
         self._collector.engine = engine
+        if resources is not None:
+            self.registry.register(ResourcesCollector(resources))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -117,6 +125,24 @@ class EngineCollector(Collector):
                 _add_time(certificates, [credential.identity], credential.expires_at)
         yield from token_gauges.values()
         yield from (refreshes, publishes, sink_success, notifier_runs, certificates)
+
+
+class ResourcesCollector(Collector):
+    """Metric families of the shared clients in use, as each resource kind defines them."""
+
+    def __init__(self, resources: Resources) -> None:
+        self._resources = resources
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+    def collect(self) -> Iterator[Metric]:
+        clients: dict[str, tuple[ResourceKind[Any, Any], list[Any]]] = {}
+        for kind, client in self._resources.in_use():
+            clients.setdefault(kind.section, (kind, []))[1].append(client)
+        for kind, in_use in clients.values():
+            if kind.metrics is not None:
+                yield from kind.metrics(in_use)
 
 
 def _add_time(family: GaugeMetricFamily, labels: list[str], moment: datetime | None) -> None:

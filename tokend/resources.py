@@ -10,8 +10,9 @@ A sink or credential never builds a shared client itself: it asks its `Resources
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Generic, Protocol, TypeVar
 
 from tokend.clock import SYSTEM_CLOCK, Clock, Scheduler
@@ -59,6 +60,11 @@ class ResourceKind(Generic[OptionsT, ClientT]):
     check: Callable[[ClientT], list[str]] | None = None
     """Problems found by using the client without changing anything (for `tokend check`), one
     line each, starting with the key they concern inside the section (`auth: ...`)."""
+    status: Callable[[ClientT, datetime], dict[str, Any]] | None = None
+    """The client's section of `/status` (JSON; with a one-line `summary` for `tokend status`),
+    from what it knows already: no request is made."""
+    metrics: Callable[[list[ClientT]], Iterable[Any]] | None = None
+    """Prometheus metric families for the clients in use, read at scrape time: no request."""
 
 
 RESOURCES: Registry[ResourceKind[Any, Any]] = Registry(
@@ -126,6 +132,15 @@ class Resources:
         for client in self._clients.values():
             client.close_sync()
         self._clients.clear()
+
+    def in_use(self) -> list[tuple[ResourceKind[Any, Any], Any]]:
+        """The clients the current config uses, with their kinds (for `/status` and
+        `/metrics`, which only read them)."""
+        return [
+            (RESOURCES[key[0]], client)
+            for key, client in self._clients.items()
+            if key in self._in_use
+        ]
 
     def check(self) -> dict[str, list[str]]:
         """What each client in use finds wrong by trying (`tokend check`), by config section."""

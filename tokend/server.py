@@ -20,12 +20,15 @@ from starlette.routing import Route
 from tokend.clock import Clock
 from tokend.engine import Engine
 from tokend.metrics import Metrics
+from tokend.resources import Resources
 from tokend.status import engine_status
 
 _PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 
 
-def create_app(engine: Engine, metrics: Metrics, clock: Clock) -> Starlette:
+def create_app(
+    engine: Engine, metrics: Metrics, clock: Clock, resources: Resources | None = None
+) -> Starlette:
     async def metrics_endpoint(request: Request) -> Response:
         return Response(metrics.render(), media_type=_PROMETHEUS_TEXT)
 
@@ -34,13 +37,13 @@ def create_app(engine: Engine, metrics: Metrics, clock: Clock) -> Starlette:
 
     async def readyz(request: Request) -> Response:
         now = clock.now()
-        waiting = [view.name for view in engine.query(now) if not view.published]
+        waiting = [view.name for view in engine.query(now) if not view.ready]
         if not waiting:
             return PlainTextResponse("ready\n")
         return PlainTextResponse("not ready: " + ", ".join(waiting) + "\n", status_code=503)
 
     async def status(request: Request) -> Response:
-        return JSONResponse(engine_status(engine, clock.now()))
+        return JSONResponse(engine_status(engine, clock.now(), resources))
 
     return Starlette(
         routes=[

@@ -1,5 +1,6 @@
 """What `/status` and `tokend status` report: per token its state, expiry, next refresh,
-failures and last error, and per sink its last success and last error. No secret, no token."""
+failures and last error, and per sink its last success and last error; a section per shared
+client in use (Vault's health), as its resource kind reports it. No secret, no token."""
 
 from __future__ import annotations
 
@@ -16,15 +17,23 @@ from tokend.transport import USER_AGENT, is_loopback
 if TYPE_CHECKING:
     from tokend.engine import Engine, SinkView, TokenView
     from tokend.errors import TokendError
+    from tokend.resources import Resources
 
 
-def engine_status(engine: Engine, now: datetime) -> dict[str, Any]:
+def engine_status(
+    engine: Engine, now: datetime, resources: Resources | None = None
+) -> dict[str, Any]:
+    """Per token; plus a section per shared client in use (`vault`), as its kind reports it."""
     tokens = {view.name: token_status(view, now) for view in engine.query(now)}
-    return {
+    status: dict[str, Any] = {
         "time": _iso(now),
-        "ready": all(token["published"] for token in tokens.values()),
+        "ready": all(token["ready"] for token in tokens.values()),
         "tokens": tokens,
     }
+    for kind, client in resources.in_use() if resources is not None else ():
+        if kind.status is not None:
+            status[kind.section] = kind.status(client, now)
+    return status
 
 
 def token_status(view: TokenView, now: datetime) -> dict[str, Any]:
@@ -32,6 +41,7 @@ def token_status(view: TokenView, now: datetime) -> dict[str, Any]:
     return {
         "state": view.phase.value,
         "published": view.published,
+        "ready": view.ready,
         "expires_at": _iso(expires_at),
         "expires_in_seconds": _seconds_until(expires_at, now) if expires_at else None,
         "next_refresh": _iso(view.next_refresh),
@@ -45,6 +55,8 @@ def token_status(view: TokenView, now: datetime) -> dict[str, Any]:
 def sink_status(sink: SinkView) -> dict[str, Any]:
     return {
         "holds_expires_at": _iso(sink.held_expires_at),
+        "holds_valid_token": sink.holds_valid_token,
+        "required_for_ready": sink.required_for_ready,
         "last_success": _iso(sink.last_success),
         "consecutive_failures": sink.failures,
         **_error(sink.last_error),
@@ -142,11 +154,20 @@ def render_table(status: dict[str, Any]) -> str:
             + row[5]
         )
         lines += [f"    {line}" for line in sink_lines.get(row[0], [])]
-    lines.append("ready" if status["ready"] else "NOT READY: some token is not valid in every sink")
+    for key, section in status.items():
+        if isinstance(section, dict) and isinstance(section.get("summary"), str):
+            lines.append(f"{key} {section['summary']}")
+    lines.append(
+        "ready"
+        if status["ready"]
+        else "NOT READY: some token is not valid in every sink that readiness waits for"
+    )
     return "\n".join(line.rstrip() for line in lines)
 
 
 def _sink_line(name: str, sink: dict[str, Any], now: datetime) -> str:
+    if not sink.get("required_for_ready", True):
+        name += " (readiness does not wait for it)"
     when = (
         f"last success {_ago(sink['last_success'], now)}"
         if sink["last_success"]

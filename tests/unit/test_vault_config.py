@@ -17,6 +17,7 @@ from tokend.secrets import SecretError
 from tokend.sinks.vault import VaultSinkOptions
 from tokend.vault import VAULT, VaultOptions, VaultSession
 from tokend.vault.errors import Problem, classify
+from tokend.vault.http import HttpsPort, RedirectRefused
 from tokend.vault.secret import VaultSecret
 
 BASE: dict[str, Any] = {
@@ -271,6 +272,26 @@ def _vault(cls: type[hx.VaultError], *errors: str, **json: Any) -> hx.VaultError
             rx.SSLError(),
             Problem.UNAVAILABLE,
             "TLS handshake failed (check vault.ca_bundle and the server's certificate)",
+        ),
+        (
+            _vault(
+                hx.InvalidRequest,
+                "Upgrading from non-versioned to versioned data. This backend will be unavailable "
+                "for a brief period and will resume service shortly.",
+            ),
+            Problem.UNAVAILABLE,
+            "the KV mount is upgrading to version 2 (for a moment)",
+        ),
+        (
+            RedirectRefused("http://203.0.113.1"),
+            Problem.ADDRESS,
+            "Vault answered with a redirect to http://203.0.113.1, which tokend does not follow "
+            "(set vault.address to where Vault answers itself)",
+        ),
+        (
+            HttpsPort("plain http to an https port"),
+            Problem.ADDRESS,
+            "this address speaks HTTPS: write vault.address with https://",
         ),
         (KeyError("x"), Problem.INTERNAL, "unexpected KeyError"),
     ],

@@ -10,6 +10,7 @@ falls inside the outage: the file sink gets it at once, Vault as soon as it is b
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -173,6 +174,9 @@ def test_a_read_only_consumer_reads_a_valid_token_while_vault_goes_and_comes_bac
             status = process.wait(15)
 
     assert status == 0
+    vault = json.loads(served[0])["vault"]  # the daemon shows Vault's health
+    assert vault["up"] is True and vault["logins"]["success"] >= 1
+    assert f'tokend_vault_up{{address="{bao.url}"}} 1.0' in served[1]
     reads = consumer.reads
     good = [read for read in reads if read.value is not None]
     assert all(read.expires_on is not None and read.expires_on > read.at for read in good)

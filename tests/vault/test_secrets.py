@@ -34,8 +34,8 @@ def test_client_secrets_from_vault_kv2_and_kv1(idp: FakeIdp, bao: Bao, tmp_path:
     ok, error = run(config_for(idp, bao, sinks, secret={"vault": f"secret/apps/{app}#x"}), refresh)
     assert not ok
     assert error == (
-        f"config: client secret: {bao.url}/v1/secret/apps/{app}: this is a KV version 2 mount: "
-        "its secrets are at MOUNT/data/PATH (kv_version: 2)"
+        f"config: client secret: {bao.url}/v1/secret/apps/{app}: secret is KV version 2: "
+        f"write {{vault: secret/data/apps/{app}#x}}"
     )
     reference = {"vault": f"secret/data/apps/{app}#nope"}
     ok, error = run(config_for(idp, bao, sinks, secret=reference), refresh)

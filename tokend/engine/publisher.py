@@ -3,7 +3,9 @@
 Each sink has a slot holding the newest token it should have. Delivery is attempted at once for
 all sinks concurrently; a failing sink is retried on its own backoff schedule and, when it
 recovers, receives the newest token rather than a backlog. A sink never receives a token that
-expires sooner than the one it holds (monotonic publish).
+expires sooner than the one it holds (monotonic publish). A sink that can tell whether what it
+holds is still tokend's (`verify()`) is asked now and then by the `Verifier`
+(`tokend.engine.verifier`), and delivered to again when it is not.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from tokend.backoff import Backoff
 from tokend.clock import Clock, Job, Scheduler
 from tokend.engine.policy import retry_at
 from tokend.engine.scheduler import Runner
+from tokend.engine.verifier import Verifier, verified
 from tokend.errors import TokendError
-from tokend.sinks import Sink
+from tokend.sinks import Sink, can_verify
 from tokend.token import Token
 
 log = logging.getLogger("tokend.publisher")
@@ -56,11 +59,13 @@ class SinkSlot:
         "_retry_pending",
         "_scheduler",
         "_stopped",
+        "_verifier",
         "failures",
         "held",
         "last_error",
         "last_success",
         "observer",
+        "required_for_ready",
         "results",
         "sink",
         "token_name",
@@ -78,10 +83,14 @@ class SinkSlot:
         backoff: Backoff,
         rand: random.Random,
         withdraw_on_expiry: bool = False,
+        required_for_ready: bool = True,
+        verifier: Verifier | None = None,
     ) -> None:
         self.token_name = token_name
         self.sink = sink
         self.withdraw_on_expiry = withdraw_on_expiry
+        self.required_for_ready = required_for_ready
+        """Readiness (`/readyz`, systemd READY) waits for this sink to hold a valid token."""
         self.held: Token | None = None
         self.wanted: Token | None = None
         self.failures = 0
@@ -97,6 +106,9 @@ class SinkSlot:
         self._stopped = False
         self.observer: PublishObserver | None = None
         """Told after each durable write (consumer notification)."""
+        self._verifier = verifier if verifier is not None and can_verify(sink) else None
+        if self._verifier is not None:
+            self._verifier.watch(self)
 
     @property
     def name(self) -> str:
@@ -202,10 +214,44 @@ class SinkSlot:
             "sink %s: token removed from the config; value withdrawn", self.name, extra=self._extra
         )
 
+    async def check(self) -> None:
+        """Ask a sink that can tell (`verify()`) whether it still holds the token it was given;
+        if someone changed or deleted it, deliver again. Nothing to do while the sink is failing
+        (its retries are planned) or holds no valid token."""
+        async with self._lock:
+            held = self.held
+            if (
+                held is None
+                or self.failures
+                or self._stopped
+                or not held.is_valid(self._clock.now())
+            ):
+                return
+            if await verified(self, held):
+                return
+            self.held = None
+        log.warning(
+            "sink %s: no longer holds tokend's token (changed or deleted by someone else); "
+            "writing it again",
+            self.name,
+            extra=self._extra,
+        )
+        await self.deliver()
+
+    async def catch_up(self) -> None:
+        """Another sink of this type recovered: retry now if failing, else check."""
+        if self.failures and self.wanted is not None and self._retry_pending:
+            self._cancel_retry()
+            await self.deliver()
+        else:
+            await self.check()
+
     def stop(self) -> None:
         """Deliver nothing more (a delivery already queued finds the slot stopped)."""
         self._stopped = True
         self._cancel_retry()
+        if self._verifier is not None:
+            self._verifier.forget(self)
 
     async def close(self) -> None:
         """Stop, wait for a write already under way (so that nothing this slot started lands
@@ -222,8 +268,8 @@ class SinkSlot:
 
     def _failed_withdrawal(self, error: TokendError) -> None:
         self.failures += 1
-        if not _same(error, self.last_error):
-            log.warning("sink %s: cannot withdraw: %s", self.name, error, extra=self._extra)
+        level = logging.DEBUG if _same(error, self.last_error) else logging.WARNING
+        log.log(level, "sink %s: cannot withdraw: %s", self.name, error, extra=self._extra)
         self.last_error = error
         now = self._clock.now()
         at = retry_at(
@@ -242,6 +288,8 @@ class SinkSlot:
                 self.failures,
                 extra=self._extra,
             )
+            if self._verifier is not None:
+                self._verifier.recovered(self)
         self.held = token
         self.failures = 0
         self.last_error = None
@@ -255,8 +303,8 @@ class SinkSlot:
         self.failures += 1
         self.results.error += 1
         now = self._clock.now()
-        if not _same(error, self.last_error):
-            log.warning("sink %s: %s", self.name, error, extra=self._extra)
+        level = logging.DEBUG if _same(error, self.last_error) else logging.WARNING
+        log.log(level, "sink %s: %s", self.name, error, extra=self._extra)  # repeats: DEBUG
         self.last_error = error
         if not token.is_valid(now):
             return  # nothing worth retrying; the next refresh offers a new token
@@ -277,7 +325,8 @@ def _unexpected(exc: Exception) -> TokendError:
 
 
 def _same(error: TokendError, previous: TokendError | None) -> bool:
-    """The same failure again (said once; repeats only show in status and metrics)."""
+    """The same failure again (said once at WARNING; repeats at DEBUG, and in status and
+    metrics)."""
     return previous is not None and str(error) == str(previous)
 
 
@@ -295,11 +344,15 @@ class Deliveries:
         self._lanes: dict[type, Runner] = {}
 
     def start(self, slot: SinkSlot) -> None:
+        self.submit(slot, slot.deliver)
+
+    def submit(self, slot: SinkSlot, job: Job) -> None:
+        """Run `job` (a delivery or a check of `slot`) in the lane of `slot`'s kind of sink."""
         kind = type(slot.sink)
         lane = self._lanes.get(kind)
         if lane is None:
             lane = self._lanes[kind] = Runner(self._per_lane)
-        lane.submit(slot.deliver)
+        lane.submit(job)
 
     async def drain(self, timeout: float) -> bool:
         """Let queued and running deliveries finish, up to `timeout` s; then stop them all.

@@ -26,6 +26,8 @@ class SinkView:
     held_expires_at: datetime | None
     """Expiry of the token this sink holds (None: never written, or withdrawn)."""
     holds_valid_token: bool
+    required_for_ready: bool
+    """Readiness waits for this sink to hold a valid token."""
     last_success: datetime | None
     failures: int
     """Failed attempts since the last success."""
@@ -48,6 +50,8 @@ class TokenView:
     """A token is held and has not expired."""
     published: bool
     """Valid, and every sink holds a valid token."""
+    ready: bool
+    """Valid, and every sink that readiness waits for (`required_for_ready`) holds one."""
     next_refresh: datetime | None
     last_success: datetime | None
     failures: int
@@ -74,6 +78,7 @@ def view_of(job: TokenJob, now: datetime) -> TokenView:
         token=token,
         valid=valid,
         published=valid and all(sink.holds_valid_token for sink in sinks),
+        ready=valid and all(s.holds_valid_token for s in sinks if s.required_for_ready),
         next_refresh=job.next_run,
         last_success=job.last_success,
         failures=job.failures,
@@ -94,6 +99,7 @@ def _sink_view(slot: SinkSlot, now: datetime) -> SinkView:
         name=slot.name,
         held_expires_at=held.expires_at if held is not None else None,
         holds_valid_token=held is not None and held.is_valid(now),
+        required_for_ready=slot.required_for_ready,
         last_success=slot.last_success,
         failures=slot.failures,
         last_error=slot.last_error,

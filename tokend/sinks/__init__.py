@@ -11,7 +11,9 @@ from tokend.sinks.base import (
     SinkError,
     SinkOptionsBase,
     SinkType,
+    VerifyingSink,
     build_sink,
+    can_verify,
     sink_labels,
 )
 
@@ -22,6 +24,8 @@ __all__ = [
     "SinkError",
     "SinkOptionsBase",
     "SinkType",
+    "VerifyingSink",
     "build_sink",
+    "can_verify",
     "sink_labels",
 ]

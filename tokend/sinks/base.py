@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, TypeGuard
 
 from pydantic import ConfigDict
 from pydantic import dataclasses as pydantic_dataclasses
@@ -69,6 +70,16 @@ class SinkOptionsBase:
     on_publish: OnPublish | None = None
     """Tell consumers that keep the token in memory: a command and/or a signal after each
     durable write (`tokend.consumers`)."""
+    required_for_ready: bool | None = None
+    """Whether readiness (`/readyz`, systemd READY) waits for this sink to hold a valid token.
+    Default: the sink type's (true for a file the pod's own app reads; false for a shared
+    remote store such as Vault, whose outage should not take every pod out of service)."""
+
+    def waits_for_ready(self) -> bool:
+        """`required_for_ready`, or the sink type's default when not set."""
+        if self.required_for_ready is not None:
+            return self.required_for_ready
+        return SINKS[self.type].required_for_ready
 
     def target(self) -> str:
         """What this sink writes to, e.g. `file /run/tokend/crm.token`; two sinks may not share
@@ -110,11 +121,32 @@ class Sink(Protocol):
     async def close(self) -> None: ...
 
 
+class VerifyingSink(Sink, Protocol):
+    """A sink that can tell, cheaply, whether what it holds is still tokend's token (optional:
+    a sink type that writes where others may change or delete the value, such as a shared
+    remote store). The publisher asks every `verify_interval` (jittered), and at once when
+    another sink of the same type recovers after failures; `False` makes it deliver again."""
+
+    verify_interval: timedelta
+    """How often to ask; zero: only after a recovery."""
+
+    async def verify(self, token: Token) -> bool:
+        """Is `token`, the last one this sink was given, still what it holds, unchanged by
+        anyone else? One cheap read. Raises `TokendError` when it cannot tell now."""
+        ...
+
+
+def can_verify(sink: Sink) -> TypeGuard[VerifyingSink]:
+    return callable(getattr(sink, "verify", None)) and hasattr(sink, "verify_interval")
+
+
 @dataclass(frozen=True)
 class SinkType:
     options: type[SinkOptionsBase]
     build: Callable[[Any, SinkContext], Sink]
     """(options, context) -> the sink."""
+    required_for_ready: bool = True
+    """Default of `required_for_ready` for sinks of this type."""
 
 
 SINKS: Registry[SinkType] = Registry(

@@ -21,6 +21,7 @@ from tokend.vault.auth import (
 )
 from tokend.vault.errors import Problem, VaultError
 from tokend.vault.options import VaultOptions
+from tokend.vault.report import vault_metrics, vault_status
 from tokend.vault.session import VaultSession
 
 
@@ -29,8 +30,9 @@ def _session(options: VaultOptions, environment: Environment) -> VaultSession:
 
 
 def _check(session: VaultSession) -> list[str]:
-    """`tokend check`: can tokend log in? (The login is revoked when the check closes.)"""
-    problem = session.check_login()
+    """`tokend check`: can tokend log in, and does its policy let it look up and renew its
+    token? (The login is revoked when the check closes.)"""
+    problem = session.check_login() or session.check_policy()
     return [f"auth: {problem}"] if problem else []
 
 
@@ -42,6 +44,8 @@ VAULT: ResourceKind[VaultOptions, VaultSession] = RESOURCES.register(
         create=_session,
         summary="address, auth",
         check=_check,
+        status=vault_status,
+        metrics=vault_metrics,
     ),
 )
 

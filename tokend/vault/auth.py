@@ -140,6 +140,10 @@ def _approle(client: Any, address: str, auth: AppRoleAuth, now: datetime, timeou
         where,
         timeout,
         "AppRole login failed (check role_id and secret_id)",
+        # AppRole refuses bad IDs with 400 'invalid role or secret ID'; a 403 comes from Vault
+        # itself, for a path where no auth method is mounted.
+        f"no AppRole auth method answers at auth/{auth.mount} (Vault says permission denied): "
+        "check vault.auth.mount",
     )
     return from_auth(body, where, now)
 
@@ -176,6 +180,9 @@ def _kubernetes(
         timeout,
         f"Kubernetes login as role '{auth.role}' failed (check the role's bound service "
         "accounts and namespaces)",
+        f"Kubernetes login as role '{auth.role}' refused with permission denied: check "
+        f"vault.auth.mount (auth/{auth.mount}), and that the role binds this service account "
+        "and namespace",
     )
     return from_auth(body, where, now)
 

@@ -25,6 +25,7 @@ class Problem(StrEnum):
     NO_MOUNT = "no_mount"  # no secrets engine is mounted there, or not the kind expected
     CONFLICT = "conflict"  # check-and-set: someone else wrote first
     INVALID = "invalid"  # Vault rejected the request as malformed
+    ADDRESS = "address"  # not a Vault to talk to: a redirect, plain http to an https port
     SEALED = "sealed"
     UNAVAILABLE = "unavailable"  # unreachable, timed out, 5xx, rate limited, not initialized
     INTERNAL = "internal"  # a bug in tokend or an answer it does not understand
@@ -49,6 +50,9 @@ def classify(exc: BaseException, where: str, action: str, timeout: float) -> Vau
     at `where`."""
     if isinstance(exc, VaultError):
         return exc
+    address = _address_problem(exc)
+    if address is not None:
+        return VaultError(where, address, Problem.ADDRESS)
     network = _network_problem(exc, timeout)
     if network is not None:
         return VaultError(where, network, Problem.UNAVAILABLE)
@@ -71,9 +75,7 @@ def classify(exc: BaseException, where: str, action: str, timeout: float) -> Vau
     if isinstance(exc, hx.InvalidPath):
         return _not_found(exc, where, detail)
     if isinstance(exc, hx.InvalidRequest):
-        if "check-and-set" in detail:
-            return VaultError(where, "changed by another writer meanwhile", Problem.CONFLICT)
-        return VaultError(where, _with(f"Vault refused to {action}", detail), Problem.INVALID)
+        return _refused(where, action, detail)
     if isinstance(exc, hx.VaultNotInitialized):
         return VaultError(where, "Vault is not initialized", Problem.UNAVAILABLE)
     if isinstance(exc, hx.RateLimitExceeded):
@@ -83,6 +85,21 @@ def classify(exc: BaseException, where: str, action: str, timeout: float) -> Vau
 
 
 _STATUS = {"InternalServerError": "HTTP 500", "BadGateway": "HTTP 502"}
+
+
+def _address_problem(exc: BaseException) -> str | None:
+    """Why the configured address is the wrong place to talk to Vault, or None."""
+    from tokend.vault.http import HttpsPort, RedirectRefused
+
+    if isinstance(exc, RedirectRefused):
+        return (
+            f"Vault answered with a redirect to {exc.target}, which tokend does not follow "
+            "(set vault.address to where Vault answers itself)"
+        )
+    text = str(getattr(exc, "text", None) or "")
+    if isinstance(exc, HttpsPort) or "HTTP request to an HTTPS server" in text:
+        return "this address speaks HTTPS: write vault.address with https://"
+    return None
 
 
 def _network_problem(exc: BaseException, timeout: float) -> str | None:
@@ -100,6 +117,17 @@ def _network_problem(exc: BaseException, timeout: float) -> str | None:
     if isinstance(exc, OSError) and "CA certificate bundle" in str(exc):
         return "cannot use the CA bundle (check vault.ca_bundle: it must be a readable PEM file)"
     return None
+
+
+def _refused(where: str, action: str, detail: str) -> VaultError:
+    """An HTTP 400."""
+    if "Upgrading from non-versioned to versioned data" in detail:  # a KV v2 mount just made
+        return VaultError(
+            where, "the KV mount is upgrading to version 2 (for a moment)", Problem.UNAVAILABLE
+        )
+    if "check-and-set" in detail:
+        return VaultError(where, "changed by another writer meanwhile", Problem.CONFLICT)
+    return VaultError(where, _with(f"Vault refused to {action}", detail), Problem.INVALID)
 
 
 def _not_found(exc: Any, where: str, detail: str) -> VaultError:

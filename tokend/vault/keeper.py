@@ -21,6 +21,7 @@ from tokend.backoff import Backoff
 from tokend.clock import Clock, Scheduler
 from tokend.vault.auth import AUTH_METHODS, login
 from tokend.vault.errors import Problem, VaultError, classify
+from tokend.vault.health import VaultHealth
 from tokend.vault.login import Login, renewed_ttl
 from tokend.vault.options import VaultOptions
 
@@ -35,9 +36,16 @@ ClientFor = Callable[[Login | None], Any]
 
 class TokenKeeper:
     def __init__(
-        self, options: VaultOptions, client_for: ClientFor, *, clock: Clock, timeout: float
+        self,
+        options: VaultOptions,
+        client_for: ClientFor,
+        *,
+        clock: Clock,
+        timeout: float,
+        health: VaultHealth | None = None,
     ) -> None:
         self._options = options
+        self.health = health or VaultHealth()
         self._client_for = client_for
         self._clock = clock
         self._timeout = timeout
@@ -47,6 +55,7 @@ class TokenKeeper:
         self._planned = 0
         self._failures = 0
         self._last_problem = ""
+        self._renewals_denied = 0  # in a row: twice means the policy, not a revoked token
         self._rand = random.Random()  # noqa: S311 - jitter, not cryptography
         self.closed = False
 
@@ -85,10 +94,24 @@ class TokenKeeper:
         except Exception as exc:
             log.debug("vault: could not revoke tokend's token: %s", type(exc).__name__)
 
+    @property
+    def login_now(self) -> Login | None:
+        """The current login, if any (for status: its expiry), without logging in. Read
+        without the lock, which a login holds for as long as Vault takes to answer: a scrape
+        must not wait for that (reading one attribute is atomic)."""
+        return self._login
+
     def _new_login(self, now: datetime) -> Login:
         """Log in (lock held). Raises `VaultError`."""
         options = self._options
-        fresh = login(self._client_for(None), options.address, options.auth, now, self._timeout)
+        try:
+            fresh = login(self._client_for(None), options.address, options.auth, now, self._timeout)
+        except VaultError as exc:
+            self.health.login(False)
+            self.health.observe(exc, now)
+            raise
+        self.health.login(True)
+        self.health.observe(None, now)
         self._generation += 1
         self._failures = 0
         lifetime = f"TTL {_span(fresh.ttl)}" if fresh.ttl else "no expiry"
@@ -149,7 +172,7 @@ class TokenKeeper:
             now = self._clock.now()
             try:
                 if current.renewable and not (current.capped and self.can_login):
-                    self._login = self._renewed(current, now)
+                    self._login = self._renewed_or_new(current, now)
                     self._generation += 1
                 elif self.can_login:
                     self._login = self._new_login(now)
@@ -159,12 +182,37 @@ class TokenKeeper:
             except VaultError as exc:
                 return self._upkeep_failed(current, exc, now)
 
+    def _renewed_or_new(self, current: Login, now: datetime) -> Login:
+        """Renew; if renewing is refused and tokend can log in, log in instead. Refused twice in
+        a row (two different tokens) is the policy, not a revoked token: said once, loudly, as
+        tokend would otherwise quietly log in again at every renewal."""
+        try:
+            renewed = self._renewed(current, now)
+        except VaultError as exc:
+            if exc.problem is not Problem.DENIED or not self.can_login:
+                raise
+            self._renewals_denied += 1
+            if self._renewals_denied == 2:
+                log.warning(
+                    "vault: tokend's Vault policy does not allow it to renew its token (update "
+                    "on auth/token/renew-self): it logs in again instead at every renewal; add "
+                    "the rule (see the README) or attach Vault's default policy"
+                )
+            return self._new_login(now)
+        self._renewals_denied = 0
+        return renewed
+
     def _renewed(self, current: Login, now: datetime) -> Login:
         where = f"{self._options.address}/v1/auth/token/renew-self"
         try:
             body = self._client_for(current).auth.token.renew_self()
         except Exception as exc:
-            raise classify(exc, where, "renew its token", self._timeout) from None
+            error = classify(exc, where, "renew its token", self._timeout)
+            self.health.renewal(False)
+            self.health.observe(error, now)
+            raise error from None
+        self.health.renewal(True)
+        self.health.observe(None, now)
         ttl = renewed_ttl(body)
         renewed = current.renewed(ttl, now)
         log.debug("vault: token renewed (TTL %s)", _span(ttl))

@@ -5,7 +5,8 @@ version; the policy allows what is needed)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 
@@ -26,10 +27,64 @@ class KvLocation(Protocol):
 
 @dataclass(frozen=True)
 class Current:
-    """What the secret holds now: its version (0: none yet) and its token's `expires_on`."""
+    """What the secret holds now: its version (0: none yet) and its token's `expires_on`, and
+    what says whether tokend could have written it."""
 
     version: int
     expires_on: int | None
+    token_exp: int | None = None
+    """The `exp` claim of the stored `access_token`, when it is a JWT."""
+    tokend_metadata: bool | None = None
+    """KV v2: the secret's `custom_metadata` says `managed-by: tokend` (None: KV v1, none)."""
+    token_digest: bytes | None = field(default=None, repr=False)
+    """SHA-256 of the stored `access_token` (to recognise it without keeping it)."""
+
+
+@dataclass(frozen=True)
+class Stored:
+    """What a sink left in the secret (or found there and deferred to), to tell later whether
+    anyone changed it: KV v2 by its version, KV v1 (no versions) by the token it holds."""
+
+    version: int
+    expires_on: int | None
+    token_digest: bytes | None
+
+    @classmethod
+    def of(cls, current: Current) -> Stored:
+        return cls(current.version, current.expires_on, current.token_digest)
+
+
+def digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+LIKE_TOKEN_EXP = 300
+"""Seconds `expires_on` may differ from the JWT's `exp`: tokend counts expiry from when it sent
+the request, and the identity provider's clock may be a little off."""
+
+
+def foreign(current: Current, ours: int, lifetime: int) -> str | None:
+    """Why the stored token cannot have been written by tokend (another instance, or this one
+    earlier), or None when it could have. `ours`: `expires_on` of the token tokend publishes,
+    `lifetime` its lifetime in seconds. Only a value tokend could have written may make tokend
+    leave the secret alone (monotonic publish): anything else is replaced."""
+    stored = current.expires_on
+    if stored is None:
+        return None
+    horizon = max(_DAY, 2 * lifetime)
+    if stored > ours + horizon:
+        return (
+            f"its expires_on ({stored}) is more than {horizon // 3600} h after that of tokend's "
+            "token: no identity provider issued it"
+        )
+    if current.token_exp is not None and abs(current.token_exp - stored) > LIKE_TOKEN_EXP:
+        return "its expires_on does not match the exp of its access_token"
+    if current.tokend_metadata is False:
+        return "its metadata does not say managed-by: tokend"
+    return None
+
+
+_DAY = 86400
 
 
 def read_current(options: KvLocation, client: Any) -> Current:
@@ -37,16 +92,19 @@ def read_current(options: KvLocation, client: Any) -> Current:
     return _read_v2(options, client) if options.kv_version == 2 else _read_v1(options, client)
 
 
-def write(options: KvLocation, secret: dict[str, Any], cas: int, client: Any) -> None:
-    """Write the secret; KV v2 only if its version is still `cas` (check-and-set)."""
-    if options.kv_version == 2:
-        client.secrets.kv.v2.create_or_update_secret(
-            path=options.path, secret=secret, cas=cas, mount_point=options.mount
-        )
-    else:
+def write(options: KvLocation, secret: dict[str, Any], cas: int, client: Any) -> int:
+    """Write the secret; KV v2 only if its version is still `cas` (check-and-set). Returns the
+    version written (KV v2; 0 for KV v1)."""
+    if options.kv_version != 2:
         client.secrets.kv.v1.create_or_update_secret(
             path=options.path, secret=secret, mount_point=options.mount
         )
+        return 0
+    body = client.secrets.kv.v2.create_or_update_secret(
+        path=options.path, secret=secret, cas=cas, mount_point=options.mount
+    )
+    version = (body.get("data") or {}).get("version") if isinstance(body, dict) else None
+    return version if isinstance(version, int) else 0
 
 
 def _read_v2(options: KvLocation, client: Any) -> Current:
@@ -61,8 +119,17 @@ def _read_v2(options: KvLocation, client: Any) -> Current:
             return Current(0, None)
         raise
     data = body.get("data") or {}
-    version = (data.get("metadata") or {}).get("version")
-    return Current(version if isinstance(version, int) else 0, _expires_on(data.get("data")))
+    metadata = data.get("metadata") or {}
+    version = metadata.get("version")
+    custom = metadata.get("custom_metadata")
+    values = data.get("data")
+    return Current(
+        version if isinstance(version, int) else 0,
+        _expires_on(values),
+        _token_exp(values),
+        isinstance(custom, dict) and custom.get("managed-by") == "tokend",
+        _token_digest(values),
+    )
 
 
 def _read_v1(options: KvLocation, client: Any) -> Current:
@@ -74,7 +141,8 @@ def _read_v1(options: KvLocation, client: Any) -> Current:
         if _nothing_there(exc):
             return Current(0, None)
         raise
-    return Current(0, _expires_on(body.get("data")))
+    values = body.get("data")
+    return Current(0, _expires_on(values), _token_exp(values), None, _token_digest(values))
 
 
 def delete(options: KvLocation, client: Any) -> None:
@@ -96,7 +164,7 @@ def mount_problem(options: KvLocation, client: Any) -> str | None:
     except hvac.exceptions.Forbidden:
         # Vault says the same for a path under no mount and for a path the policy hides.
         if _capabilities(client, [options.data_path]).get(options.data_path, {"deny"}) <= {"deny"}:
-            raise
+            return _hidden_mount(options, client)
         return no_mount
     data = body.get("data") if isinstance(body, dict) else None
     if not isinstance(data, dict) or str(data.get("path", "")).strip("/") != options.mount:
@@ -108,6 +176,44 @@ def mount_problem(options: KvLocation, client: Any) -> str | None:
     if version != str(options.kv_version):
         return f"mount '{options.mount}' is KV version {version}: set kv_version: {version}"
     return None
+
+
+def _hidden_mount(options: KvLocation, client: Any) -> str:
+    """Vault hides mounts a token's policy grants nothing under: say which ones it shows."""
+    visible = kv_mounts(client)
+    seen = f"KV mounts it can see: {', '.join(visible)}" if visible else "it can see no KV mount"
+    return (
+        f"tokend's token can see no secrets engine at '{options.mount}' ({seen}): check the "
+        f"mount, or the policy if it should allow {options.data_path}"
+    )
+
+
+def kv_mounts(client: Any) -> list[str]:
+    """The KV mounts this token may see (Vault lists those its policy grants anything under)."""
+    try:
+        body = client.adapter.get("/v1/sys/internal/ui/mounts")
+    except Exception:
+        return []
+    mounts = (body.get("data") or {}).get("secret") if isinstance(body, dict) else None
+    if not isinstance(mounts, dict):
+        return []
+    return sorted(
+        path.strip("/")
+        for path, info in mounts.items()
+        if isinstance(info, dict) and info.get("type") in ("kv", "generic")
+    )
+
+
+def kv_version_of(path: str, client: Any) -> int | None:
+    """The KV version of the mount `path` (an API path) is under, or None if unknown."""
+    try:
+        body = client.adapter.get(f"/v1/sys/internal/ui/mounts/{path}")
+    except Exception:
+        return None
+    data = body.get("data") if isinstance(body, dict) else None
+    if not isinstance(data, dict) or data.get("type") not in ("kv", "generic"):
+        return None
+    return 2 if str((data.get("options") or {}).get("version")) == "2" else 1
 
 
 def capability_problem(options: KvLocation, client: Any, *, delete: bool = False) -> str | None:
@@ -149,3 +255,23 @@ def _expires_on(values: Any) -> int | None:
     if isinstance(raw, str) and raw.isdigit():
         return int(raw)
     return None
+
+
+def _token_exp(values: Any) -> int | None:
+    """The `exp` of the stored `access_token` if it is a JWT (read, never verified)."""
+    token = values.get("access_token") if isinstance(values, dict) else None
+    if not isinstance(token, str) or token.count(".") != 2:
+        return None
+    import jwt
+
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False, "verify_exp": False})
+    except jwt.PyJWTError:
+        return None
+    exp = claims.get("exp")
+    return exp if isinstance(exp, int) and not isinstance(exp, bool) else None
+
+
+def _token_digest(values: Any) -> bytes | None:
+    token = values.get("access_token") if isinstance(values, dict) else None
+    return digest(token) if isinstance(token, str) else None

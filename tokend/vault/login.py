@@ -37,12 +37,17 @@ def resolve(ref: SecretReference, where: str, key: str) -> Secret:
         raise VaultError(where, f"vault.auth.{key}: {exc}", Problem.LOGIN) from None
 
 
-def login_call(call: Any, where: str, timeout: float, refused: str) -> Any:
-    """Run a login request; a refusal becomes a `Problem.LOGIN` error saying `refused`."""
+def login_call(
+    call: Any, where: str, timeout: float, refused: str, denied: str | None = None
+) -> Any:
+    """Run a login request; a refusal becomes a `Problem.LOGIN` error saying `refused` (or
+    `denied` for an HTTP 403, which Vault also answers when no auth method is mounted there)."""
     try:
         return call()
     except Exception as exc:
         error = classify(exc, where, "log in", timeout)
+        if error.problem is Problem.DENIED and denied:
+            raise VaultError(where, denied, Problem.LOGIN) from None
         if error.problem in (Problem.DENIED, Problem.INVALID):
             detail = vault_detail(exc)
             raise VaultError(

@@ -26,7 +26,9 @@ from typing import Any, TypeVar
 from tokend.clock import SYSTEM_CLOCK, Clock, Scheduler
 from tokend.secrets import Secret, SecretError
 from tokend.vault.errors import Problem, VaultError, classify
+from tokend.vault.health import VaultHealth, VaultReport
 from tokend.vault.keeper import UPKEEP_KEY, TokenKeeper
+from tokend.vault.kv import kv_version_of
 from tokend.vault.login import Login
 from tokend.vault.options import VaultOptions
 
@@ -56,7 +58,11 @@ class VaultSession:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._secrets: dict[str, Secret] = {}
-        self._keeper = TokenKeeper(options, self._client, clock=clock, timeout=self._timeout)
+        self._clock = clock
+        self.health = VaultHealth()
+        self._keeper = TokenKeeper(
+            options, self._client, clock=clock, timeout=self._timeout, health=self.health
+        )
 
     def __repr__(self) -> str:
         return f"VaultSession({self.address!r}, auth={self.options.auth.method!r})"
@@ -88,9 +94,13 @@ class VaultSession:
             current = self._keeper.current()
             client = self._client(current)
             try:
-                return operation(client)
+                result = operation(client)
             except Exception as exc:
                 error = classify(exc, where, action, self._timeout)
+            else:
+                self.health.observe(None, self._clock.now())
+                return result
+            self.health.observe(error, self._clock.now())
             if error.problem is Problem.DENIED and attempt == 1 and self._is_dead(client):
                 self._keeper.forget(current)  # the token died under us: log in, try once more
                 continue
@@ -104,6 +114,46 @@ class VaultSession:
         except VaultError as exc:
             return str(exc)
         return None
+
+    def check_policy(self) -> str | None:
+        """What tokend's policy lacks of what it needs for its own token, or None (for `tokend
+        check`, once logged in). Tried for real: all three are harmless."""
+        current = self._keeper.current()
+        client = self._client(current)
+        needed: list[tuple[str, str, Operation[Any], str]] = [
+            ("read", "auth/token/lookup-self", _lookup_self, _LOOKUP),
+            ("update", "sys/capabilities-self", _capabilities, _CAPABILITIES),
+        ]
+        if current.renewable:
+            renew = _RENEW_LOGIN if self._keeper.can_login else _RENEW_GIVEN
+            needed.insert(1, ("update", "auth/token/renew-self", _renew_self, renew))
+        lacking = []
+        for capability, path, attempt, why in needed:
+            try:
+                attempt(client)
+            except Exception as exc:
+                error = classify(exc, self.where(path), "use it", self._timeout)
+                if error.problem is not Problem.DENIED:
+                    return str(error)
+                lacking.append(f"{capability} on {path} ({why})")
+        if not lacking:
+            return None
+        return (
+            f"tokend's Vault policy lacks {'; '.join(lacking)}: add the rules from the README, or "
+            "attach Vault's default policy"
+        )
+
+    def report(self) -> VaultReport:
+        """Health and login, for `/status` and `/metrics` (no request is made)."""
+        login = self._keeper.login_now
+        return VaultReport(
+            address=self.address,
+            method=self.options.auth.method,
+            logged_in=login is not None,
+            token_expires_at=login.expires_at if login else None,
+            renewable=login.renewable if login else None,
+            health=self.health.snapshot(),
+        )
 
     def read_secret(self, reference: str) -> Secret:
         """The value of `PATH#FIELD`, blocking. While Vault is unreachable or sealed, the value
@@ -123,10 +173,29 @@ class VaultSession:
             if exc.transient and cached is not None:
                 log.warning("%s; using the value of %s read earlier", exc, reference)
                 return cached
-            raise SecretError(str(exc), transient=exc.transient) from None
+            raise SecretError(self._explained(exc, path, field), transient=exc.transient) from None
         with self._lock:
             self._secrets[reference] = secret
         return secret
+
+    def _explained(self, exc: VaultError, path: str, field: str) -> str:
+        """The error, with the fix for the usual slip: a reference without `data/` under a KV
+        version 2 mount (Vault says 'permission denied', or 'not found' with a warning)."""
+        mount, _, rest = path.partition("/")
+        if exc.transient or not rest or rest.startswith("data/"):
+            return str(exc)
+        try:
+            version = self.call(
+                functools.partial(kv_version_of, path), path=path, action="look up its mount"
+            )
+        except VaultError:
+            version = None
+        if version != 2:
+            return str(exc)
+        fix = f"{mount} is KV version 2: write {{vault: {mount}/data/{rest}#{field}}}"
+        if exc.problem is Problem.DENIED:
+            return f"{self.where(path)}: permission denied, and {fix}"
+        return f"{self.where(path)}: {fix}"
 
     async def read_secret_async(self, reference: str) -> Secret:
         loop = asyncio.get_running_loop()
@@ -170,6 +239,8 @@ class VaultSession:
     def _new_client(self) -> Any:
         import hvac
 
+        from tokend.vault.http import vault_http_session
+
         ca_bundle = self.options.ca_bundle
         return hvac.Client(
             url=self.address,
@@ -177,6 +248,8 @@ class VaultSession:
             namespace=self.options.namespace,
             verify=str(ca_bundle) if ca_bundle else True,
             timeout=self._timeout,
+            allow_redirects=False,
+            session=vault_http_session(self.address, ca_bundle),
         )
 
     def _is_dead(self, client: Any) -> bool:
@@ -186,6 +259,24 @@ class VaultSession:
         except Exception as exc:
             return classify(exc, "", "look up its token", self._timeout).problem is Problem.DENIED
         return False
+
+
+_LOOKUP = "to tell a revoked token from a refused request"
+_CAPABILITIES = "for tokend check to see what each sink may do"
+_RENEW_LOGIN = "else it logs in again at every renewal instead of renewing"
+_RENEW_GIVEN = "else the token it was given expires at the end of its TTL"
+
+
+def _lookup_self(client: Any) -> Any:
+    return client.auth.token.lookup_self()
+
+
+def _renew_self(client: Any) -> Any:
+    return client.auth.token.renew_self()
+
+
+def _capabilities(client: Any) -> Any:
+    return client.sys.get_capabilities(paths=["sys/health"])
 
 
 def _field(body: Any, field: str, where: str) -> str:
