@@ -17,7 +17,7 @@ from tokend.token import Token
 
 if TYPE_CHECKING:
     from tokend.engine.job import Phase, TokenJob
-    from tokend.engine.publisher import SinkSlot
+    from tokend.engine.slot import SinkSlot
 
 
 @dataclass(frozen=True, slots=True)
