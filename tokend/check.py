@@ -15,6 +15,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Iterator
 
+from tokend import files
 from tokend.config import Config
 from tokend.configfile import LoadedConfig
 from tokend.engine.state import state_dir_problem
@@ -38,7 +39,8 @@ def preflight(loaded: LoadedConfig) -> list[str]:
 def local_problems(loaded: LoadedConfig, *, listen: bool) -> list[str]:
     """What this machine alone says is wrong; `listen`: also whether the listener can bind."""
     config, source = loaded.config, loaded.source
-    found = [f"{source}: {path}: {problem}" for path, problem in _local(config)]
+    with files.remembered_directories():
+        found = [f"{source}: {path}: {problem}" for path, problem in _local(config)]
     if listen and config.listen and (problem := _listen_problem(config.listen)):
         found.append(f"{source}: listen: {problem}")
     return found
