@@ -70,6 +70,10 @@ class Users:
     refresh_token_lifetime: timedelta | None = None
     device_code_lifetime: timedelta = timedelta(minutes=15)
     device_code_interval: int = 5
+    """The polling interval the provider announces, in seconds."""
+    device_code_spacing: int | None = None
+    """The spacing it enforces (`slow_down` to a poll that comes sooner): the announced interval
+    unless set (a server that wants clients to slow down)."""
     issued: list[str] = field(default_factory=list)
     """Every refresh token issued, oldest first."""
     spent: list[str] = field(default_factory=list)
@@ -78,6 +82,8 @@ class Users:
     """Refresh tokens presented but refused (spent already, unknown, expired)."""
     grants: list[str] = field(default_factory=list)
     """The grant type of every delegated token request that succeeded, in order."""
+    given_with: dict[str, str] = field(default_factory=dict)
+    """The refresh token given with each access token."""
     _live: dict[str, _Grant] = field(default_factory=dict)
     _codes: dict[str, _DeviceCode] = field(default_factory=dict)
 
@@ -116,7 +122,7 @@ class Users:
             scope,
             user_code,
             provider.clock.now() + self.device_code_lifetime,
-            self.device_code_interval,
+            self.device_code_spacing or self.device_code_interval,
         )
         verification = f"{provider.base_url}/devicelogin"
         return JSONResponse(
@@ -259,6 +265,7 @@ class Users:
             body |= {"expires_in": lifetime, "ext_expires_in": lifetime}
         if version == 1 or "offline_access" in scopes:
             body["refresh_token"] = self._issue(grant, now)
+            self.given_with[body["access_token"]] = body["refresh_token"]
         if "openid" in scopes:
             body["id_token"] = provider.sign(
                 {"aud": grant.client_id, "iss": provider.issuer(grant.tenant), "iat": issued_at}

@@ -121,7 +121,7 @@ class DelegatedGrant:
 
     def failed(self, error: TokenError, sign_in: SignIn) -> TokenError | None:
         if sign_in.spent is not None and refresh_token_is_dead(error):
-            sign_in.drop(sign_in.spent)
+            sign_in.drop(sign_in.spent, f"its refresh token was refused as dead ({error.code})")
             return self.refresh_token_dead(error)
         return self.advise(error)
 

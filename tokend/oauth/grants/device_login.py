@@ -69,7 +69,7 @@ class DeviceLoginGrant(DelegatedGrant):
                 if sign_in.kept is not None
                 else "its refresh token cannot be read: state_key is unreadable"
             )
-            raise LoginRequired(f"identity {self._context.identity}: {why}")
+            raise LoginRequired(f"identity '{self._context.identity}': {why}")
         return HttpRequest("POST", token_url, form=form, headers={"Accept": "application/json"})
 
     def failed(self, error: TokenError, sign_in: SignIn) -> TokenError | None:
@@ -78,7 +78,8 @@ class DeviceLoginGrant(DelegatedGrant):
         return super().failed(error, sign_in)
 
     def refresh_token_dead(self, error: TokenError) -> TokenError | None:
-        return self._login_required(error, f"the stored refresh token was refused ({error})")
+        reason = f"the stored refresh token was refused ({reason_of(error)})"
+        return self._login_required(error, reason)
 
     def advise(self, error: TokenError) -> TokenError:
         if isinstance(error, PermanentError) and _INTERACTION.intersection(error.aadsts_codes):

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from pydantic import Field, PlainValidator
 
 from tokend.oauth.dialects import Target
 from tokend.oauth.errors import PermanentError, TokenError
@@ -30,7 +32,14 @@ from tokend.oauth.grants.base import (
 from tokend.oauth.grants.client_secret import basic_authorization
 from tokend.oauth.grants.delegated import DelegatedGrant, DelegatedOptions, reason_of, with_reason
 from tokend.oauth.grants.signin import SignIn, subject_of
-from tokend.secrets import SecretError, SecretRef, SecretReference, secret_version
+from tokend.secrets import (
+    Secret,
+    SecretError,
+    SecretRef,
+    SecretReference,
+    parse_secret_ref,
+    secret_version,
+)
 
 if TYPE_CHECKING:
     from tokend.resources import Resources
@@ -43,9 +52,30 @@ _MFA_ADVICE = (
 )
 
 
+class PlainValue(SecretReference):
+    """A value written in the config that is not a secret (a username): no warning about it."""
+
+    value: str = Field(min_length=1)
+
+    def describe(self) -> str:
+        return "value in the config"
+
+    def resolve(self, resources: Resources | None = None) -> Secret:
+        return Secret(self.value)
+
+
+def _plain_or_reference(value: Any) -> SecretReference:
+    return PlainValue(value=value) if isinstance(value, str) and value else parse_secret_ref(value)
+
+
+ValueRef = Annotated[SecretReference, PlainValidator(_plain_or_reference)]
+"""A plain string, or a secret reference where the value lives."""
+
+
 class PasswordOptions(DelegatedOptions):
     type: Literal["password"]
-    username: SecretRef
+    username: ValueRef
+    """The user's sign-in name (UPN), written in the config or a secret reference."""
     password: SecretRef
     client_secret: SecretRef | None = None
     """For a confidential client; a public client sends none."""

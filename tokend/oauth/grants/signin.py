@@ -85,11 +85,12 @@ class SignIn:
         redactor.add_token(token)
         self._pending = _Record(token, self.subject)
 
-    def drop(self, token: str) -> None:
-        """`token` was refused as dead: forget it (and, at `settle`, remove its file)."""
+    def drop(self, token: str, why: str) -> None:
+        """`token` was refused as dead (`why`): forget it (and, at `settle`, remove its file)."""
         if self._record is not None and self._record.token == token:
             self._replace(None)
             self._dead = True
+            self.problem = why
 
     async def settle(self) -> None:
         """The exchange ends: store the refresh token it brought, or remove a dead one."""
