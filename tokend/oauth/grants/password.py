@@ -15,6 +15,7 @@ sent again until it (or the username) changes: retrying it could lock the accoun
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -43,6 +44,8 @@ from tokend.secrets import (
 
 if TYPE_CHECKING:
     from tokend.resources import Resources
+
+log = logging.getLogger("tokend.signin")
 
 _NOT_SENT_AGAIN = frozenset({50126, 50055, 50034})
 """Wrong password, expired password, unknown user: the same credentials cannot succeed."""
@@ -144,6 +147,12 @@ class PasswordGrant(DelegatedGrant):
         return reported
 
     def refresh_token_dead(self, error: TokenError) -> TokenError | None:
+        log.warning(
+            "identity '%s': its refresh token was refused as dead (%s); signing in with the "
+            "password",
+            self._context.identity,
+            error,
+        )
         return None  # sign in with the password at once
 
     async def source_version(self) -> str:
