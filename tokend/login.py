@@ -17,8 +17,6 @@ import logging
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-import httpx2
-
 from tokend.clock import SYSTEM_CLOCK, Clock
 from tokend.config import Config
 from tokend.oauth import GrantContext, Target, build_grant
@@ -31,10 +29,11 @@ from tokend.oauth.device_code import (
 from tokend.oauth.dialects import endpoint_for
 from tokend.oauth.grants.device_login import DeviceLoginGrant
 from tokend.oauth.grants.signin import refresh_token_files
+from tokend.oauth.http import Clients
 from tokend.resources import Environment, Resources
 from tokend.seal import Sealer
 from tokend.secrets import SecretError
-from tokend.transport import USER_AGENT, is_loopback, ssl_context, url_problem
+from tokend.transport import url_problem
 
 log = logging.getLogger("tokend.login")
 
@@ -121,36 +120,25 @@ def _plan(config: Config, token: str, resources: Resources) -> _Plan:
 
 
 async def _sign_in(config: Config, plan: _Plan, out: TextIO, clock: Clock, sleep: Sleep) -> int:
-    client_id = plan.grant.client_id
-    async with _http_client(config, plan) as http:
-        try:
-            code = await request_device_code(
-                http, plan.authorization_url, client_id, plan.scopes, clock
-            )
-            where = code.verification_uri_complete or code.verification_uri
-            print(
-                f"To sign in for identity '{plan.identity}', open {where}\n"
-                f"and enter the code {code.user_code} (valid {code.expires_in // 60} minutes). "
-                "Waiting for the sign-in ...",
-                file=out,
-                flush=True,
-            )
-            body = await poll_for_token(
-                http, plan.token_url, client_id, code, clock=clock, sleep=sleep
-            )
-        except DeviceFlowError as exc:
-            log.error("sign-in failed: %s", exc)
-            return EXIT_FAILED
+    http = Clients(
+        deadline=config.http.timeout.total_seconds(),
+        connect_timeout=config.http.connect_timeout.total_seconds(),
+        max_connections=1,
+    )
+    try:
+        body = await _authorize(http, plan, out, clock, sleep)
+    except DeviceFlowError as exc:
+        log.error("sign-in failed: %s", exc)
+        return EXIT_FAILED
+    finally:
+        await http.aclose()
     try:
         stored = await plan.grant.store_login(body)
     except OSError as exc:
         log.error("the refresh token could not be stored: %s", exc.strerror or exc)
         return EXIT_FAILED
     if not stored:
-        log.error(
-            "signed in, but the answer held no refresh token: the app must be allowed "
-            "offline_access"
-        )
+        log.error("signed in, but with no refresh token: the app must be allowed offline_access")
         return EXIT_FAILED
     who = _signed_in_user(body)
     print(
@@ -161,18 +149,24 @@ async def _sign_in(config: Config, plan: _Plan, out: TextIO, clock: Clock, sleep
     return EXIT_OK
 
 
-def _http_client(config: Config, plan: _Plan) -> httpx2.AsyncClient:
-    """Like the daemon's: the identity's CA bundle, no redirects, no proxy for loopback."""
-    url = plan.authorization_url
-    return httpx2.AsyncClient(
-        verify=ssl_context(plan.grant.endpoint.ca_bundle),
-        timeout=httpx2.Timeout(
-            config.http.timeout.total_seconds(),
-            connect=config.http.connect_timeout.total_seconds(),
-        ),
-        follow_redirects=False,
-        trust_env=not is_loopback(httpx2.URL(url).host),
-        headers={"User-Agent": USER_AGENT},
+async def _authorize(
+    http: Clients, plan: _Plan, out: TextIO, clock: Clock, sleep: Sleep
+) -> dict[str, Any]:
+    """RFC 8628: a device code, the user told where to enter it, polling until signed in."""
+    client_id, ca_bundle = plan.grant.client_id, plan.grant.endpoint.ca_bundle
+    code = await request_device_code(
+        http, plan.authorization_url, client_id, plan.scopes, clock=clock, ca_bundle=ca_bundle
+    )
+    where = code.verification_uri_complete or code.verification_uri
+    print(
+        f"To sign in for identity '{plan.identity}', open {where}\n"
+        f"and enter the code {code.user_code} (valid {code.expires_in // 60} minutes). "
+        "Waiting for the sign-in ...",
+        file=out,
+        flush=True,
+    )
+    return await poll_for_token(
+        http, plan.token_url, client_id, code, clock=clock, sleep=sleep, ca_bundle=ca_bundle
     )
 
 

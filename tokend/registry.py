@@ -60,8 +60,16 @@ class Registry(Generic[E]):
         if tag in self._entries:
             raise ValueError(f"{self.what} '{tag}' is registered twice")
         self._entries[tag] = entry
+        # Built-in kinds first, in their declared order, whichever module was imported first
+        # (a test importing one directly must not reorder `known: ...` in messages).
+        self._entries = dict(sorted(self._entries.items(), key=self._rank))
         _Changes.count += 1
         return entry
+
+    def _rank(self, item: tuple[str, E]) -> int:
+        module = getattr(item[1].options, "__module__", "")
+        builtins = self._builtins
+        return builtins.index(module) if module in builtins else len(builtins)
 
     def unregister(self, tag: str) -> None:
         del self._entries[tag]

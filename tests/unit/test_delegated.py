@@ -8,15 +8,18 @@ import json
 import os
 from pathlib import Path
 
-import httpx2
 import pytest
+from starlette.responses import JSONResponse
+from starlette.types import Receive, Scope, Send
 
 from tests.support.clock import FakeClock
+from tests.support.servers import serve
 from tokend.oauth.device_code import DeviceCode, DeviceFlowError, request_device_code
 from tokend.oauth.errors import Peer, PermanentError, TransientError
 from tokend.oauth.grants.client_secret import ClientSecretOptions
 from tokend.oauth.grants.delegated import advise, refresh_token_is_dead
 from tokend.oauth.grants.password import PasswordOptions, identities_of_user
+from tokend.oauth.http import Clients
 from tokend.seal import Sealer, SealError
 from tokend.sealed import SealedFiles, UnusableFile
 
@@ -122,23 +125,22 @@ def test_a_password_identity_is_found_by_its_user(monkeypatch: pytest.MonkeyPatc
 
 
 def _device_code_answer(body: object, status: int = 200) -> DeviceCode | str:
-    def answer(request: httpx2.Request) -> httpx2.Response:
-        return httpx2.Response(status, json=body)
+    """What `request_device_code` makes of `body`, served over loopback."""
 
-    async def ask() -> DeviceCode | str:
-        async with httpx2.AsyncClient(transport=httpx2.MockTransport(answer)) as http:
-            try:
-                return await request_device_code(
-                    http,
-                    "https://login.example/t/oauth2/v2.0/devicecode",
-                    "app",
-                    ("s",),
-                    FakeClock(),
-                )
-            except DeviceFlowError as exc:
-                return str(exc)
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await JSONResponse(body, status_code=status)(scope, receive, send)
 
-    return asyncio.run(ask())
+    async def ask(url: str) -> DeviceCode | str:
+        http = Clients(deadline=5, connect_timeout=5, max_connections=1)
+        try:
+            return await request_device_code(http, url, "app", ("s",), clock=FakeClock())
+        except DeviceFlowError as exc:
+            return str(exc)
+        finally:
+            await http.aclose()
+
+    with serve(app) as base:
+        return asyncio.run(ask(f"{base}/t/oauth2/v2.0/devicecode"))
 
 
 GOOD = {
@@ -192,5 +194,5 @@ def test_a_refused_device_code_request_says_why() -> None:
     got = _device_code_answer(body, status=400)
     assert (
         got
-        == "no device code: login.example: HTTP 400 invalid_client (AADSTS7000218) - AADSTS7000218: no"
+        == "no device code: 127.0.0.1: HTTP 400 invalid_client (AADSTS7000218) - AADSTS7000218: no"
     )

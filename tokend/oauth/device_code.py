@@ -14,13 +14,15 @@ import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
-
-import httpx2
+from urllib.parse import urlsplit
 
 from tokend.clock import Clock
 from tokend.oauth.errors import Peer, TokenError, classify_error_response
+from tokend.oauth.http import Clients, ExchangeFailed
 from tokend.oauth.response import MalformedResponse, parse_token_response
+from tokend.transport import CaBundleError
 
 GRANT_TYPE = "urn:ietf:params:oauth:grant-type:device_code"
 SLOW_DOWN_STEP = 5  # seconds added to the interval at each slow_down (RFC 8628 section 3.5)
@@ -48,10 +50,17 @@ class DeviceCode:
 
 
 async def request_device_code(
-    http: httpx2.AsyncClient, url: str, client_id: str, scopes: tuple[str, ...], clock: Clock
+    http: Clients,
+    url: str,
+    client_id: str,
+    scopes: tuple[str, ...],
+    *,
+    clock: Clock,
+    ca_bundle: Path | None = None,
 ) -> DeviceCode:
     """Ask `url` (the device authorization endpoint) for a code. Raises `DeviceFlowError`."""
-    status, body = await _post(http, url, {"client_id": client_id, "scope": " ".join(scopes)})
+    form = {"client_id": client_id, "scope": " ".join(scopes)}
+    status, body = await _post(http, url, form, ca_bundle)
     if status != 200 or not isinstance(body, Mapping):
         raise DeviceFlowError(_refusal(url, status, body, "no device code", clock))
     try:
@@ -68,13 +77,14 @@ async def request_device_code(
 
 
 async def poll_for_token(
-    http: httpx2.AsyncClient,
+    http: Clients,
     token_url: str,
     client_id: str,
     code: DeviceCode,
     *,
     clock: Clock,
     sleep: Sleep = asyncio.sleep,
+    ca_bundle: Path | None = None,
 ) -> dict[str, Any]:
     """Poll until the user signs in; the token response's body. Raises `DeviceFlowError`."""
     form = {"grant_type": GRANT_TYPE, "client_id": client_id, "device_code": code.device_code}
@@ -88,7 +98,7 @@ async def poll_for_token(
         await sleep(interval)
         sent_at = clock.now()
         try:
-            status, body = await _post(http, token_url, form)
+            status, body = await _post(http, token_url, form, ca_bundle)
         except DeviceFlowError:
             interval += SLOW_DOWN_STEP  # the network: try again, more slowly
             continue
@@ -110,15 +120,18 @@ async def poll_for_token(
         raise DeviceFlowError(_refusal(token_url, status, body, "no token", clock))
 
 
-async def _post(http: httpx2.AsyncClient, url: str, form: dict[str, str]) -> tuple[int, Any]:
+async def _post(
+    http: Clients, url: str, form: dict[str, str], ca_bundle: Path | None
+) -> tuple[int, Any]:
+    headers = {"Accept": "application/json"}
     try:
-        response = await http.post(url, data=form, headers={"Accept": "application/json"})
-    except httpx2.HTTPError as exc:
-        raise DeviceFlowError(f"{url}: {type(exc).__name__}: {exc}") from None
+        answer = await http.exchange("POST", url, ca_bundle=ca_bundle, data=form, headers=headers)
+    except (ExchangeFailed, CaBundleError) as exc:
+        raise DeviceFlowError(f"{url}: {exc}") from None
     try:
-        return response.status_code, json.loads(response.content)
+        return answer.status, json.loads(answer.body)
     except (ValueError, RecursionError):
-        return response.status_code, None
+        return answer.status, None
 
 
 def _check_token(url: str, body: dict[str, Any], sent_at: datetime) -> None:
@@ -130,7 +143,7 @@ def _check_token(url: str, body: dict[str, Any], sent_at: datetime) -> None:
 
 def _refusal(url: str, status: int, body: Any, what: str, clock: Clock) -> str:
     """An identity provider's refusal, as one safe line (masked, cut, AADSTS codes named)."""
-    host = httpx2.URL(url).host
+    host = urlsplit(url).hostname or "?"
     error: TokenError = classify_error_response(Peer("login", host), status, {}, body, clock.now())
     return f"{what}: {error}"
 
