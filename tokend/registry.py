@@ -54,25 +54,30 @@ class Registry(Generic[E]):
         self.discriminator = discriminator
         self._builtins = builtins
         self._entries: dict[str, E] = {}
+        self._ranks: dict[str, int] = {}
         self._loaded = not builtins
 
     def register(self, tag: str, entry: E) -> E:
         if tag in self._entries:
             raise ValueError(f"{self.what} '{tag}' is registered twice")
+        self._ranks[tag] = self._rank(entry)
         self._entries[tag] = entry
-        # Built-in kinds first, in their declared order, whichever module was imported first
-        # (a test importing one directly must not reorder `known: ...` in messages).
-        self._entries = dict(sorted(self._entries.items(), key=self._rank))
+        # Kinds in a fixed order, whichever module was imported first (a test importing a
+        # built-in one directly must not reorder `known: ...` in messages): those registered
+        # with the registry itself, then the built-ins as declared, then later ones.
+        self._entries = dict(sorted(self._entries.items(), key=lambda item: self._ranks[item[0]]))
         _Changes.count += 1
         return entry
 
-    def _rank(self, item: tuple[str, E]) -> int:
-        module = getattr(item[1].options, "__module__", "")
-        builtins = self._builtins
-        return builtins.index(module) if module in builtins else len(builtins)
+    def _rank(self, entry: E) -> int:
+        module = getattr(entry.options, "__module__", "")
+        if module in self._builtins:
+            return self._builtins.index(module)
+        return len(self._builtins) if self._loaded else -1
 
     def unregister(self, tag: str) -> None:
         del self._entries[tag]
+        del self._ranks[tag]
         _Changes.count += 1
 
     def __getitem__(self, tag: str) -> E:
