@@ -96,14 +96,13 @@ class PasswordOptions(DelegatedOptions):
 
 
 class PasswordGrant(DelegatedGrant):
-    __slots__ = ("_options", "_refused")
+    __slots__ = ("_options",)
 
     mfa_advice = _MFA_ADVICE
 
     def __init__(self, options: PasswordOptions, context: GrantContext) -> None:
         super().__init__(context)
         self._options = options
-        self._refused: tuple[str, PermanentError] | None = None
 
     @property
     def keeps_refresh_tokens(self) -> bool:
@@ -117,8 +116,8 @@ class PasswordGrant(DelegatedGrant):
         if form is None:
             password = await self._read(self._options.password, "password")
             sign_in.sent = _digest(username, password)
-            if self._refused is not None and self._refused[0] == sign_in.sent:
-                refused = self._refused[1]
+            if sign_in.refused is not None and sign_in.refused[0] == sign_in.sent:
+                refused = sign_in.refused[1]
                 raise with_reason(refused, reason_of(refused))  # the same problem, not sent
             form = {
                 "grant_type": "password",
@@ -143,7 +142,7 @@ class PasswordGrant(DelegatedGrant):
             and isinstance(reported, PermanentError)
             and _NOT_SENT_AGAIN.intersection(reported.aadsts_codes)
         ):
-            self._refused = (sign_in.sent, reported)
+            sign_in.refused = (sign_in.sent, reported)
         return reported
 
     def refresh_token_dead(self, error: TokenError) -> TokenError | None:

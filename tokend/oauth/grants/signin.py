@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tokend import files
+from tokend.oauth.errors import PermanentError
 from tokend.oauth.grants.base import GrantContext
 from tokend.redaction import redactor
 from tokend.seal import Sealer, SealError
@@ -65,6 +66,8 @@ class SignIn:
         """The subject of the exchange in progress."""
         self.sent = ""
         """A digest of the credentials the exchange in progress sent instead (a password)."""
+        self.refused: tuple[str, PermanentError] | None = None
+        """Credentials refused for good (their digest) and the refusal: not sent again."""
 
     def begin(self) -> None:
         """An exchange starts (the lock is held)."""
