@@ -36,10 +36,12 @@ from tokend.engine.state import StateStore
 from tokend.engine.verifier import Verifier
 from tokend.oauth import GrantContext, HttpSettings, Target, TokenRequest, build_grant
 from tokend.oauth.dialects import DEFAULT_AUTHORITY_HOST, endpoint_for
+from tokend.oauth.grants.signin import refresh_token_files
 from tokend.oauth.jwks import JWKS, Connection
 from tokend.oauth.verify import VerifyingAcquirer, expectation
 from tokend.resources import Environment, Resources
 from tokend.seal import Sealer
+from tokend.sealed import SealedFiles
 from tokend.secrets import SecretError
 from tokend.sinks import SinkContext, build_sink, sink_labels
 
@@ -152,7 +154,7 @@ class _Parts:
     def __init__(self, runtime: _Runtime, config: Config) -> None:
         self._runtime = runtime
         self._config = config
-        self._state = _state_store(config, runtime.resources)
+        self._state, self._kept = _state_stores(config, runtime.resources)
         self._shared: dict[Any, Any] = {}
 
     def job(self, name: str) -> TokenJob:
@@ -203,6 +205,7 @@ class _Parts:
                 identity=spec.identity,
                 clock=self._runtime.clock,
                 entra_version=(1 if spec.resource else 2) if identity.is_entra else None,
+                kept=self._kept,
             )
             self._shared[key] = build_grant(identity.credential, context)
         return TokenRequest(name, self._shared[key], spec.resource, target.scopes)
@@ -261,19 +264,23 @@ class _Parts:
         return shared
 
 
-def _state_store(config: Config, resources: Resources) -> StateStore | None:
-    """Where tokens are kept across restarts, sealed with `state_key` if one is set. A key that
-    cannot be read means no state at all, never state written in the clear by mistake."""
+def _state_stores(
+    config: Config, resources: Resources
+) -> tuple[StateStore | None, SealedFiles | None]:
+    """Where tokens are kept across restarts, sealed with `state_key` if one is set, and where
+    grants keep their refresh tokens (only sealed). A key that cannot be read means no state at
+    all, never state written in the clear by mistake."""
     if config.state_dir is None:
-        return None
+        return None, None
     if config.state_key is None:
-        return StateStore(config.state_dir)
+        return StateStore(config.state_dir), None
     try:
         key = config.state_key.resolve(resources).reveal()
     except SecretError as exc:
-        log.error("state_key: %s; tokens are not kept across restarts", exc)
-        return None
-    return StateStore(config.state_dir, Sealer(key))
+        log.error("state_key: %s; tokens and refresh tokens are not kept across restarts", exc)
+        return None, None
+    sealer = Sealer(key)
+    return StateStore(config.state_dir, sealer), refresh_token_files(config.state_dir, sealer)
 
 
 def _common_inputs(config: Config) -> tuple[Any, ...]:

@@ -1,4 +1,4 @@
-"""Command line: `tokend run | once | check | dev | status | version`.
+"""Command line: `tokend run | once | check | login | dev | status | version`.
 
 Exit status: 0 success; 1 a runtime failure (`once` could not publish everything, `status` found
 tokend unreachable or not ready); 2 the config or the command line is wrong.
@@ -78,6 +78,14 @@ def _parser() -> argparse.ArgumentParser:
         "validate the config, resolve every secret reference and check every sink's target "
         "(exit 2 on error)",
     ).add_argument("-c", "--config", help=config_help)
+    login = command(
+        "login",
+        _login,
+        "sign in once, interactively (device code), for a token whose identity has "
+        "credential type device_login; run it as tokend's user",
+    )
+    login.add_argument("token", metavar="TOKEN", help="the token (its identity signs in)")
+    login.add_argument("-c", "--config", help=config_help)
     dev = command("dev", _dev, "run against a built-in development identity provider")
     dev.add_argument("-c", "--config", help="config to run (default: the bundled dev.yaml)")
     status = command("status", _status, "show the state of every token of a running tokend")
@@ -229,6 +237,17 @@ def _check(args: argparse.Namespace) -> int:
         f"{sinks} sinks; every secret reference resolved, every sink can be written"
     )
     return EXIT_OK
+
+
+def _login(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from tokend.login import login
+
+    loaded = _load(args)
+    if loaded is None:
+        return EXIT_USAGE
+    return asyncio.run(login(loaded.config, args.token, sys.stdout))
 
 
 def _dev(args: argparse.Namespace) -> int:

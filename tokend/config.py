@@ -270,6 +270,7 @@ def _ensure_schema() -> None:
 
 def _cross_reference_problems(config: Config) -> Iterator[tuple[str, str]]:
     yield from _missing_sections(config)
+    yield from _kept_state_problems(config)
     known = ", ".join(config.identities)
     targets: dict[str, str] = {}
     for name, token in config.tokens.items():
@@ -338,13 +339,19 @@ def _target_problems(where: str, token: TokenSpec, identity: Identity) -> Iterat
         return
     if (token.resource is None) == (token.scopes is None):
         yield where, ("give exactly one of resource (Entra ID v1 endpoint) or scopes (v2 endpoint)")
-    elif token.scopes is not None and (
-        len(token.scopes) != 1 or not token.scopes[0].endswith("/.default")
-    ):
-        yield (
-            f"{where}.scopes",
-            (
-                "app-only tokens from Entra ID v2 take exactly one scope ending in /.default, "
-                "e.g. https://graph.microsoft.com/.default"
-            ),
-        )
+    elif token.scopes is not None and (problem := identity.credential.entra_scopes_problem(scopes)):
+        yield f"{where}.scopes", problem
+
+
+def _kept_state_problems(config: Config) -> Iterator[tuple[str, str]]:
+    """Refresh tokens are stored only sealed: a credential that keeps them needs both."""
+    if config.state_dir is not None and config.state_key is not None:
+        return
+    for name, identity in config.identities.items():
+        credential = identity.credential
+        if credential.keeps_refresh_tokens():
+            yield (
+                f"identities.{name}.credential",
+                f"a {credential.type} credential keeps the refresh tokens it is given, stored "
+                "only sealed: set state_dir and state_key (a secret reference)",
+            )
