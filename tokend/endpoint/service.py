@@ -1,0 +1,207 @@
+"""The endpoint as a running part of the daemon: its own listener (loopback TCP, a Unix socket
+with a mode and group, or TLS when remote clients are allowed), the header secret, and the env
+file that tells clients `IDENTITY_ENDPOINT` and `IDENTITY_HEADER`.
+
+The listener is separate from the metrics one on purpose: a metrics port is often opened to
+Prometheus; the token port must not be.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import logging
+import os
+import secrets
+import socket
+import ssl
+import stat
+from pathlib import Path
+from typing import Any
+
+from tokend.clock import Clock
+from tokend.config import Config
+from tokend.endpoint.app import EndpointApp
+from tokend.endpoint.catalog import Catalog
+from tokend.endpoint.options import EndpointOptions, TlsOptions
+from tokend.endpoint.supply import Supply
+from tokend.engine import Engine
+from tokend.files import write_atomic
+from tokend.metrics import Metrics
+from tokend.redaction import redactor
+from tokend.secrets import SecretError
+from tokend.server import HttpListener, ListenError, bind_tcp
+from tokend.transport import split_listen
+
+log = logging.getLogger("tokend.endpoint")
+
+
+class Endpoint:
+    """Built (and bound) with the daemon; `serve()` runs it, `stop()` ends it."""
+
+    def __init__(
+        self,
+        config: Config,
+        options: EndpointOptions,
+        *,
+        engine: Engine,
+        metrics: Metrics,
+        clock: Clock,
+    ) -> None:
+        self.options = options
+        self.header_secret, self.generated = _header_secret(options)
+        self.env_file = options.resolved_env_file()
+        supply = Supply(engine, clock, options.wait)
+        self.app = EndpointApp(
+            options,
+            catalog=Catalog(config, options),
+            supply=supply,
+            metrics=metrics,
+            header_secret=self.header_secret,
+        )
+        sock = _bind(options)
+        self.listener = HttpListener.on_socket(self.app, sock, **_uvicorn_options(options))
+
+    async def serve(self) -> None:
+        if self.env_file is not None:
+            self._write_env_file(self.env_file)
+        log.info("%s", self.announcement())
+        await self.listener.serve()
+
+    def stop(self) -> None:
+        self.listener.stop()
+        if self.options.socket_path:
+            with contextlib.suppress(OSError):
+                os.unlink(self.options.socket_path)
+
+    def reconfigure(self, config: Config) -> None:
+        """A reload: serve the tokens of the new config. Listener and protocol changes take
+        effect at the next restart."""
+        options = config.endpoint or self.options
+        self.app.catalog = Catalog(config, options.model_copy(update={"path": self.options.path}))
+
+    def announcement(self) -> str:
+        """What clients export, without the secret itself."""
+        options = self.options
+        where = f"on {options.listen}" + (" (TLS)" if options.tls else "")
+        parts = [f"local token endpoint {where}: {', '.join(options.protocols)}"]
+        if options.compat:
+            parts.append(f"compat {options.compat}")
+        line = "; ".join(parts)
+        if "app_service" not in options.protocols:
+            return line
+        if self.env_file is not None:
+            source = f"in {self.env_file}"
+        elif self.generated:
+            source = "generated (set env_file to share it)"
+        else:
+            source = "from endpoint.header_secret"
+        return (
+            f"{line}; IDENTITY_ENDPOINT={options.app_service_url()}, IDENTITY_HEADER {source} "
+            "(`tokend endpoint env` prints both)"
+        )
+
+    def _write_env_file(self, path: Path) -> None:
+        try:
+            write_atomic(path, env_lines(self.options, self.header_secret).encode(), mode=0o600)
+        except OSError as exc:
+            raise ListenError(f"endpoint.env_file: cannot write {path}: {exc.strerror}") from None
+
+
+def env_lines(options: EndpointOptions, header_secret: str | None) -> str:
+    """Shell- and systemd-`EnvironmentFile=`-readable assignments for clients."""
+    lines = []
+    if options.socket_path:
+        lines.append(f"# a Unix socket: curl --unix-socket {options.socket_path} ...")
+    if "app_service" in options.protocols:
+        lines.append(f"IDENTITY_ENDPOINT='{options.app_service_url()}'")
+        if header_secret is not None:
+            lines.append(f"IDENTITY_HEADER='{header_secret}'")
+    if "imds" in options.protocols:
+        imds = f"AZURE_POD_IDENTITY_AUTHORITY_HOST='{options.base_url()}'"
+        # With both, SDKs choose App Service; the IMDS line is for those that speak only IMDS.
+        lines.append(f"# {imds}" if "app_service" in options.protocols else imds)
+    return "\n".join(lines) + "\n"
+
+
+def _header_secret(options: EndpointOptions) -> tuple[str, bool]:
+    """The `X-IDENTITY-HEADER` value, and whether it was generated for this start."""
+    if options.header_secret is None:
+        value = secrets.token_urlsafe(32)
+        redactor.add_secret(value)
+        return value, True
+    try:
+        value = options.header_secret.resolve().reveal()
+    except SecretError as exc:
+        raise ListenError(f"endpoint.header_secret: {exc}") from None
+    if "'" in value or "\n" in value:
+        raise ListenError("endpoint.header_secret: must not contain quotes or line breaks")
+    return value, False
+
+
+def _uvicorn_options(options: EndpointOptions) -> dict[str, Any]:
+    found: dict[str, Any] = {"http": _http_parser(), "timeout_keep_alive": 30}
+    if options.tls:
+        found |= {"ssl_certfile": str(options.tls.certificate), "ssl_keyfile": str(options.tls.key)}
+    return found
+
+
+def _http_parser() -> str:
+    """httptools (llhttp, C) when installed: several times less CPU per request than h11."""
+    try:
+        import httptools  # noqa: F401, PLC0415
+    except ImportError:  # pragma: no cover - httptools is a dependency
+        return "h11"
+    return "httptools"
+
+
+def _bind(options: EndpointOptions) -> socket.socket:
+    path = options.socket_path
+    if path is None:
+        if options.tls:
+            _check_tls(options.tls)
+        return bind_tcp(*split_listen(options.listen))
+    return bind_unix(path, options.mode, options.socket_group)
+
+
+def _check_tls(tls: TlsOptions) -> None:
+    if problem := tls_problem(tls):
+        raise ListenError(f"endpoint.tls: {problem}")
+
+
+def tls_problem(tls: TlsOptions) -> str | None:
+    """Why the certificate and key cannot serve TLS, or None (start-up and `tokend check`)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(tls.certificate, tls.key)
+    except ssl.SSLError:
+        return f"{tls.certificate} and {tls.key} are not a matching PEM certificate and key"
+    except OSError as exc:
+        return f"cannot read {exc.filename or tls.certificate}: {exc.strerror}"
+    return None
+
+
+def bind_unix(path: str, mode: int, group: str | None) -> socket.socket:
+    """A listening Unix socket at `path` with `mode` and `group`, created private and opened up
+    only after its owner is set. A stale socket file (tokend killed) is replaced; any other
+    file is not."""
+    with contextlib.suppress(FileNotFoundError):
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):
+            raise ListenError(f"cannot listen on unix:{path}: a file that is not a socket is there")
+        os.unlink(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o177)
+    try:
+        sock.bind(path)
+        if group is not None:
+            os.chown(path, -1, grp.getgrnam(group).gr_gid)
+        os.chmod(path, mode)
+    except (OSError, KeyError) as exc:
+        sock.close()
+        reason = exc.strerror if isinstance(exc, OSError) else f"no such group '{group}'"
+        raise ListenError(f"cannot listen on unix:{path}: {reason}") from None
+    finally:
+        os.umask(old_umask)
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
