@@ -25,6 +25,7 @@ from pathlib import Path
 import httpx2
 import yaml
 from common import (
+    BENCH,
     ENV,
     PYTHON,
     TOKEND,
