@@ -124,6 +124,48 @@ def env_lines(options: EndpointOptions, header_secret: str | None) -> str:
     return "\n".join(lines) + "\n"
 
 
+class EnvironmentUnknown(Exception):
+    """`tokend endpoint env` cannot tell the header secret; the text says why."""
+
+
+def client_environment(options: EndpointOptions) -> str:
+    """`tokend endpoint env`: `export` lines for a shell (`eval "$(tokend endpoint env)"`). The
+    header secret comes from its reference, or from the env file the running tokend wrote."""
+    secret = None
+    if "app_service" in options.protocols:
+        if options.header_secret is not None:
+            try:
+                secret = options.header_secret.resolve().reveal()
+            except SecretError as exc:
+                raise EnvironmentUnknown(f"endpoint.header_secret: {exc}") from None
+        else:
+            secret = _written_header(options.resolved_env_file())
+    return "".join(
+        f"{line}\n" if line.startswith("#") else f"export {line}\n"
+        for line in env_lines(options, secret).splitlines()
+    )
+
+
+def _written_header(env_file: Path | None) -> str:
+    if env_file is None:
+        raise EnvironmentUnknown(
+            "the header secret is generated at each start and no env_file is set: set "
+            "endpoint.env_file (or endpoint.header_secret)"
+        )
+    try:
+        text = env_file.read_text()
+    except FileNotFoundError:
+        raise EnvironmentUnknown(
+            f"{env_file} does not exist: is tokend running with this config?"
+        ) from None
+    except OSError as exc:
+        raise EnvironmentUnknown(f"cannot read {env_file}: {exc.strerror}") from None
+    for line in text.splitlines():
+        if line.startswith("IDENTITY_HEADER="):
+            return line.split("=", 1)[1].strip("'")
+    raise EnvironmentUnknown(f"{env_file} holds no IDENTITY_HEADER")
+
+
 def _header_secret(options: EndpointOptions) -> tuple[str, bool]:
     """The `X-IDENTITY-HEADER` value, and whether it was generated for this start."""
     if options.header_secret is None:
