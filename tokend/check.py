@@ -17,6 +17,7 @@ from collections.abc import Iterator
 
 from tokend.config import Config
 from tokend.configfile import LoadedConfig
+from tokend.endpoint.checks import endpoint_problems
 from tokend.engine.state import state_dir_problem
 from tokend.resources import RESOURCES, Environment, Resources
 from tokend.secrets import SecretError, secret_references
@@ -41,6 +42,10 @@ def local_problems(loaded: LoadedConfig, *, listen: bool) -> list[str]:
     found = [f"{source}: {path}: {problem}" for path, problem in _local(config)]
     if listen and config.listen and (problem := _listen_problem(config.listen)):
         found.append(f"{source}: listen: {problem}")
+    if config.endpoint is not None:
+        found += [
+            f"{source}: endpoint: {line}" for line in endpoint_problems(config.endpoint, listen)
+        ]
     return found
 
 
@@ -91,6 +96,11 @@ def _sink_problems(config: Config) -> Iterator[tuple[str, str]]:
             if target in written_by and target != sink.target():
                 yield where, f"{target} is also written by {written_by[target]}"
             written_by.setdefault(target, where)
+
+
+def listen_problem(listen: str) -> str | None:
+    """Why `host:port` cannot be listened on now, or None."""
+    return _listen_problem(listen)
 
 
 def _listen_problem(listen: str) -> str | None:

@@ -14,7 +14,6 @@ import logging
 import os
 import secrets
 import socket
-import ssl
 import stat
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from tokend.clock import Clock
 from tokend.config import Config
 from tokend.endpoint.app import EndpointApp
 from tokend.endpoint.catalog import Catalog
+from tokend.endpoint.checks import tls_problem
 from tokend.endpoint.options import EndpointOptions, TlsOptions
 from tokend.endpoint.supply import Supply
 from tokend.engine import Engine
@@ -209,18 +209,6 @@ def _bind(options: EndpointOptions) -> socket.socket:
 def _check_tls(tls: TlsOptions) -> None:
     if problem := tls_problem(tls):
         raise ListenError(f"endpoint.tls: {problem}")
-
-
-def tls_problem(tls: TlsOptions) -> str | None:
-    """Why the certificate and key cannot serve TLS, or None (start-up and `tokend check`)."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    try:
-        context.load_cert_chain(tls.certificate, tls.key)
-    except ssl.SSLError:
-        return f"{tls.certificate} and {tls.key} are not a matching PEM certificate and key"
-    except OSError as exc:
-        return f"cannot read {exc.filename or tls.certificate}: {exc.strerror}"
-    return None
 
 
 def bind_unix(path: str, mode: int, group: str | None) -> socket.socket:
