@@ -43,9 +43,8 @@ def local_problems(loaded: LoadedConfig, *, listen: bool) -> list[str]:
     if listen and config.listen and (problem := _listen_problem(config.listen)):
         found.append(f"{source}: listen: {problem}")
     if config.endpoint is not None:
-        found += [
-            f"{source}: endpoint: {line}" for line in endpoint_problems(config.endpoint, listen)
-        ]
+        lines = endpoint_problems(config.endpoint, listen)
+        found += [f"{source}: endpoint.{line}" for line in lines]
     return found
 
 
