@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-import ssl
 from collections.abc import Iterator
 from typing import Any
 
@@ -64,22 +63,9 @@ class HttpListener:
     """uvicorn serving the app on a socket tokend binds itself, so a busy port is a clear error
     rather than uvicorn exiting the process, and signals stay tokend's to handle."""
 
-    def __init__(self, app: Any, host: str, port: int, **options: Any) -> None:
+    def __init__(self, app: Any, host: str, port: int) -> None:
         self._socket = bind_tcp(host, port)
-        self._start(app, options)
-
-    @classmethod
-    def on_socket(cls, app: Any, sock: socket.socket, **options: Any) -> HttpListener:
-        """Serve on a socket the caller bound (a Unix socket); `options` go to uvicorn (TLS
-        files, the HTTP parser)."""
-        listener = cls.__new__(cls)
-        listener._socket = sock
-        listener._start(app, options)
-        return listener
-
-    def _start(self, app: Any, options: dict[str, Any]) -> None:
-        name = self._socket.getsockname()
-        self.address = name[:2] if isinstance(name, tuple) else name
+        self.address = self._socket.getsockname()[:2]
         config = uvicorn.Config(
             app,
             log_config=None,
@@ -87,12 +73,7 @@ class HttpListener:
             lifespan="off",
             server_header=False,
             date_header=False,  # uvicorn refreshes it by polling; an absent Date beats a stale one
-            **options,
         )
-        if config.is_ssl:
-            config.load()
-            if config.ssl is not None:
-                config.ssl.minimum_version = ssl.TLSVersion.TLSv1_2
         self._server = _QuietServer(config)
 
     async def serve(self) -> None:

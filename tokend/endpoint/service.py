@@ -14,23 +14,24 @@ import logging
 import os
 import secrets
 import socket
+import ssl
 import stat
 from pathlib import Path
-from typing import Any
 
 from tokend.clock import Clock
 from tokend.config import Config
 from tokend.endpoint.app import EndpointApp
 from tokend.endpoint.catalog import Catalog
 from tokend.endpoint.checks import tls_problem
-from tokend.endpoint.options import EndpointOptions, TlsOptions
+from tokend.endpoint.http import HttpServer
+from tokend.endpoint.options import EndpointOptions
 from tokend.endpoint.supply import Supply
 from tokend.engine import Engine
 from tokend.files import write_atomic
 from tokend.metrics import Metrics
 from tokend.redaction import redactor
 from tokend.secrets import SecretError
-from tokend.server import HttpListener, ListenError, bind_tcp
+from tokend.server import ListenError, bind_tcp
 from tokend.transport import split_listen
 
 log = logging.getLogger("tokend.endpoint")
@@ -59,8 +60,7 @@ class Endpoint:
             metrics=metrics,
             header_secret=self.header_secret,
         )
-        sock = _bind(options)
-        self.listener = HttpListener.on_socket(self.app, sock, **_uvicorn_options(options))
+        self.listener = HttpServer(self.app, _bind(options), _tls_context(options))
 
     async def serve(self) -> None:
         if self.env_file is not None:
@@ -181,34 +181,22 @@ def _header_secret(options: EndpointOptions) -> tuple[str, bool]:
     return value, False
 
 
-def _uvicorn_options(options: EndpointOptions) -> dict[str, Any]:
-    found: dict[str, Any] = {"http": _http_parser(), "timeout_keep_alive": 30}
-    if options.tls:
-        found |= {"ssl_certfile": str(options.tls.certificate), "ssl_keyfile": str(options.tls.key)}
-    return found
-
-
-def _http_parser() -> str:
-    """httptools (llhttp, C) when installed: several times less CPU per request than h11."""
-    try:
-        import httptools  # noqa: F401, PLC0415
-    except ImportError:  # pragma: no cover - httptools is a dependency
-        return "h11"
-    return "httptools"
+def _tls_context(options: EndpointOptions) -> ssl.SSLContext | None:
+    if options.tls is None:
+        return None
+    if problem := tls_problem(options.tls):
+        raise ListenError(f"endpoint.tls: {problem}")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(options.tls.certificate, options.tls.key)
+    return context
 
 
 def _bind(options: EndpointOptions) -> socket.socket:
     path = options.socket_path
     if path is None:
-        if options.tls:
-            _check_tls(options.tls)
         return bind_tcp(*split_listen(options.listen))
     return bind_unix(path, options.mode, options.socket_group)
-
-
-def _check_tls(tls: TlsOptions) -> None:
-    if problem := tls_problem(tls):
-        raise ListenError(f"endpoint.tls: {problem}")
 
 
 def bind_unix(path: str, mode: int, group: str | None) -> socket.socket:
