@@ -50,6 +50,10 @@ def main() -> None:
     print(f"machine: {machine()}")
     print(f"load before: {_loadavg()}")
     with fast_provider() as provider, tempfile.TemporaryDirectory() as tmp:
+        baseline, _, _ = _start_tokend(provider, Path(tmp) / "off", endpoint=False)
+        rss_without = _rss_mb(baseline.pid)
+        baseline.terminate()
+        baseline.wait(10)
         tokend, port, env = _start_tokend(provider, Path(tmp))
         reference = _start_reference(Path(tmp) / "api.token")
         try:
@@ -68,7 +72,7 @@ def main() -> None:
             for process in (tokend, reference[0]):
                 process.terminate()
                 process.wait(10)
-    report(results, args, rss_before, rss_after)
+    report(results, args, (rss_without, rss_before, rss_after))
 
 
 class Target:
@@ -142,7 +146,7 @@ def client(url: str, header: str, threads: int, seconds: float) -> None:
 
 
 def report(
-    results: dict[str, list[Figures]], args: argparse.Namespace, rss_before: float, rss_after: float
+    results: dict[str, list[Figures]], args: argparse.Namespace, rss: tuple[float, float, float]
 ) -> None:
     print(
         f"{args.threads} client threads (httpx2, keep-alive) in {args.client_processes} "
@@ -162,9 +166,11 @@ def report(
         f"  tokend/flask: throughput {ratio:.2f}x, p99 {rows['tokend'][2] / rows['flask'][2]:.2f}x,"
         f" server CPU per request {rows['tokend'][3] / rows['flask'][3]:.2f}x"
     )
+    without, before, after = rss
     print(
-        f"tokend RSS: {rss_before:.1f} MB ready, before any request; {rss_after:.1f} MB after "
-        f"serving (+{rss_after - rss_before:.1f} MB)"
+        f"tokend RSS once ready: {without:.1f} MB without the endpoint, {before:.1f} MB with it "
+        f"before any request, {after:.1f} MB after serving every run: the endpoint adds "
+        f"{after - without:+.1f} MB ({after - before:+.1f} MB of it from serving)"
     )
     print(f"load after: {_loadavg()}")
 
@@ -173,8 +179,9 @@ Figures_KEYS = ("rps", "p50", "p99", "cpu_per_request")
 
 
 def _start_tokend(
-    provider: object, tmp: Path
+    provider: object, tmp: Path, *, endpoint: bool = True
 ) -> tuple[subprocess.Popen[bytes], int, dict[str, str]]:
+    tmp.mkdir(exist_ok=True)
     port, metrics = free_port(), free_port()
     env_file = tmp / "endpoint.env"
     document = {
@@ -197,6 +204,8 @@ def _start_tokend(
         "listen": f"127.0.0.1:{metrics}",
         "endpoint": {"listen": f"127.0.0.1:{port}", "env_file": str(env_file)},
     }
+    if not endpoint:
+        del document["endpoint"]
     config = tmp / "endpoint.yaml"
     config.write_text(yaml.safe_dump(document))
     process = subprocess.Popen(
@@ -204,6 +213,8 @@ def _start_tokend(
         env={**os.environ, **ENV},
     )
     _wait(lambda: _ready(metrics), "tokend ready")
+    if not endpoint:
+        return process, 0, {}
     header = next(
         line.split("=", 1)[1].strip("'")
         for line in env_file.read_text().splitlines()
