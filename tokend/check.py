@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from tokend.config import Config
 from tokend.configfile import LoadedConfig
 from tokend.endpoint.checks import endpoint_problems
+from tokend.endpoint.compat import password_identities
 from tokend.engine.state import state_dir_problem
 from tokend.resources import RESOURCES, Environment, Resources
 from tokend.secrets import SecretError, secret_references
@@ -44,6 +45,11 @@ def local_problems(loaded: LoadedConfig, *, listen: bool) -> list[str]:
         found.append(f"{source}: listen: {problem}")
     if config.endpoint is not None:
         lines = endpoint_problems(config.endpoint, listen)
+        if config.endpoint.compat and not password_identities(config, config.endpoint):
+            lines.append(
+                "compat: requesttoken needs an identity whose credential has a username and "
+                "a password (type: password)"
+            )
         found += [f"{source}: endpoint.{line}" for line in lines]
     return found
 

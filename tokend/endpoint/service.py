@@ -20,11 +20,12 @@ from pathlib import Path
 
 from tokend.clock import Clock
 from tokend.config import Config
-from tokend.endpoint.app import EndpointApp
+from tokend.endpoint.app import EndpointApp, Handler
 from tokend.endpoint.catalog import Catalog
 from tokend.endpoint.checks import tls_problem
+from tokend.endpoint.compat import RequestToken, password_identities
 from tokend.endpoint.http import HttpServer
-from tokend.endpoint.options import EndpointOptions
+from tokend.endpoint.options import REQUESTTOKEN_PATH, EndpointOptions
 from tokend.endpoint.supply import Supply
 from tokend.engine import Engine
 from tokend.files import write_atomic
@@ -53,12 +54,17 @@ class Endpoint:
         self.header_secret, self.generated = _header_secret(options)
         self.env_file = options.resolved_env_file()
         supply = Supply(engine, clock, options.wait)
+        self.compat = RequestToken(config, options, supply) if options.compat else None
+        routes: dict[str, tuple[str, Handler]] = {}
+        if self.compat is not None:
+            routes[REQUESTTOKEN_PATH] = ("requesttoken", self.compat)
         self.app = EndpointApp(
             options,
             catalog=Catalog(config, options),
             supply=supply,
             metrics=metrics,
             header_secret=self.header_secret,
+            extra_routes=routes,
         )
         self.listener = HttpServer(self.app, _bind(options), _tls_context(options))
 
@@ -78,7 +84,9 @@ class Endpoint:
         """A reload: serve the tokens of the new config. Listener and protocol changes take
         effect at the next restart."""
         options = config.endpoint or self.options
-        self.app.catalog = Catalog(config, options.model_copy(update={"path": self.options.path}))
+        self.app.catalog = Catalog(config, options)
+        if self.compat is not None:
+            self.compat.identities = password_identities(config, options)
 
     def announcement(self) -> str:
         """What clients export, without the secret itself."""
