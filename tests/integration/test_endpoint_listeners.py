@@ -11,6 +11,7 @@ import stat
 from pathlib import Path
 
 import httpx2
+import yaml
 
 from tests.conftest import entra_identity, write_config
 from tests.support.idp import CLIENT_SECRET, FakeIdp
@@ -144,3 +145,34 @@ def test_busy_or_unusable_addresses(idp: FakeIdp, tmp_path: Path) -> None:
     )
     assert ran.returncode == 2 and "a file that is not a socket is there" in ran.stderr
     assert not_socket.read_text() == ""  # left alone
+
+
+def test_a_reload_serves_the_tokens_it_adds(idp: FakeIdp, tmp_path: Path) -> None:
+    port, metrics = free_port(), free_port()
+    endpoint = {"listen": f"127.0.0.1:{port}", "header_secret": {"env": "HEADER"}}
+    config = _config(idp, tmp_path, endpoint, metrics)
+    env = {"APP_SECRET": CLIENT_SECRET, "HEADER": "reload-header"}
+    process = start_tokend("run", "-c", str(config), env=env, log=tmp_path / "tokend.log")
+    url, headers = f"http://127.0.0.1:{port}/msi/token", {"X-IDENTITY-HEADER": "reload-header"}
+    graph = {**PARAMS, "resource": "https://graph.example"}
+    try:
+        wait_for(lambda: _ready(metrics), what="tokend ready")
+        assert httpx2.get(url, params=graph, headers=headers).status_code == 400
+        document = yaml.safe_load(config.read_text())
+        document["tokens"]["graph"] = {
+            "identity": "app",
+            "scopes": ["https://graph.example/.default"],
+            "sinks": [{"type": "file", "path": str(tmp_path / "graph.token")}],
+        }
+        config.write_text(yaml.safe_dump(document))
+        process.send_signal(signal.SIGHUP)
+        answer = wait_for(
+            lambda: (r := httpx2.get(url, params=graph, headers=headers)).status_code == 200 and r,
+            what="the added token served",
+        )
+        written = tmp_path / "graph.token"
+        wait_for(written.exists, what="the added token's file")  # sinks are written apart
+        assert answer.json()["access_token"] == written.read_text()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(15) == 0
