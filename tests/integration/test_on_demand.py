@@ -77,3 +77,12 @@ def test_a_reload_keeps_dormancy_and_a_demanded_schedule(idp: FakeIdp, tmp_path:
             assert _requests_for(idp, "lazy") == 1
 
     asyncio.run(scenario())
+
+
+def test_once_leaves_on_demand_tokens_alone(idp: FakeIdp, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with harness(_config(idp, tmp_path)) as running:
+            assert await running.refresh_all()
+            assert _requests_for(idp, "eager") == 1 and _requests_for(idp, "lazy") == 0
+
+    asyncio.run(scenario())

@@ -142,14 +142,15 @@ class Engine:
     async def refresh_all(self, timeout: float | None = None) -> bool:
         """Acquire and publish every token once, a bounded number at a time, retrying failures
         that may pass for up to `timeout` seconds (None: one attempt each). True if every token
-        succeeded and reached every sink."""
+        succeeded and reached every sink (on-demand tokens are left alone)."""
         results: dict[str, bool] = {}
         deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
 
         async def refresh(job: TokenJob) -> None:
             results[job.name] = await job.refresh(deadline)
 
-        jobs = list(self.jobs.values())
+        # On-demand tokens wait for someone to ask: `tokend once` acquires what a start would.
+        jobs = [job for name, job in self.jobs.items() if name not in self._on_demand]
         await Runner(self.settings.run_limit).run_all(
             functools.partial(refresh, job) for job in jobs
         )
