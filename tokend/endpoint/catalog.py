@@ -76,7 +76,7 @@ class Catalog:
             entry = Entry(
                 token=name,
                 identity=spec.identity,
-                client_id=config.identities[spec.identity].client_id,
+                client_id=config.identities[spec.identity].client_id or "",
                 principal_id=aliases.principal_id if aliases else None,
                 mi_res_id=aliases.mi_res_id if aliases else None,
             )
