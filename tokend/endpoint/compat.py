@@ -136,11 +136,13 @@ class RequestToken:
     async def _check(self, username: str, password: str) -> PasswordIdentity | None:
         """The identity these credentials are right for; every identity's password is compared
         (or a dummy), so timing says nothing about which username exists."""
-        given_user, given_password = _digest(username), _digest(password)
+        # Usernames compare as Entra ID compares them: without regard to case.
+        given_user, given_password = _digest(username.casefold()), _digest(password)
         match = None
         for identity in self.identities:
             try:
-                user_ok = hmac.compare_digest(given_user, await _digest_of(identity.username))
+                user = await _digest_of(identity.username, casefold=True)
+                user_ok = hmac.compare_digest(given_user, user)
                 password_ok = hmac.compare_digest(
                     given_password, await _digest_of(identity.password)
                 )
@@ -152,9 +154,10 @@ class RequestToken:
         return match
 
 
-async def _digest_of(reference: SecretReference) -> bytes:
+async def _digest_of(reference: SecretReference, *, casefold: bool = False) -> bytes:
     """The configured value, read now (replacing the secret file takes effect at once)."""
-    return _digest((await reference.read()).reveal())
+    value = (await reference.read()).reveal()
+    return _digest(value.casefold() if casefold else value)
 
 
 def _credentials(body: bytes) -> tuple[str, str, str | None] | None:
