@@ -142,6 +142,7 @@ class Assembly:
             name: Blueprint(
                 functools.partial(parts.job, name),
                 unchanged=same_common and _own_inputs(old, name) == _own_inputs(config, name),
+                on_demand=config.tokens[name].on_demand,
             )
             for name in config.tokens
         }

@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from tokend import files
 from tokend.config import Config
 from tokend.configfile import LoadedConfig
+from tokend.endpoint.checks import endpoint_problems
+from tokend.endpoint.compat import password_identities
 from tokend.engine.state import state_dir_problem
 from tokend.resources import RESOURCES, Environment, Resources
 from tokend.secrets import SecretError, secret_references
@@ -43,6 +45,14 @@ def local_problems(loaded: LoadedConfig, *, listen: bool) -> list[str]:
         found = [f"{source}: {path}: {problem}" for path, problem in _local(config)]
     if listen and config.listen and (problem := _listen_problem(config.listen)):
         found.append(f"{source}: listen: {problem}")
+    if config.endpoint is not None:
+        lines = endpoint_problems(config.endpoint, listen)
+        if config.endpoint.compat and not password_identities(config, config.endpoint):
+            lines.append(
+                "compat: requesttoken needs an identity whose credential has a username and "
+                "a password (type: password)"
+            )
+        found += [f"{source}: endpoint.{line}" for line in lines]
     return found
 
 
@@ -93,6 +103,11 @@ def _sink_problems(config: Config) -> Iterator[tuple[str, str]]:
             if target in written_by and target != sink.target():
                 yield where, f"{target} is also written by {written_by[target]}"
             written_by.setdefault(target, where)
+
+
+def listen_problem(listen: str) -> str | None:
+    """Why `host:port` cannot be listened on now, or None."""
+    return _listen_problem(listen)
 
 
 def _listen_problem(listen: str) -> str | None:

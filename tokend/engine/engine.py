@@ -32,6 +32,8 @@ class Blueprint:
 
     build: Callable[[], TokenJob]
     unchanged: bool = False
+    on_demand: bool = False
+    """Not acquired at start: `demand()` (the local endpoint's first request) starts it."""
 
 
 @dataclass(frozen=True)
@@ -67,11 +69,15 @@ class Engine:
         self.jobs: dict[str, TokenJob] = {}
         self.deliveries = Deliveries()
         """Sink deliveries in the background, shared by every job's publisher."""
+        self._on_demand: set[str] = set()
+        self._dormant: set[str] = set()
+        """On-demand tokens nobody has asked for yet: not started, not awaited for readiness."""
 
     def build(self, blueprints: Mapping[str, Blueprint], settings: EngineSettings) -> None:
         """Build every job; `start()` (a daemon) or `refresh_all()` (`tokend once`) runs them."""
         self.settings = settings
         self.jobs = {name: blueprint.build() for name, blueprint in blueprints.items()}
+        self._on_demand = {name for name, blueprint in blueprints.items() if blueprint.on_demand}
 
     async def start(self) -> None:
         """Resume stored tokens that are still valid; plan every other token's first
@@ -112,6 +118,8 @@ class Engine:
                 await old.publisher.retire()
         self.settings = settings
         self.jobs = jobs
+        self._on_demand = {name for name, blueprint in blueprints.items() if blueprint.on_demand}
+        self._dormant &= set(summary.unchanged)
         await self._launch([jobs[name] for name in summary.added + summary.changed], carried)
         return summary
 
@@ -121,6 +129,8 @@ class Engine:
             lambda: {job.name: carried.get(job.name) or job.stored_token(now) for job in jobs}
         )
         fresh_starts = [job for job in jobs if stored[job.name] is None]
+        self._dormant |= {job.name for job in fresh_starts if job.name in self._on_demand}
+        fresh_starts = [job for job in fresh_starts if job.name not in self._dormant]
         many = len(fresh_starts) > self.settings.spread_above
         spread = self.settings.startup_spread if many else timedelta(0)
         for index, job in enumerate(fresh_starts):
@@ -132,14 +142,15 @@ class Engine:
     async def refresh_all(self, timeout: float | None = None) -> bool:
         """Acquire and publish every token once, a bounded number at a time, retrying failures
         that may pass for up to `timeout` seconds (None: one attempt each). True if every token
-        succeeded and reached every sink."""
+        succeeded and reached every sink (on-demand tokens are left alone)."""
         results: dict[str, bool] = {}
         deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
 
         async def refresh(job: TokenJob) -> None:
             results[job.name] = await job.refresh(deadline)
 
-        jobs = list(self.jobs.values())
+        # On-demand tokens wait for someone to ask: `tokend once` acquires what a start would.
+        jobs = [job for name, job in self.jobs.items() if name not in self._on_demand]
         await Runner(self.settings.run_limit).run_all(
             functools.partial(refresh, job) for job in jobs
         )
@@ -155,17 +166,36 @@ class Engine:
             await job.publisher.close()
 
     def is_ready(self, now: datetime) -> bool:
-        """Every token holds a valid value and every sink has been given one."""
-        return all(job.is_published(now) for job in self.jobs.values())
+        """Every token holds a valid value and every sink has been given one (on-demand tokens
+        nobody has asked for yet excepted)."""
+        return all(
+            job.is_published(now) for name, job in self.jobs.items() if name not in self._dormant
+        )
 
     def query(self, now: datetime) -> Iterator[TokenView]:
         """A read-only view of every token, for metrics, status and the local endpoint."""
-        for job in self.jobs.values():
-            yield view_of(job, now)
+        for name, job in self.jobs.items():
+            yield view_of(job, now, dormant=name in self._dormant)
 
     def view(self, name: str, now: datetime) -> TokenView | None:
         job = self.jobs.get(name)
-        return view_of(job, now) if job is not None else None
+        return view_of(job, now, dormant=name in self._dormant) if job is not None else None
+
+    def demand(self, name: str) -> bool:
+        """Someone asks for on-demand token `name`: acquire it now (once; from then on it is
+        refreshed like any other). True if this call started it."""
+        job = self.jobs.get(name)
+        if job is None or name not in self._dormant:
+            return False
+        self._dormant.discard(name)
+        job.wake()
+        return True
+
+    async def settled(self, name: str) -> None:
+        """Wait for the acquisition of `name` in flight, if any."""
+        job = self.jobs.get(name)
+        if job is not None:
+            await job.settled()
 
 
 def _same_request(old: TokenJob, new: TokenJob) -> bool:

@@ -176,6 +176,12 @@ class TokenJob:
         self._stop_waiting()
         self._plan(self._clock.now())
 
+    async def settled(self) -> None:
+        """Wait for the acquisition in flight, if any (a reader with no token to serve yet)."""
+        inflight = self._inflight
+        if inflight is not None:
+            await asyncio.shield(inflight)
+
     async def probe(self) -> bool:
         """Run now on behalf of every token waiting at this endpoint; True if it succeeded."""
         self._waiting = False

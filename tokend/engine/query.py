@@ -62,23 +62,30 @@ class TokenView:
     sinks: tuple[SinkView, ...]
     credential: CredentialState | None = None
     """What is known about the grant's own credential (a certificate's expiry), if anything."""
+    dormant: bool = False
+    """An on-demand token nobody has asked for yet (not started)."""
+    refreshing: bool = False
+    """A request for it is in flight."""
 
     @property
     def expires_at(self) -> datetime | None:
         return self.token.expires_at if self.token is not None else None
 
 
-def view_of(job: TokenJob, now: datetime) -> TokenView:
+def view_of(job: TokenJob, now: datetime, *, dormant: bool = False) -> TokenView:
     token = job.token
     valid = token is not None and token.is_valid(now)
     sinks = tuple(_sink_view(slot, now) for slot in job.publisher.slots)
+    phase = job.phase(now)
     return TokenView(
         name=job.name,
-        phase=job.phase(now),
+        phase=phase,
         token=token,
         valid=valid,
         published=valid and all(sink.holds_valid_token for sink in sinks),
-        ready=valid and all(s.holds_valid_token for s in sinks if s.required_for_ready),
+        # An on-demand token nobody has asked for yet is not waited for.
+        ready=dormant
+        or (valid and all(s.holds_valid_token for s in sinks if s.required_for_ready)),
         next_refresh=job.next_run,
         last_success=job.last_success,
         failures=job.failures,
@@ -90,6 +97,8 @@ def view_of(job: TokenJob, now: datetime) -> TokenView:
         },
         sinks=sinks,
         credential=credential_state(job.request.grant),
+        dormant=dormant,
+        refreshing=phase == "refreshing",
     )
 
 
