@@ -11,12 +11,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from tokend.engine.job import Phase
 from tokend.errors import TokendError
 from tokend.oauth.grants import CredentialState, credential_state
 from tokend.token import Token
 
 if TYPE_CHECKING:
-    from tokend.engine.job import Phase, TokenJob
+    from tokend.engine.job import TokenJob
     from tokend.engine.slot import SinkSlot
 
 
@@ -51,7 +52,8 @@ class TokenView:
     published: bool
     """Valid, and every sink holds a valid token."""
     ready: bool
-    """Valid, and every sink that readiness waits for (`required_for_ready`) holds one."""
+    """Valid, and every sink that readiness waits for (`required_for_ready`) holds one; or
+    standby (a follower stays ready)."""
     next_refresh: datetime | None
     last_success: datetime | None
     failures: int
@@ -62,23 +64,26 @@ class TokenView:
     sinks: tuple[SinkView, ...]
     credential: CredentialState | None = None
     """What is known about the grant's own credential (a certificate's expiry), if anything."""
+    standby: bool = False
+    """Leader election: another replica leads and runs this token; this one does not."""
 
     @property
     def expires_at(self) -> datetime | None:
         return self.token.expires_at if self.token is not None else None
 
 
-def view_of(job: TokenJob, now: datetime) -> TokenView:
+def view_of(job: TokenJob, now: datetime, *, standby: bool = False) -> TokenView:
     token = job.token
     valid = token is not None and token.is_valid(now)
     sinks = tuple(_sink_view(slot, now) for slot in job.publisher.slots)
     return TokenView(
         name=job.name,
-        phase=job.phase(now),
+        phase=Phase.STANDBY if standby else job.phase(now),
         token=token,
         valid=valid,
         published=valid and all(sink.holds_valid_token for sink in sinks),
-        ready=valid and all(s.holds_valid_token for s in sinks if s.required_for_ready),
+        ready=standby
+        or (valid and all(s.holds_valid_token for s in sinks if s.required_for_ready)),
         next_refresh=job.next_run,
         last_success=job.last_success,
         failures=job.failures,
@@ -90,6 +95,7 @@ def view_of(job: TokenJob, now: datetime) -> TokenView:
         },
         sinks=sinks,
         credential=credential_state(job.request.grant),
+        standby=standby,
     )
 
 
