@@ -230,6 +230,7 @@ class TokenJob:
         `start` or `resume` carry on."""
         self.stop()
         self.publisher.halt()
+        self._expiry_reported = True  # its expiry is the leader's business now
 
     async def _acquire_once(self) -> Token | None:
         """Single flight: while an acquisition is in progress, another call shares its outcome

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import socket
 from typing import Annotated, Any, ClassVar, Literal, get_args
 
@@ -99,6 +100,7 @@ class KubernetesSink:
         self._token_name = context.token_name
         self._held: int | None = None  # expires_on of the token the publisher believes is here
         self._foreign_logged = False
+        self._writer = os.environ.get("POD_NAME") or socket.gethostname()
 
     async def publish(self, token: Token) -> None:
         ours = int(token.expires_at.timestamp())
@@ -167,7 +169,7 @@ class KubernetesSink:
             **self._options.annotations,
             secrets.TOKEN: self._token_name,
             secrets.MANAGED_BY: "tokend",
-            secrets.WRITER: socket.gethostname(),
+            secrets.WRITER: self._writer,
         }
         if stored is None or stored.created_by_tokend:
             annotations[secrets.CREATED] = "true"
