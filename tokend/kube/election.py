@@ -25,7 +25,7 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -33,6 +33,7 @@ from tokend.durations import PositiveDuration
 from tokend.kube import KUBERNETES, KubeClient, KubeError
 from tokend.kube.access import Rule, refusals
 from tokend.kube.errors import Attempt, classify, is_conflict, is_not_found
+from tokend.kube.options import Namespace, ObjectName
 from tokend.resources import RESOURCES, Environment, ResourceKind
 
 log = logging.getLogger("tokend.leader")
@@ -43,11 +44,9 @@ _JITTER = 1.2  # client-go's JitterFactor: tries are spread over retry_period ..
 class LeaderElectionOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: Annotated[str, Field(pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", max_length=253)] = (
-        "tokend"
-    )
+    name: ObjectName = "tokend"
     """The Lease's name."""
-    namespace: str | None = Field(default=None, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    namespace: Namespace | None = None
     """Default: tokend's own (its service account's, or the kubeconfig context's)."""
     identity: str | None = Field(default=None, min_length=1, max_length=128)
     """This replica's name in the Lease; default: $POD_NAME (else the host name) and a random

@@ -8,14 +8,35 @@ server refuses it, so a rotated token is picked up), the CA bundle mounted besid
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from tokend.durations import PositiveDuration
 
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+
+
+def _object_name(name: str) -> str:
+    if not _DNS_SUBDOMAIN.fullmatch(name) or len(name) > 253:
+        raise ValueError(f"'{name}' is not a Kubernetes name (lowercase letters, digits, '-', '.')")
+    return name
+
+
+def _namespace(name: str) -> str:
+    if not _DNS_LABEL.fullmatch(name) or len(name) > 63:
+        raise ValueError(f"'{name}' is not a namespace name (lowercase letters, digits, '-')")
+    return name
+
+
+ObjectName = Annotated[str, AfterValidator(_object_name)]
+"""The name of a Secret or a Lease (a DNS subdomain)."""
+Namespace = Annotated[str, AfterValidator(_namespace)]
 
 
 class KubernetesOptions(BaseModel):

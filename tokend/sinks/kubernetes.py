@@ -26,6 +26,7 @@ from tokend.kube import FIELD_MANAGER, KUBERNETES, KubeClient, KubeError
 from tokend.kube import secret as secrets
 from tokend.kube.access import Rule, refusals
 from tokend.kube.errors import Attempt
+from tokend.kube.options import Namespace, ObjectName
 from tokend.sinks.base import OPTIONS_CONFIG, SINKS, SinkContext, SinkOptionsBase, SinkType
 from tokend.sinks.file import rfc3339
 from tokend.token import Token
@@ -35,16 +36,13 @@ log = logging.getLogger("tokend.sinks.kubernetes")
 FieldName = Literal["access_token", "token_type", "expires_on", "expires_at", "resource", "scopes"]
 FIELD_NAMES: tuple[FieldName, ...] = get_args(FieldName)
 _CONFLICT_ATTEMPTS = 3
-_DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
-SecretName = Annotated[str, Field(pattern=_DNS_SUBDOMAIN, max_length=253)]
-Namespace = Annotated[str, Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)]
 
 
 @pydantic_dataclasses.dataclass(config=OPTIONS_CONFIG, frozen=True, slots=True, kw_only=True)
 class KubernetesSinkOptions(SinkOptionsBase):
     needs: ClassVar[tuple[str, ...]] = ("kubernetes",)
     type: Literal["kubernetes"]
-    secret: SecretName
+    secret: ObjectName
     """The Secret's name."""
     namespace: Namespace | None = None
     """Default: tokend's own (its service account's, or the kubeconfig context's)."""
