@@ -29,6 +29,7 @@ from tokend.token import Token
 
 class TossOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+    label: str = ""
 
 
 class Toss:
@@ -103,7 +104,7 @@ def kinds() -> Iterator[None]:
     RESOURCES.unregister("toss")
 
 
-def config_for(idp: FakeIdp, tmp_path: Path) -> Any:
+def config_for(idp: FakeIdp, tmp_path: Path, toss: dict[str, Any] | None = None) -> Any:
     def token(*sinks: dict[str, Any]) -> dict[str, Any]:
         return {"identity": "app", "resource": "https://crm.example", "sinks": list(sinks)}
 
@@ -119,7 +120,7 @@ def config_for(idp: FakeIdp, tmp_path: Path) -> Any:
                 "local": token({"type": "file", "path": str(tmp_path / "local")}),
             },
             "defaults": {"startup_spread": 0},
-            "toss": {},
+            "toss": {} if toss is None else toss,
         }
     )
 
@@ -240,3 +241,28 @@ def test_a_token_in_flight_when_leadership_is_lost_is_not_published(
             assert not (tmp_path / "mixed").exists()
 
     asyncio.run(scenario())
+
+
+@pytest.mark.usefixtures("kinds")
+def test_leader_election_changes_wait_for_a_restart(
+    idp: FakeIdp, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def scenario() -> None:
+        async with harness(config_for(idp, tmp_path)) as h:
+            await h.start()
+            elector = toss(h)
+            elector.flip(True)
+            await launched(h)
+            await settle(h)
+            await h.reload(config_for(idp, tmp_path, {"label": "changed"}))
+            assert toss(h) is elector  # the same election, still followed
+            elector.flip(False)
+            assert h.engine.leadership() is not None
+            assert not h.engine.leadership().leading  # type: ignore[union-attr]
+            assert [v.name for v in h.engine.query(h.clock.now()) if v.standby] == [
+                "shared",
+                "mixed",
+            ]
+
+    asyncio.run(scenario())
+    assert "reload: changes to toss take effect at the next restart" in caplog.text

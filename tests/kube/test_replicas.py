@@ -273,6 +273,7 @@ def test_a_rotated_service_account_token_file_is_picked_up(
     kube.write_service_account_dir(directory, ns, tokend_account.token)
     state = wait_for(lambda: secret_state(kube, ns), what="the Secret, with the new token")
     assert state[0] == "solo"
-    assert re.search(r"sink kubernetes: recovered after \d+ failed attempts", replica.stderr())
+    recovered = re.compile(r"sink kubernetes: recovered after \d+ failed attempts")
+    wait_for(lambda: recovered.search(replica.stderr()), what="the recovery logged")
     assert_no_secrets_in_logs(replicas, tokend_account.token, state[2])
     assert os.environ.get("KUBERNETES_SERVICE_HOST") is None  # only the child had it

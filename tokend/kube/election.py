@@ -85,6 +85,7 @@ class LeaderElector:
         self._observed_at = 0.0  # monotonic time it was first seen so
         self._last_error: str | None = None
         self._duration = options.lease_duration.total_seconds()
+        self._seconds = max(round(self._duration), 1)  # the Lease holds whole seconds
         self._deadline = options.renew_deadline.total_seconds()
         self._retry = options.retry_period.total_seconds()
 
@@ -186,7 +187,7 @@ class LeaderElector:
             spec.leaseTransitions = (spec.leaseTransitions or 0) + 1
             spec.acquireTime = now
         spec.holderIdentity = self.identity
-        spec.leaseDurationSeconds = round(self._duration)
+        spec.leaseDurationSeconds = self._seconds
         spec.renewTime = now
         try:
             lease = await client.replace(lease)
@@ -210,7 +211,7 @@ class LeaderElector:
             metadata=ObjectMeta(name=self.options.name, namespace=self.namespace),
             spec=LeaseSpec(
                 holderIdentity=self.identity,
-                leaseDurationSeconds=round(self._duration),
+                leaseDurationSeconds=self._seconds,
                 leaseTransitions=0,
                 acquireTime=now,
                 renewTime=now,
