@@ -230,14 +230,16 @@ def test_a_token_in_flight_when_leadership_is_lost_is_not_published(
 
             await h.start()
             await settle(h)
+            assert len(idp.token_requests) == 1
             idp.fail(slow)
             toss(h).flip(True)
             await launched(h)
             await settle(h)
             assert lost.is_set()
-            assert h.job("shared").token is not None  # obtained...
-            assert Shelf.values == {}  # ...but not published
-            assert h.job("mixed").token is None  # and the next one never asked for
+            asked = len(idp.token_requests)
+            assert asked == 2  # the local token's at start, and the one in flight
+            assert Shelf.values == {}  # its answer was not published (nor kept: not this
+            assert all(h.job(name).token is None for name in ("shared", "mixed"))  # replica's)
             assert not (tmp_path / "mixed").exists()
 
     asyncio.run(scenario())

@@ -154,6 +154,7 @@ class Engine:
         now = self._clock.now()
         old_jobs = self.jobs
         summary = ReloadSummary()
+        standby = {name for name in old_jobs if not self._runs(name)}  # the leader's to retire
         self._leader_only = frozenset(name for name, bp in blueprints.items() if bp.leader_only)
         jobs: dict[str, TokenJob] = {}
         carried: dict[str, Token] = {}
@@ -174,7 +175,7 @@ class Engine:
             if jobs.get(name) is old:
                 continue
             old.stop()  # replaced or removed: stopped before its successor starts
-            if name in jobs:
+            if name in jobs or name in standby:
                 await old.publisher.close()
             else:
                 await old.publisher.retire()

@@ -226,7 +226,7 @@ class TokenJob:
 
     def halt(self) -> None:
         """Stop at once, writes included (leadership lost): nothing is planned, sink writes in
-        flight are cancelled, and a token whose request is in flight is kept but not published.
+        flight are cancelled, and the answer to a request in flight is dropped unpublished.
         `start` or `resume` carry on."""
         self.stop()
         self.publisher.halt()
