@@ -39,11 +39,11 @@ from tokend.oauth.dialects import DEFAULT_AUTHORITY_HOST, endpoint_for
 from tokend.oauth.grants.signin import refresh_token_files
 from tokend.oauth.jwks import JWKS, Connection
 from tokend.oauth.verify import VerifyingAcquirer, expectation
-from tokend.resources import Environment, Resources
+from tokend.resources import RESOURCES, Environment, Resources
 from tokend.seal import Sealer
 from tokend.sealed import SealedFiles
 from tokend.secrets import SecretError
-from tokend.sinks import SinkContext, build_sink, sink_labels
+from tokend.sinks import SinkContext, build_sink, is_shared, sink_labels
 
 T = TypeVar("T")
 log = logging.getLogger("tokend")
@@ -116,19 +116,36 @@ class Assembly:
         )
 
     def build(self, config: Config) -> None:
-        """Build every token's job; the engine then starts them or refreshes each once."""
+        """Build every token's job; the engine then starts them or refreshes each once. With
+        leader election, tokens with a sink shared between replicas run on the leader only."""
         self.resources.configure(config.sections)
         self.engine.build(self.blueprints(config), engine_settings(config))
+        for section, kind in RESOURCES.items():
+            if kind.leadership and section in config.sections:
+                self.engine.lead_with(self.resources.get(kind))
         self._config = config
 
     async def reload(self, config: Config) -> ReloadSummary:
         """Switch to `config`; shared clients whose settings changed are closed once every part
-        that used them has stopped."""
+        that used them has stopped. Leader election stays as it started (its changes take
+        effect at the next restart)."""
+        config = self._keep_leadership(config)
         self.resources.configure(config.sections)
         summary = await self.engine.reload(self.blueprints(config), engine_settings(config))
         self._config = config
         await self.resources.close_unused()
         return summary
+
+    def _keep_leadership(self, config: Config) -> Config:
+        old = self._config.sections if self._config is not None else {}
+        sections = dict(config.sections)
+        for section, kind in RESOURCES.items():
+            if kind.leadership and old.get(section) != sections.get(section):
+                log.warning("reload: changes to %s take effect at the next restart", section)
+                sections.pop(section, None)
+                if section in old:
+                    sections[section] = old[section]
+        return config.model_copy(update={"sections": sections})
 
     async def stop(self, timeout: float = 10.0) -> None:
         await self.engine.stop(timeout)
@@ -143,8 +160,9 @@ class Assembly:
                 functools.partial(parts.job, name),
                 unchanged=same_common and _own_inputs(old, name) == _own_inputs(config, name),
                 on_demand=config.tokens[name].on_demand,
+                leader_only=any(is_shared(sink) for sink in spec.sinks),
             )
-            for name in config.tokens
+            for name, spec in config.tokens.items()
         }
 
 

@@ -129,8 +129,8 @@ class EngineCollector(Collector):
         )
         identities: set[str] = set()
         for view in engine.query(now):
-            if view.dormant:
-                continue  # on demand, never asked for: nothing to say, nothing to alert on
+            if view.dormant or view.standby:
+                continue  # on demand and never asked for, or the leader's: nothing to report
             name = view.name
             _add_time(token_gauges["expiry_timestamp_seconds"], [name], view.expires_at)
             _add_time(token_gauges["next_refresh_timestamp_seconds"], [name], view.next_refresh)
@@ -151,6 +151,23 @@ class EngineCollector(Collector):
                 _add_time(certificates, [credential.identity], credential.expires_at)
         yield from token_gauges.values()
         yield from (refreshes, publishes, sink_success, notifier_runs, certificates)
+        yield from _leadership(engine)
+
+
+def _leadership(engine: Engine) -> Iterator[Metric]:
+    """With leader election: whether this replica leads, and how often that changed."""
+    view = engine.leadership()
+    if view is None:
+        return
+    leader = GaugeMetricFamily(
+        "tokend_leader", "1 while this replica holds the leader election's lease, else 0."
+    )
+    leader.add_metric([], 1.0 if view.leading else 0.0)
+    transitions = CounterMetricFamily(
+        "tokend_leader_transitions", "Times this replica started or stopped leading."
+    )
+    transitions.add_metric([], view.transitions)
+    yield from (leader, transitions)
 
 
 class ResourcesCollector(Collector):

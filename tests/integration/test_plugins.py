@@ -193,7 +193,7 @@ def test_messages_come_from_the_registries(kinds: None, idp: FakeIdp) -> None:
     assert _problems(document) == [
         "c.yaml: identities.app.credential: unknown type 'pined' (known: certificate, "
         "client_secret, device_login, federated, managed_identity, password, pinned)",
-        "c.yaml: tokens.crm.sinks.0: unknown type 'stor' (known: file, store, vault)",
+        "c.yaml: tokens.crm.sinks.0: unknown type 'stor' (known: file, kubernetes, store, vault)",
         "c.yaml: tokens.erp.sinks.0.key: required key is missing",
         "c.yaml: tokens.erp.sinks.0.ky: unknown key (did you mean 'key'?)",
     ]

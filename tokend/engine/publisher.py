@@ -91,6 +91,14 @@ class Publisher:
         for slot in self.slots:
             slot.stop()
 
+    def halt(self) -> None:
+        for slot in self.slots:
+            slot.halt()
+
+    def open(self) -> None:
+        for slot in self.slots:
+            slot.open()
+
     async def close(self) -> None:
         for slot in self.slots:
             await slot.close()

@@ -11,12 +11,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from tokend.engine.job import Phase
 from tokend.errors import TokendError
 from tokend.oauth.grants import CredentialState, credential_state
 from tokend.token import Token
 
 if TYPE_CHECKING:
-    from tokend.engine.job import Phase, TokenJob
+    from tokend.engine.job import TokenJob
     from tokend.engine.slot import SinkSlot
 
 
@@ -51,7 +52,8 @@ class TokenView:
     published: bool
     """Valid, and every sink holds a valid token."""
     ready: bool
-    """Valid, and every sink that readiness waits for (`required_for_ready`) holds one."""
+    """Valid, and every sink that readiness waits for (`required_for_ready`) holds one; or
+    standby (a follower stays ready)."""
     next_refresh: datetime | None
     last_success: datetime | None
     failures: int
@@ -66,25 +68,31 @@ class TokenView:
     """An on-demand token nobody has asked for yet (not started)."""
     refreshing: bool = False
     """A request for it is in flight."""
+    standby: bool = False
+    """Leader election: another replica leads and runs this token; this one does not."""
 
     @property
     def expires_at(self) -> datetime | None:
         return self.token.expires_at if self.token is not None else None
 
 
-def view_of(job: TokenJob, now: datetime, *, dormant: bool = False) -> TokenView:
+def view_of(
+    job: TokenJob, now: datetime, *, dormant: bool = False, standby: bool = False
+) -> TokenView:
     token = job.token
     valid = token is not None and token.is_valid(now)
     sinks = tuple(_sink_view(slot, now) for slot in job.publisher.slots)
     phase = job.phase(now)
     return TokenView(
         name=job.name,
-        phase=phase,
+        phase=Phase.STANDBY if standby else phase,
         token=token,
         valid=valid,
         published=valid and all(sink.holds_valid_token for sink in sinks),
-        # An on-demand token nobody has asked for yet is not waited for.
+        # Not waited for: an on-demand token nobody has asked for yet, or one another
+        # replica runs (leader election).
         ready=dormant
+        or standby
         or (valid and all(s.holds_valid_token for s in sinks if s.required_for_ready)),
         next_refresh=job.next_run,
         last_success=job.last_success,
@@ -99,6 +107,7 @@ def view_of(job: TokenJob, now: datetime, *, dormant: bool = False) -> TokenView
         credential=credential_state(job.request.grant),
         dormant=dormant,
         refreshing=phase == "refreshing",
+        standby=standby,
     )
 
 

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import random
 from datetime import datetime
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from tokend.backoff import Backoff
 from tokend.clock import Clock, Job, Scheduler
@@ -55,12 +55,14 @@ class SinkSlot:
     __slots__ = (
         "_backoff",
         "_clock",
+        "_halting",
         "_lock",
         "_rand",
         "_retry_pending",
         "_scheduler",
         "_stopped",
         "_verifier",
+        "_writing",
         "failures",
         "held",
         "last_error",
@@ -110,6 +112,8 @@ class SinkSlot:
         self._verifier = verifier if verifier is not None and can_verify(sink) else None
         if self._verifier is not None:
             self._verifier.watch(self)
+        self._halting = False  # `halt()` is cancelling the write in flight
+        self._writing: asyncio.Task[Any] | None = None  # the task inside `sink.publish`
 
     @property
     def name(self) -> str:
@@ -144,8 +148,15 @@ class SinkSlot:
                 return False
             if self.held is not None and token.expires_at <= self.held.expires_at:
                 return True
+            self._writing = asyncio.current_task()
             try:
                 await self.sink.publish(token)
+            except asyncio.CancelledError:
+                if not self._halting or self._writing is None:
+                    raise
+                self._halting = False
+                self._writing.uncancel()  # our own `halt()`: the write is abandoned, not retried
+                return False
             except TokendError as exc:
                 self._failed(token, exc)
                 return False
@@ -153,8 +164,23 @@ class SinkSlot:
                 log.exception("sink %s: unexpected failure", self.name, extra=self._extra)
                 self._failed(token, _unexpected(exc))
                 return False
+            finally:
+                self._writing = None
             self._succeeded(token)
             return True
+
+    def halt(self) -> None:
+        """`stop()`, and cancel a write in flight: nothing lands after this (leadership lost)."""
+        self.stop()
+        if self._writing is not None and not self._halting:
+            self._halting = True
+            self._writing.cancel()
+
+    def open(self) -> None:
+        """Deliver again after `stop()` or `halt()` (leadership regained)."""
+        if self._stopped and self._verifier is not None:
+            self._verifier.watch(self)
+        self._stopped = False
 
     async def expire(self, now: datetime) -> None:
         """The held token has expired unreplaced: withdraw it if this sink is configured to."""
