@@ -106,6 +106,9 @@ class Daemon:
 
     async def _shut_down(self, serving: asyncio.Task[None] | None) -> int:
         log.info("stopping: letting refreshes in progress finish")
+        # A reload that has begun finishes (it may be swapping jobs); one still waiting is
+        # dropped. Both before the scheduler and the thread pool go away under them.
+        await asyncio.gather(*self._reload_tasks, return_exceptions=True)
         await self.service.stopping()
         finished = await self.scheduler.stop(SHUTDOWN_TIMEOUT)
         if not finished:
@@ -123,6 +126,9 @@ class Daemon:
         self.stop()
 
     def _on_hangup(self) -> None:
+        if self._stopping.is_set():
+            log.info("received SIGHUP while stopping: not reloading")
+            return
         if self._reload_pending:
             log.debug("received SIGHUP: a reload is already waiting to read the config")
             return
@@ -137,6 +143,8 @@ class Daemon:
         join it (it reads the config as it is when it starts)."""
         async with self._reloading:
             self._reload_pending = False
+            if self._stopping.is_set():
+                return False
             self.service.reloading()
             accepted = await self._reload_locked()
             self.service.reloaded(accepted)
