@@ -18,8 +18,8 @@ from collections.abc import Iterator
 from tokend import files
 from tokend.config import Config
 from tokend.configfile import LoadedConfig
+from tokend.endpoint.catalog import password_identities
 from tokend.endpoint.checks import endpoint_problems
-from tokend.endpoint.compat import password_identities
 from tokend.engine.state import state_dir_problem
 from tokend.resources import RESOURCES, Environment, Resources
 from tokend.secrets import SecretError, secret_references

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from tokend.config import Config
 from tokend.endpoint.options import EndpointOptions
+from tokend.secrets import SecretReference
 
 DEFAULT_SUFFIX = "/.default"
 
@@ -110,3 +111,29 @@ class Catalog:
 
 def _same(asked: str | None, known: str | None) -> bool:
     return asked is not None and known is not None and asked.lower() == known.lower()
+
+
+@dataclass(frozen=True, slots=True)
+class PasswordIdentity:
+    name: str
+    username: SecretReference
+    password: SecretReference
+    tokens: dict[str, str]
+    """Served token name by resource key."""
+
+
+def password_identities(config: Config, options: EndpointOptions) -> list[PasswordIdentity]:
+    served = set(options.tokens) if options.tokens is not None else set(config.tokens)
+    found = []
+    for name, identity in config.identities.items():
+        username = getattr(identity.credential, "username", None)
+        password = getattr(identity.credential, "password", None)
+        if not (isinstance(username, SecretReference) and isinstance(password, SecretReference)):
+            continue
+        tokens = {
+            resource_key(spec.resource or " ".join(spec.scopes or ())): token
+            for token, spec in config.tokens.items()
+            if spec.identity == name and token in served
+        }
+        found.append(PasswordIdentity(name, username, password, tokens))
+    return found

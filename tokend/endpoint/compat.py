@@ -22,12 +22,11 @@ import json
 import logging
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
 from typing import Any
 
 from tokend.config import Config
 from tokend.endpoint.app import Answer, Receive, Scope
-from tokend.endpoint.catalog import resource_key
+from tokend.endpoint.catalog import PasswordIdentity, password_identities, resource_key
 from tokend.endpoint.options import EndpointOptions
 from tokend.endpoint.supply import Supply, Unavailable
 from tokend.secrets import SecretError, SecretReference
@@ -40,32 +39,6 @@ FAILURES_ALLOWED = 5
 WINDOW = 60.0
 MAX_CLIENTS = 10_000
 """Clients remembered for rate limiting (the oldest are forgotten first)."""
-
-
-@dataclass(frozen=True, slots=True)
-class PasswordIdentity:
-    name: str
-    username: SecretReference
-    password: SecretReference
-    tokens: dict[str, str]
-    """Served token name by resource key."""
-
-
-def password_identities(config: Config, options: EndpointOptions) -> list[PasswordIdentity]:
-    served = set(options.tokens) if options.tokens is not None else set(config.tokens)
-    found = []
-    for name, identity in config.identities.items():
-        username = getattr(identity.credential, "username", None)
-        password = getattr(identity.credential, "password", None)
-        if not (isinstance(username, SecretReference) and isinstance(password, SecretReference)):
-            continue
-        tokens = {
-            resource_key(spec.resource or " ".join(spec.scopes or ())): token
-            for token, spec in config.tokens.items()
-            if spec.identity == name and token in served
-        }
-        found.append(PasswordIdentity(name, username, password, tokens))
-    return found
 
 
 class RateLimit:

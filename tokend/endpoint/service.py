@@ -21,9 +21,9 @@ from pathlib import Path
 from tokend.clock import Clock
 from tokend.config import Config
 from tokend.endpoint.app import EndpointApp, Handler
-from tokend.endpoint.catalog import Catalog
+from tokend.endpoint.catalog import Catalog, password_identities
 from tokend.endpoint.checks import tls_problem
-from tokend.endpoint.compat import RequestToken, password_identities
+from tokend.endpoint.compat import RequestToken
 from tokend.endpoint.http import HttpServer
 from tokend.endpoint.options import REQUESTTOKEN_PATH, EndpointOptions
 from tokend.endpoint.supply import Supply

@@ -7,9 +7,12 @@ for a denial, so the line names the missing rule from what was asked.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from tokend.kube.client import KubeClient
 from tokend.kube.errors import Attempt, KubeError, classify
+
+if TYPE_CHECKING:
+    from tokend.kube.client import KubeClient
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,13 +15,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import httpx2
-
 from tokend.kube.errors import KubeError
-from tokend.kube.options import KubernetesOptions
+from tokend.kube.options import FIELD_MANAGER, KubernetesOptions
 from tokend.transport import url_problem
-
-FIELD_MANAGER = "tokend"
 
 
 class KubeClient:
@@ -72,6 +68,8 @@ class KubeClient:
         return self._sync
 
     def _settings(self) -> dict[str, Any]:
+        import httpx2  # loaded with lightkube, never by the config alone
+
         return {
             "field_manager": FIELD_MANAGER,
             "trust_env": False,  # no proxy from the environment, never ~/.kube/config

@@ -25,16 +25,19 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tokend.durations import PositiveDuration
-from tokend.kube import KUBERNETES, KubeClient, KubeError
+from tokend.kube import KUBERNETES, KubeError
 from tokend.kube.access import Rule, refusals
 from tokend.kube.errors import Attempt, classify, is_conflict, is_not_found
 from tokend.kube.options import Namespace, ObjectName
 from tokend.resources import RESOURCES, Environment, ResourceKind
+
+if TYPE_CHECKING:
+    from tokend.kube.client import KubeClient
 
 log = logging.getLogger("tokend.leader")
 

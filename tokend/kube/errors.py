@@ -11,12 +11,13 @@ from __future__ import annotations
 import re
 import ssl
 from dataclasses import dataclass
-from typing import Any
-
-import httpx2
+from typing import TYPE_CHECKING, Any
 
 from tokend.errors import TokendError
 from tokend.redaction import redactor
+
+if TYPE_CHECKING:
+    import httpx2
 
 _MAX_DETAIL = 200
 _VERB = re.compile(r'cannot (\w+) resource "')
@@ -50,6 +51,8 @@ class Attempt:
 
 def classify(exc: BaseException, attempt: Attempt) -> KubeError:
     """`exc` from lightkube or httpx2, raised during `attempt`, as a `KubeError`."""
+    import httpx2  # loaded already by whatever raised `exc`
+
     if isinstance(exc, KubeError):
         return exc
     if isinstance(exc, httpx2.HTTPStatusError):
@@ -117,11 +120,17 @@ def _status_error(exc: httpx2.HTTPStatusError, attempt: Attempt) -> KubeError:
 
 
 def is_conflict(exc: BaseException) -> bool:
-    return isinstance(exc, httpx2.HTTPStatusError) and exc.response.status_code == 409
+    return _status_code(exc) == 409
 
 
 def is_not_found(exc: BaseException) -> bool:
-    return isinstance(exc, httpx2.HTTPStatusError) and exc.response.status_code == 404
+    return _status_code(exc) == 404
+
+
+def _status_code(exc: BaseException) -> int | None:
+    import httpx2  # loaded already by whatever raised `exc`
+
+    return exc.response.status_code if isinstance(exc, httpx2.HTTPStatusError) else None
 
 
 def detail(text: str) -> str:

@@ -11,10 +11,13 @@ from __future__ import annotations
 import base64
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tokend.kube.client import FIELD_MANAGER, KubeClient
 from tokend.kube.errors import Attempt, KubeError, classify, is_not_found
+from tokend.kube.options import FIELD_MANAGER
+
+if TYPE_CHECKING:
+    from tokend.kube.client import KubeClient
 
 PREFIX = "tokend.io/"
 TOKEN = PREFIX + "token"

@@ -17,12 +17,12 @@ import dataclasses
 import logging
 import os
 import socket
-from typing import Annotated, Any, ClassVar, Literal, get_args
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, get_args
 
 from pydantic import Field, field_validator
 from pydantic import dataclasses as pydantic_dataclasses
 
-from tokend.kube import FIELD_MANAGER, KUBERNETES, KubeClient, KubeError
+from tokend.kube import FIELD_MANAGER, KUBERNETES, KubeError
 from tokend.kube import secret as secrets
 from tokend.kube.access import Rule, refusals
 from tokend.kube.errors import Attempt
@@ -30,6 +30,9 @@ from tokend.kube.options import Namespace, ObjectName
 from tokend.sinks.base import OPTIONS_CONFIG, SINKS, SinkContext, SinkOptionsBase, SinkType
 from tokend.sinks.file import rfc3339
 from tokend.token import Token
+
+if TYPE_CHECKING:
+    from tokend.kube.client import KubeClient
 
 log = logging.getLogger("tokend.sinks.kubernetes")
 
