@@ -21,6 +21,7 @@ from tokend.logs import setup_logging
 
 if TYPE_CHECKING:
     from tokend.configfile import LoadedConfig
+    from tokend.server import HttpListener
 
 log = logging.getLogger("tokend")
 
@@ -28,6 +29,9 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # tokend uses no pydantic plugins; looking for them reads the metadata of every installed
+    # package at the first model (milliseconds on every start). A value set outside wins.
+    os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
     args = _parser().parse_args(argv)
     setup_logging(args.log_level or "info", args.log_format or "text")
     try:
@@ -177,29 +181,37 @@ def _serve(
     import asyncio
 
     from tokend.daemon import Daemon
-    from tokend.devidp import serve_dev_idp
     from tokend.server import ListenError
 
     async def serve() -> int:
         try:
-            companions = [serve_dev_idp()] if dev_idp else []
+            companions = [_dev_idp()] if dev_idp else []
             daemon = Daemon(
                 loaded.config, reload_config=functools.partial(_reloader, args, loaded.source)
             )
         except ListenError as exc:
             log.error("%s", exc)
             return EXIT_USAGE
-        tasks = [asyncio.create_task(companion.serve()) for companion in companions]
+        tasks = [asyncio.create_task(listener.serve(app)) for listener, app in companions]
         try:
             return await daemon.run(
                 on_started=(lambda: print(announce, flush=True)) if announce else None
             )
         finally:
-            for companion in companions:
-                companion.stop()
+            for listener, _ in companions:
+                listener.stop()
             await asyncio.gather(*tasks)
 
     return asyncio.run(serve())
+
+
+def _dev_idp() -> tuple[HttpListener, object]:
+    """The development identity provider's listener (bound) and app, for `tokend dev`."""
+    from tokend.devidp import DEV_IDP_LISTEN, dev_idp_app
+    from tokend.server import HttpListener
+    from tokend.transport import split_listen
+
+    return HttpListener(*split_listen(DEV_IDP_LISTEN)), dev_idp_app()
 
 
 def _seconds(text: str) -> float:

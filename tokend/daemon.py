@@ -10,6 +10,7 @@ that does not load is rejected with its error lines and tokend carries on with t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import Callable
@@ -24,7 +25,7 @@ from tokend.engine import ApsScheduler, Engine
 from tokend.errors import ConfigError
 from tokend.metrics import Metrics
 from tokend.oauth import TokenClient
-from tokend.server import HttpListener, create_app
+from tokend.server import HttpListener
 from tokend.service import ServiceReporter
 from tokend.transport import split_listen
 
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("tokend")
 
 SHUTDOWN_TIMEOUT = 10.0
+FIRST_ROUND_WAIT = 1.0
+"""Seconds the listener waits, at most, for the first acquisitions before serving."""
 
 
 @dataclass
@@ -62,9 +65,7 @@ class Daemon:
         self.metrics.watch(self.engine, self.assembly.resources)
         self.listener: HttpListener | None = None
         if self.config.listen:
-            host, port = split_listen(self.config.listen)
-            app = create_app(self.engine, self.metrics, self.clock, self.assembly.resources)
-            self.listener = HttpListener(app, host, port)
+            self.listener = HttpListener(*split_listen(self.config.listen))  # binds now
         self.endpoint = _endpoint(self.config, self.engine, self.metrics, self.clock)
         self.service = ServiceReporter(
             self.engine, self.clock, ready_when_started=self.config.systemd_ready == "started"
@@ -85,10 +86,10 @@ class Daemon:
         # A burst of signals fills asyncio's wakeup pipe; losing a wakeup byte is harmless (the
         # handler has run), so no "Exception ignored ... BlockingIOError" on stderr for it.
         signal.set_wakeup_fd(signal.set_wakeup_fd(-1), warn_on_full_buffer=False)
-        serving = asyncio.create_task(self.listener.serve()) if self.listener else None
         endpoint = asyncio.create_task(self.endpoint.serve()) if self.endpoint else None
         self.scheduler.start()
         await self.engine.start()
+        serving = asyncio.create_task(self._serve(self.listener)) if self.listener else None
         self.service.start()
         log.info(
             "started: %d tokens, %d identities%s",
@@ -104,6 +105,20 @@ class Daemon:
             await endpoint
         return await self._shut_down(serving)
 
+    async def _serve(self, listener: HttpListener) -> None:
+        """Serve /metrics, /status and the probes once the acquisitions due at start are done,
+        or after `FIRST_ROUND_WAIT`: loading the web stack blocks the event loop for tens of
+        milliseconds, which the first tokens need not wait for. Probes that connect meanwhile
+        wait in the bound socket's backlog."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(FIRST_ROUND_WAIT):
+                await self.scheduler.settle()
+                await self.engine.deliveries.idle()
+        from tokend.status_app import create_app  # noqa: PLC0415 - see above
+
+        app = create_app(self.engine, self.metrics, self.clock, self.assembly.resources)
+        await listener.serve(app)
+
     async def _shut_down(self, serving: asyncio.Task[None] | None) -> int:
         log.info("stopping: letting refreshes in progress finish")
         # A reload that has begun finishes (it may be swapping jobs); one still waiting is
@@ -116,8 +131,11 @@ class Daemon:
         await self.assembly.stop(SHUTDOWN_TIMEOUT)
         await self.client.aclose()
         if self.listener and serving:
+            if not self.listener.serving:
+                serving.cancel()  # still waiting for the first round: nothing to wind down
             self.listener.stop()
-            await serving
+            with contextlib.suppress(asyncio.CancelledError):
+                await serving
         log.info("stopped")
         return 0
 

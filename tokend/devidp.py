@@ -32,7 +32,6 @@ from starlette.routing import Route
 
 from tokend.clock import SYSTEM_CLOCK, Clock
 from tokend.devusers import DELEGATED_GRANTS, Users
-from tokend.server import HttpListener
 
 DEV_TENANT = "dev-tenant"
 
@@ -263,12 +262,11 @@ def dev_config_path() -> Path:
     return Path(__file__).with_name("dev.yaml")
 
 
-def serve_dev_idp() -> HttpListener:
-    """The development identity provider on `DEV_IDP_LISTEN`, knowing the one dev client whose
-    secret `tokend dev` put in `$TOKEND_DEV_CLIENT_SECRET`."""
-    host, port = DEV_IDP_LISTEN.split(":")
+def dev_idp_app() -> Starlette:
+    """The development identity provider to serve on `DEV_IDP_LISTEN`, knowing the one dev
+    client whose secret `tokend dev` put in `$TOKEND_DEV_CLIENT_SECRET`."""
     provider = DevIdentityProvider(
         clients={DEV_CLIENT_ID: os.environ[DEV_SECRET_ENV]},
         base_url=f"http://{DEV_IDP_LISTEN}",
     )
-    return HttpListener(provider.app, host, int(port))
+    return provider.app

@@ -1,58 +1,18 @@
-"""The HTTP listener: /metrics, /healthz, /readyz and /status. Binds 127.0.0.1 by default.
+"""The HTTP listener: a socket tokend binds itself (127.0.0.1 by default), served by uvicorn.
 
-Nothing served here contains a secret or a token value.
+Binding and serving are two steps: the socket is bound at start (a busy port is a clear error
+before anything else happens), and the web stack (uvicorn, starlette: tens of milliseconds to
+import) loads only when serving begins, so `tokend run` can publish its first tokens first.
+Connections made in between wait in the socket's backlog.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import socket
-from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import uvicorn
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.routing import Route
-
-from tokend.clock import Clock
-from tokend.engine import Engine
-from tokend.metrics import Metrics
-from tokend.resources import Resources
-from tokend.status import engine_status
-
-_PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
-
-
-def create_app(
-    engine: Engine, metrics: Metrics, clock: Clock, resources: Resources | None = None
-) -> Starlette:
-    async def metrics_endpoint(request: Request) -> Response:
-        return Response(metrics.render(), media_type=_PROMETHEUS_TEXT)
-
-    async def healthz(request: Request) -> Response:
-        return PlainTextResponse("ok\n")
-
-    async def readyz(request: Request) -> Response:
-        now = clock.now()
-        waiting = [view.name for view in engine.query(now) if not view.ready]
-        if not waiting:
-            return PlainTextResponse("ready\n")
-        return PlainTextResponse("not ready: " + ", ".join(waiting) + "\n", status_code=503)
-
-    async def status(request: Request) -> Response:
-        return JSONResponse(engine_status(engine, clock.now(), resources))
-
-    return Starlette(
-        routes=[
-            Route("/metrics", metrics_endpoint),
-            Route("/healthz", healthz),
-            Route("/readyz", readyz),
-            Route("/status", status),
-        ]
-    )
+if TYPE_CHECKING:
+    from tokend.quiet_server import QuietServer
 
 
 class ListenError(Exception):
@@ -60,53 +20,36 @@ class ListenError(Exception):
 
 
 class HttpListener:
-    """uvicorn serving the app on a socket tokend binds itself, so a busy port is a clear error
-    rather than uvicorn exiting the process, and signals stay tokend's to handle."""
+    """A bound socket; `serve(app)` serves an ASGI app on it with uvicorn, without uvicorn's
+    signal handlers (signals stay tokend's to handle)."""
 
-    def __init__(self, app: Any, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int) -> None:
         self._socket = bind_tcp(host, port)
         self.address = self._socket.getsockname()[:2]
-        config = uvicorn.Config(
-            app,
-            log_config=None,
-            access_log=False,
-            lifespan="off",
-            server_header=False,
-            date_header=False,  # uvicorn refreshes it by polling; an absent Date beats a stale one
-        )
-        self._server = _QuietServer(config)
+        self._server: QuietServer | None = None
+        self._stopped = False
 
-    async def serve(self) -> None:
+    async def serve(self, app: Any) -> None:
+        """Serve `app` until `stop()` (at once if it came first)."""
+        from tokend.quiet_server import QuietServer  # noqa: PLC0415 - see the module docstring
+
+        if self._stopped:
+            return
+        self._server = QuietServer(app)
         await self._server.serve(sockets=[self._socket])
 
+    @property
+    def serving(self) -> bool:
+        return self._server is not None
+
     def stop(self) -> None:
-        """Stop serving; callable from any thread."""
-        self._server.request_stop()
-
-
-class _QuietServer(uvicorn.Server):
-    """uvicorn without its signal handlers and without its main loop's ten wake-ups a second:
-    it sleeps until asked to stop, so an idle tokend uses no CPU."""
-
-    def __init__(self, config: uvicorn.Config) -> None:
-        super().__init__(config)
-        self._stop_requested = asyncio.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-    async def main_loop(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        await self.on_tick(0)  # sets the default headers once
-        if not self.should_exit:
-            await self._stop_requested.wait()
-
-    def request_stop(self) -> None:
-        self.should_exit = True
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._stop_requested.set)
+        """Stop serving (or close the socket, if serving never began); callable from any
+        thread."""
+        self._stopped = True
+        if self._server is not None:
+            self._server.request_stop()
+        else:
+            self._socket.close()
 
 
 def bind_tcp(host: str, port: int) -> socket.socket:

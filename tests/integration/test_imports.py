@@ -15,9 +15,25 @@ import pytest
 
 from tests.conftest import entra_identity, write_config
 from tests.support.idp import CLIENT_SECRET, FakeIdp
+from tests.support.servers import free_port
 
 SERVING = {"uvicorn", "starlette", "prometheus_client", "apscheduler", "httptools"}
 REMOTE = {"httpx2", "httpcore", "cryptography", "jwt", "lightkube", "hvac"}
+
+_RUN_SCRIPT = """
+import os, pathlib, signal, sys
+token = pathlib.Path(sys.argv[1])
+class Watch:
+    def find_spec(self, name, path=None, target=None):
+        if name in ("uvicorn", "starlette") and not getattr(self, "seen", False):
+            self.seen = True
+            print(f"web stack loaded, token published: {token.exists()}", flush=True)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return None
+sys.meta_path.insert(0, Watch())
+from tokend.cli import main
+sys.exit(main(["run", "-c", sys.argv[2]]))
+"""
 
 _SCRIPT = """
 import sys
@@ -83,3 +99,23 @@ def test_once_loads_no_listener_metrics_or_scheduler(config: Path, tmp_path: Pat
     assert "httpx2" in loaded
     assert loaded & SERVING == set()
     assert loaded & {"lightkube", "hvac"} == set()
+
+
+def test_run_publishes_its_first_tokens_before_loading_the_web_stack(
+    config: Path, tmp_path: Path
+) -> None:
+    """The listener's socket is bound at start, but uvicorn and starlette load once the first
+    acquisitions are done: tens of milliseconds the first token does not wait for."""
+    document = config.read_text().replace("listen: null", f"listen: 127.0.0.1:{free_port()}")
+    config.write_text(document)
+    result = subprocess.run(
+        [sys.executable, "-c", _RUN_SCRIPT, str(tmp_path / "crm.token"), str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.stdout.splitlines()[:1] == ["web stack loaded, token published: True"], (
+        result.stderr
+    )
+    assert result.returncode == 0, result.stderr

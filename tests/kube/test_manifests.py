@@ -23,7 +23,7 @@ from tests.support.kube_api import load_manifests
 from tests.support.processes import tokend
 from tokend.config import DEFAULT_LISTEN
 from tokend.configfile import load_config
-from tokend.server import create_app
+from tokend.status_app import create_app
 from tokend.transport import split_listen
 
 DEPLOY = Path(__file__).parents[2] / "deploy" / "k8s"

@@ -27,8 +27,8 @@ def serve(app: Any, tls: CertPair | None = None) -> Iterator[str]:
         with _serve_tls(app, tls) as url:
             yield url
         return
-    listener = HttpListener(app, "127.0.0.1", 0)
-    thread = threading.Thread(target=asyncio.run, args=(listener.serve(),), daemon=True)
+    listener = HttpListener("127.0.0.1", 0)
+    thread = threading.Thread(target=asyncio.run, args=(listener.serve(app),), daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{listener.address[1]}"

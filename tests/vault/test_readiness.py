@@ -16,8 +16,8 @@ from tests.support.idp import FakeIdp
 from tests.support.openbao import Bao
 from tests.support.vault import config_for, run
 from tokend.metrics import Metrics
-from tokend.server import create_app
 from tokend.status import engine_status, render_table
+from tokend.status_app import create_app
 
 
 async def get(app: Any, path: str) -> tuple[int, str]:

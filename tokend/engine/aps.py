@@ -10,6 +10,7 @@ seconds.
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import itertools
 from datetime import UTC, datetime
@@ -40,6 +41,7 @@ class ApsScheduler:
         self._pending: dict[str, tuple[int, Job]] = {}  # key -> (sequence, job): the live ones
         self._sequence = itertools.count()
         self._wakeup_at: datetime | None = None
+        self._woke = asyncio.Event()
 
     def start(self) -> None:
         self._aps.start()
@@ -56,6 +58,19 @@ class ApsScheduler:
 
     def due(self, key: str) -> bool:
         return key in self._pending
+
+    async def settle(self) -> None:
+        """Return once nothing is due and nothing runs: at start, once the first round of
+        acquisitions is done (`tokend run` serves its listener after that)."""
+        while True:
+            self._drop_stale()
+            if self._heap and self._heap[0][0] <= datetime.now(UTC):
+                self._woke.clear()
+                await self._woke.wait()
+            elif self.runner.busy:
+                await self.runner.idle()
+            else:
+                return
 
     async def stop(self, timeout: float) -> bool:
         """Run nothing new; wait up to `timeout` s for running jobs. False if some were cut off."""
@@ -91,6 +106,7 @@ class ApsScheduler:
         self._drop_stale()
         if heap and (self._wakeup_at is None or heap[0][0] < self._wakeup_at):
             self._wake_at(heap[0][0])
+        self._woke.set()
 
     def _drop_stale(self) -> None:
         """Entries of keys since scheduled again or cancelled stay until they surface; when they

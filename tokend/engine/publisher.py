@@ -42,6 +42,12 @@ class Deliveries:
             lane = self._lanes[kind] = Runner(self._per_lane)
         lane.submit(job)
 
+    async def idle(self) -> None:
+        """Wait until no delivery runs or waits."""
+        while any(lane.busy for lane in self._lanes.values()):
+            for lane in list(self._lanes.values()):
+                await lane.idle()
+
     async def drain(self, timeout: float) -> bool:
         """Let queued and running deliveries finish, up to `timeout` s; then stop them all.
         False if some were cut off."""

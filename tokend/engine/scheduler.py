@@ -40,6 +40,11 @@ class Runner:
         else:
             self._waiting.append(job)
 
+    @property
+    def busy(self) -> bool:
+        """Jobs run or wait."""
+        return bool(self._running)
+
     async def run_all(self, jobs: Iterable[Job]) -> None:
         """Submit `jobs` and return when they and everything queued before them are done."""
         for job in jobs:
