@@ -135,6 +135,40 @@ def test_not_ready_until_published(tmp_path: Path) -> None:
             assert process.wait(15) == 0
 
 
+def test_the_listener_answers_while_the_identity_provider_hangs(tmp_path: Path) -> None:
+    """The listener serves once the first acquisitions are done or after a second, whichever
+    comes first: a hanging identity provider must not keep the probes from answering (and a
+    probe that connected before serving began is answered, not refused)."""
+    import socket
+
+    with socket.socket() as hanging:  # accepts connections into its backlog, never answers
+        hanging.bind(("127.0.0.1", 0))
+        hanging.listen()
+        url = f"http://127.0.0.1:{hanging.getsockname()[1]}"
+        idp = FakeIdp(DevIdentityProvider(clients={}), url=url)
+        port = free_port()
+        config = _config(idp, tmp_path, port)
+        config.write_text(config.read_text() + "http: {timeout: 4s}\n")  # a quick stop after
+        process = start_tokend("run", "-c", str(config))
+        try:
+            wait_for(lambda: _connects(port), what="the listener's port to be bound")
+            response = httpx2.get(f"http://127.0.0.1:{port}/healthz", timeout=15)
+            assert (response.status_code, response.text) == (200, "ok\n")
+            status = httpx2.get(f"http://127.0.0.1:{port}/status").json()
+            assert status["tokens"]["crm"]["state"] == "refreshing"  # its request still hangs
+            assert not (tmp_path / "crm.token").exists()
+        finally:
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(15) == 0
+
+
+def _connects(port: int) -> bool:
+    import socket
+
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
 def _status_when_failed(port: int) -> dict[str, object] | None:
     try:
         status = httpx2.get(f"http://127.0.0.1:{port}/status").json()
