@@ -2,82 +2,41 @@
 password})`, reading `accesstoken`) get tokend's cached token; wrong credentials are a 401 with a
 JSON error and, repeated, a 429; nothing they send is echoed or logged.
 
-The password credential type itself is another branch's work (issue 12); a stand-in type with
-the same two fields (`username`, `password`: secret references) is registered here, which is all
-the endpoint reads of it. The tokend under test runs in this process (a registered kind exists
-only here), on virtual time, its endpoint on a real socket.
+The identity is a real `type: password` one, signed in at the fake Entra ID with its users
+(`tests.support.delegated`); the tokend under test runs in this process on virtual time, its
+endpoint on a real socket.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
 
 import pytest
 import requests
 
 from tests.conftest import entra_identity
+from tests.support.delegated import (
+    PASSWORD,
+    USER,
+    delegated_config,
+    env,
+    password_credential,
+    users_idp,
+)
 from tests.support.harness import Harness, harness
 from tests.support.idp import CLIENT_SECRET, FakeIdp
 from tests.support.servers import free_port
 from tokend.config import validate_config
 from tokend.endpoint.service import Endpoint
 from tokend.metrics import Metrics
-from tokend.oauth import CREDENTIALS, CredentialOptions, CredentialType, GrantContext, HttpRequest
-from tokend.oauth.dialects import Target
-from tokend.secrets import SecretRef
 
-USERNAME = "svc-crm@contoso.example"
-PASSWORD = "CANARY-password-51c0de"
+USERNAME = USER
 WRONG = "CANARY-wrong-password-7a7a"
-
-
-class StandInPasswordOptions(CredentialOptions):
-    type: Literal["stand_in_password"]
-    username: SecretRef
-    password: SecretRef
-    secret: SecretRef  # what the fake identity provider checks (client credentials underneath)
-
-
-@dataclass
-class StandInPasswordGrant:
-    options: StandInPasswordOptions
-    context: GrantContext
-
-    @property
-    def endpoint(self) -> Any:
-        return self.context.endpoint
-
-    @property
-    def client_id(self) -> str:
-        return self.context.client_id
-
-    async def request(self, token_url: str, target: Target) -> HttpRequest:
-        secret = (await self.options.secret.read()).reveal()
-        form = {"grant_type": "client_credentials", "client_id": self.client_id}
-        return HttpRequest(
-            "POST", token_url, form=form | {"client_secret": secret} | target.fields()
-        )
-
-    def absorb(self, body: Mapping[str, Any]) -> None:
-        return None
-
-    async def source_version(self) -> str:
-        return ""
-
-
-@pytest.fixture
-def stand_in() -> Iterator[None]:
-    CREDENTIALS.register(
-        "stand_in_password", CredentialType(StandInPasswordOptions, StandInPasswordGrant)
-    )
-    yield
-    CREDENTIALS.unregister("stand_in_password")
 
 
 @dataclass
@@ -97,31 +56,20 @@ class Compat:
 @asynccontextmanager
 async def running_compat(idp: FakeIdp, tmp: Path) -> AsyncIterator[Compat]:
     port = free_port()
-    identity = entra_identity(idp, CLIENT_SECRET)
-    identity["credential"] = {
-        "type": "stand_in_password",
-        "username": USERNAME,
-        "password": {"env": "HELPER_PASSWORD"},
-        "secret": CLIENT_SECRET,
-    }
-    config = validate_config(
-        {
-            "identities": {"helper": identity, "app": entra_identity(idp, CLIENT_SECRET)},
-            "tokens": {
-                "crm": {
-                    "identity": "helper",
-                    "resource": "https://crm.example",
-                    "sinks": [{"type": "file", "path": str(tmp / "crm.token")}],
-                },
-                "other": {
-                    "identity": "app",
-                    "resource": "https://other.example",
-                    "sinks": [{"type": "file", "path": str(tmp / "other.token")}],
-                },
-            },
-            "endpoint": {"listen": f"127.0.0.1:{port}", "protocols": [], "compat": "requesttoken"},
-        }
+    document = delegated_config(
+        idp,
+        tmp,
+        password_credential(password={"env": "HELPER_PASSWORD"}),
+        {"crm": {"resource": "https://crm.example"}},
+        endpoint={"listen": f"127.0.0.1:{port}", "protocols": [], "compat": "requesttoken"},
     )
+    document["identities"]["app"] = entra_identity(idp, CLIENT_SECRET)
+    document["tokens"]["other"] = {
+        "identity": "app",
+        "resource": "https://other.example",
+        "sinks": [{"type": "file", "path": str(tmp / "other.token")}],
+    }
+    config = validate_config(document)
     async with harness(config) as running:
         assert await running.refresh_all()
         assert config.endpoint is not None
@@ -144,16 +92,17 @@ Scenario = Callable[[Compat], Awaitable[None]]
 
 
 @pytest.fixture
-def run(
-    idp: FakeIdp, stand_in: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> Callable[[Scenario], None]:
+def run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Callable[[Scenario], None]:
     """Runs a scenario against a running compat endpoint (each test on its own event loop)."""
+    for key, value in env().items():
+        monkeypatch.setenv(key, value)
     monkeypatch.setenv("HELPER_PASSWORD", PASSWORD)
 
     def run_scenario(scenario: Scenario) -> None:
         async def main() -> None:
-            async with running_compat(idp, tmp_path) as compat:
-                await scenario(compat)
+            with users_idp() as idp:
+                async with running_compat(idp, tmp_path) as compat:
+                    await scenario(compat)
 
         asyncio.run(main())
 
