@@ -14,11 +14,11 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from enum import StrEnum
 from typing import Protocol
 
 from tokend.backoff import Backoff
-from tokend.clock import Clock, Scheduler, format_span
+from tokend.clock import Clock, Scheduler
+from tokend.engine.outcome import Phase, RefreshCounts, clock_time, log_failure, log_success
 from tokend.engine.policy import RefreshPolicy, retry_at
 from tokend.engine.publisher import Publisher
 from tokend.engine.recovery import Recovery
@@ -31,30 +31,6 @@ from tokend.token import Token
 log = logging.getLogger("tokend.refresh")
 
 Sleep = Callable[[float], Awaitable[None]]
-
-
-class Phase(StrEnum):
-    PENDING = "pending"  # never acquired yet, no failure yet
-    FRESH = "fresh"  # valid token held and in every sink, last attempt succeeded
-    PUBLISHING = "publishing"  # valid token held, not yet in every sink, no sink has failed
-    SINK_FAILING = "sink_failing"  # valid token held, a sink failed to take it (retrying)
-    REFRESHING = "refreshing"  # a request is in flight
-    RETRYING = "retrying"  # last attempt failed transiently; backing off
-    FAILING = "failing"  # last attempt failed permanently; an operator must act
-    EXPIRED = "expired"  # the last good token has expired and no new one was obtained
-    STANDBY = "standby"  # leader election: the leader runs this token, this replica does not
-
-
-class RefreshCounts:
-    """Attempts by outcome: three ints (a dict per token would be several times larger)."""
-
-    __slots__ = ("permanent_error", "success", "transient_error")
-
-    def __init__(self) -> None:
-        self.success = self.transient_error = self.permanent_error = 0
-
-    def __getitem__(self, result: str) -> int:
-        return int(getattr(self, result))
 
 
 class Acquirer(Protocol):
@@ -155,7 +131,7 @@ class TokenJob:
         self._hold(token)
         self.last_success = token.obtained_at
         log.info(
-            "resumed stored token: expires %s", _clock_time(token.expires_at), extra=self._extra
+            "resumed stored token: expires %s", clock_time(token.expires_at), extra=self._extra
         )
         self._plan(self.policy.refresh_at(token, self._rand.random()))
         await self.publisher.publish(token)
@@ -281,7 +257,7 @@ class TokenJob:
         log.error(
             "token expired at %s with no replacement (last error: %s); consumers now hold an "
             "expired token unless their sink withdraws it",
-            _clock_time(token.expires_at),
+            clock_time(token.expires_at),
             self.last_error or "none",
             extra=self._extra,
         )
@@ -341,15 +317,8 @@ class TokenJob:
         self.last_success = now
         self.results.success += 1
         self.next_run = self.policy.refresh_at(token, self._rand.random())
-        plan = f", next refresh in {format_span(self.next_run - now)}" if self._scheduled else ""
-        log.info(
-            "refreshed: expires %s (in %s)%s, took %.2fs",
-            _clock_time(token.expires_at),
-            format_span(token.expires_at - now),
-            plan,
-            took,
-            extra=self._extra,
-        )
+        scheduled = self.next_run if self._scheduled else None
+        log_success(self.name, token, now, next_run=scheduled, took=took)
 
     def _failed(self, error: TokendError) -> None:
         now = self._clock.now()
@@ -376,33 +345,19 @@ class TokenJob:
                 retry_after=error.retry_after,
                 holding=holding,
             )
-        # Log each new kind of failure; the same failure again goes to DEBUG (status and
-        # metrics show it is ongoing), so thousands of tokens in an outage don't flood the log.
         repeated = self.last_error is not None and self.last_error.code == error.code
         self.last_error = error
-        level = logging.DEBUG if repeated else logging.ERROR if permanent else logging.WARNING
-        kind = "needs operator action" if permanent else "transient"
-        plan = f"; next try in {format_span(self.next_run - now)}" if self._scheduled else ""
-        held = (
-            f"current token valid {format_span(holding.expires_at - now)} more"
-            if holding
-            else "no valid token"
-        )
-        log.log(
-            level,
-            "refresh failed (%s, attempt %d): %s%s; %s",
-            kind,
-            self.failures,
+        scheduled = self.next_run if self._scheduled else None
+        log_failure(
+            self.name,
             error,
-            plan,
-            held,
-            extra=self._extra,
+            now,
+            attempt=self.failures,
+            repeated=repeated,
+            next_run=scheduled,
+            holding=holding,
         )
 
     @property
     def _extra(self) -> dict[str, str]:
         return {"token": self.name}
-
-
-def _clock_time(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")

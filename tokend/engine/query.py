@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from tokend.engine.job import Phase
+from tokend.engine.outcome import Phase
 from tokend.errors import TokendError
 from tokend.oauth.grants import CredentialState, credential_state
 from tokend.token import Token

@@ -1,0 +1,91 @@
+"""How a token's refresh attempts show outside the job: its phase (as `/status` and metrics name
+it), its attempts counted by result, and the log line each outcome writes."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from enum import StrEnum
+
+from tokend.clock import format_span
+from tokend.errors import TokendError
+from tokend.token import Token
+
+log = logging.getLogger("tokend.refresh")
+
+
+class Phase(StrEnum):
+    PENDING = "pending"  # never acquired yet, no failure yet
+    FRESH = "fresh"  # valid token held and in every sink, last attempt succeeded
+    PUBLISHING = "publishing"  # valid token held, not yet in every sink, no sink has failed
+    SINK_FAILING = "sink_failing"  # valid token held, a sink failed to take it (retrying)
+    REFRESHING = "refreshing"  # a request is in flight
+    RETRYING = "retrying"  # last attempt failed transiently; backing off
+    FAILING = "failing"  # last attempt failed permanently; an operator must act
+    EXPIRED = "expired"  # the last good token has expired and no new one was obtained
+    STANDBY = "standby"  # leader election: the leader runs this token, this replica does not
+
+
+class RefreshCounts:
+    """Attempts by outcome: three ints (a dict per token would be several times larger)."""
+
+    __slots__ = ("permanent_error", "success", "transient_error")
+
+    def __init__(self) -> None:
+        self.success = self.transient_error = self.permanent_error = 0
+
+    def __getitem__(self, result: str) -> int:
+        return int(getattr(self, result))
+
+
+def log_success(
+    name: str, token: Token, now: datetime, *, next_run: datetime | None, took: float
+) -> None:
+    """`next_run`: None when there is no next run to speak of (`tokend once`)."""
+    plan = f", next refresh in {format_span(next_run - now)}" if next_run else ""
+    log.info(
+        "refreshed: expires %s (in %s)%s, took %.2fs",
+        clock_time(token.expires_at),
+        format_span(token.expires_at - now),
+        plan,
+        took,
+        extra={"token": name},
+    )
+
+
+def log_failure(
+    name: str,
+    error: TokendError,
+    now: datetime,
+    *,
+    attempt: int,
+    repeated: bool,
+    next_run: datetime | None,
+    holding: Token | None,
+) -> None:
+    """Each new kind of failure is logged; the same failure again goes to DEBUG (status and
+    metrics show it is ongoing), so thousands of tokens in an outage don't flood the log."""
+    permanent = not error.transient
+    level = logging.DEBUG if repeated else logging.ERROR if permanent else logging.WARNING
+    kind = "needs operator action" if permanent else "transient"
+    plan = f"; next try in {format_span(next_run - now)}" if next_run else ""
+    held = (
+        f"current token valid {format_span(holding.expires_at - now)} more"
+        if holding
+        else "no valid token"
+    )
+    log.log(
+        level,
+        "refresh failed (%s, attempt %d): %s%s; %s",
+        kind,
+        attempt,
+        error,
+        plan,
+        held,
+        extra={"token": name},
+    )
+
+
+def clock_time(moment: datetime) -> str:
+    """`moment` as log lines show it: UTC to the second."""
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
