@@ -16,7 +16,6 @@ parts.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -34,17 +33,18 @@ from pydantic import dataclasses as pydantic_dataclasses
 from pydantic.dataclasses import rebuild_dataclass
 
 from tokend import backoff, registry, transport
+from tokend.config_checks import cross_reference_problems
 from tokend.durations import Duration, PositiveDuration
 from tokend.endpoint.options import EndpointOptions
 from tokend.engine.policy import DEFAULT_JITTER, DEFAULT_THRESHOLD
 from tokend.errors import ConfigError
 from tokend.oauth.grants import CREDENTIALS, CredentialOptions
-from tokend.oauth.verify import VerifySetting, verify_problem
+from tokend.oauth.verify import VerifySetting
 from tokend.resources import RESOURCES
-from tokend.secrets import SecretRef, SecretReference, secret_references
-from tokend.sinks import SINKS, SinkOptionsBase, sink_labels
+from tokend.secrets import SecretRef
+from tokend.sinks import SINKS, SinkOptionsBase
 from tokend.transport import DEFAULT_LISTEN, split_listen, url_problem
-from tokend.validation import SECTIONS, did_you_mean, validation_lines
+from tokend.validation import SECTIONS, validation_lines
 
 if TYPE_CHECKING:
     SinkOptions = SinkOptionsBase
@@ -251,7 +251,7 @@ def validate_config(document: dict[str, Any], *, label: str = "config") -> Confi
         config = Config.model_validate(document)
     except ValidationError as exc:
         raise ConfigError([f"{label}: {line}" for line in validation_lines(exc, Config)]) from None
-    problems = list(_cross_reference_problems(config))
+    problems = list(cross_reference_problems(config))
     if problems:
         raise ConfigError([f"{label}: {path}: {message}" for path, message in problems])
     return config
@@ -268,113 +268,3 @@ def _ensure_schema() -> None:
         rebuild_dataclass(TokenSpec, force=True)  # type: ignore[arg-type]
         Identity.model_rebuild(force=True)
         Config.model_rebuild(force=True)
-
-
-# --- checks across keys -----------------------------------------------------------------------
-
-
-def _cross_reference_problems(config: Config) -> Iterator[tuple[str, str]]:
-    yield from _missing_sections(config)
-    yield from _kept_state_problems(config)
-    yield from _endpoint_problems(config)
-    known = ", ".join(config.identities)
-    targets: dict[str, str] = {}
-    for name, token in config.tokens.items():
-        where = f"tokens.{name}"
-        identity = config.identities.get(token.identity)
-        if identity is None:
-            hint = did_you_mean(token.identity, config.identities)
-            yield f"{where}.identity", f"unknown identity '{token.identity}' (known: {known}){hint}"
-        else:
-            yield from _target_problems(where, token, identity)
-        labels = sink_labels(token.sinks)
-        for index, sink in enumerate(token.sinks):
-            if labels[index] in labels[:index]:
-                yield f"{where}.sinks.{index}.name", f"sink name '{labels[index]}' is used twice"
-            target = sink.target()
-            if target in targets:
-                yield f"{where}.sinks.{index}", f"{target} is also written by {targets[target]}"
-            targets.setdefault(target, f"{where}.sinks.{index}")
-
-
-def _endpoint_problems(config: Config) -> Iterator[tuple[str, str]]:
-    endpoint = config.endpoint
-    if endpoint is None:
-        for name, token in config.tokens.items():
-            if token.on_demand:
-                yield f"tokens.{name}.on_demand", "needs an endpoint: block (it asks for the token)"
-        return
-    for served in endpoint.tokens or ():
-        if served not in config.tokens:
-            yield "endpoint.tokens", f"unknown token '{served}' (known: {', '.join(config.tokens)})"
-    named = [*endpoint.identities, *filter(None, [endpoint.default_identity])]
-    for identity in named:
-        if identity not in config.identities:
-            known = ", ".join(config.identities)
-            yield "endpoint", f"unknown identity '{identity}' (known: {known})"
-
-
-def _missing_sections(config: Config) -> Iterator[tuple[str, str]]:
-    """Everything that uses a shared resource needs that resource's section (unless the
-    resource has defaults of its own)."""
-    for path, part, needs in _needing_parts(config):
-        for section in needs:
-            kind = RESOURCES[section]
-            if section not in config.sections and kind.default is None:
-                yield path, f"{_subject(part)} needs a top-level {section}: block ({kind.summary})"
-
-
-def _needing_parts(config: Config) -> Iterator[tuple[str, Any, tuple[str, ...]]]:
-    for path, ref in secret_references(config):
-        if ref.needs:
-            yield path, ref, ref.needs
-    for name, identity in config.identities.items():
-        if identity.credential.needs:
-            yield f"identities.{name}.credential", identity.credential, identity.credential.needs
-    for name, token in config.tokens.items():
-        for index, sink in enumerate(token.sinks):
-            if sink.needs:
-                yield f"tokens.{name}.sinks.{index}", sink, sink.needs
-
-
-def _subject(part: Any) -> str:
-    if isinstance(part, SecretReference):
-        form = next(key for key in type(part).model_fields if key != "needs")
-        return f"{{{form}: ...}}"
-    return f"a {part.type} {'sink' if isinstance(part, SinkOptionsBase) else 'credential'}"
-
-
-def _target_problems(where: str, token: TokenSpec, identity: Identity) -> Iterator[tuple[str, str]]:
-    scopes = tuple(token.scopes or ())
-    if token.verify is not None and (
-        problem := verify_problem(
-            token.verify,
-            resource=token.resource,
-            scopes=scopes,
-            entra=identity.is_entra,
-            issuer=identity.issuer,
-        )
-    ):
-        yield f"{where}.verify", problem
-    if not identity.is_entra:
-        if problem := identity.credential.target_problem(token.resource, scopes):
-            yield where, problem
-        return
-    if (token.resource is None) == (token.scopes is None):
-        yield where, ("give exactly one of resource (Entra ID v1 endpoint) or scopes (v2 endpoint)")
-    elif token.scopes is not None and (problem := identity.credential.entra_scopes_problem(scopes)):
-        yield f"{where}.scopes", problem
-
-
-def _kept_state_problems(config: Config) -> Iterator[tuple[str, str]]:
-    """Refresh tokens are stored only sealed: a credential that keeps them needs both."""
-    if config.state_dir is not None and config.state_key is not None:
-        return
-    for name, identity in config.identities.items():
-        credential = identity.credential
-        if credential.keeps_refresh_tokens():
-            yield (
-                f"identities.{name}.credential",
-                f"a {credential.type} credential keeps the refresh tokens it is given, stored "
-                "only sealed: set state_dir and state_key (a secret reference)",
-            )
