@@ -13,7 +13,7 @@ import asyncio
 import logging
 import random
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from tokend.backoff import Backoff
 from tokend.clock import Clock, Job, Scheduler
@@ -22,9 +22,6 @@ from tokend.engine.verifier import Verifier, verified
 from tokend.errors import TokendError
 from tokend.sinks import Sink, can_verify
 from tokend.token import Token
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger("tokend.publisher")
 
