@@ -86,6 +86,26 @@ def test_a_directory_others_can_write_is_refused_for_saving_and_by_check(tmp_pat
     assert "owned by uid 65534" in (state_dir_problem(directory) or "")
 
 
+def test_a_directory_tokend_cannot_write_is_found_by_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A private directory of tokend's own user but mode 0500: `run` could save nothing. (The
+    tests run as root, whom no mode stops: the answer for a non-root user is simulated.)"""
+    directory = tmp_path / "state"
+    directory.mkdir(mode=0o500)
+    real_access = os.access
+
+    def access(path: object, mode: int, **kwargs: object) -> bool:
+        if Path(str(path)) == directory and mode & os.W_OK:
+            return bool(directory.stat().st_mode & stat.S_IWUSR)
+        return real_access(path, mode, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "access", access)
+    assert state_dir_problem(directory) == f"{directory} is not writable by this user"
+    directory.chmod(0o700)
+    assert state_dir_problem(directory) is None
+
+
 def test_missing_directories_are_created_private_whatever_the_umask(tmp_path: Path) -> None:
     old = os.umask(0)
     try:

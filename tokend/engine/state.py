@@ -126,7 +126,11 @@ def _associated(name: str, fingerprint: str) -> str:
 def state_dir_problem(directory: Path) -> str | None:
     """Why `directory` cannot hold state (for `tokend check` and start-up), or None."""
     try:
-        return private_problem(directory, directory=True)
+        if problem := private_problem(directory, directory=True):
+            return problem
+        if not os.access(directory, os.W_OK | os.X_OK):
+            return f"{directory} is not writable by this user"
+        return None
     except FileNotFoundError:
         existing = next((p for p in directory.parents if p.exists()), None)
         if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
