@@ -110,3 +110,12 @@ def test_retry_after_is_read_from_headers() -> None:
     error = classify_error_response(PEER, 429, {"retry-after": "42"}, {}, NOW)
     assert isinstance(error, TransientError)
     assert error.retry_after == 42.0
+
+
+def test_a_huge_error_field_is_cut_to_a_short_code() -> None:
+    """A hostile peer's 500 KB `error` made a 500 KB log line and a 1 MB /status: the code it
+    becomes (`last_error_code`) and the message are short, whatever it sends."""
+    body = {"error": "invalid_grant" + "A" * 500_000, "error_codes": [7000215]}
+    error = classify_error_response(PEER, 400, {}, body, NOW)
+    assert error.code == "invalid_grant" + "A" * 48 + ".../7000215"  # the field cut to 64
+    assert len(str(error)) < 300
