@@ -57,6 +57,9 @@ ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 ASSERTION_LIFETIME = timedelta(minutes=10)
 EXPIRY_WARNING = timedelta(days=14)
 _WARN_EVERY = timedelta(days=1)
+_last_warned: dict[tuple[str, str], datetime] = {}
+"""When each identity's certificate was last warned about, by (identity, thumbprint): one
+warning a day, however many grants (one per endpoint version) and reloads share it."""
 
 
 class CertificateOptions(CredentialOptions):
@@ -117,7 +120,7 @@ def certificate_problems(signing: SigningKey, now: datetime) -> list[str]:
 class CertificateGrant:
     __slots__ = (
         "_clock", "_digest", "_identity", "_options", "_resources", "_signing", "_version",
-        "_warned_at", "client_id", "endpoint",
+        "client_id", "endpoint",
     )  # fmt: skip
 
     def __init__(self, options: CertificateOptions, context: GrantContext) -> None:
@@ -130,7 +133,6 @@ class CertificateGrant:
         self._version = context.entra_version
         self._digest = b""
         self._signing: SigningKey | None = None
-        self._warned_at: datetime | None = None
 
     async def request(self, token_url: str, target: Target) -> HttpRequest:
         signing = await self._current()
@@ -232,9 +234,10 @@ class CertificateGrant:
         left = signing.not_after - now
         if left > EXPIRY_WARNING:
             return
-        if self._warned_at is not None and now - self._warned_at < _WARN_EVERY:
+        key = (self._identity, signing.x5t_s256())
+        if key in _last_warned and now - _last_warned[key] < _WARN_EVERY:
             return
-        self._warned_at = now
+        _last_warned[key] = now
         span = f"{left.days} days" if left.days >= 2 else format_span(left)
         when = f"expires in {span}" if left > timedelta(0) else "has expired"
         log.warning(
