@@ -36,7 +36,7 @@ from tokend import backoff, registry, transport
 from tokend.config_checks import cross_reference_problems
 from tokend.durations import Duration, PositiveDuration
 from tokend.endpoint.options import EndpointOptions
-from tokend.engine.policy import DEFAULT_JITTER, DEFAULT_THRESHOLD
+from tokend.engine.policy import DEFAULT_JITTER, DEFAULT_STARTUP_SPREAD, DEFAULT_THRESHOLD
 from tokend.errors import ConfigError
 from tokend.oauth.grants import CREDENTIALS, CredentialOptions
 from tokend.oauth.verify import VerifySetting
@@ -82,7 +82,7 @@ class Defaults(_Model):
     refresh_threshold: PositiveDuration = DEFAULT_THRESHOLD
     jitter: float = Field(default=DEFAULT_JITTER, ge=0, le=0.5)
     backoff: BackoffOptions = BackoffOptions()
-    startup_spread: Duration = timedelta(seconds=10)
+    startup_spread: Duration = DEFAULT_STARTUP_SPREAD
 
 
 class HttpOptions(_Model):

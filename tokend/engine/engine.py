@@ -18,12 +18,13 @@ from typing import Protocol
 
 from tokend.clock import SYSTEM_CLOCK, Clock
 from tokend.engine.job import TokenJob
-from tokend.engine.policy import startup_at
+from tokend.engine.policy import DEFAULT_STARTUP_SPREAD, startup_at
 from tokend.engine.publisher import Deliveries
 from tokend.engine.query import TokenView, view_of
 from tokend.engine.scheduler import Runner
 from tokend.engine.state import fingerprint
 from tokend.token import Token
+from tokend.transport import DEFAULT_MAX_CONCURRENT_REQUESTS
 
 log = logging.getLogger("tokend.engine")
 
@@ -61,9 +62,9 @@ class LeadershipView:
 
 @dataclass(frozen=True)
 class EngineSettings:
-    startup_spread: timedelta = timedelta(seconds=10)
+    startup_spread: timedelta = DEFAULT_STARTUP_SPREAD
     """First acquisitions at start are spread over this long, when there are many..."""
-    spread_above: int = 16
+    spread_above: int = DEFAULT_MAX_CONCURRENT_REQUESTS
     """...more than this (the cap on concurrent requests): a handful start at once, so readiness
     is not delayed for nothing."""
     run_limit: int = 32

@@ -14,6 +14,7 @@ from tokend.token import Token
 
 DEFAULT_THRESHOLD = timedelta(minutes=10)
 DEFAULT_JITTER = 0.1
+DEFAULT_STARTUP_SPREAD = timedelta(seconds=10)
 MIN_REFRESH_INTERVAL = timedelta(seconds=1)
 """However short-lived a token, never plan to refresh it sooner than this after obtaining it."""
 
