@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx2
+import jwt
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -144,12 +145,14 @@ def test_a_hanging_command_is_killed_at_its_timeout_and_refreshes_go_on(
     assert _processes_with(marker) == []  # every hanging command was killed
 
 
-def test_a_command_gets_its_own_small_environment(short_idp: FakeIdp, tmp_path: Path) -> None:
+@pytest.mark.parametrize("with_token", [False, True])
+def test_a_command_gets_its_own_small_environment(
+    short_idp: FakeIdp, tmp_path: Path, with_token: bool
+) -> None:
     """Never tokend's environment (it holds {env:} secrets); the token only with env: true."""
     dumped = tmp_path / "env.txt"
-    config = _config(
-        short_idp, tmp_path, {"command": ["/bin/sh", "-c", f"env > {dumped}"]}, listen=None
-    )
+    on_publish = {"command": ["/bin/sh", "-c", f"env > {dumped}"], "env": with_token}
+    config = _config(short_idp, tmp_path, on_publish, listen=None)
     process = start_tokend("run", "-c", str(config), env={"APP_SECRET": CLIENT_SECRET})
     try:
         wait_for(lambda: dumped.exists() and "TOKEND_EXPIRES_ON" in dumped.read_text(), what="env")
@@ -159,5 +162,10 @@ def test_a_command_gets_its_own_small_environment(short_idp: FakeIdp, tmp_path: 
     env = dict(line.split("=", 1) for line in dumped.read_text().splitlines() if "=" in line)
     assert env["TOKEND_TOKEN"] == "crm" and env["TOKEND_SINK"] == "file"
     assert int(env["TOKEND_EXPIRES_ON"]) > 0
-    assert "TOKEND_ACCESS_TOKEN" not in env
+    if with_token:
+        claims = jwt.decode(env["TOKEND_ACCESS_TOKEN"], options={"verify_signature": False})
+        assert claims["aud"] == "https://crm.example"
+        assert env["TOKEND_TOKEN_TYPE"] == "Bearer"
+    else:
+        assert "TOKEND_ACCESS_TOKEN" not in env and "TOKEND_TOKEN_TYPE" not in env
     assert CLIENT_SECRET not in dumped.read_text() and "APP_SECRET" not in env

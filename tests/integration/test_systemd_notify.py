@@ -127,3 +127,38 @@ def test_without_systemd_nothing_is_sent(
         if process.poll() is None:
             process.kill()
     assert systemd.received() == []
+
+
+def test_systemd_ready_started_is_ready_before_any_token(
+    idp: FakeIdp, tmp_path: Path, systemd: FakeSystemd
+) -> None:
+    """`systemd_ready: started`: READY as soon as tokend runs, though the identity provider
+    has not answered once (units ordered after tokend need not wait for the first token)."""
+    token = tmp_path / "crm.token"
+    config = write_config(
+        tmp_path / "config.yaml",
+        {
+            "identities": {"app": entra_identity(idp, CLIENT_SECRET)},
+            "tokens": {
+                "crm": {
+                    "identity": "app",
+                    "resource": "https://crm.example",
+                    "sinks": [{"type": "file", "path": str(token)}],
+                }
+            },
+            "defaults": {"startup_spread": 0},
+            "listen": None,
+            "systemd_ready": "started",
+        },
+    )
+    idp.policy = lambda request: faults.html(502)  # never a token
+    env = {"NOTIFY_SOCKET": str(systemd.path)}
+    process = start_tokend("run", "-c", str(config), env=env, log=tmp_path / "tokend.log")
+    try:
+        wait_for(lambda: systemd.first("READY=1") is not None, what="READY=1")
+        assert not token.exists()
+        assert systemd.messages[0][0] == "READY=1"  # the first thing said, no "starting:" before
+        assert systemd.messages[0][1].startswith("STATUS=0/1 tokens valid")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(20) == 0
