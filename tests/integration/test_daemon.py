@@ -196,3 +196,18 @@ def test_busy_listen_port_is_a_clear_error(short_idp: FakeIdp, tmp_path: Path) -
     assert checked.stderr.strip().endswith(
         f"listen: cannot listen on 127.0.0.1:{port}: Address already in use"
     )
+
+
+def test_a_listen_host_that_does_not_resolve_is_a_clear_error(
+    short_idp: FakeIdp, tmp_path: Path
+) -> None:
+    config = _config(short_idp, tmp_path, 9464)
+    config.write_text(config.read_text().replace("127.0.0.1:9464", "nohost.invalid:9464"))
+    ran = tokend("run", "-c", str(config), timeout=30)
+    checked = tokend("check", "-c", str(config))
+    assert ran.returncode == 2
+    # the resolver's reason varies ("Name or service not known", or no DNS at all)
+    assert re.search(r"ERROR cannot listen on nohost\.invalid:9464: \w", ran.stderr), ran.stderr
+    assert "Traceback" not in ran.stderr
+    assert checked.returncode == 2
+    assert checked.stderr.strip().endswith("listen: cannot resolve host 'nohost.invalid'")
