@@ -20,12 +20,14 @@ from tests.support.vault import (
     M,
     RacingSession,
     a_token,
+    config_document,
     config_for,
     run,
     sink_context,
     stored,
     vault_options,
 )
+from tokend.config import Config
 from tokend.errors import TokendError
 from tokend.sinks.file import rfc3339
 from tokend.sinks.vault import VaultSink, VaultSinkOptions
@@ -157,6 +159,33 @@ def test_on_expiry_withdraw_deletes_the_dead_token(idp: FakeIdp, bao: Bao, kvpat
         assert stored(bao, kvpath)["access_token"] == h.job().token.value != first.value
 
     run(config_for(idp, bao, sinks), scenario)
+
+
+def test_removing_a_token_withdraws_its_vault_value(idp: FakeIdp, bao: Bao, kvpath: str) -> None:
+    """A token removed from the config by a reload: its Vault sink with `on_expiry: withdraw`
+    deletes the value (consumers fail fast rather than read a token nobody refreshes)."""
+    document = config_document(
+        idp, bao, [{"type": "vault", "path": kvpath, "on_expiry": "withdraw"}]
+    )
+    document["tokens"]["other"] = {
+        "identity": "app",
+        "resource": "https://other.example",
+        "sinks": [{"type": "vault", "path": f"{kvpath}-other"}],
+    }
+    config = Config.model_validate(document)
+    del document["tokens"]["crm"]
+
+    async def scenario(h: Harness) -> None:
+        await h.start()
+        await h.run_for(timedelta(0))
+        assert stored(bao, kvpath)["access_token"] == h.job("crm").token.value
+        summary = await h.reload(Config.model_validate(document))
+        assert summary.removed == ["crm"]
+
+    run(config, scenario)
+    with pytest.raises(hx.InvalidPath):
+        stored(bao, kvpath)
+    assert stored(bao, f"{kvpath}-other")["access_token"]  # the other token's is left alone
 
 
 def test_monotonic_publish_and_check_and_set_between_two_writers(bao: Bao, kvpath: str) -> None:
