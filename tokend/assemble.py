@@ -160,7 +160,7 @@ class Assembly:
                 functools.partial(parts.job, name),
                 unchanged=same_common and _own_inputs(old, name) == _own_inputs(config, name),
                 on_demand=config.tokens[name].on_demand,
-                leader_only=any(is_shared(sink) for sink in spec.sinks),
+                leader_only=all(is_shared(sink) for sink in spec.sinks),
             )
             for name, spec in config.tokens.items()
         }
@@ -267,6 +267,7 @@ class _Parts:
                 withdraw_on_expiry=options.on_expiry == "withdraw",
                 required_for_ready=options.waits_for_ready(),
                 verifier=runtime.verifier,
+                shared=is_shared(options),
             )
             if options.on_publish is not None:
                 slot.observer = ConsumerNotifier(options.on_publish, name, labels[index])

@@ -140,6 +140,8 @@ class EngineCollector(Collector):
             for result in REFRESH_RESULTS:
                 refreshes.add_metric([name, result], view.refreshes[result])
             for sink in view.sinks:
+                if sink.standby:
+                    continue  # the leader's to write and report
                 publishes.add_metric([name, sink.name, "success"], sink.published)
                 publishes.add_metric([name, sink.name, "error"], sink.errors)
                 _add_time(sink_success, [name, sink.name], sink.last_success)

@@ -61,6 +61,7 @@ def sink_status(sink: SinkView) -> dict[str, Any]:
         "holds_expires_at": _iso(sink.held_expires_at),
         "holds_valid_token": sink.holds_valid_token,
         "required_for_ready": sink.required_for_ready,
+        "standby": sink.standby,
         "last_success": _iso(sink.last_success),
         "consecutive_failures": sink.failures,
         **_error(sink.last_error),
@@ -170,6 +171,8 @@ def render_table(status: dict[str, Any]) -> str:
 
 
 def _sink_line(name: str, sink: dict[str, Any], now: datetime) -> str:
+    if sink.get("standby"):
+        return f"sink {name}: standby (the leader writes it)"
     if not sink.get("required_for_ready", True):
         name += " (readiness does not wait for it)"
     when = (

@@ -1,7 +1,8 @@
 """Leader-only jobs in the engine, on virtual time with a test-only leadership and a test-only
-shared sink: tokens with a sink shared between replicas run only while this replica leads (a
-token with a file sink as well included); others run everywhere; a follower stays ready and
-reports no metrics for tokens it does not run; losing leadership cancels a write in flight and
+shared sink: tokens whose sinks are all shared between replicas run only while this replica
+leads; a token with a file sink as well runs everywhere, its shared sink written by the leader
+only; others run everywhere; a follower stays ready and reports no metrics for what it does not
+write; losing leadership cancels a write in flight and
 keeps a token whose request was in flight from being published."""
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from tokend.config import validate_config
 from tokend.metrics import Metrics
 from tokend.resources import RESOURCES, Environment, ResourceKind
 from tokend.sinks import SINKS, SinkContext, SinkOptionsBase, SinkType
+from tokend.status import engine_status, render_table
 from tokend.token import Token
 
 
@@ -157,19 +159,33 @@ def test_only_the_leader_runs_tokens_with_shared_sinks(idp: FakeIdp, tmp_path: P
             await settle(h)
             now = h.clock.now()
             views = {view.name: view for view in h.engine.query(now)}
-            assert [name for name, view in views.items() if view.standby] == ["shared", "mixed"]
+            assert [name for name, view in views.items() if view.standby] == ["shared"]
             assert views["shared"].phase == "standby" and views["local"].phase == "fresh"
+            mixed = views["mixed"]  # runs here too: its file sink is this pod's
+            assert mixed.phase == "fresh" and mixed.ready and mixed.published
+            assert [(sink.name, sink.standby) for sink in mixed.sinks] == [
+                ("shelf", True),
+                ("file", False),
+            ]
             assert h.engine.is_ready(now)  # a follower stays ready
-            assert (tmp_path / "local").exists() and not (tmp_path / "mixed").exists()
-            assert Shelf.values == {} and len(idp.token_requests) == 1
+            status = engine_status(h.engine, now)
+            assert status["tokens"]["mixed"]["sinks"]["shelf"]["standby"] is True
+            assert "sink shelf: standby (the leader writes it)" in render_table(status)
+            assert (tmp_path / "local").exists() and (tmp_path / "mixed").exists()
+            assert Shelf.values == {} and len(idp.token_requests) == 2
             lines = metric_lines(h)
             assert "tokend_leader 0.0" in lines
             assert not [line for line in lines if 'token="shared"' in line]
+            assert not [line for line in lines if 'sink="shelf"' in line]
+            assert [line for line in lines if 'token="mixed"' in line and 'sink="file"' in line]
 
             toss(h).flip(True)
             await launched(h)
             await settle(h)
-            assert set(Shelf.values) == {"shared", "mixed"} and (tmp_path / "mixed").exists()
+            assert Shelf.values["mixed"] == h.job("mixed").token.value  # the one it held
+            assert set(Shelf.values) == {"shared", "mixed"}
+            asked = len(idp.token_requests)
+            assert asked == 3  # only the leader-only token was acquired on taking the lead
             assert h.engine.leadership() is not None
             assert "tokend_leader 1.0" in metric_lines(h)
             assert "tokend_leader_transitions_total 1.0" in metric_lines(h)
@@ -177,8 +193,10 @@ def test_only_the_leader_runs_tokens_with_shared_sinks(idp: FakeIdp, tmp_path: P
             toss(h).flip(False)
             await settle(h)
             Shelf.values.clear()
-            assert await h.run_for(timedelta(hours=3)) > 0  # the local token carries on
+            mixed_file = (tmp_path / "mixed").read_text()
+            assert await h.run_for(timedelta(hours=3)) > 0  # local and mixed tokens carry on
             assert Shelf.values == {}
+            assert (tmp_path / "mixed").read_text() != mixed_file
             assert all(view.ready for view in h.engine.query(h.clock.now()))
 
             toss(h).flip(True)  # leading again: the token it holds is published and refreshed
@@ -230,17 +248,16 @@ def test_a_token_in_flight_when_leadership_is_lost_is_not_published(
 
             await h.start()
             await settle(h)
-            assert len(idp.token_requests) == 1
+            assert len(idp.token_requests) == 2
             idp.fail(slow)
             toss(h).flip(True)
             await launched(h)
             await settle(h)
             assert lost.is_set()
             asked = len(idp.token_requests)
-            assert asked == 2  # the local token's at start, and the one in flight
-            assert Shelf.values == {}  # its answer was not published (nor kept: not this
-            assert all(h.job(name).token is None for name in ("shared", "mixed"))  # replica's)
-            assert not (tmp_path / "mixed").exists()
+            assert asked == 3  # local and mixed at start, and the one in flight
+            assert "shared" not in Shelf.values  # its answer was not published (nor kept:
+            assert h.job("shared").token is None  # not this replica's)
 
     asyncio.run(scenario())
 
@@ -261,10 +278,7 @@ def test_leader_election_changes_wait_for_a_restart(
             elector.flip(False)
             assert h.engine.leadership() is not None
             assert not h.engine.leadership().leading  # type: ignore[union-attr]
-            assert [v.name for v in h.engine.query(h.clock.now()) if v.standby] == [
-                "shared",
-                "mixed",
-            ]
+            assert [v.name for v in h.engine.query(h.clock.now()) if v.standby] == ["shared"]
 
     asyncio.run(scenario())
     assert "reload: changes to toss take effect at the next restart" in caplog.text

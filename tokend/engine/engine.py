@@ -40,8 +40,9 @@ class Blueprint:
     on_demand: bool = False
     """Not acquired at start: `demand()` (the local endpoint's first request) starts it."""
     leader_only: bool = False
-    """It writes to a store shared between replicas: with leader election, only the leader runs
-    it (see `Engine.lead_with`)."""
+    """Every sink writes to a store shared between replicas: with leader election, only the
+    leader runs it (see `Engine.lead_with`). A token with local sinks too runs everywhere,
+    its shared sinks written by the leader only (`Publisher.follow`)."""
 
 
 class Leadership(Protocol):
@@ -134,13 +135,18 @@ class Engine:
         self._leading = leading
         self._transitions += 1
         jobs = [job for name, job in self.jobs.items() if name in self._leader_only]
+        everywhere = [job for name, job in self.jobs.items() if name not in self._leader_only]
+        now = self._clock.now()
         if not leading:
             for job in jobs:
                 job.halt()
+            for job in everywhere:
+                job.publisher.follow()
             log.warning("not leading: stopped %d tokens with shared sinks", len(jobs))
             return
         log.info("leading: starting %d tokens with shared sinks", len(jobs))
-        now = self._clock.now()
+        for job in everywhere:
+            job.publisher.lead(now)
         carried = {job.name: job.token for job in jobs if job.token and job.token.is_valid(now)}
         task = asyncio.get_running_loop().create_task(self._launch(jobs, carried))
         self._launches.add(task)
@@ -196,6 +202,9 @@ class Engine:
 
     async def _launch(self, jobs: list[TokenJob], carried: dict[str, Token]) -> None:
         now = self._clock.now()
+        if not self._leading:
+            for job in jobs:
+                job.publisher.follow()  # its shared sinks are the leader's to write
         stored = await asyncio.to_thread(
             lambda: {job.name: carried.get(job.name) or job.stored_token(now) for job in jobs}
         )

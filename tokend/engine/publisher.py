@@ -62,7 +62,11 @@ class Deliveries:
 
 
 class Publisher:
-    """All the sinks of one token."""
+    """All the sinks of one token.
+
+    With leader election, a token with both shared sinks (Vault, Kubernetes) and pod-local ones
+    (files) runs on every replica: on a follower its shared sinks stand by (`follow()`), written
+    only by the leader, while its local sinks are written everywhere."""
 
     __slots__ = ("_deliveries", "slots")
 
@@ -70,25 +74,47 @@ class Publisher:
         self.slots = tuple(slots)
         self._deliveries = deliveries
 
+    @property
+    def _active(self) -> list[SinkSlot]:
+        return [slot for slot in self.slots if not slot.standby]
+
     async def publish(self, token: Token) -> bool:
-        """Deliver `token` to every sink concurrently and wait. True when every sink holds it."""
+        """Deliver `token` to every sink concurrently and wait. True when every sink holds it
+        (those standing by are given it when this replica leads)."""
         for slot in self.slots:
             slot.offer(token)
-        delivered = await asyncio.gather(*(slot.deliver() for slot in self.slots))
+        delivered = await asyncio.gather(*(slot.deliver() for slot in self._active))
         return all(delivered)
 
     def publish_in_background(self, token: Token) -> None:
         """Deliver `token` to every sink without waiting: each sink at its own pace."""
         for slot in self.slots:
             slot.offer(token)
+        for slot in self._active:
             self._deliveries.start(slot)
+
+    def follow(self) -> None:
+        """Another replica leads: the shared sinks stand by (a write in flight is cancelled)."""
+        for slot in self.slots:
+            if slot.shared and not slot.standby:
+                slot.standby = True
+                slot.halt()
+
+    def lead(self, now: datetime) -> None:
+        """This replica leads: the shared sinks take the newest valid token."""
+        for slot in self.slots:
+            if slot.standby:
+                slot.standby = False
+                slot.open()
+                if slot.wanted is not None and slot.wanted.is_valid(now):
+                    self._deliveries.start(slot)
 
     def last_error(self) -> TokendError | None:
         """The error of a sink that failed its last delivery, if any (the first such sink)."""
         return next((slot.last_error for slot in self.slots if slot.last_error), None)
 
     def all_hold_valid_token(self, now: datetime) -> bool:
-        return all(slot.holds_valid_token(now) for slot in self.slots)
+        return all(slot.holds_valid_token(now) for slot in self._active)
 
     async def expire(self, now: datetime) -> None:
         await asyncio.gather(*(slot.expire(now) for slot in self.slots))
@@ -102,7 +128,7 @@ class Publisher:
             slot.halt()
 
     def open(self) -> None:
-        for slot in self.slots:
+        for slot in self._active:
             slot.open()
 
     async def close(self) -> None:

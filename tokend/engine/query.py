@@ -39,6 +39,8 @@ class SinkView:
     """Failed publishes so far."""
     notifications: dict[str, int] | None = None
     """Consumer notifications (`on_publish`) by result, if the sink has any."""
+    standby: bool = False
+    """Leader election: a shared sink another replica leads and writes; this one does not."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,18 +84,19 @@ def view_of(
     token = job.token
     valid = token is not None and token.is_valid(now)
     sinks = tuple(_sink_view(slot, now) for slot in job.publisher.slots)
+    written = [sink for sink in sinks if not sink.standby]
     phase = job.phase(now)
     return TokenView(
         name=job.name,
         phase=Phase.STANDBY if standby else phase,
         token=token,
         valid=valid,
-        published=valid and all(sink.holds_valid_token for sink in sinks),
+        published=valid and all(sink.holds_valid_token for sink in written),
         # Not waited for: an on-demand token nobody has asked for yet, or one another
         # replica runs (leader election).
         ready=dormant
         or standby
-        or (valid and all(s.holds_valid_token for s in sinks if s.required_for_ready)),
+        or (valid and all(s.holds_valid_token for s in written if s.required_for_ready)),
         next_refresh=job.next_run,
         last_success=job.last_success,
         failures=job.failures,
@@ -124,4 +127,5 @@ def _sink_view(slot: SinkSlot, now: datetime) -> SinkView:
         published=slot.results.success,
         errors=slot.results.error,
         notifications=dict(getattr(slot.observer, "results", {})) if slot.observer else None,
+        standby=slot.standby,
     )

@@ -67,7 +67,9 @@ class SinkSlot:
         "observer",
         "required_for_ready",
         "results",
+        "shared",
         "sink",
+        "standby",
         "token_name",
         "wanted",
         "withdraw_on_expiry",
@@ -85,9 +87,14 @@ class SinkSlot:
         withdraw_on_expiry: bool = False,
         required_for_ready: bool = True,
         verifier: Verifier | None = None,
+        shared: bool = False,
     ) -> None:
         self.token_name = token_name
         self.sink = sink
+        self.shared = shared
+        """The sink writes to a store shared between replicas (leader election gates it)."""
+        self.standby = False
+        """Another replica leads and writes this shared sink; this one leaves it alone."""
         self.withdraw_on_expiry = withdraw_on_expiry
         self.required_for_ready = required_for_ready
         """Readiness (`/readyz`, systemd READY) waits for this sink to hold a valid token."""
