@@ -19,6 +19,7 @@ from typing import Any, TextIO
 
 from tokend.clock import SYSTEM_CLOCK, Clock
 from tokend.config import Config
+from tokend.errors import TokendError
 from tokend.oauth import GrantContext, Target, build_grant
 from tokend.oauth.device_code import (
     DeviceFlowError,
@@ -40,8 +41,11 @@ log = logging.getLogger("tokend.login")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
-class LoginError(Exception):
+class LoginError(TokendError):
     """The login cannot start: the config or the command is wrong (exit 2)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="login")
 
 
 @dataclass(frozen=True)

@@ -11,12 +11,17 @@ from __future__ import annotations
 import socket
 from typing import TYPE_CHECKING, Any
 
+from tokend.errors import TokendError
+
 if TYPE_CHECKING:
     from tokend.quiet_server import QuietServer
 
 
-class ListenError(Exception):
+class ListenError(TokendError):
     """The listener could not bind; the text names the address."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="listen")
 
 
 class HttpListener:

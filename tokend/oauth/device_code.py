@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from tokend.clock import Clock
+from tokend.errors import TokendError
 from tokend.oauth.errors import Peer, TokenError, classify_error_response
 from tokend.oauth.http import Clients, ExchangeFailed
 from tokend.oauth.response import MalformedResponse, parse_token_response
@@ -35,8 +36,11 @@ _EXPIRED = "nobody signed in before the code expired: run tokend login again"
 Sleep = Callable[[float], Awaitable[None]]
 
 
-class DeviceFlowError(Exception):
+class DeviceFlowError(TokendError):
     """The sign-in did not complete; the text (one line, no secret) says why and what to do."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="device_flow")
 
 
 @dataclass(frozen=True, slots=True)
