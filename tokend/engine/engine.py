@@ -85,6 +85,24 @@ class ReloadSummary:
         )
 
 
+@dataclass
+class RetiredCounts:
+    """Attempts made by jobs that a reload replaced or removed, so that instance-wide totals
+    (the sum over every job, plus these) never go down."""
+
+    refreshes: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(("success", "transient_error", "permanent_error"), 0)
+    )
+    publishes: dict[str, int] = field(default_factory=lambda: {"success": 0, "error": 0})
+
+    def add(self, job: TokenJob) -> None:
+        for result in self.refreshes:
+            self.refreshes[result] += job.results[result]
+        for slot in job.publisher.slots:
+            for result in self.publishes:
+                self.publishes[result] += slot.results[result]
+
+
 class Engine:
     def __init__(self, *, clock: Clock = SYSTEM_CLOCK) -> None:
         self._clock = clock
@@ -101,6 +119,7 @@ class Engine:
         self._leader_only: frozenset[str] = frozenset()
         self._stopped = False
         self._launches: set[asyncio.Task[None]] = set()
+        self.retired = RetiredCounts()
 
     def lead_with(self, leadership: Leadership) -> None:
         """Run leader-only jobs (`Blueprint.leader_only`) only while `leadership` says this
@@ -181,6 +200,7 @@ class Engine:
             if jobs.get(name) is old:
                 continue
             old.stop()  # replaced or removed: stopped before its successor starts
+            self.retired.add(old)
             if name in jobs or name in standby:
                 await old.publisher.close()
             else:
