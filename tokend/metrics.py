@@ -10,7 +10,7 @@ Metric names are an interface: dashboards and alerts depend on them.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -21,8 +21,7 @@ from prometheus_client.registry import Collector
 from tokend import __version__
 from tokend.clock import SYSTEM_CLOCK, Clock
 from tokend.engine import Engine, TokenView
-from tokend.engine.engine import RetiredCounts
-from tokend.engine.job import Phase
+from tokend.engine.query import Census
 from tokend.resources import ResourceKind, Resources
 from tokend.status import ON_DEMAND
 
@@ -108,34 +107,23 @@ class EngineCollector(Collector):
         if engine is None:
             return
         now = self._clock.now()
-        late_before = now - LATE
-        every = self.scope == "all"
+        census = engine.census(now, late=now - LATE)
         tokens = TokenFamilies()
-        totals = Totals(engine.retired)
-        for view in engine.query(now):
-            totals.add(view)
-            if view.dormant or view.standby:
-                continue  # on demand and never asked for, or the leader's: nothing to report
-            if every or needs_attention(view, late_before):
-                tokens.add(view)
+        if self.scope == "all":
+            views: Iterable[TokenView | None] = engine.query(now)
+        else:  # a view for each token that needs attention only: 100,000 views take seconds
+            views = (engine.view(name, now) for name in census.attention)
+        for view in views:
+            if view is not None and not view.dormant and not view.standby:
+                tokens.add(view)  # not dormant (nobody asked) nor the leader's: nothing to say
         yield from tokens.families()
-        yield from totals.families()
+        yield from _totals(census)
         yield from _leadership(engine)
 
 
 LATE = timedelta(seconds=60)
 """A token whose planned refresh is this far in the past needs attention (as the alert
 TokendTokenRefreshStuck reads it)."""
-
-
-def needs_attention(view: TokenView, late_before: datetime) -> bool:
-    """Not valid, failing, a sink failing, or its planned refresh over a minute overdue."""
-    return (
-        not view.valid
-        or view.failures > 0
-        or any(sink.failures for sink in view.sinks)
-        or (view.next_refresh is not None and view.next_refresh < late_before)
-    )
 
 
 class TokenFamilies:
@@ -192,71 +180,41 @@ class TokenFamilies:
         yield from (self.refreshes, self.publishes, self.sink_success, self.notifier_runs)
 
 
-TOKEN_STATES = (*(phase.value for phase in Phase), ON_DEMAND)
-"""Every state `/status` names."""
-
-
-class Totals:
-    """Instance-wide series, a handful whatever the number of tokens: tokens per state, the
-    soonest expiry, and refresh and publish counts summed over every token (those of tokens a
-    reload replaced or removed included, so the sums never go down)."""
-
-    def __init__(self, retired: RetiredCounts) -> None:
-        self.states = dict.fromkeys(TOKEN_STATES, 0)
-        self.earliest: datetime | None = None
-        self.refreshes = dict(retired.refreshes)
-        self.publishes = dict(retired.publishes)
-        self.identities: dict[str, datetime] = {}
-
-    def add(self, view: TokenView) -> None:
-        self.states[ON_DEMAND if view.dormant else view.phase.value] += 1
-        for result in REFRESH_RESULTS:
-            self.refreshes[result] += view.refreshes[result]
-        for sink in view.sinks:
-            self.publishes["success"] += sink.published
-            self.publishes["error"] += sink.errors
-        if view.dormant or view.standby:
-            return
-        expires_at = view.expires_at
-        if view.valid and expires_at and (self.earliest is None or expires_at < self.earliest):
-            self.earliest = expires_at
-        credential = view.credential
-        if credential and credential.expires_at:  # tokens of one identity share it
-            self.identities.setdefault(credential.identity, credential.expires_at)
-
-    def families(self) -> Iterator[Metric]:
-        states = GaugeMetricFamily(
-            "tokend_tokens",
-            "Configured tokens in each state (as /status names it).",
-            labels=["state"],
-        )
-        for state, count in self.states.items():
-            states.add_metric([state], count)
-        earliest = GaugeMetricFamily(
-            "tokend_token_expiry_earliest_timestamp_seconds",
-            "When the soonest-expiring valid token held expires (Unix time); absent if none.",
-        )
-        _add_time(earliest, [], self.earliest)
-        refreshes = CounterMetricFamily(
-            "tokend_refreshes", "Token requests of every token, by outcome.", labels=["result"]
-        )
-        for result, count in self.refreshes.items():
-            refreshes.add_metric([result], count)
-        publishes = CounterMetricFamily(
-            "tokend_sink_publishes",
-            "Attempts to publish a token to a sink, every token and sink, by outcome.",
-            labels=["result"],
-        )
-        for result, count in self.publishes.items():
-            publishes.add_metric([result], count)
-        certificates = GaugeMetricFamily(
-            "tokend_identity_certificate_expiry_timestamp_seconds",
-            "When the certificate an identity signs its requests with expires (Unix time).",
-            labels=["identity"],
-        )
-        for identity, expires_at in self.identities.items():
-            _add_time(certificates, [identity], expires_at)
-        yield from (states, earliest, refreshes, publishes, certificates)
+def _totals(census: Census) -> Iterator[Metric]:
+    """Instance-wide series, a handful whatever the number of tokens."""
+    states = GaugeMetricFamily(
+        "tokend_tokens",
+        "Configured tokens in each state (as /status names it).",
+        labels=["state"],
+    )
+    for phase, count in census.states.items():
+        states.add_metric([phase.value], count)
+    states.add_metric([ON_DEMAND], census.dormant)
+    earliest = GaugeMetricFamily(
+        "tokend_token_expiry_earliest_timestamp_seconds",
+        "When the soonest-expiring valid token held expires (Unix time); absent if none.",
+    )
+    _add_time(earliest, [], census.earliest_expiry)
+    refreshes = CounterMetricFamily(
+        "tokend_refreshes", "Token requests of every token, by outcome.", labels=["result"]
+    )
+    for result, count in census.refreshes.items():
+        refreshes.add_metric([result], count)
+    publishes = CounterMetricFamily(
+        "tokend_sink_publishes",
+        "Attempts to publish a token to a sink, every token and sink, by outcome.",
+        labels=["result"],
+    )
+    for result, count in census.publishes.items():
+        publishes.add_metric([result], count)
+    certificates = GaugeMetricFamily(
+        "tokend_identity_certificate_expiry_timestamp_seconds",
+        "When the certificate an identity signs its requests with expires (Unix time).",
+        labels=["identity"],
+    )
+    for identity, expires_at in census.credentials.items():
+        _add_time(certificates, [identity], expires_at)
+    yield from (states, earliest, refreshes, publishes, certificates)
 
 
 def _leadership(engine: Engine) -> Iterator[Metric]:

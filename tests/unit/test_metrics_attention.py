@@ -7,42 +7,20 @@ from typing import Any
 
 import pytest
 
-from tokend.engine import Phase, SinkView, TokenView
-from tokend.metrics import LATE, needs_attention
+from tokend.engine.query import needs_attention
+from tokend.metrics import LATE
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-def _sink(failures: int = 0) -> SinkView:
-    return SinkView(
-        name="file",
-        held_expires_at=NOW + timedelta(hours=1),
-        holds_valid_token=True,
-        required_for_ready=True,
-        last_success=NOW,
-        failures=failures,
-        last_error=None,
-        published=1,
-        errors=failures,
-    )
-
-
-def _view(**changes: Any) -> TokenView:
-    fields: dict[str, Any] = {
-        "name": "crm",
-        "phase": Phase.FRESH,
-        "token": None,
+def _attention(**changes: Any) -> bool:
+    token: dict[str, Any] = {
         "valid": True,
-        "published": True,
-        "ready": True,
-        "next_refresh": NOW + timedelta(minutes=50),
-        "last_success": NOW,
         "failures": 0,
-        "last_error": None,
-        "refreshes": {"success": 1, "transient_error": 0, "permanent_error": 0},
-        "sinks": (_sink(),),
+        "sink_failing": False,
+        "next_refresh": NOW + timedelta(minutes=50),
     }
-    return TokenView(**(fields | changes))
+    return needs_attention(**(token | changes), late=NOW - LATE)
 
 
 @pytest.mark.parametrize(
@@ -54,8 +32,8 @@ def _view(**changes: Any) -> TokenView:
         ({"next_refresh": NOW - LATE - timedelta(seconds=1)}, True),
         ({"valid": False}, True),  # never acquired, or expired
         ({"failures": 1}, True),
-        ({"sinks": (_sink(), _sink(failures=2))}, True),
+        ({"sink_failing": True}, True),
     ],
 )
 def test_needs_attention(changes: dict[str, Any], attention: bool) -> None:
-    assert needs_attention(_view(**changes), NOW - LATE) is attention
+    assert _attention(**changes) is attention

@@ -20,7 +20,7 @@ from tokend.clock import SYSTEM_CLOCK, Clock
 from tokend.engine.job import TokenJob
 from tokend.engine.policy import startup_at
 from tokend.engine.publisher import Deliveries
-from tokend.engine.query import TokenView, view_of
+from tokend.engine.query import Census, TokenView, take_census, view_of
 from tokend.engine.scheduler import Runner
 from tokend.engine.state import fingerprint
 from tokend.token import Token
@@ -264,6 +264,14 @@ class Engine:
         """A read-only view of every token, for metrics, status and the local endpoint."""
         for name, job in self.jobs.items():
             yield view_of(job, now, dormant=name in self._dormant, standby=not self._runs(name))
+
+    def census(self, now: datetime, late: datetime) -> Census:
+        """Figures over every token without a view per token (see `Census`); tokens whose
+        planned refresh is before `late` count as needing attention."""
+        jobs = (
+            (job, name in self._dormant, not self._runs(name)) for name, job in self.jobs.items()
+        )
+        return take_census(jobs, now, late, (self.retired.refreshes, self.retired.publishes))
 
     def view(self, name: str, now: datetime) -> TokenView | None:
         job = self.jobs.get(name)
