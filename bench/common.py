@@ -36,9 +36,10 @@ class Provider:
 
 
 @contextmanager
-def fast_provider() -> Iterator[Provider]:
+def fast_provider(*options: str) -> Iterator[Provider]:
+    """bench/fastidp.py on a free port; `options` as its command line takes them."""
     process = subprocess.Popen(
-        [PYTHON, str(BENCH / "fastidp.py"), "0"], stdout=subprocess.PIPE, text=True
+        [PYTHON, str(BENCH / "fastidp.py"), "0", *options], stdout=subprocess.PIPE, text=True
     )
     try:
         assert process.stdout is not None

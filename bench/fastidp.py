@@ -6,6 +6,14 @@ under test is what gets measured. v1 (`/oauth2/token`) answers with string numbe
 integers. A resource or scope containing `/life-N` gets tokens living N seconds (default 3600).
 
     python bench/fastidp.py PORT        prints `READY http://127.0.0.1:PORT`; SIGTERM stops it
+    python bench/fastidp.py PORT --spread DELAY PERIOD
+        lifetimes that make refreshes at half-life (`refresh_threshold` over half of every
+        lifetime, `jitter: 0`) fall uniformly over PERIOD seconds from DELAY seconds after the
+        first token request, and then every PERIOD seconds: N tokens refresh at N/PERIOD a
+        second, whenever each was first acquired (bench/scale.py).
+
+`GET /requests` answers with the number of token requests so far; `GET /start` with the Unix
+time `--spread`'s period starts at (0 before the first token request).
 """
 
 from __future__ import annotations
@@ -57,6 +65,31 @@ def response(version: int, lifetime: int) -> bytes:
     )
 
 
+class Spread:
+    """Lifetimes for `--spread`: the k-th request before the start gets a token whose half-life
+    ends at start + u_k x period (u_k: the golden-ratio sequence, uniform in [0, 1)); requests
+    from the start on get a lifetime of 2 x period."""
+
+    def __init__(self, delay: float, period: float) -> None:
+        self.delay, self.period = delay, period
+        self.start: float | None = None
+        self.count = 0
+
+    def lifetime(self) -> int:
+        now = time.time()
+        if self.start is None:
+            self.start = now + self.delay
+        self.count += 1
+        due = self.start + (self.count * 0.6180339887498949 % 1.0) * self.period
+        if now >= self.start:
+            return max(2, round(2 * self.period))
+        return max(2, round(2 * (due - now)))
+
+
+REQUESTS = [0]
+SPREAD: list[Spread] = []
+
+
 class TokenEndpoint(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport: asyncio.Transport = transport  # type: ignore[assignment]
@@ -70,7 +103,25 @@ class TokenEndpoint(asyncio.Protocol):
             if len(self.buffer) < total:
                 return
             request, self.buffer = self.buffer[:total], self.buffer[total:]
-            version = 2 if b"/v2.0/" in request[: request.find(b"\r\n")] else 1
+            line = request[: request.find(b"\r\n")]
+            if line.startswith(b"GET /"):  # /requests: how many so far; /start: --spread's
+                count = str(
+                    SPREAD[0].start or 0
+                    if line.startswith(b"GET /start") and SPREAD
+                    else REQUESTS[0]
+                ).encode()
+                self.transport.write(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: "
+                    + str(len(count)).encode()
+                    + b"\r\n\r\n"
+                    + count
+                )
+                continue
+            REQUESTS[0] += 1
+            version = 2 if b"/v2.0/" in line else 1
+            if SPREAD:
+                self.transport.write(response(version, SPREAD[0].lifetime()))
+                continue
             lifetime = _LIFETIME.search(unquote_plus(request[head_end:].decode()).encode())
             self.transport.write(response(version, int(lifetime.group(1)) if lifetime else 3600))
 
@@ -87,4 +138,7 @@ async def main(port: int) -> None:
 
 
 if __name__ == "__main__":
+    if "--spread" in sys.argv:
+        at = sys.argv.index("--spread")
+        SPREAD.append(Spread(float(sys.argv[at + 1]), float(sys.argv[at + 2])))
     asyncio.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 0))

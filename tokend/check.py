@@ -65,12 +65,28 @@ def warnings(loaded: LoadedConfig) -> list[str]:
         for index, sink in enumerate(token.sinks)
         for line in sink.warnings()
     ]
+    if config.metrics.per_token == "all" and len(config.tokens) > MANY_TOKENS:  # noqa: S105
+        found.append(
+            f"{source}: metrics.per_token: all with {len(config.tokens):,} tokens exports "
+            f"{per_token_series(config):,} series on every scrape; per_token: problems exports "
+            "only those of tokens that need attention (the instance-wide series stay)"
+        )
     if config.listen and not is_loopback(split_listen(config.listen)[0]):
         found.append(
             f"{source}: listen: {config.listen} is reachable from other machines; /metrics and "
             "/status hold no secrets, but restrict who can reach them"
         )
     return found
+
+
+MANY_TOKENS = 10_000
+"""Above this, `per_token: all` makes a scrape too large to be useful: `tokend check` warns."""
+
+
+def per_token_series(config: Config) -> int:
+    """How many per-token series `/metrics` exports with `per_token: all` once every token is
+    held: 5 gauges and 3 refresh counters per token, 2 publish counters and a gauge per sink."""
+    return sum(8 + 3 * len(token.sinks) for token in config.tokens.values())
 
 
 def _local(config: Config) -> Iterator[tuple[str, str]]:

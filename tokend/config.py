@@ -99,6 +99,15 @@ class LogOptions(_Model):
     format: Literal["text", "json"] = "text"
 
 
+class MetricsOptions(_Model):
+    """What `/metrics` exports per token. Instance-wide aggregates are always exported."""
+
+    per_token: Literal["all", "problems"] = "all"  # noqa: S105 - not a secret
+    """`all`: every token's series (about 8, plus 3 per sink). `problems`: only those of tokens
+    that need attention (not valid, failing, a sink failing, or over a minute late), so 100,000
+    healthy tokens make a scrape of a few lines; the aggregates carry the rates."""
+
+
 class Identity(_Model):
     """An app registration (or any OAuth2 client) and where it gets tokens.
 
@@ -217,6 +226,7 @@ class Config(_Model):
     or as soon as it has started."""
     endpoint: EndpointOptions | None = None
     """The local token endpoint (off unless given)."""
+    metrics: MetricsOptions = MetricsOptions()
     sections: Sections = Field(default_factory=dict)
     """The top-level blocks of shared resources, by name (written at the top level)."""
 

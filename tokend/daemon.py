@@ -51,7 +51,7 @@ class Daemon:
     """Default: an `ApsScheduler` running at most `run_limit(config)` jobs at once."""
 
     def __post_init__(self, custom_scheduler: ApsScheduler | None) -> None:
-        self.metrics = Metrics(self.clock)
+        self.metrics = Metrics(self.clock, self.config.metrics.per_token)
         self.client = TokenClient(http_settings(self.config), clock=self.clock)
         self.scheduler = custom_scheduler or ApsScheduler(concurrency=run_limit(self.config))
         self.assembly = Assembly(
@@ -190,6 +190,7 @@ class Daemon:
             if getattr(loaded.config, key) != getattr(self.config, key):
                 log.warning("reload: changes to %s take effect at the next restart", key)
         summary = await self.assembly.reload(loaded.config)
+        self.metrics.configure(loaded.config.metrics.per_token)
         if self.endpoint:
             self.endpoint.reconfigure(loaded.config)
         self.config = loaded.config

@@ -1,10 +1,14 @@
 """Atomic, private file writes: a reader sees the old file or the new one, never a partial one,
 and a crash (even `kill -9`) at any instant leaves one of the two.
 
-All writes from the event loop go through one dedicated thread (`in_writer_thread`). Each write
-is mostly waiting in fsync, but several threads each holding the GIL between their syscalls make
-the event loop wait for it after every socket operation; measured with 2000 file-sink writes
-during `tokend once`, the default executor's threads cost ~40 % more CPU than one thread.
+All writes from the event loop go through a few dedicated writer threads (`in_writer_thread`);
+the calls on one object (a sink, a state store) always go to the same thread, so they land in
+the order they were made. Each write is mostly waiting in fsync, but it takes the GIL back after
+each of its ten syscalls, and a busy event loop holds the GIL for the switch interval (5 ms by
+default) before handing it over: one writer beside a busy loop managed 41-57 writes a second
+(100,000 tokens took 30 minutes to reach their files). With 4 writers and a 1 ms switch interval,
+360 a second (bench/RESULTS.md, section 7). The default executor's many threads cost ~40 % more
+CPU than one (measured with 2000 file-sink writes during `tokend once`); four cost little more.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -22,14 +27,25 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 _TEMP_MARK = ".tokend-tmp-"
-_WRITER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokend-files")
+WRITERS = 4
+_WRITERS = [
+    ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"tokend-files{index}")
+    for index in range(WRITERS)
+]
+SWITCH_INTERVAL = 0.001
+"""How long (s) a thread holding the GIL keeps it while a writer waits for it (Python: 0.005)."""
 _T = TypeVar("_T")
 
 
 async def in_writer_thread(function: Callable[..., _T], *args: object, **kwargs: object) -> _T:
-    """Run blocking file work on the writer thread without blocking the event loop."""
+    """Run blocking file work on a writer thread without blocking the event loop. Calls of the
+    methods of one object run on one thread, in order; other functions on the first thread."""
+    if sys.getswitchinterval() > SWITCH_INTERVAL:
+        sys.setswitchinterval(SWITCH_INTERVAL)  # writers get the GIL back sooner (see above)
+    owner = getattr(function, "__self__", None)
+    writer = _WRITERS[_spread(id(owner)) if owner is not None else 0]
     return await asyncio.get_running_loop().run_in_executor(
-        _WRITER, partial(function, *args, **kwargs)
+        writer, partial(function, *args, **kwargs)
     )
 
 
@@ -80,7 +96,13 @@ STALE_AFTER = 60.0
 """A temp file this many seconds old belongs to no write in progress (writes take
 milliseconds): it was left by a process killed mid-write."""
 
-_swept: set[str] = set()  # directories swept by this process; touched only by the writer thread
+_swept: set[str] = set()  # directories swept by this process (a race sweeps one twice: harmless)
+
+
+def _spread(address: int) -> int:
+    """A writer for an object's address (Fibonacci hashing: addresses are spaced by the size of
+    the objects, a multiple of 16, so their low bits alone would pick the same writer)."""
+    return ((address >> 4) * 0x9E3779B97F4A7C15 >> 40) % WRITERS
 
 
 def sweep_stale_temp_files(directory: str | Path) -> None:

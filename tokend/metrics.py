@@ -10,9 +10,9 @@ Metric names are an interface: dashboards and alerts depend on them.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from datetime import datetime
-from typing import Any
+from collections.abc import Iterable, Iterator
+from datetime import datetime, timedelta
+from typing import Any, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -20,8 +20,13 @@ from prometheus_client.registry import Collector
 
 from tokend import __version__
 from tokend.clock import SYSTEM_CLOCK, Clock
-from tokend.engine import Engine
+from tokend.engine import Engine, TokenView
+from tokend.engine.query import Census
 from tokend.resources import ResourceKind, Resources
+from tokend.status import ON_DEMAND
+
+Scope = Literal["all", "problems"]
+"""Which tokens have their own series (`metrics.per_token`)."""
 
 REFRESH_RESULTS = ("success", "transient_error", "permanent_error")
 ENDPOINT_PROTOCOLS = ("app_service", "imds", "requesttoken", "other")
@@ -37,7 +42,7 @@ ENDPOINT_RESULTS = (
 
 
 class Metrics:
-    def __init__(self, clock: Clock = SYSTEM_CLOCK) -> None:
+    def __init__(self, clock: Clock = SYSTEM_CLOCK, scope: Scope = "all") -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.refresh_duration = Histogram(
             "tokend_token_refresh_duration_seconds",
@@ -65,7 +70,7 @@ class Metrics:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 2.5, 10),
             registry=self.registry,
         )
-        self._collector = EngineCollector(clock)
+        self._collector = EngineCollector(clock, scope)
         self.registry.register(self._collector)
 
     def watch(self, engine: Engine, resources: Resources | None = None) -> None:
@@ -75,15 +80,23 @@ class Metrics:
         if resources is not None:
             self.registry.register(ResourcesCollector(resources))
 
+    def configure(self, scope: Scope) -> None:
+        """Which tokens' own series to export from the next scrape on (`metrics.per_token`)."""
+        self._collector.scope = scope
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
 
 class EngineCollector(Collector):
-    """Token and sink metrics, read from the engine's current state at each scrape."""
+    """Token and sink metrics, read from the engine's current state at each scrape.
 
-    def __init__(self, clock: Clock) -> None:
+    Instance-wide aggregates always; per-token series for every token (`per_token: all`) or
+    only for those that need attention (`problems`: see `needs_attention`)."""
+
+    def __init__(self, clock: Clock, scope: Scope = "all") -> None:
         self.engine: Engine | None = None
+        self.scope: Scope = scope
         self._clock = clock
 
     def describe(self) -> Iterator[Metric]:
@@ -94,7 +107,30 @@ class EngineCollector(Collector):
         if engine is None:
             return
         now = self._clock.now()
-        token_gauges = {
+        census = engine.census(now, late=now - LATE)
+        tokens = TokenFamilies()
+        if self.scope == "all":
+            views: Iterable[TokenView | None] = engine.query(now)
+        else:  # a view for each token that needs attention only: 100,000 views take seconds
+            views = (engine.view(name, now) for name in census.attention)
+        for view in views:
+            if view is not None and not view.dormant and not view.standby:
+                tokens.add(view)  # not dormant (nobody asked) nor the leader's: nothing to say
+        yield from tokens.families()
+        yield from _totals(census)
+        yield from _leadership(engine)
+
+
+LATE = timedelta(seconds=60)
+"""A token whose planned refresh is this far in the past needs attention (as the alert
+TokendTokenRefreshStuck reads it)."""
+
+
+class TokenFamilies:
+    """The per-token (and per-token-and-sink) series of one scrape."""
+
+    def __init__(self) -> None:
+        self.gauges = {
             key: GaugeMetricFamily(f"tokend_token_{key}", text, labels=["token"])
             for key, text in (
                 ("expiry_timestamp_seconds", "When the currently held token expires (Unix time)."),
@@ -104,56 +140,83 @@ class EngineCollector(Collector):
                 ("consecutive_failures", "Failed attempts since the last success (0 if healthy)."),
             )
         }
-        refreshes = CounterMetricFamily(
+        self.refreshes = CounterMetricFamily(
             "tokend_token_refresh", "Token requests by outcome.", labels=["token", "result"]
         )
-        publishes = CounterMetricFamily(
+        self.publishes = CounterMetricFamily(
             "tokend_sink_publish",
             "Attempts to publish a token to a sink, by outcome.",
             labels=["token", "sink", "result"],
         )
-        notifier_runs = CounterMetricFamily(
+        self.notifier_runs = CounterMetricFamily(
             "tokend_notifier_runs",
             "Consumer notifications (on_publish) after a sink's write, by outcome.",
             labels=["token", "sink", "result"],
         )
-        sink_success = GaugeMetricFamily(
+        self.sink_success = GaugeMetricFamily(
             "tokend_sink_last_success_timestamp_seconds",
             "When a sink last accepted a token (Unix time).",
             labels=["token", "sink"],
         )
-        certificates = GaugeMetricFamily(
-            "tokend_identity_certificate_expiry_timestamp_seconds",
-            "When the certificate an identity signs its requests with expires (Unix time).",
-            labels=["identity"],
-        )
-        identities: set[str] = set()
-        for view in engine.query(now):
-            if view.dormant or view.standby:
-                continue  # on demand and never asked for, or the leader's: nothing to report
-            name = view.name
-            _add_time(token_gauges["expiry_timestamp_seconds"], [name], view.expires_at)
-            _add_time(token_gauges["next_refresh_timestamp_seconds"], [name], view.next_refresh)
-            _add_time(token_gauges["last_success_timestamp_seconds"], [name], view.last_success)
-            token_gauges["valid"].add_metric([name], 1.0 if view.valid else 0.0)
-            token_gauges["consecutive_failures"].add_metric([name], view.failures)
-            for result in REFRESH_RESULTS:
-                refreshes.add_metric([name, result], view.refreshes[result])
-            for sink in view.sinks:
-                if sink.standby:
-                    continue  # the leader's to write and report
-                publishes.add_metric([name, sink.name, "success"], sink.published)
-                publishes.add_metric([name, sink.name, "error"], sink.errors)
-                _add_time(sink_success, [name, sink.name], sink.last_success)
-                for result, count in (sink.notifications or {}).items():
-                    notifier_runs.add_metric([name, sink.name, result], count)
-            credential = view.credential
-            if credential and credential.expires_at and credential.identity not in identities:
-                identities.add(credential.identity)  # tokens of one identity share it
-                _add_time(certificates, [credential.identity], credential.expires_at)
-        yield from token_gauges.values()
-        yield from (refreshes, publishes, sink_success, notifier_runs, certificates)
-        yield from _leadership(engine)
+
+    def add(self, view: TokenView) -> None:
+        name = view.name
+        _add_time(self.gauges["expiry_timestamp_seconds"], [name], view.expires_at)
+        _add_time(self.gauges["next_refresh_timestamp_seconds"], [name], view.next_refresh)
+        _add_time(self.gauges["last_success_timestamp_seconds"], [name], view.last_success)
+        self.gauges["valid"].add_metric([name], 1.0 if view.valid else 0.0)
+        self.gauges["consecutive_failures"].add_metric([name], view.failures)
+        for result in REFRESH_RESULTS:
+            self.refreshes.add_metric([name, result], view.refreshes[result])
+        for sink in view.sinks:
+            if sink.standby:
+                continue  # the leader's to write and report
+            self.publishes.add_metric([name, sink.name, "success"], sink.published)
+            self.publishes.add_metric([name, sink.name, "error"], sink.errors)
+            _add_time(self.sink_success, [name, sink.name], sink.last_success)
+            for result, count in (sink.notifications or {}).items():
+                self.notifier_runs.add_metric([name, sink.name, result], count)
+
+    def families(self) -> Iterator[Metric]:
+        yield from self.gauges.values()
+        yield from (self.refreshes, self.publishes, self.sink_success, self.notifier_runs)
+
+
+def _totals(census: Census) -> Iterator[Metric]:
+    """Instance-wide series, a handful whatever the number of tokens."""
+    states = GaugeMetricFamily(
+        "tokend_tokens",
+        "Configured tokens in each state (as /status names it).",
+        labels=["state"],
+    )
+    for phase, count in census.states.items():
+        states.add_metric([phase.value], count)
+    states.add_metric([ON_DEMAND], census.dormant)
+    earliest = GaugeMetricFamily(
+        "tokend_token_expiry_earliest_timestamp_seconds",
+        "When the soonest-expiring valid token held expires (Unix time); absent if none.",
+    )
+    _add_time(earliest, [], census.earliest_expiry)
+    refreshes = CounterMetricFamily(
+        "tokend_refreshes", "Token requests of every token, by outcome.", labels=["result"]
+    )
+    for result, count in census.refreshes.items():
+        refreshes.add_metric([result], count)
+    publishes = CounterMetricFamily(
+        "tokend_sink_publishes",
+        "Attempts to publish a token to a sink, every token and sink, by outcome.",
+        labels=["result"],
+    )
+    for result, count in census.publishes.items():
+        publishes.add_metric([result], count)
+    certificates = GaugeMetricFamily(
+        "tokend_identity_certificate_expiry_timestamp_seconds",
+        "When the certificate an identity signs its requests with expires (Unix time).",
+        labels=["identity"],
+    )
+    for identity, expires_at in census.credentials.items():
+        _add_time(certificates, [identity], expires_at)
+    yield from (states, earliest, refreshes, publishes, certificates)
 
 
 def _leadership(engine: Engine) -> Iterator[Metric]:

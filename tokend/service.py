@@ -71,4 +71,4 @@ class ServiceReporter:
             self.notifier.status(self.status_line())
 
     def _all_published(self, now: datetime) -> bool:
-        return all(view.ready for view in self._engine.query(now))
+        return self._engine.is_ready(now)

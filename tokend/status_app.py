@@ -30,7 +30,7 @@ def create_app(
 
     async def readyz(request: Request) -> Response:
         now = clock.now()
-        waiting = [view.name for view in engine.query(now) if not view.ready]
+        waiting = engine.unready(now)
         if not waiting:
             return PlainTextResponse("ready\n")
         return PlainTextResponse("not ready: " + ", ".join(waiting) + "\n", status_code=503)

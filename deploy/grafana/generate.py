@@ -175,6 +175,71 @@ def token_table() -> table.Panel:
     return panel.height(9).span(24)
 
 
+def instance_panels(dashboard: board.Dashboard) -> board.Dashboard:
+    """Instance-wide series: exported whatever `metrics.per_token` says, so these panels work
+    at 100,000 tokens where only the tokens needing attention have their own series. Not per
+    token: the token filter does not apply."""
+    selected = 'instance=~"$instance"'
+    return (
+        dashboard.with_row(board.Row("Instance (all tokens)"))
+        .with_panel(
+            bars(
+                graph(
+                    "Tokens by state",
+                    "Configured tokens in each state, as `tokend status` names it: fresh, "
+                    "publishing, refreshing, retrying, failing, expired, pending... (alert "
+                    "TokendTokensInvalid on expired and pending).",
+                    "short",
+                    (f"sum by (state) (tokend_tokens{{{selected}}}) > 0", "{{state}}"),
+                )
+            ).span(8)
+        )
+        .with_panel(
+            counter(
+                "Soonest expiry",
+                "Time until the soonest-expiring valid token expires; under 10 minutes for long "
+                "means a token is not being refreshed (alert TokendTokenExpiringUnrefreshed).",
+                (
+                    f"min(tokend_token_expiry_earliest_timestamp_seconds{{{selected}}}) - time()",
+                    "",
+                ),
+            )
+            .unit("s")
+            .thresholds(thresholds((None, "red"), (300, "orange"), (480, "green")))
+            .span(4)
+        )
+        .with_panel(
+            bars(
+                graph(
+                    "Refreshes, all tokens",
+                    "Token requests per second summed over every token, by result (alert "
+                    "TokendRefreshesFailing).",
+                    "reqps",
+                    (
+                        f"sum by (result) (rate(tokend_refreshes_total{{{selected}}}"
+                        "[$__rate_interval]))",
+                        "{{result}}",
+                    ),
+                )
+            ).span(6)
+        )
+        .with_panel(
+            bars(
+                graph(
+                    "Sink publishes, all tokens",
+                    "Publish attempts per second summed over every token and sink, by result.",
+                    "ops",
+                    (
+                        f"sum by (result) (rate(tokend_sink_publishes_total{{{selected}}}"
+                        "[$__rate_interval]))",
+                        "{{result}}",
+                    ),
+                )
+            ).span(6)
+        )
+    )
+
+
 def token_panels(dashboard: board.Dashboard) -> board.Dashboard:
     return (
         dashboard.with_row(board.Row("Tokens"))
@@ -403,7 +468,9 @@ def build() -> board.Dashboard:
         .tooltip(DashboardCursorSync.CROSSHAIR)
         .variables(variables())
     )
-    return endpoint_panels(credential_panels(refresh_and_sink_panels(token_panels(dashboard))))
+    return endpoint_panels(
+        credential_panels(refresh_and_sink_panels(token_panels(instance_panels(dashboard))))
+    )
 
 
 def render() -> str:

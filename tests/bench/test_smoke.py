@@ -51,6 +51,12 @@ def bench(script: str, *args: str) -> str:
             r"50 tokens.*lateness p50 [\d.]+ ms\s+p99 [\d.]+ ms",
         ),
         (
+            "scale.py",
+            ["--tokens", "200", "--window", "2", "--idle", "1", "--rate", "100", "--lead", "6"],
+            r"reload \(unchanged\): [\d.]+s to 'reloaded:'.*\n(.*\n)+refreshes: \d+ in 2s.*"
+            r"lateness p50 [\d.]+ ms\s+p99 [\d.]+ ms",
+        ),
+        (
             "consumer_read.py",
             ["--reads", "1000", "--race-seconds", "0.5"],
             r"race: \d+ reads during \d+ atomic rewrites: 0 partial",

@@ -60,9 +60,14 @@ def test_every_query_goes_to_the_chosen_datasource_and_token() -> None:
                     "tokend_build_info",
                     "tokend_identity_certificate_expiry",
                     "tokend_endpoint_",
+                    "tokend_tokens{",
+                    "tokend_token_expiry_earliest_",
+                    "tokend_refreshes_total",
+                    "tokend_sink_publishes_total",
                 )
             ):
-                continue  # not per token (no token label: global, per identity, the endpoint)
+                continue  # not per token (no token label: global, instance-wide, per identity,
+                # the endpoint)
             assert 'token=~"$token"' in expr and 'instance=~"$instance"' in expr, expr
 
 
@@ -78,6 +83,9 @@ def test_panels_the_issue_asks_for() -> None:
         "Sink age",
         "Endpoint requests",
         "Endpoint latency",
+        "Tokens by state",
+        "Refreshes, all tokens",
+        "Sink publishes, all tokens",
     ):
         assert titles[title]["type"] == "timeseries", title
     assert titles["Tokens"]["type"] == "table"

@@ -92,7 +92,7 @@ def test_token_invalid_alert_pends_while_the_idp_refuses_and_clears_when_it_heal
     with running_prometheus(workdir, [tokend_url], [RULES]) as prometheus:
         groups = prometheus.api("rules")["groups"]
         loaded = [rule["name"] for group in groups for rule in group["rules"]]
-        assert "TokendTokenInvalid" in loaded and len(loaded) == 9, loaded
+        assert "TokendTokenInvalid" in loaded and len(loaded) == 12, loaded
 
         # Scraped: tokend's own metrics are in Prometheus, the token not valid, failures counted.
         wait_for(

@@ -11,7 +11,7 @@ from tests.support.prometheus import RULE_TESTS, RULES, promtool
 def test_rules_are_valid() -> None:
     result = promtool("check", "rules", str(RULES))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 9 rules found" in result.stdout
+    assert "SUCCESS: 12 rules found" in result.stdout
 
 
 def test_rules_unit_tests_pass() -> None:

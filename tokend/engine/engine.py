@@ -20,7 +20,7 @@ from tokend.clock import SYSTEM_CLOCK, Clock
 from tokend.engine.job import TokenJob
 from tokend.engine.policy import DEFAULT_STARTUP_SPREAD, startup_at
 from tokend.engine.publisher import Deliveries
-from tokend.engine.query import TokenView, view_of
+from tokend.engine.query import Census, TokenView, is_ready, take_census, view_of
 from tokend.engine.scheduler import Runner
 from tokend.engine.state import fingerprint
 from tokend.token import Token
@@ -87,6 +87,24 @@ class ReloadSummary:
         )
 
 
+@dataclass
+class RetiredCounts:
+    """Attempts made by jobs that a reload replaced or removed, so that instance-wide totals
+    (the sum over every job, plus these) never go down."""
+
+    refreshes: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(("success", "transient_error", "permanent_error"), 0)
+    )
+    publishes: dict[str, int] = field(default_factory=lambda: {"success": 0, "error": 0})
+
+    def add(self, job: TokenJob) -> None:
+        for result in self.refreshes:
+            self.refreshes[result] += job.results[result]
+        for slot in job.publisher.slots:
+            for result in self.publishes:
+                self.publishes[result] += slot.results[result]
+
+
 class Engine:
     def __init__(self, *, clock: Clock = SYSTEM_CLOCK) -> None:
         self._clock = clock
@@ -103,6 +121,7 @@ class Engine:
         self._leader_only: frozenset[str] = frozenset()
         self._stopped = False
         self._launches: set[asyncio.Task[None]] = set()
+        self.retired = RetiredCounts()
 
     def lead_with(self, leadership: Leadership) -> None:
         """Run leader-only jobs (`Blueprint.leader_only`) only while `leadership` says this
@@ -188,6 +207,7 @@ class Engine:
             if jobs.get(name) is old:
                 continue
             old.stop()  # replaced or removed: stopped before its successor starts
+            self.retired.add(old)
             if name in jobs or name in standby:
                 await old.publisher.close()
             else:
@@ -248,12 +268,28 @@ class Engine:
 
     def is_ready(self, now: datetime) -> bool:
         """Every token this replica runs holds a valid value and every sink has been given one."""
-        return all(view.ready for view in self.query(now))
+        return not self.unready(now)
+
+    def unready(self, now: datetime) -> list[str]:
+        """The tokens readiness waits for (`TokenView.ready` is False), without building views."""
+        return [
+            name
+            for name, job in self.jobs.items()
+            if not is_ready(job, now, dormant=name in self._dormant, standby=not self._runs(name))
+        ]
 
     def query(self, now: datetime) -> Iterator[TokenView]:
         """A read-only view of every token, for metrics, status and the local endpoint."""
         for name, job in self.jobs.items():
             yield view_of(job, now, dormant=name in self._dormant, standby=not self._runs(name))
+
+    def census(self, now: datetime, late: datetime) -> Census:
+        """Figures over every token without a view per token (see `Census`); tokens whose
+        planned refresh is before `late` count as needing attention."""
+        jobs = (
+            (job, name in self._dormant, not self._runs(name)) for name, job in self.jobs.items()
+        )
+        return take_census(jobs, now, late, (self.retired.refreshes, self.retired.publishes))
 
     def view(self, name: str, now: datetime) -> TokenView | None:
         job = self.jobs.get(name)

@@ -7,7 +7,8 @@ the value) so that the local endpoint can serve it, and nothing else secret.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -92,11 +93,7 @@ def view_of(
         token=token,
         valid=valid,
         published=valid and all(sink.holds_valid_token for sink in written),
-        # Not waited for: an on-demand token nobody has asked for yet, or one another
-        # replica runs (leader election).
-        ready=dormant
-        or standby
-        or (valid and all(s.holds_valid_token for s in written if s.required_for_ready)),
+        ready=is_ready(job, now, dormant=dormant, standby=standby),
         next_refresh=job.next_run,
         last_success=job.last_success,
         failures=job.failures,
@@ -111,6 +108,24 @@ def view_of(
         dormant=dormant,
         refreshing=phase == "refreshing",
         standby=standby,
+    )
+
+
+def is_ready(job: TokenJob, now: datetime, *, dormant: bool, standby: bool) -> bool:
+    """Valid, and every sink readiness waits for (`required_for_ready`) holds a valid token; or
+    not waited for: an on-demand token nobody has asked for yet, or one another replica runs
+    (leader election). Cheap: no view is built (`/readyz` asks it of every token)."""
+    if dormant or standby:
+        return True
+    token = job.token
+    return (
+        token is not None
+        and token.is_valid(now)
+        and all(
+            slot.holds_valid_token(now)
+            for slot in job.publisher.slots
+            if slot.required_for_ready and not slot.standby
+        )
     )
 
 
@@ -129,3 +144,90 @@ def _sink_view(slot: SinkSlot, now: datetime) -> SinkView:
         notifications=dict(getattr(slot.observer, "results", {})) if slot.observer else None,
         standby=slot.standby,
     )
+
+
+def needs_attention(
+    *, valid: bool, failures: int, sink_failing: bool, next_refresh: datetime | None, late: datetime
+) -> bool:
+    """A token someone should look at: no valid token, failed attempts since its last success,
+    a sink failing, or its planned refresh before `late` (overdue)."""
+    return (
+        not valid
+        or failures > 0
+        or sink_failing
+        or (next_refresh is not None and next_refresh < late)
+    )
+
+
+@dataclass(slots=True)
+class Census:
+    """Figures over every token, gathered without building a view per token, so that readers
+    needing only these (and the views of the few tokens that need attention) stay fast at
+    100,000 tokens."""
+
+    states: dict[Phase, int] = field(default_factory=lambda: dict.fromkeys(Phase, 0))
+    """Tokens by phase (`Phase` values), dormant ones not included."""
+    dormant: int = 0
+    """On-demand tokens nobody has asked for yet."""
+    refreshes: dict[str, int] = field(default_factory=dict)
+    """Attempts by result, summed (with those of retired jobs)."""
+    publishes: dict[str, int] = field(default_factory=dict)
+    """Sink publishes by result (success, error), summed (with those of retired jobs)."""
+    earliest_expiry: datetime | None = None
+    """The soonest expiry of a valid token held (running here, not dormant)."""
+    attention: list[str] = field(default_factory=list)
+    """Tokens running here that need attention (`needs_attention`)."""
+    credentials: dict[str, datetime] = field(default_factory=dict)
+    """Identity -> when its credential (a certificate) expires, where known."""
+
+    def count(
+        self, job: TokenJob, now: datetime, late: datetime, *, dormant: bool, standby: bool
+    ) -> None:
+        results = job.results
+        self.refreshes["success"] += results.success
+        self.refreshes["transient_error"] += results.transient_error
+        self.refreshes["permanent_error"] += results.permanent_error
+        sink_failing = False
+        for slot in job.publisher.slots:
+            self.publishes["success"] += slot.results.success
+            self.publishes["error"] += slot.results.error
+            sink_failing = sink_failing or (slot.failures > 0 and not slot.standby)
+        if dormant:
+            self.dormant += 1
+            return
+        self.states[Phase.STANDBY if standby else job.phase(now)] += 1
+        if standby:
+            return
+        token = job.token
+        valid = token is not None and token.is_valid(now)
+        if (
+            valid
+            and token
+            and (self.earliest_expiry is None or token.expires_at < self.earliest_expiry)
+        ):
+            self.earliest_expiry = token.expires_at
+        if needs_attention(
+            valid=valid,
+            failures=job.failures,
+            sink_failing=sink_failing,
+            next_refresh=job.next_run,
+            late=late,
+        ):
+            self.attention.append(job.name)
+        credential = credential_state(job.request.grant)
+        if credential and credential.expires_at:  # the tokens of one identity share it
+            self.credentials.setdefault(credential.identity, credential.expires_at)
+
+
+def take_census(
+    jobs: Iterable[tuple[TokenJob, bool, bool]],
+    now: datetime,
+    late: datetime,
+    retired: tuple[dict[str, int], dict[str, int]],
+) -> Census:
+    """`jobs`: (job, dormant, standby). `retired`: counts of jobs a reload replaced or removed
+    (refreshes, publishes), so that the sums never go down."""
+    census = Census(refreshes=dict(retired[0]), publishes=dict(retired[1]))
+    for job, dormant, standby in jobs:
+        census.count(job, now, late, dormant=dormant, standby=standby)
+    return census

@@ -1,0 +1,306 @@
+"""Benchmark 7: 100,000 tokens in one `tokend run`, file sinks across 100 directories.
+
+One run, in phases, against the fast local provider (`fastidp.py --spread`):
+1. config load: `tokend.configfile.load_config` in this process, and `tokend check` on the file;
+2. `tokend run` settles (`/readyz`): time, RSS (VmRSS, VmHWM), then CPU over an idle window
+   (nothing is due until the refresh phase begins);
+3. `/metrics`: time and size of a scrape, `metrics.per_token: problems` and `all`;
+4. SIGHUP with the config unchanged: time from the signal to the `reloaded:` log line, and the
+   provider's token requests before and after (none may be made);
+5. refreshes: the provider hands out lifetimes that make refreshes fall uniformly at `--rate`
+   a second; over `--window` seconds (scraped every 30 s, as Prometheus would), the lateness of
+   each refresh against its plan, recorded by a scheduler hook in the daemon process as
+   bench/scheduling.py does.
+
+    python bench/scale.py [--tokens N] [--window S] [--dirs D] [--rate R] [--idle S] [--lead S]
+    default: 100,000 tokens, 600 s, 100 directories, 300/s, 60 s idle; `--lead` (seconds from
+    the first token request to the refresh phase) defaults to enough for the phases before it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from array import array
+from pathlib import Path
+
+import httpx2
+import yaml
+from common import (
+    ENV,
+    PYTHON,
+    Provider,
+    fast_provider,
+    free_port,
+    machine,
+    percentile,
+    process_cpu,
+    run_measured,
+    self_cpu,
+)
+from footprint import _memory_mb
+
+from tokend.configfile import load_config
+
+
+def write_scale_config(path: Path, provider: Provider, count: int, dirs: int, out: Path) -> Path:
+    """`count` tokens of one identity, each with a file sink in one of `dirs` directories.
+    refresh_threshold is over half of every lifetime the provider gives (so refreshes come at
+    half-life) and jitter 0 (so they come when the provider aimed them)."""
+    for index in range(dirs):
+        (out / f"d{index}").mkdir(parents=True, exist_ok=True)
+    document = {
+        "identities": {
+            "bench": {
+                "tenant": "bench",
+                "authority_host": provider.url,
+                "allow_insecure_http": True,
+                "client_id": "bench",
+                "credential": {"type": "client_secret", "secret": {"env": "BENCH_SECRET"}},
+            }
+        },
+        "tokens": {
+            f"t{index}": {
+                "identity": "bench",
+                "resource": f"https://api{index}.bench",
+                "sinks": [{"type": "file", "path": str(out / f"d{index % dirs}/t{index}")}],
+            }
+            for index in range(count)
+        },
+        "defaults": {"refresh_threshold": "12h", "jitter": 0, "startup_spread": 0},
+        "listen": f"127.0.0.1:{free_port()}",
+        "metrics": {"per_token": "problems"},
+    }
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    return path
+
+
+def loadavg() -> str:
+    return "load " + " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens", type=int, default=100_000)
+    parser.add_argument("--window", type=float, default=600.0)
+    parser.add_argument("--dirs", type=int, default=100)
+    parser.add_argument("--rate", type=float, default=300.0)
+    parser.add_argument("--idle", type=float, default=60.0)
+    parser.add_argument("--lead", type=float, default=None)
+    parser.add_argument("--serve", nargs=2, help=argparse.SUPPRESS)  # the daemon process
+    args = parser.parse_args()
+    if args.serve:
+        serve(Path(args.serve[0]), Path(args.serve[1]))
+        return
+    period = args.tokens / args.rate
+    lead = args.lead or args.tokens / 125 + args.idle + 120
+    print(f"machine: {machine()}")
+    os.environ.update(ENV)
+    spread = ("--spread", str(lead), str(period))
+    with fast_provider(*spread) as provider, tempfile.TemporaryDirectory() as tmp:
+        measure(provider, Path(tmp), args, lead)
+
+
+def measure(provider: Provider, tmp: Path, args: argparse.Namespace, lead: float) -> None:
+    config = write_scale_config(tmp / "scale.yaml", provider, args.tokens, args.dirs, tmp / "out")
+    started, cpu = time.perf_counter(), self_cpu()
+    loaded = load_config(config)
+    print(
+        f"config load (in process): {time.perf_counter() - started:.2f}s wall, "
+        f"{self_cpu() - cpu:.2f}s CPU, {config.stat().st_size / 2**20:.1f} MB of YAML  "
+        f"[{loadavg()}]"
+    )
+    port = int(str(loaded.config.listen).rsplit(":", 1)[1])
+    del loaded
+    check = run_measured(
+        [str(Path(sys.executable).with_name("tokend")), "check", "-c", str(config)]
+    )
+    print(
+        f"tokend check: {check.wall:.2f}s wall, {check.cpu:.2f}s CPU, exit {check.returncode}  "
+        f"[{loadavg()}]"
+    )
+    lateness_file, log = tmp / "lateness", tmp / "tokend.log"
+    begun = time.time()
+    with log.open("w") as stderr:
+        process = subprocess.Popen(
+            [PYTHON, __file__, "--serve", str(config), str(lateness_file)],
+            env={**os.environ, "SCALE_FROM": str(begun + lead)},
+            stderr=stderr,
+        )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_ready(base, process, every=READY_EVERY if args.tokens > 1000 else 0.2)
+        settled = time.time() - begun
+        rss, peak = _memory_mb(process.pid)
+        print(f"settled: {settled:.1f}s; RSS {rss:.1f} MB (peak {peak:.1f} MB)  [{loadavg()}]")
+        before = process_cpu(process.pid)
+        time.sleep(args.idle)  # the benchmark observes an idle daemon; nothing is waited for
+        idle = process_cpu(process.pid) - before
+        print(
+            f"idle CPU: {idle / args.idle:.2%} of one core over {args.idle:.0f}s "
+            f"({idle * 1000:.0f} ms)  [{loadavg()}]"
+        )
+        scrape(base, process.pid, "problems")
+        reload_unchanged(process, log, provider)
+        switch(config, process, log, "all")
+        scrape(base, process.pid, "all")
+        switch(config, process, log, "problems")
+        start = float(httpx2.get(f"{provider.url}/start").text)
+        if time.time() > start:
+            print(f"WARNING: the refresh phase began {time.time() - start:.0f}s ago: raise --lead")
+        time.sleep(max(0.0, start - time.time()))  # the benchmark observes; it waits for nothing
+        cpu = process_cpu(process.pid)
+        scrapes = Scraper(base, every=30.0)
+        time.sleep(args.window)  # the benchmark observes the refresh phase
+        scrapes.stop()
+        cpu = process_cpu(process.pid) - cpu
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(120)
+    report_lateness(lateness_file, args.window, scrapes.times)
+    print(f"CPU during the refresh phase: {cpu / args.window:.1%} of one core  [{loadavg()}]")
+
+
+READY_EVERY = 10.0
+"""Seconds between /readyz polls, as a Kubernetes readiness probe (each walks every token)."""
+
+
+def wait_ready(base: str, process: subprocess.Popen[bytes], every: float) -> None:
+    while process.poll() is None:
+        try:
+            if httpx2.get(f"{base}/readyz", timeout=60).status_code == 200:
+                return
+        except httpx2.TransportError:
+            pass
+        time.sleep(every)  # polling another process for an event, with a probe's period
+    raise SystemExit(f"tokend exited with status {process.returncode}")
+
+
+def scrape(base: str, pid: int, mode: str) -> None:
+    """Three scrapes: median wall time, the daemon's CPU for them, and the size."""
+    times, cpu, size = [], process_cpu(pid), 0
+    for _ in range(3):
+        started = time.perf_counter()
+        size = len(httpx2.get(f"{base}/metrics", timeout=300).content)
+        times.append(time.perf_counter() - started)
+    cpu = (process_cpu(pid) - cpu) / 3
+    print(
+        f"/metrics per_token={mode}: {sorted(times)[1]:.3f}s median of 3, {cpu:.3f}s CPU each, "
+        f"{size / 2**20:.2f} MB  [{loadavg()}]"
+    )
+
+
+def _wait_log(log: Path, offset: int, pattern: str, timeout: float) -> float:
+    """Poll the daemon's log from `offset` for `pattern`: when it was seen (perf_counter)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with log.open() as text:
+            text.seek(offset)
+            if re.search(pattern, text.read()):
+                return time.perf_counter()
+        time.sleep(0.01)
+    raise SystemExit(f"no {pattern!r} in the log within {timeout:.0f}s")
+
+
+def _requests(provider: Provider) -> int:
+    return int(httpx2.get(f"{provider.url}/requests").text)
+
+
+def reload_unchanged(process: subprocess.Popen[bytes], log: Path, provider: Provider) -> None:
+    requests, offset, cpu = _requests(provider), log.stat().st_size, process_cpu(process.pid)
+    started = time.perf_counter()
+    process.send_signal(signal.SIGHUP)
+    seen = _wait_log(log, offset, r"reloaded: ", timeout=300)
+    cpu = process_cpu(process.pid) - cpu
+    time.sleep(2)  # would-be re-acquisitions have had time to reach the provider
+    print(
+        f"reload (unchanged): {seen - started:.2f}s to 'reloaded:', {cpu:.2f}s CPU; token "
+        f"requests {_requests(provider) - requests} during it  [{loadavg()}]"
+    )
+
+
+def switch(config: Path, process: subprocess.Popen[bytes], log: Path, mode: str) -> None:
+    """Reload with `metrics.per_token: mode` (no token changes)."""
+    text = re.sub(r"per_token: \w+", f"per_token: {mode}", config.read_text())
+    config.write_text(text)
+    offset = log.stat().st_size
+    process.send_signal(signal.SIGHUP)
+    _wait_log(log, offset, r"reloaded: ", timeout=300)
+
+
+class Scraper:
+    """Scrapes /metrics every `every` seconds in a thread, as Prometheus would."""
+
+    def __init__(self, base: str, every: float) -> None:
+        self.times: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(base, every), daemon=True)
+        self._thread.start()
+
+    def _run(self, base: str, every: float) -> None:
+        while not self._stop.wait(every):
+            started = time.perf_counter()
+            httpx2.get(f"{base}/metrics", timeout=60)
+            self.times.append(time.perf_counter() - started)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def report_lateness(path: Path, window: float, scrapes: list[float]) -> None:
+    late = array("d")
+    late.frombytes(path.read_bytes())
+    if not late:
+        raise SystemExit("no refresh happened in the window: run longer")
+    values = list(late)
+    print(
+        f"refreshes: {len(values)} in {window:.0f}s ({len(values) / window:.0f}/s); lateness "
+        f"p50 {percentile(values, 0.5) * 1000:.1f} ms  p99 {percentile(values, 0.99) * 1000:.1f} "
+        f"ms  max {max(values) * 1000:.1f} ms; {len(scrapes)} scrapes meanwhile, slowest "
+        f"{max(scrapes, default=0):.2f}s  [{loadavg()}]"
+    )
+
+
+def serve(config: Path, out: Path) -> None:
+    """`tokend run -c config`, with a scheduler that records how late each run planned from
+    $SCALE_FROM on (the refresh phase) starts; written to `out` at exit."""
+    from datetime import datetime
+
+    import tokend.daemon
+    from tokend.cli import main as tokend_main
+    from tokend.engine import ApsScheduler
+    from tokend.engine.scheduler import Job
+
+    since = float(os.environ["SCALE_FROM"])
+    lateness = array("d")
+
+    class TimedScheduler(ApsScheduler):
+        def schedule(self, key: str, at: datetime, job: Job) -> None:
+            planned = at.timestamp()
+            if "/" in key or planned < since:  # sink retries; first acquisitions
+                super().schedule(key, at, job)
+                return
+
+            async def timed() -> None:
+                lateness.append(time.time() - planned)
+                await job()
+
+            super().schedule(key, at, timed)
+
+    tokend.daemon.ApsScheduler = TimedScheduler  # type: ignore[misc]
+    try:
+        tokend_main(["run", "-c", str(config)])
+    finally:
+        out.write_bytes(lateness.tobytes())
+
+
+if __name__ == "__main__":
+    main()
