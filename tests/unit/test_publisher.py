@@ -10,6 +10,7 @@ from tests.support.clock import FakeClock
 from tests.support.virtual import VirtualScheduler
 from tokend.backoff import Backoff
 from tokend.engine.publisher import Deliveries, Publisher, SinkSlot
+from tokend.sinks import SinkError
 from tokend.token import Token
 
 
@@ -64,3 +65,45 @@ def test_a_sink_never_receives_a_token_expiring_sooner_than_the_one_it_holds() -
     assert asyncio.run(scenario()) == [True, True, True]  # every sink holds the newest-expiring
     assert [token.value for token in sink.received] == ["a"]
     assert slot.held is longer
+
+
+class FlakySink(RecordingSink):
+    """Refuses the first `failures` publishes (a directory not there yet, Vault sealed)."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    async def publish(self, token: Token) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise SinkError("sink down", transient=True)
+        await super().publish(token)
+
+
+def test_a_failing_sink_keeps_wanting_the_newest_token_whatever_arrives_later() -> None:
+    """While a sink is down, an older token offered after a newer one (a slow response from
+    before a refresh) must not become the one it gets when it recovers. Guards `offer()`: the
+    check in `deliver()` compares with what the sink *holds*, here nothing, so it cannot help."""
+    clock = FakeClock()
+    sink = FlakySink(failures=1)
+    slot = SinkSlot(
+        "crm",
+        sink,
+        clock=clock,
+        scheduler=VirtualScheduler(clock),
+        backoff=Backoff(),
+        rand=random.Random(1),
+    )
+    publisher = Publisher([slot], Deliveries())
+    newer, older = _token(clock, "newer", 60), _token(clock, "older", 30)
+
+    async def scenario() -> list[bool]:
+        first = await publisher.publish(newer)  # the sink is down: nothing delivered
+        slot.offer(older)
+        return [first, await slot.deliver()]
+
+    assert asyncio.run(scenario()) == [False, True]
+    assert slot.wanted is newer
+    assert [token.value for token in sink.received] == ["newer"]
+    assert slot.held is newer
