@@ -300,3 +300,34 @@ def test_on_expiry_withdraw_removes_only_that_sinks_value(idp: FakeIdp, tmp_path
             {"type": "file", "path": str(withdraw_file), "on_expiry": "withdraw"},
         ],
     )
+
+
+def test_refresh_times_are_jittered_when_acquired_and_when_resumed(
+    idp: FakeIdp, tmp_path: Path
+) -> None:
+    """Tokens obtained together must not all refresh in the same second: each refresh is planned
+    a random part of 10 % of the lifetime before the threshold (50 min for 1-hour tokens), both
+    after a request and when a stored token is resumed at start."""
+    state_dir = tmp_path / "state"
+    config = _config(idp, tmp_path, tokens=10).model_copy(update={"state_dir": state_dir})
+    clock = FakeClock()
+
+    def early_by(h: Harness) -> list[timedelta]:
+        """How long before the unjittered time (expiry - threshold) each refresh is planned."""
+        jobs = h.engine.jobs.values()
+        return [job.token.expires_at - 10 * M - job.next_run for job in jobs]  # type: ignore[union-attr,operator]
+
+    async def life() -> list[timedelta]:
+        h = Harness(config, clock)
+        try:
+            await h.start()
+            await h.run_for(M)  # the start-up spread is 10 s
+            return early_by(h)
+        finally:
+            await h.stop()
+
+    for jitter in (asyncio.run(life()), asyncio.run(life())):  # acquired, then resumed
+        assert all(timedelta(0) < early <= 6 * M for early in jitter), jitter
+        assert len(set(jitter)) == 10
+        assert max(jitter) - min(jitter) > 2 * M
+    assert len(idp.token_requests) == 10  # the second life resumed every stored token
