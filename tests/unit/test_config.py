@@ -131,6 +131,25 @@ BAD_CONFIGS = [
         ],
     ),
     (
+        {
+            "tenant: contoso.onmicrosoft.com": "token_endpoint: http://idp.example.com/token\n"
+            "    allow_insecure_http: true"
+        },
+        [
+            "config.yaml: identities.crm-app: token_endpoint: 'http://idp.example.com/token' uses "
+            "plain http; https is required except for loopback addresses"
+        ],
+    ),
+    (
+        {
+            "tenant: contoso.onmicrosoft.com": "issuer: http://10.0.0.1/\n    allow_insecure_http: true"
+        },
+        [
+            "config.yaml: identities.crm-app: issuer: 'http://10.0.0.1/' uses plain http; https is "
+            "required except for loopback addresses"
+        ],
+    ),
+    (
         {"tenant: contoso.onmicrosoft.com": "token_endpoint: http://127.0.0.1:8080/token"},
         [
             "config.yaml: identities.crm-app: token_endpoint: 'http://127.0.0.1:8080/token' uses "
@@ -213,6 +232,47 @@ BAD_CONFIGS = [
     (
         {"tokens:": "defaults: {backoff: {min: 10s, max: 1s}}\ntokens:"},
         ["config.yaml: defaults.backoff: max must not be shorter than min"],
+    ),
+    # A typo anywhere must be an error, never a silent fall-back to the default.
+    (
+        {"tokens:": "defaults: {refresh_treshold: 5m}\ntokens:"},
+        ["config.yaml: defaults.refresh_treshold: unknown key (did you mean 'refresh_threshold'?)"],
+    ),
+    (
+        {"tokens:": "defaults: {backoff: {maxx: 1m}}\ntokens:"},
+        ["config.yaml: defaults.backoff.maxx: unknown key (did you mean 'max'?)"],
+    ),
+    (
+        {"tokens:": "http: {timout: 5s}\ntokens:"},
+        ["config.yaml: http.timout: unknown key (did you mean 'timeout'?)"],
+    ),
+    (
+        {"tokens:": "log: {levle: debug}\ntokens:"},
+        ["config.yaml: log.levle: unknown key (did you mean 'level'?)"],
+    ),
+    (
+        {"tokens:": "listn: 127.0.0.1:1\ntokens:"},
+        ["config.yaml: listn: unknown key (did you mean 'listen'?)"],
+    ),
+    (
+        {
+            "    client_id: 00000000-0000-0000-0000-000000000001\n": (
+                "    client_id: 00000000-0000-0000-0000-000000000001\n    allow_insecure_htp: true\n"
+            )
+        },
+        [
+            "config.yaml: identities.crm-app.allow_insecure_htp: unknown key (did you mean "
+            "'allow_insecure_http'?)"
+        ],
+    ),
+    (
+        {
+            "secret: {env: CRM_SECRET}}": "secret: {env: CRM_SECRET}, auth_methd: client_secret_basic}"
+        },
+        [
+            "config.yaml: identities.crm-app.credential.auth_methd: unknown key (did you mean "
+            "'auth_method'?)"
+        ],
     ),
     (
         {"    client_id: 00000000-0000-0000-0000-000000000001\n": ""},
