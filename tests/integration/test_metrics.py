@@ -1,0 +1,125 @@
+"""Every value `/metrics` exposes, checked exactly, while a token is pending, healthy, failing,
+and after it expired: the engine on virtual time, real HTTP to the fake Entra ID, real files.
+
+Dashboards and alerts read these series: a wrong value is an outage nobody is told about."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import entra_identity
+from tests.support import idp as faults
+from tests.support.clock import FakeClock
+from tests.support.harness import Harness
+from tests.support.idp import CLIENT_SECRET, FakeIdp
+from tokend import __version__
+from tokend.config import Config
+from tokend.metrics import Metrics
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def _samples(metrics: Metrics) -> Samples:
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(metrics.render().decode())
+        for sample in family.samples
+        if not sample.name.startswith("tokend_token_refresh_duration")
+    }
+
+
+def _token(name: str, **labels: str) -> frozenset[tuple[str, str]]:
+    return frozenset({"token": name, **labels}.items())
+
+
+def test_metric_values_through_a_token_life(idp: FakeIdp, tmp_path: Path) -> None:
+    config = Config.model_validate(
+        {
+            "identities": {"app": entra_identity(idp, CLIENT_SECRET)},
+            "tokens": {
+                "crm": {
+                    "identity": "app",
+                    "resource": "https://crm.example",
+                    "sinks": [
+                        {"type": "file", "path": str(tmp_path / "crm.token")},
+                        {"type": "file", "path": str(tmp_path / "missing" / "crm.token")},
+                    ],
+                }
+            },
+            "defaults": {"startup_spread": 0},
+        }
+    )
+    clock = FakeClock()
+    crm = _token("crm")
+    build = ("tokend_build_info", frozenset({("version", __version__)}))
+
+    async def scenario() -> None:
+        h = Harness(config, clock)
+        metrics = Metrics(clock)
+        try:
+            assert _samples(metrics) == {build: 1.0}  # no engine watched yet
+            metrics.watch(h.engine)
+            await h.start()
+            pending = _samples(metrics)
+            assert pending[("tokend_token_valid", crm)] == 0.0
+            assert ("tokend_token_expiry_timestamp_seconds", crm) not in pending
+            assert ("tokend_token_last_success_timestamp_seconds", crm) not in pending
+
+            await h.run_for(timedelta(0))
+            job = h.job()
+            token = job.token
+            assert token is not None and job.next_run is not None
+            sink_ok, sink_down = (slot.name for slot in job.publisher.slots)
+            healthy = _samples(metrics)
+            assert healthy == {
+                build: 1.0,
+                ("tokend_token_expiry_timestamp_seconds", crm): token.expires_at.timestamp(),
+                ("tokend_token_next_refresh_timestamp_seconds", crm): job.next_run.timestamp(),
+                ("tokend_token_last_success_timestamp_seconds", crm): clock.now().timestamp(),
+                ("tokend_token_valid", crm): 1.0,
+                ("tokend_token_consecutive_failures", crm): 0.0,
+                ("tokend_token_refresh_total", _token("crm", result="success")): 1.0,
+                ("tokend_token_refresh_total", _token("crm", result="transient_error")): 0.0,
+                ("tokend_token_refresh_total", _token("crm", result="permanent_error")): 0.0,
+                ("tokend_sink_publish_total", _token("crm", sink=sink_ok, result="success")): 1.0,
+                ("tokend_sink_publish_total", _token("crm", sink=sink_ok, result="error")): 0.0,
+                ("tokend_sink_publish_total", _token("crm", sink=sink_down, result="success")): 0.0,
+                ("tokend_sink_publish_total", _token("crm", sink=sink_down, result="error")): 1.0,
+                (
+                    "tokend_sink_last_success_timestamp_seconds",
+                    _token("crm", sink=sink_ok),
+                ): clock.now().timestamp(),
+            }
+
+            # The secret is refused from now on: the token stays valid until it expires...
+            idp.fail(*[faults.entra_error(401, "invalid_client", 7000215)] * 40)
+            await h.run_for(token.expires_at - clock.now() - timedelta(seconds=2))
+            failing = _samples(metrics)
+            failures = job.failures
+            assert failures >= 2
+            assert failing[("tokend_token_valid", crm)] == 1.0
+            assert failing[("tokend_token_consecutive_failures", crm)] == failures
+            assert (
+                failing[("tokend_token_refresh_total", _token("crm", result="permanent_error"))]
+                == failures
+            )
+
+            # ...and not a moment longer, though it is still held (and still in the file).
+            await h.run_for(timedelta(seconds=2))
+            expired = _samples(metrics)
+            assert job.token is token
+            assert expired[("tokend_token_valid", crm)] == 0.0
+            assert (
+                expired[("tokend_token_expiry_timestamp_seconds", crm)]
+                == token.expires_at.timestamp()
+            )
+            assert job.failures > failures  # the last-chance try, and the one at expiry
+            assert expired[("tokend_token_consecutive_failures", crm)] == job.failures
+        finally:
+            await h.stop()
+
+    asyncio.run(scenario())
