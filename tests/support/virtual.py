@@ -11,7 +11,6 @@ from datetime import datetime
 from tests.support.clock import FakeClock
 from tokend.engine.scheduler import Job
 
-
 RUNAWAY_AT_ONE_INSTANT = 50
 """A key run this many times at one virtual instant is a loop: no real schedule does that."""
 RUNAWAY_RUNS = 20_000

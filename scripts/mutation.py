@@ -1,0 +1,252 @@
+"""Mutation testing of tokend's core modules with mutmut, one module at a time.
+
+Each module is mutated in a workspace of its own (`.mutation/MODULE/`: links to `tokend/` and
+`tests/`, a pyproject.toml whose `[tool.mutmut]` names that module and its tests), so its
+results are cached apart from the others and a run pays only for the tests that guard it. mutmut
+then runs, per mutant, only those of the module's tests that call the mutated function.
+
+Run through `scripts/mutation` (it installs mutmut first). See tests/MUTATION.md for the scores
+and the mutants that survive on purpose (equivalent ones), docs/testing.md for when to run it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import tomllib
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from mutmut.stats import status_by_exit_code
+
+ROOT = Path(__file__).resolve().parent.parent
+LEDGER = ROOT / "tests" / "MUTATION.md"
+TARGET = 90.0
+"""Per module: at least this percentage of mutants killed."""
+
+
+@dataclass(frozen=True)
+class Module:
+    mutate: tuple[str, ...]
+    """Globs of the files to mutate (mutmut's `only_mutate`)."""
+    tests: tuple[str, ...]
+    """The tests that guard them: files or node ids, run in-process (a test that starts
+    `tokend` as a subprocess would run the unmutated code, so none is listed)."""
+
+
+PROPERTIES = "tests/unit/test_properties.py"
+
+MODULES: dict[str, Module] = {
+    "engine": Module(
+        ("tokend/engine/*",),
+        (
+            "tests/unit/test_policy.py",
+            "tests/unit/test_publisher.py",
+            "tests/unit/test_runner.py",
+            "tests/unit/test_engine_parts.py",
+            "tests/integration/test_engine.py",
+            "tests/integration/test_faults.py",
+            "tests/integration/test_reload.py",
+            "tests/integration/test_simulation.py",
+        ),
+    ),
+    "files": Module(
+        ("tokend/files.py",),
+        ("tests/unit/test_files.py", "tests/unit/test_file_sink.py"),
+    ),
+    "oauth": Module(
+        ("tokend/oauth/*",),
+        (
+            "tests/unit/test_token_parsing.py",
+            "tests/unit/test_errors.py",
+            "tests/unit/test_oauth_parts.py",
+            "tests/integration/test_client.py",
+            "tests/integration/test_faults.py",
+            f"{PROPERTIES}::test_error_responses_classify_cleanly",
+            f"{PROPERTIES}::test_retry_after_never_raises",
+        ),
+    ),
+    "transport": Module(
+        ("tokend/transport.py",),
+        (
+            "tests/unit/test_transport.py",
+            "tests/unit/test_config.py",
+            "tests/integration/test_client.py",
+        ),
+    ),
+    "logs": Module(
+        ("tokend/logs.py",),
+        ("tests/unit/test_redaction.py", "tests/unit/test_errors.py"),
+    ),
+    "config": Module(
+        ("tokend/config.py", "tokend/validation.py"),
+        (
+            "tests/unit/test_config.py",
+            "tests/unit/test_vault_config.py",
+            "tests/integration/test_plugins.py",
+            f"{PROPERTIES}::test_any_text_is_a_config_or_a_config_error",
+        ),
+    ),
+    "metrics": Module(
+        ("tokend/metrics.py",),
+        ("tests/integration/test_metrics.py",),
+    ),
+    "sinks": Module(
+        ("tokend/sinks/*",),
+        (
+            "tests/unit/test_file_sink.py",
+            "tests/unit/test_sink_parts.py",
+            "tests/unit/test_config.py",
+            "tests/integration/test_plugins.py",
+            "tests/vault/test_kv.py",
+        ),
+    ),
+}
+
+KILLED = {"killed", "timeout", "caught by type check"}
+EQUIVALENT = re.compile(r"`(tokend\.[^`\s]+__mutmut_\d+)`")
+
+
+@dataclass
+class Score:
+    module: str
+    statuses: dict[str, str]
+    """mutant name -> mutmut status"""
+    seconds: float
+
+    @property
+    def killed(self) -> int:
+        return sum(status in KILLED for status in self.statuses.values())
+
+    @property
+    def percent(self) -> float:
+        return 100.0 * self.killed / len(self.statuses) if self.statuses else 100.0
+
+    def survivors(self) -> list[str]:
+        return sorted(name for name, status in self.statuses.items() if status not in KILLED)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="scripts/mutation", description=__doc__.split("\n")[0])
+    parser.add_argument("modules", nargs="*", metavar="MODULE", help=f"any of {', '.join(MODULES)}")
+    parser.add_argument("--fresh", action="store_true", help="forget cached results first")
+    parser.add_argument("--jobs", type=int, default=2, help="mutants tested at once (default 2)")
+    parser.add_argument("--list", action="store_true", help="print the module -> tests table")
+    parser.add_argument(
+        "--source",
+        type=Path,
+        default=ROOT,
+        help="mutate and test the tokend/ and tests/ under this directory instead (e.g. an"
+        " exported older commit, for before/after scores); workspaces go under its .mutation/",
+    )
+    args = parser.parse_args()
+    unknown = [name for name in args.modules if name not in MODULES]
+    if unknown:
+        parser.error(f"unknown module {', '.join(unknown)} (known: {', '.join(MODULES)})")
+    if args.list:
+        for name, module in MODULES.items():
+            print(f"{name}: {' '.join(module.mutate)}\n    " + "\n    ".join(module.tests))
+        return 0
+    equivalent = set(EQUIVALENT.findall(LEDGER.read_text())) if LEDGER.exists() else set()
+    source = args.source.resolve()
+    scores = [run(name, source, args.fresh, args.jobs) for name in args.modules or MODULES]
+    print()
+    for score in scores:
+        report(score, equivalent)
+    return 0 if all(score.percent >= TARGET for score in scores) else 1
+
+
+def run(name: str, source: Path, fresh: bool, jobs: int) -> Score:
+    """Mutate one module and test each mutant; then test again any mutant that survived an
+    earlier run (mutmut keeps a verdict until the mutated function changes, and new tests may
+    kill it now)."""
+    workspace = prepare(name, source, fresh)
+    before = statuses(workspace)
+    started = time.monotonic()
+    print(f"== {name}: mutmut run (log: {workspace / 'mutmut.log'})", flush=True)
+    mutmut(workspace, ["run", "--max-children", str(jobs)])
+    again = [key for key, status in before.items() if status not in KILLED]
+    again = [key for key in again if key in statuses(workspace)]
+    for chunk in range(0, len(again), 200):
+        mutmut(workspace, ["run", "--max-children", str(jobs), *again[chunk : chunk + 200]])
+    return Score(name, statuses(workspace), time.monotonic() - started)
+
+
+def prepare(name: str, source: Path, fresh: bool) -> Path:
+    workspace = source / ".mutation" / name
+    if fresh and workspace.exists():
+        shutil.rmtree(workspace)
+    workspace.mkdir(parents=True, exist_ok=True)
+    for linked in ("tokend", "tests"):
+        link = workspace / linked
+        if not link.is_symlink():
+            link.symlink_to(source / linked)
+    module = MODULES[name]
+    tests = [test for test in module.tests if (source / test.split("::")[0]).exists()]
+    for test in sorted(set(module.tests) - set(tests)):
+        print(f"   {test}: no such file here; left out", flush=True)
+    project = (source / "pyproject.toml").read_text()
+    text = re.sub(r"(?ms)^\[tool\.mutmut\]$.*?(?=^\[|\Z)", "", project)
+    shared = tomllib.loads(project)["tool"]["mutmut"]
+    settings = {
+        **shared,
+        "only_mutate": list(module.mutate),
+        "pytest_add_cli_args_test_selection": tests,
+    }
+    table = "\n".join(f"{key} = {json.dumps(value)}" for key, value in settings.items())
+    config = f"{text.rstrip()}\n\n[tool.mutmut]\n{table}\n"
+    path = workspace / "pyproject.toml"
+    if not path.exists() or path.read_text() != config:
+        path.write_text(config)
+    return workspace
+
+
+def mutmut(workspace: Path, arguments: list[str]) -> None:
+    command = ["nice", "-n", "19", str(Path(sys.executable).parent / "mutmut"), *arguments]
+    with (workspace / "mutmut.log").open("a") as log:
+        log.write(f"\n$ {' '.join(command)}\n")
+        log.flush()
+        env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+        done = subprocess.run(  # noqa: S603 - our own venv's mutmut, fixed arguments
+            command, cwd=workspace, stdout=log, stderr=log, env=env, check=False
+        )
+    if done.returncode != 0:
+        sys.exit(f"mutmut failed (exit {done.returncode}); see {workspace / 'mutmut.log'}")
+
+
+def statuses(workspace: Path) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for meta in sorted((workspace / "mutants" / "tokend").rglob("*.py.meta")):
+        codes = json.loads(meta.read_text())["exit_code_by_key"]
+        found |= {key: status_by_exit_code[code] for key, code in codes.items()}
+    return found
+
+
+def report(score: Score, equivalent: set[str]) -> None:
+    survivors = score.survivors()
+    unexplained = [name for name in survivors if name not in equivalent]
+    minutes, seconds = divmod(round(score.seconds), 60)
+    print(
+        f"{score.module:<10} {score.percent:5.1f} % killed ({score.killed}/{len(score.statuses)})"
+        f"; {len(survivors) - len(unexplained)} survivors listed as equivalent in"
+        f" tests/MUTATION.md, {len(unexplained)} not; {minutes}m{seconds:02d}s"
+    )
+    by_file = Counter(name.split(".x")[0] for name in score.statuses)
+    killed_by_file = Counter(
+        name.split(".x")[0] for name, status in score.statuses.items() if status in KILLED
+    )
+    for file, total in sorted(by_file.items()):
+        print(f"    {file:<32} {killed_by_file[file]:>4}/{total:<4}")
+    for name in unexplained:
+        print(f"    survived: {name} ({score.statuses[name]})")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
