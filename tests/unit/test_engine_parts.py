@@ -46,6 +46,7 @@ class TroubledSink:
         self.withdraw_error: Exception | None = None
         self.received: list[Token] = []
         self.withdrawals = 0
+        self.closed = 0
 
     async def publish(self, token: Token) -> None:
         if self.publish_error is not None:
@@ -58,7 +59,7 @@ class TroubledSink:
         self.withdrawals += 1
 
     async def close(self) -> None:
-        pass
+        self.closed += 1
 
 
 BACKOFF = Backoff(min=timedelta(seconds=1), max=timedelta(seconds=8))
@@ -400,3 +401,73 @@ def test_aps_stop_gives_up_on_a_stuck_run_after_the_timeout() -> None:
         return await asyncio.wait_for(scheduler.stop(0.1), 5)
 
     assert asyncio.run(scenario()) is False
+
+
+@pytest.mark.parametrize(
+    ("on_expiry", "withdraw_error", "held_after", "logged"),
+    [
+        (
+            "keep",
+            None,
+            True,
+            (
+                logging.INFO,
+                "sink troubled: token removed from the config; its last value (expiring "
+                "2026-01-01T01:00:00+00:00) is left in place (on_expiry: keep)",
+            ),
+        ),
+        (
+            "withdraw",
+            None,
+            False,
+            (logging.INFO, "sink troubled: token removed from the config; value withdrawn"),
+        ),
+        (
+            "withdraw",
+            SinkError("cannot remove"),
+            True,
+            (
+                logging.WARNING,
+                "sink troubled: token removed from the config, but its value could not be "
+                "withdrawn: cannot remove",
+            ),
+        ),
+    ],
+)
+def test_a_removed_tokens_sink_applies_its_on_expiry_rule_says_so_and_closes(
+    caplog: pytest.LogCaptureFixture,
+    on_expiry: str,
+    withdraw_error: Exception | None,
+    held_after: bool,
+    logged: tuple[int, str],
+) -> None:
+    clock = FakeClock()
+    sink = TroubledSink()
+    sink.withdraw_error = withdraw_error
+    slot, _ = _slot(clock, sink, withdraw=on_expiry == "withdraw")
+    token = _token(clock)
+
+    async def scenario() -> None:
+        slot.offer(token)
+        await slot.deliver()
+        with caplog.at_level(logging.INFO, logger="tokend.publisher"):
+            await slot.retire()
+
+    asyncio.run(scenario())
+    assert [(r.levelno, r.getMessage(), r.token) for r in caplog.records] == [(*logged, "crm")]  # type: ignore[attr-defined]
+    assert (slot.held is token) is held_after
+    assert sink.closed == 1
+    slot.offer(_token(clock, minutes=90))
+    assert asyncio.run(slot.deliver()) is False  # retired: delivers nothing more
+    assert sink.received == [token]
+
+
+def test_a_sink_that_never_held_a_token_is_retired_quietly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sink = TroubledSink()
+    slot, _ = _slot(FakeClock(), sink, withdraw=True)
+    with caplog.at_level(logging.INFO, logger="tokend.publisher"):
+        asyncio.run(slot.retire())
+    assert caplog.records == []
+    assert (sink.withdrawals, sink.closed) == (0, 1)
