@@ -5,8 +5,12 @@ path held at that instant."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import re
 import stat
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,3 +126,82 @@ def test_temp_file_is_created_private_beside_the_target(
     assert mode == 0o640
     assert stat.S_IMODE(path.stat().st_mode) == 0o640
     assert path.read_bytes() == b"x" * 200_000  # a long write is written whole
+
+
+def test_default_mode_is_private(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    old_umask = os.umask(0)
+    try:
+        files.write_atomic(path, b"{}")
+    finally:
+        os.umask(old_umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_temp_names_are_unguessable(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    opened: list[str] = []
+    real_open = os.open
+
+    def record(name: str, flags: int, mode: int = 0o777, **kwargs: object) -> int:
+        opened.append(name)
+        return real_open(name, flags, mode, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "open", record)
+    for _ in range(2):
+        files.write_atomic(tmp_path / "crm.token", b"x")
+    temps = [os.path.basename(name) for name in opened if "tokend-tmp" in name]
+    assert all(re.fullmatch(r"\.crm\.token\.tokend-tmp-[0-9a-f]{12}", name) for name in temps)
+    assert len(set(temps)) == 2
+
+
+def test_directories_are_opened_for_sync_only_and_not_inherited(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    opened: list[int] = []
+    real_open = os.open
+
+    def record(name: str | Path, flags: int, *args: object, **kwargs: object) -> int:
+        if os.fspath(name) == str(tmp_path):
+            opened.append(flags)
+        return real_open(name, flags, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "open", record)
+    files.fsync_directory(tmp_path)
+    wanted = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+    assert opened == [wanted]
+
+
+def test_file_work_runs_on_the_one_writer_thread() -> None:
+    def where(a: int, *, b: int) -> tuple[str, int]:
+        return threading.current_thread().name, a + b
+
+    name, total = asyncio.run(files.in_writer_thread(where, 1, b=2))
+    assert name.startswith("tokend-files")
+    assert total == 3
+
+
+def test_the_sweep_removes_dangling_temp_links_and_survives_a_race(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A killed writer's temp file may be a symlink (judged by its own age, never followed),
+    and another process may remove a stale file first: the sweep carries on either way."""
+    link = tmp_path / ".crm.token.tokend-tmp-aaaaaaaaaaaa"
+    link.symlink_to(tmp_path / "nowhere")
+    raced = tmp_path / ".graph.token.tokend-tmp-bbbbbbbbbbbb"
+    raced.write_text("partial")
+    later = tmp_path / ".api.token.tokend-tmp-cccccccccccc"
+    later.write_text("partial")
+    long_ago = time.time() - 120
+    for leftover in (link, raced, later):
+        os.utime(leftover, (long_ago, long_ago), follow_symlinks=False)
+    real_unlink = os.unlink
+
+    def unlink(path: str) -> None:
+        if path == str(raced):
+            real_unlink(path)
+            raise FileNotFoundError(path)  # someone else removed it just before us
+        real_unlink(path)
+
+    monkeypatch.setattr(os, "unlink", unlink)
+    files.sweep_stale_temp_files(tmp_path)
+    assert sorted(tmp_path.iterdir()) == []
