@@ -1,8 +1,9 @@
 """Mutation testing of tokend's core modules with mutmut, one module at a time.
 
-Each module is mutated in a workspace of its own (`.mutation/MODULE/`: links to `tokend/` and
-`tests/`, a pyproject.toml whose `[tool.mutmut]` names that module and its tests), so its
-results are cached apart from the others and a run pays only for the tests that guard it. mutmut
+Each module is mutated in a workspace of its own (`.mutation/MODULE/`: links to `tokend/`,
+`tests/` and `config/`, a pyproject.toml whose `[tool.mutmut]` names that module and its
+tests), so its results are cached apart from the others and a run pays only for the tests that
+guard it. mutmut
 then runs, per mutant, only those of the module's tests that call the mutated function.
 
 Run through `scripts/mutation` (it installs mutmut first). See tests/MUTATION.md for the scores
@@ -172,11 +173,24 @@ def main() -> int:
         return 0
     equivalent = set(EQUIVALENT.findall(LEDGER.read_text())) if LEDGER.exists() else set()
     source = args.source.resolve()
-    scores = [run(name, source, args.fresh, args.jobs) for name in args.modules or MODULES]
+    scores: list[Score] = []
+    failed: list[str] = []
+    for name in args.modules or MODULES:
+        try:
+            scores.append(run(name, source, args.fresh, args.jobs))
+        except MutmutFailed as exc:
+            print(exc, flush=True)
+            failed.append(name)
     print()
     for score in scores:
         report(score, equivalent)
-    return 0 if all(score.percent >= TARGET for score in scores) else 1
+    for name in failed:
+        print(f"{name:<10} mutmut failed: see {source / '.mutation' / name / 'mutmut.log'}")
+    return 0 if not failed and all(score.percent >= TARGET for score in scores) else 1
+
+
+class MutmutFailed(Exception):
+    pass
 
 
 def run(name: str, source: Path, fresh: bool, jobs: int) -> Score:
@@ -200,7 +214,7 @@ def prepare(name: str, source: Path, fresh: bool) -> Path:
     if fresh and workspace.exists():
         shutil.rmtree(workspace)
     workspace.mkdir(parents=True, exist_ok=True)
-    for linked in ("tokend", "tests"):
+    for linked in ("tokend", "tests", "config"):
         link = workspace / linked
         if not link.is_symlink():
             link.symlink_to(source / linked)
@@ -246,7 +260,8 @@ def mutmut(workspace: Path, arguments: list[str]) -> None:
             command, cwd=workspace, stdout=log, stderr=log, env=env, check=False
         )
     if done.returncode != 0:
-        sys.exit(f"mutmut failed (exit {done.returncode}); see {workspace / 'mutmut.log'}")
+        log_path = workspace / "mutmut.log"
+        raise MutmutFailed(f"mutmut failed (exit {done.returncode}); see {log_path}")
 
 
 def statuses(workspace: Path) -> dict[str, str]:

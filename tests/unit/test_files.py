@@ -6,6 +6,7 @@ path held at that instant."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import re
 import stat
@@ -205,3 +206,42 @@ def test_the_sweep_removes_dangling_temp_links_and_survives_a_race(
     monkeypatch.setattr(os, "unlink", unlink)
     files.sweep_stale_temp_files(tmp_path)
     assert sorted(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("uid", "gid", "calls"),
+    [(-1, -1, []), (1000, -1, [(1000, -1)]), (-1, 50, [(-1, 50)]), (5, 6, [(5, 6)])],
+)
+def test_owner_and_group_are_set_on_the_temp_file_only_when_asked(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    uid: int,
+    gid: int,
+    calls: list[tuple[int, int]],
+) -> None:
+    """fchown on the temp file's own descriptor, before the rename (no root needed: recorded)."""
+    path = tmp_path / "crm.token"
+    recorded: list[tuple[int, int]] = []
+
+    def fchown(fd: int, owner: int, group: int) -> None:
+        assert os.readlink(f"/proc/self/fd/{fd}").startswith(f"{tmp_path}/.crm.token.tokend-tmp-")
+        assert not path.exists()
+        recorded.append((owner, group))
+
+    monkeypatch.setattr(os, "fchown", fchown)
+    files.write_atomic(path, b"x", uid=uid, gid=gid)
+    assert recorded == calls
+
+
+def test_a_failed_rename_raises_its_own_error_even_if_the_temp_file_is_gone(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    def replace(source: str, target: str) -> None:
+        os.unlink(source)
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(OSError, match="cross-device") as caught:
+        files.write_atomic(tmp_path / "crm.token", b"x")
+    assert caught.value.errno == errno.EXDEV
+    assert list(tmp_path.iterdir()) == []
