@@ -57,6 +57,7 @@ def test_which_urls_may_be_used(url: str, allow: bool, problem: str | None) -> N
         ("[::1]", True),
         ("10.0.0.1", False),
         ("::", False),
+        ("X127.0.0.1", False),
         ("LOCALHOST.example", False),
         ("idp.example", False),
         ("", False),
@@ -111,3 +112,24 @@ def test_unusable_ca_bundles_are_one_clear_line(tmp_path: Path) -> None:
             ssl_context(path)
         assert caught.value.code == "ca_bundle"
         assert not caught.value.transient
+
+
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        (PermissionError(13, "Permission denied"), "not readable by this user"),
+        (OSError(5, "Input/output error"), "Input/output error"),
+        (OSError(), "OSError"),
+    ],
+)
+def test_other_reasons_a_bundle_cannot_be_read(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, error: OSError, reason: str
+) -> None:
+    """Root reads any file, so unreadable bundles are simulated."""
+
+    def refuse(**kwargs: object) -> ssl.SSLContext:
+        raise error
+
+    monkeypatch.setattr(ssl, "create_default_context", refuse)
+    path = tmp_path / f"{type(error).__name__}-{error.errno}.pem"
+    assert ca_bundle_problem(path) == f"ca_bundle {path}: {reason}"
