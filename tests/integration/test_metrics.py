@@ -32,6 +32,74 @@ def _samples(metrics: Metrics) -> Samples:
     }
 
 
+HELP = {
+    "tokend_build_info": ("gauge", "Always 1; the version label says which tokend is running."),
+    "tokend_token_refresh_duration_seconds": (
+        "histogram",
+        "Time taken by token requests to identity providers, successful or not.",
+    ),
+    "tokend_token_expiry_timestamp_seconds": (
+        "gauge",
+        "When the currently held token expires (Unix time).",
+    ),
+    "tokend_token_next_refresh_timestamp_seconds": (
+        "gauge",
+        "When the next attempt is planned (Unix time).",
+    ),
+    "tokend_token_last_success_timestamp_seconds": (
+        "gauge",
+        "When a token was last acquired (Unix time).",
+    ),
+    "tokend_token_valid": ("gauge", "1 while a non-expired token is held, else 0."),
+    "tokend_token_consecutive_failures": (
+        "gauge",
+        "Failed attempts since the last success (0 if healthy).",
+    ),
+    "tokend_token_refresh": ("counter", "Token requests by outcome."),
+    "tokend_sink_publish": ("counter", "Attempts to publish a token to a sink, by outcome."),
+    "tokend_sink_last_success_timestamp_seconds": (
+        "gauge",
+        "When a sink last accepted a token (Unix time).",
+    ),
+}
+"""Every family's type and help text: dashboards and the operations guide quote them."""
+
+
+def _families(metrics: Metrics) -> dict[str, tuple[str, str]]:
+    return {
+        family.name: (family.type, family.documentation)
+        for family in text_string_to_metric_families(metrics.render().decode())
+        if not family.name.endswith("_created")  # prometheus_client's own, per histogram
+    }
+
+
+def test_refresh_durations_fall_into_fixed_buckets() -> None:
+    metrics = Metrics(FakeClock())
+    for seconds in (0.03, 0.3, 0.7, 2, 3, 7, 20, 40):
+        metrics.refresh_duration.observe(seconds)
+    buckets = {
+        sample.labels["le"]: sample.value
+        for family in text_string_to_metric_families(metrics.render().decode())
+        for sample in family.samples
+        if sample.name == "tokend_token_refresh_duration_seconds_bucket"
+    }
+    assert buckets == {
+        "0.05": 1.0,
+        "0.1": 1.0,
+        "0.25": 1.0,
+        "0.5": 2.0,
+        "1.0": 3.0,
+        "2.5": 4.0,
+        "5.0": 5.0,
+        "10.0": 6.0,
+        "30.0": 7.0,
+        "+Inf": 8.0,
+    }
+    assert _families(metrics) == {
+        name: HELP[name] for name in ("tokend_build_info", "tokend_token_refresh_duration_seconds")
+    }
+
+
 def _token(name: str, **labels: str) -> frozenset[tuple[str, str]]:
     return frozenset({"token": name, **labels}.items())
 
@@ -75,6 +143,7 @@ def test_metric_values_through_a_token_life(idp: FakeIdp, tmp_path: Path) -> Non
             assert token is not None and job.next_run is not None
             sink_ok, sink_down = (slot.name for slot in job.publisher.slots)
             healthy = _samples(metrics)
+            assert _families(metrics) == HELP
             assert healthy == {
                 build: 1.0,
                 ("tokend_token_expiry_timestamp_seconds", crm): token.expires_at.timestamp(),
