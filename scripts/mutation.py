@@ -82,7 +82,7 @@ MODULES: dict[str, Module] = {
         (
             "tests/unit/test_token_parsing.py",
             "tests/unit/test_errors.py",
-            "tests/unit/test_oauth_parts.py",
+            "tests/integration/test_oauth_parts.py",
             "tests/integration/test_client.py",
             "tests/integration/test_faults.py",
             f"{PROPERTIES}::test_error_responses_classify_cleanly",

@@ -1,0 +1,222 @@
+"""Token-client paths the end-to-end tests pass through without pinning them: a secret that
+cannot be read, every way a discovery document can fail (each with its exact message and
+code), lifetimes read from a JWT's `exp`, and the HTTP Basic credential's encoding."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from tests.support import idp as faults
+from tests.support.clock import FakeClock
+from tests.support.idp import CLIENT_ID, CLIENT_SECRET, FakeIdp
+from tests.support.requests import client_secret_request
+from tests.support.servers import serve
+from tokend.oauth import (
+    Endpoint,
+    HttpRequest,
+    PermanentError,
+    Target,
+    TokenClient,
+    TokenError,
+    TokenRequest,
+    TransientError,
+)
+from tokend.oauth.grants.client_secret import basic_authorization
+from tokend.oauth.response import MalformedResponse, parse_token_response
+from tokend.secrets import SecretError
+
+SENT = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+class UnreadableSecretGrant:
+    """A grant whose secret cannot be read (a missing file, Vault down)."""
+
+    client_id = "client"
+
+    def __init__(self, transient: bool) -> None:
+        self.endpoint = Endpoint(token_url="https://idp.example/token")
+        self._transient = transient
+
+    async def request(self, token_url: str, target: Target) -> HttpRequest:
+        raise SecretError("client secret: file /run/secret is missing", transient=self._transient)
+
+    def absorb(self, body: Mapping[str, Any]) -> None:
+        return None
+
+
+def _acquire(request: TokenRequest) -> Any:
+    async def go() -> Any:
+        client = TokenClient(clock=FakeClock())
+        try:
+            return await client.acquire(request)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(go())
+
+
+@pytest.mark.parametrize(("transient", "kind"), [(True, TransientError), (False, PermanentError)])
+def test_an_unreadable_secret_fails_the_request_before_anything_is_sent(
+    transient: bool, kind: type
+) -> None:
+    with pytest.raises(TokenError) as caught:
+        _acquire(TokenRequest("crm", UnreadableSecretGrant(transient)))  # type: ignore[arg-type]
+    error = caught.value
+    assert type(error) is kind
+    assert str(error) == "config: client secret: file /run/secret is missing"
+    assert (error.code, error.transient) == ("secret_unavailable", transient)
+    assert (error.peer.token, error.peer.host) == ("crm", "config")
+
+
+class DiscoveryServer:
+    """Answers the discovery document with whatever the test sets; records what was asked."""
+
+    def __init__(self) -> None:
+        self.response: Response = Response(status_code=404)
+        self.seen: list[tuple[str, str, str]] = []
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        request = Request(scope, receive)
+        self.seen.append((request.method, request.url.path, request.headers.get("accept", "")))
+        await self.response(scope, receive, send)
+
+
+@pytest.fixture(scope="module")
+def discovery() -> Iterator[tuple[DiscoveryServer, str]]:
+    server = DiscoveryServer()
+    with serve(server) as url:
+        yield server, url
+
+
+class NoGrant(UnreadableSecretGrant):
+    def __init__(self, issuer: str) -> None:
+        self.endpoint = Endpoint(issuer=issuer, allow_insecure_http=True)
+
+
+def _discover(discovery: tuple[DiscoveryServer, str], response: Response) -> TokenError:
+    server, url = discovery
+    server.response = response
+    server.seen.clear()
+    with pytest.raises(TokenError) as caught:
+        _acquire(TokenRequest("crm", NoGrant(f"{url}/tenant/")))  # type: ignore[arg-type]
+    assert server.seen == [("GET", "/tenant/.well-known/openid-configuration", "application/json")]
+    return caught.value
+
+
+def test_discovery_failures_say_exactly_what_went_wrong(
+    discovery: tuple[DiscoveryServer, str],
+) -> None:
+    url = discovery[1]
+    document = f"{url}/tenant/.well-known/openid-configuration"
+
+    missing = _discover(discovery, Response(status_code=404))
+    assert isinstance(missing, PermanentError)
+    assert str(missing) == f"127.0.0.1: no discovery document at {document} (HTTP 404)"
+    assert missing.code == "no_discovery"
+
+    busy = _discover(discovery, JSONResponse({}, status_code=503, headers={"Retry-After": "9"}))
+    assert isinstance(busy, TransientError)
+    assert (str(busy), busy.code, busy.retry_after) == (
+        "127.0.0.1: HTTP 503 no error code",
+        "http_503",
+        9.0,
+    )
+    assert busy.peer.token == "crm"
+
+    moved = _discover(discovery, Response(status_code=300))
+    assert isinstance(moved, PermanentError)
+    assert moved.code == "http_300"
+
+    other = _discover(discovery, JSONResponse({"issuer": "https://elsewhere.example"}))
+    assert isinstance(other, PermanentError)
+    assert other.code == "issuer_mismatch"
+
+    issuer = f"{url}/tenant/"
+    incomplete = _discover(discovery, JSONResponse({"issuer": issuer}))
+    assert isinstance(incomplete, TransientError)
+    assert str(incomplete) == f"127.0.0.1: no token_endpoint in discovery document {document}"
+    assert incomplete.code == "discovery_incomplete"
+
+    plain = _discover(
+        discovery, JSONResponse({"issuer": issuer, "token_endpoint": "http://idp.example/t"})
+    )
+    assert isinstance(plain, PermanentError)
+    assert str(plain) == (
+        "127.0.0.1: discovered token_endpoint: 'http://idp.example/t' uses plain http; "
+        "https is required except for loopback addresses"
+    )
+    assert plain.code == "insecure_endpoint"
+
+
+def _jwt(payload: object) -> str:
+    def part(value: object) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
+
+    return f"{part({'alg': 'none'})}.{part(payload)}.sig"
+
+
+NO_EXPIRY = "response has no expires_in or expires_on, and the token is not a JWT with exp"
+
+
+@pytest.mark.parametrize(
+    ("payload", "outcome"),
+    [
+        ({"exp": int((SENT + timedelta(hours=1)).timestamp())}, SENT + timedelta(hours=1)),
+        (
+            {"exp": int((SENT + timedelta(hours=1)).timestamp()), "x": "ab"},
+            SENT + timedelta(hours=1),
+        ),
+        (
+            {"exp": int((SENT + timedelta(hours=1)).timestamp()), "x": "a"},
+            SENT + timedelta(hours=1),
+        ),
+        ({"exp": int((SENT + timedelta(hours=1)).timestamp()), "x": ""}, SENT + timedelta(hours=1)),
+        ({"exp": 1}, "token is already expired on arrival"),
+        ({"exp": 0}, NO_EXPIRY),
+        ({"exp": -5}, NO_EXPIRY),
+        ({"exp": True}, NO_EXPIRY),
+        ({"exp": "1900000000"}, NO_EXPIRY),
+        ([1, 2], NO_EXPIRY),
+        ("exp", NO_EXPIRY),
+    ],
+)
+def test_a_lifetime_from_a_jwts_exp(payload: object, outcome: datetime | str) -> None:
+    body = {"access_token": _jwt(payload), "token_type": "Bearer"}
+    if isinstance(outcome, datetime):
+        assert parse_token_response(body, sent_at=SENT).expires_at == outcome
+    else:
+        with pytest.raises(MalformedResponse) as caught:
+            parse_token_response(body, sent_at=SENT)
+        assert str(caught.value) == outcome
+
+
+def test_basic_credentials_are_form_encoded_before_base64() -> None:
+    """RFC 6749 2.3.1: id and secret are form-urlencoded first, every reserved character."""
+    header = basic_authorization("app/1:x", "s/e:c ret+&=")
+    assert header.startswith("Basic ")
+    decoded = base64.b64decode(header.removeprefix("Basic ")).decode()
+    assert decoded == "app%2F1%3Ax:s%2Fe%3Ac%20ret%2B%26%3D"
+
+
+def test_a_token_in_a_redirect_is_not_taken(idp: FakeIdp) -> None:
+    """Only a 2xx answer carries a token (a 300 with a token-shaped body is an error)."""
+    body = {"access_token": "t" * 20, "token_type": "Bearer", "expires_in": 3600}
+    idp.fail(faults.status(300, body))
+    request = client_secret_request(
+        Endpoint(token_url=idp.token_url(2), allow_insecure_http=True),
+        client_id=CLIENT_ID,
+        secret=CLIENT_SECRET,
+        scopes=("https://graph.example/.default",),
+    )
+    with pytest.raises(PermanentError) as caught:
+        _acquire(request)
+    assert caught.value.code == "http_300"
