@@ -30,6 +30,7 @@ from tokend.oauth import (
     TokenRequest,
     TransientError,
 )
+from tokend.oauth.dialects import endpoint_for, entra_token_url
 from tokend.oauth.grants.client_secret import basic_authorization
 from tokend.oauth.response import MalformedResponse, parse_token_response
 from tokend.secrets import SecretError
@@ -220,3 +221,87 @@ def test_a_token_in_a_redirect_is_not_taken(idp: FakeIdp) -> None:
     with pytest.raises(PermanentError) as caught:
         _acquire(request)
     assert caught.value.code == "http_300"
+
+
+BAD_CHARACTERS = (
+    "access_token has characters no token has (spaces, quotes, control characters or non-ASCII)"
+)
+BAD_TYPE = "token_type is not an OAuth token type name (RFC 6749 11.1)"
+SENT_EPOCH = int(SENT.timestamp())
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({}, "response has no access_token"),
+        ({"access_token": "a b", "expires_in": 60}, BAD_CHARACTERS),
+        ({"access_token": "a", "expires_in": 60, "token_type": "Bearer x"}, BAD_TYPE),
+        ({"access_token": "opaque"}, NO_EXPIRY),
+        ({"access_token": "a", "expires_in": 10**11 + 1}, "expires_in is out of range"),
+        (
+            {"access_token": "a", "expires_in": 10**11},
+            "token lifetime is implausibly long (over a year)",
+        ),
+        (
+            {"access_token": "a", "expires_in": 366 * 86400 + 1},
+            "token lifetime is implausibly long (over a year)",
+        ),
+        ({"access_token": "a", "expires_on": SENT_EPOCH}, "token is already expired on arrival"),
+        ({"access_token": "a", "expires_in": 1.5}, "expires_in is not a number"),
+    ],
+)
+def test_malformed_responses_say_exactly_why(body: dict[str, object], message: str) -> None:
+    with pytest.raises(MalformedResponse) as caught:
+        parse_token_response(body, sent_at=SENT)
+    assert str(caught.value) == message
+
+
+@pytest.mark.parametrize(
+    ("body", "lifetime"),
+    [
+        ({"expires_in": 1}, timedelta(seconds=1)),  # the shortest
+        ({"expires_in": 3600.0}, timedelta(hours=1)),  # a whole float
+        ({"expires_in": 366 * 86400}, timedelta(days=366)),  # the longest
+        ({"expires_on": SENT_EPOCH + 1}, timedelta(seconds=1)),
+    ],
+)
+def test_the_edges_of_a_usable_lifetime(body: dict[str, object], lifetime: timedelta) -> None:
+    token = parse_token_response({"access_token": "a", **body}, sent_at=SENT)
+    assert token.expires_at - SENT == lifetime
+
+
+@pytest.mark.parametrize(
+    ("authority", "target", "url"),
+    [
+        (
+            None,
+            Target(resource="https://crm.example"),
+            "https://login.microsoftonline.com/t/oauth2/token",
+        ),
+        ("https://login.example/", Target(resource="r"), "https://login.example/t/oauth2/token"),
+        (
+            "https://login.example//",
+            Target(scopes=("s",)),
+            "https://login.example/t/oauth2/v2.0/token",
+        ),
+    ],
+)
+def test_entra_token_urls(authority: str | None, target: Target, url: str) -> None:
+    assert entra_token_url("t", target, authority) == url
+
+
+def test_an_endpoint_is_entra_for_a_tenant_else_the_one_configured() -> None:
+    target = Target(scopes=("s",))
+    entra = endpoint_for(target, tenant="t", token_endpoint="https://x.example/token")
+    assert entra.token_url == "https://login.microsoftonline.com/t/oauth2/v2.0/token"
+    other = endpoint_for(
+        target,
+        token_endpoint="http://127.0.0.1/token",
+        issuer="https://issuer.example",
+        allow_insecure_http=True,
+    )
+    assert other == Endpoint(
+        token_url="http://127.0.0.1/token",
+        issuer="https://issuer.example",
+        allow_insecure_http=True,
+    )
