@@ -140,6 +140,15 @@ def test_discovery_failures_say_exactly_what_went_wrong(
     other = _discover(discovery, JSONResponse({"issuer": "https://elsewhere.example"}))
     assert isinstance(other, PermanentError)
     assert other.code == "issuer_mismatch"
+    assert str(other) == (
+        f"127.0.0.1: discovery document {document} names issuer 'https://elsewhere.example', "
+        f"not the configured '{url}/tenant/'; they must be identical (RFC 8414 section 3.3): "
+        "set issuer to the published value, or use token_endpoint"
+    )
+    html = _discover(discovery, Response("<html>proxy</html>", media_type="text/html"))
+    assert isinstance(html, PermanentError)
+    assert html.code == "issuer_mismatch"
+    assert "names issuer None" in str(html)
 
     issuer = f"{url}/tenant/"
     incomplete = _discover(discovery, JSONResponse({"issuer": issuer}))
