@@ -108,8 +108,8 @@ def _discover(discovery: tuple[DiscoveryServer, str], response: Response) -> Tok
     server.response = response
     server.seen.clear()
     with pytest.raises(TokenError) as caught:
-        _acquire(TokenRequest("crm", NoGrant(f"{url}/tenant/")))  # type: ignore[arg-type]
-    assert server.seen == [("GET", "/tenant/.well-known/openid-configuration", "application/json")]
+        _acquire(TokenRequest("crm", NoGrant(f"{url}/tenantX/")))  # type: ignore[arg-type]
+    assert server.seen == [("GET", "/tenantX/.well-known/openid-configuration", "application/json")]
     return caught.value
 
 
@@ -117,7 +117,7 @@ def test_discovery_failures_say_exactly_what_went_wrong(
     discovery: tuple[DiscoveryServer, str],
 ) -> None:
     url = discovery[1]
-    document = f"{url}/tenant/.well-known/openid-configuration"
+    document = f"{url}/tenantX/.well-known/openid-configuration"
 
     missing = _discover(discovery, Response(status_code=404))
     assert isinstance(missing, PermanentError)
@@ -142,7 +142,7 @@ def test_discovery_failures_say_exactly_what_went_wrong(
     assert other.code == "issuer_mismatch"
     assert str(other) == (
         f"127.0.0.1: discovery document {document} names issuer 'https://elsewhere.example', "
-        f"not the configured '{url}/tenant/'; they must be identical (RFC 8414 section 3.3): "
+        f"not the configured '{url}/tenantX/'; they must be identical (RFC 8414 section 3.3): "
         "set issuer to the published value, or use token_endpoint"
     )
     html = _discover(discovery, Response("<html>proxy</html>", media_type="text/html"))
@@ -150,7 +150,7 @@ def test_discovery_failures_say_exactly_what_went_wrong(
     assert html.code == "issuer_mismatch"
     assert "names issuer None" in str(html)
 
-    issuer = f"{url}/tenant/"
+    issuer = f"{url}/tenantX/"
     incomplete = _discover(discovery, JSONResponse({"issuer": issuer}))
     assert isinstance(incomplete, TransientError)
     assert str(incomplete) == f"127.0.0.1: no token_endpoint in discovery document {document}"
@@ -288,6 +288,7 @@ def test_the_edges_of_a_usable_lifetime(body: dict[str, object], lifetime: timed
             "https://login.microsoftonline.com/t/oauth2/token",
         ),
         ("https://login.example/", Target(resource="r"), "https://login.example/t/oauth2/token"),
+        ("https://login.example/X", Target(resource="r"), "https://login.example/X/t/oauth2/token"),
         (
             "https://login.example//",
             Target(scopes=("s",)),
