@@ -61,6 +61,7 @@ MODULES: dict[str, Module] = {
             "tests/integration/test_engine.py",
             "tests/integration/test_faults.py",
             "tests/unit/test_state.py",
+            "tests/unit/test_state_messages.py",
             "tests/integration/test_recovery.py",
             "tests/integration/test_reload.py::test_engine_reload",
             "tests/integration/test_reload.py::"

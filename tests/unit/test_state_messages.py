@@ -1,0 +1,185 @@
+"""What the state store says, exactly, for each stored file it will not use (the operator reads
+these lines to learn why a restart asked the identity provider after all), and the round trip
+of every field it stores."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tokend.engine.state import StateStore, state_dir_problem
+from tokend.seal import Sealer
+from tokend.token import Token
+
+NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+FP = "f" * 64
+
+
+def _token(**changes: Any) -> Token:
+    fields: dict[str, Any] = {
+        "value": "v-0123456789",
+        "token_type": "pop",
+        "expires_at": NOW + timedelta(hours=1),
+        "obtained_at": NOW - timedelta(minutes=1),
+        "refresh_on": NOW + timedelta(minutes=30),
+        "resource": "https://crm.example",
+        "scopes": ("a", "b"),
+    }
+    return Token(**(fields | changes))
+
+
+def _messages(caplog: pytest.LogCaptureFixture) -> list[tuple[int, str, str | None]]:
+    return [(r.levelno, r.getMessage(), getattr(r, "token", None)) for r in caplog.records]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> StateStore:
+    return StateStore(tmp_path / "state", Sealer("a key"))
+
+
+def test_every_field_survives_the_round_trip(store: StateStore) -> None:
+    for token in (_token(), _token(refresh_on=None, resource=None, scopes=())):
+        store.save("crm", FP, token)
+        assert store.load("crm", FP, NOW) == token
+
+
+def _rewrite(store: StateStore, change: dict[str, Any]) -> Path:
+    """Store a plain (unsealed) document with `change` applied to it."""
+    path = store.directory / "crm.json"
+    StateStore(store.directory).save("crm", FP, _token())
+    document = json.loads(path.read_text())
+    for key, value in change.items():
+        if key.startswith("token."):
+            document["token"][key.removeprefix("token.")] = value
+        else:
+            document[key] = value
+    path.write_text(json.dumps(document))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("change", "level", "message"),
+    [
+        ({"fingerprint": "0" * 64}, logging.INFO, "stored token discarded: its config changed"),
+        (
+            {"format": 7},
+            logging.WARNING,
+            "stored state {path} unreadable (ValueError); ignoring it",
+        ),
+        (
+            {"token.expires_at": "2026-03-01T13:00:00"},
+            logging.WARNING,
+            "stored state {path} unreadable (ValueError); ignoring it",
+        ),
+        (
+            {"token.obtained_at": "2026-03-01T11:00:00"},
+            logging.WARNING,
+            "stored state {path} unreadable (ValueError); ignoring it",
+        ),
+        (
+            {"token.expires_at": (NOW + timedelta(hours=25)).isoformat()},
+            logging.WARNING,
+            "stored state {path} ignored: its times are implausible",
+        ),
+        (
+            {"token.obtained_at": (NOW + timedelta(hours=25)).isoformat()},
+            logging.WARNING,
+            "stored state {path} ignored: its times are implausible",
+        ),
+    ],
+)
+def test_why_a_stored_token_is_not_used(
+    store: StateStore,
+    caplog: pytest.LogCaptureFixture,
+    change: dict[str, Any],
+    level: int,
+    message: str,
+) -> None:
+    path = _rewrite(store, change)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="tokend.state"):
+        assert store.load("crm", FP, NOW) is None
+    assert _messages(caplog) == [(level, message.format(path=path), "crm")]
+
+
+def test_a_stored_token_with_its_refresh_hint_in_the_past_is_still_used(
+    store: StateStore,
+) -> None:
+    """Only the expiry decides: a token with hours left is resumed whatever else it carries."""
+    store.save("crm", FP, _token(refresh_on=NOW - timedelta(seconds=1)))
+    loaded = store.load("crm", FP, NOW)
+    assert loaded is not None and loaded.refresh_on == NOW - timedelta(seconds=1)
+
+
+def test_a_file_others_can_read_is_ignored_with_the_reason(
+    store: StateStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    store.save("crm", FP, _token())
+    path = store.directory / "crm.json"
+    path.chmod(0o644)
+    with caplog.at_level(logging.INFO, logger="tokend.state"):
+        assert store.load("crm", FP, NOW) is None
+    assert _messages(caplog) == [
+        (
+            logging.WARNING,
+            f"stored state {path} ignored: mode 0644 lets other users have it read or written",
+            "crm",
+        )
+    ]
+
+
+def test_sealed_state_without_a_key_is_not_opened(
+    store: StateStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    store.save("crm", FP, _token())
+    with caplog.at_level(logging.INFO, logger="tokend.state"):
+        assert StateStore(store.directory).load("crm", FP, NOW) is None
+    path = store.directory / "crm.json"
+    assert _messages(caplog)[-1] == (
+        logging.WARNING,
+        f"stored state {path} does not open with this state_key (tampered, or sealed with "
+        "another key); ignoring it",
+        "crm",
+    )
+
+
+def test_unencrypted_state_is_said_once_per_directory(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="tokend.state"):
+        StateStore(tmp_path / "plain")
+        StateStore(tmp_path / "plain")
+    assert _messages(caplog) == [
+        (
+            logging.WARNING,
+            f"state in {tmp_path / 'plain'} is stored unencrypted: set state_key (a secret "
+            "reference) to seal it",
+            None,
+        )
+    ]
+
+
+def test_a_state_dir_that_cannot_be_created_is_named(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Root may write anywhere, so a parent not writable by this user is simulated."""
+    wanted = tmp_path / "a" / "b"
+    asked: list[tuple[str, int]] = []
+
+    def access(path: object, mode: int) -> bool:
+        asked.append((os.fspath(path), mode))  # type: ignore[arg-type]
+        return False
+
+    monkeypatch.setattr(os, "access", access)
+    assert state_dir_problem(wanted) == (
+        f"{wanted} cannot be created: {tmp_path} is not writable by this user"
+    )
+    assert asked == [(str(tmp_path), os.W_OK | os.X_OK)]
+    monkeypatch.setattr(os, "access", lambda path, mode: True)
+    assert state_dir_problem(wanted) is None
