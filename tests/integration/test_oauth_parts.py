@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
+import socket
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -31,9 +33,14 @@ from tokend.oauth import (
     TransientError,
 )
 from tokend.oauth.dialects import endpoint_for, entra_token_url
-from tokend.oauth.grants.client_secret import basic_authorization
+from tokend.oauth.grants import GrantContext
+from tokend.oauth.grants.client_secret import (
+    ClientSecretGrant,
+    ClientSecretOptions,
+    basic_authorization,
+)
 from tokend.oauth.response import MalformedResponse, parse_token_response
-from tokend.secrets import SecretError
+from tokend.secrets import Secret, SecretError, SecretReference
 
 SENT = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -315,3 +322,41 @@ def test_an_endpoint_is_entra_for_a_tenant_else_the_one_configured() -> None:
         issuer="https://issuer.example",
         allow_insecure_http=True,
     )
+
+
+class FromResources(SecretReference):
+    """A secret read through a shared client (as `{vault: ...}` is)."""
+
+    def describe(self) -> str:
+        return "test resource"
+
+    def resolve(self, resources: Any = None) -> Secret:
+        if resources is None:
+            raise SecretError("test resource: no shared client")
+        return Secret(resources.value)
+
+
+class Resources:
+    value = "the secret in the store"
+
+
+def test_a_secrets_version_is_read_through_the_shared_clients() -> None:
+    """The cause watch compares versions: a secret in a shared store (Vault) must be read
+    through the process's clients, or its version never changes."""
+    options = ClientSecretOptions.model_construct(
+        type="client_secret", secret=FromResources(), auth_method="client_secret_post"
+    )
+    endpoint = Endpoint(token_url="https://idp.example/token")
+    grant = ClientSecretGrant(options, GrantContext("client", endpoint, Resources()))  # type: ignore[arg-type]
+    digest = hashlib.sha256(b"the secret in the store").hexdigest()[:16]
+    assert asyncio.run(grant.source_version()) == digest
+
+
+def test_a_discovery_endpoint_that_cannot_be_reached_is_transient() -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    with pytest.raises(TransientError) as caught:
+        _acquire(TokenRequest("crm", NoGrant(f"http://127.0.0.1:{port}/t")))  # type: ignore[arg-type]
+    assert str(caught.value).startswith("127.0.0.1: ConnectError")
+    assert (caught.value.code, caught.value.peer.token) == ("ConnectError", "crm")
