@@ -71,6 +71,8 @@ MODULES: dict[str, Module] = {
         ),
         slow=(
             "tests/integration/test_simulation.py::test_a_day_against_a_flaky_identity_provider",
+            "tests/integration/test_recovery.py::"
+            "test_after_an_outage_every_consumer_is_whole_again_within_15_s",
         ),
     ),
     "files": Module(
