@@ -11,6 +11,7 @@ import json
 import socket
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -131,12 +132,13 @@ def test_discovery_failures_say_exactly_what_went_wrong(
     assert str(missing) == f"127.0.0.1: no discovery document at {document} (HTTP 404)"
     assert missing.code == "no_discovery"
 
-    busy = _discover(discovery, JSONResponse({}, status_code=503, headers={"Retry-After": "9"}))
+    later = {"Retry-After": "Thu, 01 Jan 2026 00:00:30 GMT"}  # the fake clock's now + 30 s
+    busy = _discover(discovery, JSONResponse({}, status_code=503, headers=later))
     assert isinstance(busy, TransientError)
     assert (str(busy), busy.code, busy.retry_after) == (
         "127.0.0.1: HTTP 503 no error code",
         "http_503",
-        9.0,
+        30.0,
     )
     assert busy.peer.token == "crm"
 
@@ -316,12 +318,17 @@ def test_an_endpoint_is_entra_for_a_tenant_else_the_one_configured() -> None:
         token_endpoint="http://127.0.0.1/token",
         issuer="https://issuer.example",
         allow_insecure_http=True,
+        ca_bundle=Path("/etc/ca.pem"),
     )
     assert other == Endpoint(
         token_url="http://127.0.0.1/token",
         issuer="https://issuer.example",
         allow_insecure_http=True,
+        ca_bundle=Path("/etc/ca.pem"),
     )
+    assert endpoint_for(target, token_endpoint="https://x.example/t") == Endpoint(
+        token_url="https://x.example/t"
+    )  # plain http is not allowed unless asked
 
 
 class FromResources(SecretReference):
