@@ -61,6 +61,14 @@ HELP = {
         "gauge",
         "When a sink last accepted a token (Unix time).",
     ),
+    "tokend_notifier_runs": (
+        "counter",
+        "Consumer notifications (on_publish) after a sink's write, by outcome.",
+    ),
+    "tokend_identity_certificate_expiry_timestamp_seconds": (
+        "gauge",
+        "When the certificate an identity signs its requests with expires (Unix time).",
+    ),
 }
 """Every family's type and help text: dashboards and the operations guide quote them."""
 
