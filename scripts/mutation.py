@@ -102,7 +102,12 @@ MODULES: dict[str, Module] = {
     ),
     "logs": Module(
         ("tokend/logs.py", "tokend/redaction.py"),
-        ("tests/unit/test_logs.py", "tests/unit/test_redaction.py", "tests/unit/test_errors.py"),
+        (
+            "tests/unit/test_logs.py",
+            "tests/unit/test_redaction.py",
+            "tests/unit/test_errors.py",
+            "tests/unit/test_systemd.py",
+        ),
     ),
     "config": Module(
         ("tokend/config.py", "tokend/validation.py"),

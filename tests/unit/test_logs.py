@@ -11,8 +11,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from tokend.logs import JsonFormatter, TextFormatter, setup_logging
-from tokend.systemd import JournalPriorityFormatter
+from tokend.logs import JournalPriorityFormatter, JsonFormatter, TextFormatter, setup_logging
 
 CREATED = datetime(2026, 3, 1, 12, 0, 5, 123456, tzinfo=UTC).timestamp()
 
