@@ -339,7 +339,7 @@ class FromResources(SecretReference):
 
     def resolve(self, resources: Any = None) -> Secret:
         if resources is None:
-            raise SecretError("test resource: no shared client")
+            raise SecretError("test resource: no shared client", transient=True)
         return Secret(resources.value)
 
 
@@ -367,3 +367,68 @@ def test_a_discovery_endpoint_that_cannot_be_reached_is_transient() -> None:
         _acquire(TokenRequest("crm", NoGrant(f"http://127.0.0.1:{port}/t")))  # type: ignore[arg-type]
     assert str(caught.value).startswith("127.0.0.1: ConnectError")
     assert (caught.value.code, caught.value.peer.token) == ("ConnectError", "crm")
+
+
+def _v2_request(idp: FakeIdp) -> TokenRequest:
+    return client_secret_request(
+        Endpoint(token_url=idp.token_url(2), allow_insecure_http=True),
+        client_id=CLIENT_ID,
+        secret=CLIENT_SECRET,
+        scopes=("https://graph.example/.default",),
+    )
+
+
+def _padded_body(size: int) -> str:
+    """A valid token response of exactly `size` bytes."""
+    head = '{"access_token": "abc", "token_type": "Bearer", "expires_in": 3600, "pad": "'
+    return head + "x" * (size - len(head) - 2) + '"}'
+
+
+def test_a_response_of_up_to_one_mib_is_read_whole(idp: FakeIdp) -> None:
+    idp.fail(faults.raw(200, _padded_body(1 << 20), "application/json"))
+    assert _acquire(_v2_request(idp)).value == "abc"  # read in many chunks, joined as sent
+
+
+@pytest.mark.parametrize("size", [(1 << 20) + 1, 3 << 20])
+def test_a_response_over_one_mib_is_refused(idp: FakeIdp, size: int) -> None:
+    idp.fail(faults.raw(200, _padded_body(size), "application/json"))
+    with pytest.raises(TransientError) as caught:
+        _acquire(_v2_request(idp))
+    assert (str(caught.value), caught.value.code) == (
+        f"{idp.url.split('//')[1].split(':')[0]}: response body larger than 1 MiB",
+        "too_large",
+    )
+
+
+def test_the_client_secret_request_says_what_it_wants(idp: FakeIdp) -> None:
+    _acquire(_v2_request(idp))
+    (sent,) = idp.token_requests
+    assert sent.headers["accept"] == "application/json"
+    assert sent.form["grant_type"] == "client_credentials"
+
+
+def test_a_granted_scope_replaces_the_requested_one_and_a_late_refresh_hint_is_dropped() -> None:
+    body = {
+        "access_token": "a",
+        "expires_in": 3600,
+        "refresh_in": 3600,  # not before expiry: no hint at all
+        "scope": "read write",
+    }
+    token = parse_token_response(body, sent_at=SENT, scopes=("asked",))
+    assert token.scopes == ("read", "write")
+    assert token.refresh_on is None
+
+
+def test_the_client_secret_is_read_through_the_shared_clients() -> None:
+    options = ClientSecretOptions.model_construct(
+        type="client_secret", secret=FromResources(), auth_method="client_secret_post"
+    )
+    endpoint = Endpoint(token_url="https://idp.example/token")
+    grant = ClientSecretGrant(options, GrantContext("client", endpoint, Resources()))  # type: ignore[arg-type]
+    sent = asyncio.run(grant.request("https://idp.example/token", Target(scopes=("s",))))
+    assert sent.form["client_secret"] == "the secret in the store"
+    without = ClientSecretGrant(options, GrantContext("client", endpoint))
+    with pytest.raises(SecretError) as caught:
+        asyncio.run(without.request("https://idp.example/token", Target(scopes=("s",))))
+    assert str(caught.value) == "client secret: test resource: no shared client"
+    assert (caught.value.code, caught.value.transient) == ("secret_unavailable", True)
