@@ -9,14 +9,14 @@ import base64
 import hashlib
 import json
 import socket
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from tests.support import idp as faults
 from tests.support.clock import FakeClock
@@ -432,3 +432,19 @@ def test_the_client_secret_is_read_through_the_shared_clients() -> None:
         asyncio.run(without.request("https://idp.example/token", Target(scopes=("s",))))
     assert str(caught.value) == "client secret: test resource: no shared client"
     assert (caught.value.code, caught.value.transient) == ("secret_unavailable", True)
+
+
+def test_a_response_sent_in_pieces_is_read_as_sent(idp: FakeIdp) -> None:
+    pieces = [b'{"access_token": "ab', b'cd", "token_type": "Bea', b'rer", "expires_in": 3600}']
+
+    async def streamed() -> Response:
+        async def body() -> AsyncIterator[bytes]:
+            for piece in pieces:
+                yield piece
+                await asyncio.sleep(0.01)  # separate writes, so separate reads
+
+        return StreamingResponse(body(), media_type="application/json")
+
+    idp.fail(streamed)
+    token = _acquire(_v2_request(idp))
+    assert (token.value, token.token_type) == ("abcd", "Bearer")
