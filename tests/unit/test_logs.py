@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
@@ -43,6 +44,20 @@ def test_a_text_line() -> None:
     assert lines[0] == "2026-03-01T12:00:05.123Z WARNING token=crm failed"
     assert lines[1] == "Traceback (most recent call last):"
     assert lines[-1] == "ValueError: boom"
+
+
+def test_times_are_utc_to_the_millisecond_whatever_the_local_zone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        record = _record("x")
+        record.created = datetime(2026, 3, 1, 12, 0, 5, 500000, tzinfo=UTC).timestamp()
+        assert TextFormatter().format(record) == "2026-03-01T12:00:05.500Z WARNING x"
+    finally:
+        monkeypatch.undo()
+        time.tzset()
 
 
 def test_a_json_line() -> None:
@@ -100,6 +115,12 @@ def test_setup_routes_everything_through_one_handler_on_stderr(
         assert logging.getLogger(noisy).level == logging.WARNING, noisy
 
 
+def test_by_default_info_as_text(root_logging: logging.Logger) -> None:
+    setup_logging()
+    (handler,) = root_logging.handlers
+    assert (type(handler.formatter), root_logging.level) == (TextFormatter, logging.INFO)
+
+
 def test_under_journald_each_line_carries_its_priority(
     root_logging: logging.Logger, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -107,5 +128,6 @@ def test_under_journald_each_line_carries_its_priority(
     setup_logging("info", "json")
     (handler,) = root_logging.handlers
     assert isinstance(handler.formatter, JournalPriorityFormatter)
-    line = handler.formatter.format(_record("x", level=logging.ERROR))
-    assert line.startswith("<3>{")
+    line = handler.formatter.format(_record("an error line", level=logging.ERROR))
+    assert line.startswith("<3>{") and "\n" not in line
+    assert json.loads(line.removeprefix("<3>"))["message"] == "an error line"
