@@ -120,7 +120,6 @@ MODULES: dict[str, Module] = {
         ("tokend/config.py", "tokend/validation.py"),
         (
             "tests/unit/test_config.py",
-            "tests/unit/test_config_messages.py",
             "tests/unit/test_vault_config.py",
             "tests/unit/test_credential_config.py",
             "tests/integration/test_plugins.py",
