@@ -471,3 +471,51 @@ def test_a_sink_that_never_held_a_token_is_retired_quietly(
         asyncio.run(slot.retire())
     assert caplog.records == []
     assert (sink.withdrawals, sink.closed) == (0, 1)
+
+
+@pytest.mark.parametrize(("stale", "left"), [(2026, 3028), (2027, 1002)])
+def test_aps_keeps_one_wakeup_for_the_earliest_key_and_drops_stale_entries(
+    stale: int, left: int
+) -> None:
+    """APScheduler holds one job, due at the earliest key; after it fires it is set for the
+    next key. Keys scheduled again leave stale heap entries, rebuilt away once they outnumber
+    twice the live ones plus 1,024 (here: 1,002 live, so from 2,027 stale on)."""
+
+    async def scenario() -> None:
+        scheduler = ApsScheduler()
+        ran: list[str] = []
+        done = asyncio.Event()
+
+        async def soon() -> None:
+            ran.append("soon")
+            done.set()
+
+        async def never() -> None:
+            ran.append("never")
+
+        now = datetime.now(UTC)
+        later, latest = now + timedelta(hours=1), now + timedelta(hours=2)
+        scheduler.start()
+        try:
+            scheduler.schedule("latest", latest, never)
+            assert scheduler._wakeup_at == latest
+            scheduler.schedule("later", later, never)
+            assert scheduler._wakeup_at == later  # an earlier key moves the wake-up
+            scheduler.schedule("latest", latest + timedelta(hours=1), never)  # 1 stale
+            assert scheduler._wakeup_at == later  # a later one does not
+            plans = [index % 1000 for index in range(1000 + stale - 1)]
+            for round_, index in enumerate(plans):
+                scheduler.schedule(f"k{index}", latest + timedelta(seconds=round_), never)
+            assert len(scheduler._heap) == 1002 + stale
+            scheduler.schedule("soon", now - timedelta(seconds=1), soon)
+            await asyncio.wait_for(done.wait(), 5)
+            await asyncio.sleep(0.05)  # the wake-up finishes its bookkeeping
+            assert ran == ["soon"]
+            assert scheduler.due("later") and not scheduler.due("soon")
+            assert scheduler._wakeup_at == later  # set again for the next key
+            assert len(scheduler._heap) == left
+        finally:
+            await scheduler.stop(5)
+        assert not scheduler.due("later")  # stopped: nothing pending
+
+    asyncio.run(scenario())
