@@ -175,3 +175,43 @@ def test_when_one_sink_recovers_every_other_sink_of_its_type_catches_up_at_once(
         assert sinks[2].received == [first, first]  # checked, found lost, written again
 
     asyncio.run(scenario())
+
+
+def test_a_forgotten_sink_is_never_checked_again_and_others_of_its_type_still_are() -> None:
+    world = World()
+    kept, dropped = CheckedSink(interval=20 * S), CheckedSink(interval=20 * S)
+
+    async def scenario() -> None:
+        slots = [world.slot(kept, "kept"), world.slot(dropped, "dropped")]
+        await Publisher(slots, world.deliveries).publish(world.token())
+        slots[1].stop()  # its token was removed: the verifier forgets it
+        world.verifier.forget(world.slot(PlainSink(), "never-watched"))  # nothing to forget
+        await world.scheduler.run_until(world.clock.now() + 60 * S)
+        assert dropped.verified == 0
+        assert kept.verified >= 2
+        assert list(world.verifier._kinds[CheckedSink].live) == [slots[0]]  # no memory kept
+
+    asyncio.run(scenario())
+
+
+def test_recoveries_close_together_make_one_sweep() -> None:
+    """A sweep at most every 10 s: the second recovery 10 s after the first sweeps again, one
+    at 9 s does not."""
+    world = World()
+    sinks = [CheckedSink(interval=timedelta(0)) for _ in range(3)]
+
+    async def scenario() -> list[int]:
+        slots = [world.slot(sink, name) for sink, name in zip(sinks, ("a", "b", "c"), strict=True)]
+        await Publisher(slots, world.deliveries).publish(world.token())
+        checked = []
+        for step in (0, 9, 1):
+            world.clock.advance(step * S)
+            world.verifier.recovered(slots[0])
+            for _ in range(10):  # the catch-ups run in the sinks' delivery lane
+                await asyncio.sleep(0)
+            checked.append(sinks[2].verified)
+        world.verifier.recovered(world.slot(PlainSink(), "other-type"))  # no such kind: nothing
+        return checked
+
+    assert asyncio.run(scenario()) == [1, 1, 2]
+    assert sinks[0].verified == 0  # the one that recovered is not asked
