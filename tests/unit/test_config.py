@@ -413,3 +413,10 @@ def test_scopes_may_be_one_string() -> None:
     )
     config = parse_config(text, label="config.yaml").config
     assert config.tokens["crm"].scopes == ["https://graph.microsoft.com/.default"]
+
+
+def test_identity_names_follow_the_same_rule_as_token_names() -> None:
+    assert _lines(_with({"  crm-app:\n": "  crm app:\n"})) == [
+        "config.yaml: identities.crm app: names may use letters, digits, '.', '_' and '-' "
+        "(at most 64, not starting with '.')"
+    ]
