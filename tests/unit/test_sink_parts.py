@@ -213,3 +213,21 @@ def test_rfc3339_is_utc_to_the_second() -> None:
 
     moment = datetime(2026, 3, 1, 13, 0, 5, 999999, tzinfo=timezone(timedelta(hours=1)))
     assert rfc3339(moment) == "2026-03-01T12:00:05Z"
+
+
+def test_the_resolved_target_follows_directory_links(tmp_path: Path) -> None:
+    """Two sinks writing one file through different links are found out by check."""
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    options = _options(path=str(tmp_path / "link" / "crm.token"))
+    assert options.target() == f"file {tmp_path / 'link' / 'crm.token'}"
+    assert options.resolved_target() == f"file {tmp_path / 'real' / 'crm.token'}"
+
+
+@pytest.mark.parametrize(
+    ("mode", "warned"), [("0600", False), ("0640", False), ("0604", True), ("0666", True)]
+)
+def test_a_world_readable_token_file_is_warned_about(mode: str, warned: bool) -> None:
+    options = _options(path="/run/tokend/crm.token", mode=mode)
+    expected = [f"mode {mode} lets every user on this machine read /run/tokend/crm.token"]
+    assert options.warnings() == (expected if warned else [])
