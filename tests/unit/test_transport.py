@@ -13,6 +13,7 @@ from tokend.transport import (
     CaBundleError,
     ca_bundle_problem,
     is_loopback,
+    is_on_this_machine,
     split_listen,
     ssl_context,
     url_problem,
@@ -133,3 +134,19 @@ def test_other_reasons_a_bundle_cannot_be_read(
     monkeypatch.setattr(ssl, "create_default_context", refuse)
     path = tmp_path / f"{type(error).__name__}-{error.errno}.pem"
     assert ca_bundle_problem(path) == f"ca_bundle {path}: {reason}"
+
+
+@pytest.mark.parametrize(
+    ("host", "here"),
+    [
+        ("localhost", True),
+        ("127.0.0.1", True),
+        ("169.254.169.254", True),  # the Azure instance metadata service
+        ("[fe80::1]", True),
+        ("X169.254.169.254", False),
+        ("10.0.0.1", False),
+        ("idp.example", False),
+    ],
+)
+def test_what_is_on_this_machine_and_needs_no_proxy(host: str, here: bool) -> None:
+    assert is_on_this_machine(host) is here
