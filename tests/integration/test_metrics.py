@@ -6,9 +6,13 @@ Dashboards and alerts read these series: a wrong value is an outage nobody is to
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import entra_identity
@@ -18,7 +22,10 @@ from tests.support.harness import Harness
 from tests.support.idp import CLIENT_SECRET, FakeIdp
 from tokend import __version__
 from tokend.config import Config
+from tokend.engine import Phase
+from tokend.engine.query import SinkView, TokenView
 from tokend.metrics import Metrics
+from tokend.oauth.grants.base import CredentialState
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -200,3 +207,106 @@ def test_metric_values_through_a_token_life(idp: FakeIdp, tmp_path: Path) -> Non
             await h.stop()
 
     asyncio.run(scenario())
+
+
+class ViewsOnly:
+    """An engine as the collector sees it: `query(now)` and nothing else."""
+
+    def __init__(self, *views: TokenView) -> None:
+        self.views = views
+
+    def query(self, now: datetime) -> Iterator[TokenView]:
+        return iter(self.views)
+
+
+def _view(name: str, identity: str | None, notified: dict[str, int] | None) -> TokenView:
+    sink = SinkView(
+        name="file",
+        held_expires_at=None,
+        holds_valid_token=False,
+        required_for_ready=True,
+        last_success=None,
+        failures=0,
+        last_error=None,
+        published=0,
+        errors=0,
+        notifications=notified,
+    )
+    credential = None
+    if identity is not None:
+        credential = CredentialState(identity, datetime(2027, 1, 1, tzinfo=UTC))
+    return TokenView(
+        name=name,
+        phase=Phase.PENDING,
+        token=None,
+        valid=False,
+        published=False,
+        ready=False,
+        next_refresh=None,
+        last_success=None,
+        failures=0,
+        last_error=None,
+        refreshes={"success": 0, "transient_error": 0, "permanent_error": 0},
+        sinks=(sink,),
+        credential=credential,
+    )
+
+
+def test_notifications_and_certificate_expiry_once_per_identity() -> None:
+    metrics = Metrics(FakeClock())
+    views = ViewsOnly(
+        _view("crm", "app", {"success": 3, "error": 1}),
+        _view("erp", "app", None),  # same identity: its certificate is counted once
+        _view("api", "other", None),
+        _view("web", None, {}),
+    )
+    metrics.watch(views)  # type: ignore[arg-type]
+    samples = _samples(metrics)
+    expiry = datetime(2027, 1, 1, tzinfo=UTC).timestamp()
+    certificates = {
+        labels: value
+        for (name, labels), value in samples.items()
+        if name == "tokend_identity_certificate_expiry_timestamp_seconds"
+    }
+    assert certificates == {
+        frozenset({("identity", "app")}): expiry,
+        frozenset({("identity", "other")}): expiry,
+    }
+    notified = {
+        labels: value
+        for (name, labels), value in samples.items()
+        if name == "tokend_notifier_runs_total"
+    }
+    assert notified == {
+        _token("crm", sink="file", result="success"): 3.0,
+        _token("crm", sink="file", result="error"): 1.0,
+    }
+
+
+class FakeClients:
+    """Shared clients in use, as `Resources.in_use()` lists them."""
+
+    def __init__(self, *pairs: tuple[Any, Any]) -> None:
+        self.pairs = list(pairs)
+
+    def in_use(self) -> list[tuple[Any, Any]]:
+        return self.pairs
+
+
+def test_each_kind_of_shared_client_reports_its_own_metrics_for_all_its_clients() -> None:
+    def health(clients: list[str]) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily("tokend_store_up", "Store reachable.", labels=["client"])
+        for client in clients:
+            family.add_metric([client], 1.0)
+        yield family
+
+    store = SimpleNamespace(section="store", metrics=health)
+    silent = SimpleNamespace(section="silent", metrics=None)
+    metrics = Metrics(FakeClock())
+    metrics.watch(ViewsOnly(), FakeClients((store, "a"), (silent, "x"), (store, "b")))  # type: ignore[arg-type]
+    samples = _samples(metrics)
+    assert {key: value for key, value in samples.items() if key[0] == "tokend_store_up"} == {
+        ("tokend_store_up", frozenset({("client", "a")})): 1.0,
+        ("tokend_store_up", frozenset({("client", "b")})): 1.0,
+    }
+    assert _families(metrics)["tokend_store_up"] == ("gauge", "Store reachable.")
