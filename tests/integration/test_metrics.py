@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.conftest import entra_identity
 from tests.support import idp as faults
 from tests.support.clock import FakeClock
-from tests.support.harness import Harness
+from tests.support.harness import Harness, harness
 from tests.support.idp import CLIENT_SECRET, FakeIdp
 from tokend import __version__
 from tokend.config import Config
@@ -310,3 +310,65 @@ def test_each_kind_of_shared_client_reports_its_own_metrics_for_all_its_clients(
         ("tokend_store_up", frozenset({("client", "b")})): 1.0,
     }
     assert _families(metrics)["tokend_store_up"] == ("gauge", "Store reachable.")
+
+
+def test_the_query_view_of_a_token_with_a_failing_sink(idp: FakeIdp, tmp_path: Path) -> None:
+    """What /status, /metrics and readiness read: every field of the token's and each sink's
+    view, while one sink fails and the token is valid, then after the token expired."""
+    config = Config.model_validate(
+        {
+            "identities": {"app": entra_identity(idp, CLIENT_SECRET)},
+            "tokens": {
+                "crm": {
+                    "identity": "app",
+                    "resource": "https://crm.example",
+                    "sinks": [
+                        {"type": "file", "path": str(tmp_path / "crm.token")},
+                        {
+                            "type": "file",
+                            "path": str(tmp_path / "missing" / "crm.token"),
+                            "required_for_ready": False,
+                        },
+                    ],
+                }
+            },
+            "defaults": {"startup_spread": 0},
+        }
+    )
+
+    async def scenario() -> None:
+        async with harness(config) as h:
+            await h.start()
+            await h.run_for(timedelta(0))
+            now = h.clock.now()
+            job = h.job()
+            view = h.engine.view("crm", now)
+            assert view is not None and job.token is not None
+            assert (view.phase, view.token, view.valid, view.published, view.ready) == (
+                job.phase(now),
+                job.token,
+                True,
+                False,  # not every sink holds it...
+                True,  # ...but every sink readiness waits for does
+            )
+            assert (view.last_error, view.credential, view.failures) == (None, None, 0)
+            ok, down = view.sinks
+            assert (ok.held_expires_at, ok.holds_valid_token, ok.required_for_ready) == (
+                job.token.expires_at,
+                True,
+                True,
+            )
+            assert (ok.failures, ok.last_error, ok.published, ok.errors) == (0, None, 1, 0)
+            assert ok.notifications is None
+            assert (down.held_expires_at, down.holds_valid_token, down.failures) == (None, False, 1)
+            assert down.required_for_ready is False
+            assert down.last_error is not None and "does not exist" in str(down.last_error)
+            assert (down.published, down.errors) == (0, 1)
+            later = job.token.expires_at + timedelta(seconds=1)
+            expired = h.engine.view("crm", later)
+            assert expired is not None
+            assert (expired.valid, expired.published, expired.ready) == (False, False, False)
+            assert expired.sinks[0].holds_valid_token is False
+            assert expired.sinks[0].held_expires_at == job.token.expires_at
+
+    asyncio.run(scenario())
