@@ -519,3 +519,51 @@ def test_aps_keeps_one_wakeup_for_the_earliest_key_and_drops_stale_entries(
         assert not scheduler.due("later")  # stopped: nothing pending
 
     asyncio.run(scenario())
+
+
+def test_only_an_expired_held_token_of_a_live_slot_is_withdrawn(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = FakeClock()
+    sink = TroubledSink()
+    slot, _ = _slot(clock, sink, withdraw=True)
+
+    async def scenario() -> list[int]:
+        counts = []
+        await slot.expire(clock.now())  # nothing held yet
+        counts.append(sink.withdrawals)
+        slot.offer(_token(clock, minutes=1))
+        await slot.deliver()
+        await slot.expire(clock.now())  # still valid
+        counts.append(sink.withdrawals)
+        clock.advance(timedelta(minutes=2))
+        slot.stop()
+        await slot.expire(clock.now())  # expired, but the slot is stopped
+        counts.append(sink.withdrawals)
+        return counts
+
+    assert asyncio.run(scenario()) == [0, 0, 0]
+
+
+def test_an_unexpected_withdrawal_failure_is_logged_with_its_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = FakeClock()
+    sink = TroubledSink()
+    slot, _ = _slot(clock, sink, withdraw=True)
+
+    async def scenario() -> None:
+        slot.offer(_token(clock, minutes=1))
+        await slot.deliver()
+        clock.advance(timedelta(minutes=2))
+        sink.withdraw_error = OSError("gone")
+        with caplog.at_level(logging.WARNING, logger="tokend.publisher"):
+            await slot.expire(clock.now())
+
+    asyncio.run(scenario())
+    first = caplog.records[0]
+    assert (first.getMessage(), first.token, first.exc_info is not None) == (  # type: ignore[attr-defined]
+        "sink troubled: unexpected failure to withdraw",
+        "crm",
+        True,
+    )
