@@ -205,6 +205,24 @@ def test_a_cancelled_run_does_not_happen_and_cancelling_nothing_is_fine() -> Non
     assert asyncio.run(scenario()) == ["b"]
 
 
+def _config_for(tmp_path: Path, idp: FakeIdp, **extra: object) -> Config:
+    """One token `crm` with a file sink and state in tmp_path."""
+    return Config.model_validate(
+        {
+            "identities": {"app": entra_identity(idp, CLIENT_SECRET)},
+            "tokens": {
+                "crm": {
+                    "identity": "app",
+                    "resource": "https://crm.example",
+                    "sinks": [{"type": "file", "path": str(tmp_path / "crm.token")}],
+                }
+            },
+            "state_dir": str(tmp_path / "state"),
+            **extra,
+        }
+    )
+
+
 def test_the_view_of_one_token_is_its_entry_in_the_query(idp: FakeIdp, tmp_path: Path) -> None:
     config = Config.model_validate(
         {

@@ -4,6 +4,8 @@ of every field it stores."""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
 import logging
 import os
@@ -13,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.idp import FakeIdp
 from tokend.engine.state import StateStore, state_dir_problem
 from tokend.seal import Sealer
 from tokend.token import Token
@@ -183,3 +186,63 @@ def test_a_state_dir_that_cannot_be_created_is_named(
     assert asked == [(str(tmp_path), os.W_OK | os.X_OK)]
     monkeypatch.setattr(os, "access", lambda path, mode: True)
     assert state_dir_problem(wanted) is None
+
+
+def test_the_fingerprint_covers_every_part_of_a_request_and_is_stable() -> None:
+    """Stored tokens are matched by it: a changed endpoint, client or target must not match,
+    and the same request must match across versions (or every upgrade re-requests all)."""
+    from tests.support.requests import client_secret_request
+    from tokend.engine.state import fingerprint
+    from tokend.oauth import Endpoint
+
+    def of(**changes: Any) -> str:
+        fields: dict[str, Any] = {
+            "endpoint": Endpoint(token_url="https://idp.example/token"),
+            "client_id": "client",
+            "resource": "https://crm.example",
+            "scopes": (),
+        }
+        return fingerprint(client_secret_request(**(fields | changes)))
+
+    base = of()
+    assert (
+        base
+        == hashlib.sha256(b"https://idp.example/token\n\nclient\nhttps://crm.example\n").hexdigest()
+    )
+    variants = [
+        of(endpoint=Endpoint(token_url="https://other.example/token")),
+        of(endpoint=Endpoint(issuer="https://idp.example")),
+        of(client_id="other"),
+        of(resource=None),
+        of(resource=None, scopes=("a", "b")),
+        of(secret="another secret"),  # the secret is not part of it
+    ]
+    assert variants[-1] == base
+    assert len({base, *variants[:-1]}) == 6
+    assert (
+        of(resource=None, scopes=("a", "b"))
+        == hashlib.sha256(b"https://idp.example/token\n\nclient\n\na b").hexdigest()
+    )
+
+
+def test_a_resumed_token_is_published_logged_and_counts_as_the_last_success(
+    idp: FakeIdp, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from tests.support.harness import harness
+    from tests.unit.test_engine_parts import _config_for
+
+    async def life(config: Any) -> Any:
+        async with harness(config) as h:
+            await h.start()
+            await h.run_for(timedelta(minutes=1))
+            return h.job()
+
+    config = _config_for(tmp_path, idp)
+    first = asyncio.run(life(config))
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="tokend.refresh"):
+        second = asyncio.run(life(config))
+    assert second.token == first.token
+    assert second.last_success == first.token.obtained_at
+    expires = first.token.expires_at.strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert (logging.INFO, f"resumed stored token: expires {expires}", "crm") in _messages(caplog)
