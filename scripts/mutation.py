@@ -175,6 +175,9 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=2, help="mutants tested at once (default 2)")
     parser.add_argument("--list", action="store_true", help="print the module -> tests table")
     parser.add_argument(
+        "--report", action="store_true", help="print the scores of the last runs, run nothing"
+    )
+    parser.add_argument(
         "--source",
         type=Path,
         default=ROOT,
@@ -191,6 +194,10 @@ def main() -> int:
         return 0
     equivalent = set(EQUIVALENT.findall(LEDGER.read_text())) if LEDGER.exists() else set()
     source = args.source.resolve()
+    if args.report:
+        for name in args.modules or MODULES:
+            report(Score(name, statuses(source / ".mutation" / name), 0.0), equivalent)
+        return 0
     scores: list[Score] = []
     failed: list[str] = []
     for name in args.modules or MODULES:
