@@ -272,6 +272,8 @@ def test_notifications_and_certificate_expiry_once_per_identity() -> None:
         frozenset({("identity", "app")}): expiry,
         frozenset({("identity", "other")}): expiry,
     }
+    exposition = metrics.render().decode()
+    assert exposition.count("tokend_identity_certificate_expiry_timestamp_seconds{") == 2
     notified = {
         labels: value
         for (name, labels), value in samples.items()
