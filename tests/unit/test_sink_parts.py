@@ -231,3 +231,35 @@ def test_a_world_readable_token_file_is_warned_about(mode: str, warned: bool) ->
     options = _options(path="/run/tokend/crm.token", mode=mode)
     expected = [f"mode {mode} lets every user on this machine read /run/tokend/crm.token"]
     assert options.warnings() == (expected if warned else [])
+
+
+def test_json_files_are_indented_and_carry_the_scopes(tmp_path: Path) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    now = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+    token = Token(
+        value="v",
+        token_type="Bearer",
+        expires_at=now + timedelta(hours=1),
+        obtained_at=now,
+        scopes=("a", "b"),
+    )
+    path = tmp_path / "crm.json"
+    sink = FileSink(_options(path=str(path), format="json"), SinkContext("crm", "file-json"))
+    asyncio.run(sink.publish(token))
+    assert sink.name == "file-json"
+    assert path.read_text() == (
+        "{\n"
+        '  "access_token": "v",\n'
+        '  "token_type": "Bearer",\n'
+        f'  "expires_on": {int((now + timedelta(hours=1)).timestamp())},\n'
+        '  "expires_at": "2026-03-01T13:00:00Z",\n'
+        '  "scopes": [\n    "a",\n    "b"\n  ]\n'
+        "}\n"
+    )
+
+
+def test_the_lowest_mode_bits_are_allowed_and_sink_errors_default_to_permanent() -> None:
+    assert _options(path="/run/t", mode="0601").mode == 0o601
+    error = SinkError("x")
+    assert (error.code, error.transient) == ("sink_error", False)
