@@ -36,12 +36,14 @@ from tokend.engine.state import StateStore
 from tokend.engine.verifier import Verifier
 from tokend.oauth import GrantContext, HttpSettings, Target, TokenRequest, build_grant
 from tokend.oauth.dialects import DEFAULT_AUTHORITY_HOST, endpoint_for
+from tokend.oauth.grants.signin import refresh_token_files
 from tokend.oauth.jwks import JWKS, Connection
 from tokend.oauth.verify import VerifyingAcquirer, expectation
-from tokend.resources import Environment, Resources
+from tokend.resources import RESOURCES, Environment, Resources
 from tokend.seal import Sealer
+from tokend.sealed import SealedFiles
 from tokend.secrets import SecretError
-from tokend.sinks import SinkContext, build_sink, sink_labels
+from tokend.sinks import SinkContext, build_sink, is_shared, sink_labels
 
 T = TypeVar("T")
 log = logging.getLogger("tokend")
@@ -114,19 +116,36 @@ class Assembly:
         )
 
     def build(self, config: Config) -> None:
-        """Build every token's job; the engine then starts them or refreshes each once."""
+        """Build every token's job; the engine then starts them or refreshes each once. With
+        leader election, tokens with a sink shared between replicas run on the leader only."""
         self.resources.configure(config.sections)
         self.engine.build(self.blueprints(config), engine_settings(config))
+        for section, kind in RESOURCES.items():
+            if kind.leadership and section in config.sections:
+                self.engine.lead_with(self.resources.get(kind))
         self._config = config
 
     async def reload(self, config: Config) -> ReloadSummary:
         """Switch to `config`; shared clients whose settings changed are closed once every part
-        that used them has stopped."""
+        that used them has stopped. Leader election stays as it started (its changes take
+        effect at the next restart)."""
+        config = self._keep_leadership(config)
         self.resources.configure(config.sections)
         summary = await self.engine.reload(self.blueprints(config), engine_settings(config))
         self._config = config
         await self.resources.close_unused()
         return summary
+
+    def _keep_leadership(self, config: Config) -> Config:
+        old = self._config.sections if self._config is not None else {}
+        sections = dict(config.sections)
+        for section, kind in RESOURCES.items():
+            if kind.leadership and old.get(section) != sections.get(section):
+                log.warning("reload: changes to %s take effect at the next restart", section)
+                sections.pop(section, None)
+                if section in old:
+                    sections[section] = old[section]
+        return config.model_copy(update={"sections": sections})
 
     async def stop(self, timeout: float = 10.0) -> None:
         await self.engine.stop(timeout)
@@ -140,8 +159,10 @@ class Assembly:
             name: Blueprint(
                 functools.partial(parts.job, name),
                 unchanged=same_common and _own_inputs(old, name) == _own_inputs(config, name),
+                on_demand=config.tokens[name].on_demand,
+                leader_only=any(is_shared(sink) for sink in spec.sinks),
             )
-            for name in config.tokens
+            for name, spec in config.tokens.items()
         }
 
 
@@ -152,7 +173,7 @@ class _Parts:
     def __init__(self, runtime: _Runtime, config: Config) -> None:
         self._runtime = runtime
         self._config = config
-        self._state = _state_store(config, runtime.resources)
+        self._state, self._kept = _state_stores(config, runtime.resources)
         self._shared: dict[Any, Any] = {}
 
     def job(self, name: str) -> TokenJob:
@@ -203,6 +224,7 @@ class _Parts:
                 identity=spec.identity,
                 clock=self._runtime.clock,
                 entra_version=(1 if spec.resource else 2) if identity.is_entra else None,
+                kept=self._kept,
             )
             self._shared[key] = build_grant(identity.credential, context)
         return TokenRequest(name, self._shared[key], spec.resource, target.scopes)
@@ -261,19 +283,23 @@ class _Parts:
         return shared
 
 
-def _state_store(config: Config, resources: Resources) -> StateStore | None:
-    """Where tokens are kept across restarts, sealed with `state_key` if one is set. A key that
-    cannot be read means no state at all, never state written in the clear by mistake."""
+def _state_stores(
+    config: Config, resources: Resources
+) -> tuple[StateStore | None, SealedFiles | None]:
+    """Where tokens are kept across restarts, sealed with `state_key` if one is set, and where
+    grants keep their refresh tokens (only sealed). A key that cannot be read means no state at
+    all, never state written in the clear by mistake."""
     if config.state_dir is None:
-        return None
+        return None, None
     if config.state_key is None:
-        return StateStore(config.state_dir)
+        return StateStore(config.state_dir), None
     try:
         key = config.state_key.resolve(resources).reveal()
     except SecretError as exc:
-        log.error("state_key: %s; tokens are not kept across restarts", exc)
-        return None
-    return StateStore(config.state_dir, Sealer(key))
+        log.error("state_key: %s; tokens and refresh tokens are not kept across restarts", exc)
+        return None, None
+    sealer = Sealer(key)
+    return StateStore(config.state_dir, sealer), refresh_token_files(config.state_dir, sealer)
 
 
 def _common_inputs(config: Config) -> tuple[Any, ...]:

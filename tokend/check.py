@@ -15,8 +15,11 @@ from __future__ import annotations
 import socket
 from collections.abc import Iterator
 
+from tokend import files
 from tokend.config import Config
 from tokend.configfile import LoadedConfig
+from tokend.endpoint.catalog import password_identities
+from tokend.endpoint.checks import endpoint_problems
 from tokend.engine.state import state_dir_problem
 from tokend.resources import RESOURCES, Environment, Resources
 from tokend.secrets import SecretError, secret_references
@@ -38,9 +41,18 @@ def preflight(loaded: LoadedConfig) -> list[str]:
 def local_problems(loaded: LoadedConfig, *, listen: bool) -> list[str]:
     """What this machine alone says is wrong; `listen`: also whether the listener can bind."""
     config, source = loaded.config, loaded.source
-    found = [f"{source}: {path}: {problem}" for path, problem in _local(config)]
+    with files.remembered_directories():
+        found = [f"{source}: {path}: {problem}" for path, problem in _local(config)]
     if listen and config.listen and (problem := _listen_problem(config.listen)):
         found.append(f"{source}: listen: {problem}")
+    if config.endpoint is not None:
+        lines = endpoint_problems(config.endpoint, listen)
+        if config.endpoint.compat and not password_identities(config, config.endpoint):
+            lines.append(
+                "compat: requesttoken needs an identity whose credential has a username and "
+                "a password (type: password)"
+            )
+        found += [f"{source}: endpoint.{line}" for line in lines]
     return found
 
 
@@ -91,6 +103,11 @@ def _sink_problems(config: Config) -> Iterator[tuple[str, str]]:
             if target in written_by and target != sink.target():
                 yield where, f"{target} is also written by {written_by[target]}"
             written_by.setdefault(target, where)
+
+
+def listen_problem(listen: str) -> str | None:
+    """Why `host:port` cannot be listened on now, or None."""
+    return _listen_problem(listen)
 
 
 def _listen_problem(listen: str) -> str | None:

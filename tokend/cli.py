@@ -1,4 +1,4 @@
-"""Command line: `tokend run | once | check | dev | status | version`.
+"""Command line: `tokend run | once | check | login | dev | status | endpoint env | version`.
 
 Exit status: 0 success; 1 a runtime failure (`once` could not publish everything, `status` found
 tokend unreachable or not ready); 2 the config or the command line is wrong.
@@ -78,6 +78,14 @@ def _parser() -> argparse.ArgumentParser:
         "validate the config, resolve every secret reference and check every sink's target "
         "(exit 2 on error)",
     ).add_argument("-c", "--config", help=config_help)
+    login = command(
+        "login",
+        _login,
+        "sign in once, interactively (device code), for a token whose identity has "
+        "credential type device_login; run it as tokend's user",
+    )
+    login.add_argument("token", metavar="TOKEN", help="the token (its identity signs in)")
+    login.add_argument("-c", "--config", help=config_help)
     dev = command("dev", _dev, "run against a built-in development identity provider")
     dev.add_argument("-c", "--config", help="config to run (default: the bundled dev.yaml)")
     status = command("status", _status, "show the state of every token of a running tokend")
@@ -88,6 +96,11 @@ def _parser() -> argparse.ArgumentParser:
         "--url", help="tokend's listener, e.g. http://127.0.0.1:9464 (overrides -c)"
     )
     status.add_argument("--json", action="store_true", help="print the raw /status JSON")
+    endpoint = command(
+        "endpoint", _endpoint, "the local token endpoint: `env` prints the variables to export"
+    )
+    endpoint.add_argument("action", choices=["env"])
+    endpoint.add_argument("-c", "--config", help=config_help)
     command("version", _version, "print the version")
     return parser
 
@@ -231,6 +244,17 @@ def _check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _login(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from tokend.login import login
+
+    loaded = _load(args)
+    if loaded is None:
+        return EXIT_USAGE
+    return asyncio.run(login(loaded.config, args.token, sys.stdout))
+
+
 def _dev(args: argparse.Namespace) -> int:
     from tokend.devidp import DEV_IDP_LISTEN, DEV_SECRET_ENV, dev_config_path
 
@@ -292,6 +316,23 @@ def _listener_url(args: argparse.Namespace) -> str | None:
         print(f"{path}: listen is off: tokend serves no status (use --url)", file=sys.stderr)
         return None
     return f"http://{listen}"
+
+
+def _endpoint(args: argparse.Namespace) -> int:
+    from tokend.endpoint.service import EnvironmentUnknown, client_environment
+
+    loaded = _load(args)
+    if loaded is None:
+        return EXIT_USAGE
+    if loaded.config.endpoint is None:
+        print(f"{loaded.source}: no endpoint: block: the endpoint is off", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        sys.stdout.write(client_environment(loaded.config.endpoint))
+    except EnvironmentUnknown as exc:
+        print(f"{loaded.source}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
 
 
 def _version(args: argparse.Namespace) -> int:

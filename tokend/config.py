@@ -35,6 +35,7 @@ from pydantic.dataclasses import rebuild_dataclass
 
 from tokend import backoff, registry, transport
 from tokend.durations import Duration, PositiveDuration
+from tokend.endpoint.options import EndpointOptions
 from tokend.engine.policy import DEFAULT_JITTER, DEFAULT_THRESHOLD
 from tokend.errors import ConfigError
 from tokend.oauth.grants import CREDENTIALS, CredentialOptions
@@ -191,6 +192,8 @@ class TokenSpec:
     backoff: BackoffOptions | None = None
     verify: VerifySetting = None
     """Check each new token's signature and claims before publishing it (`tokend.oauth.verify`)."""
+    on_demand: bool = False
+    """Acquired at the local endpoint's first request for it, not at start; kept fresh after."""
 
 
 def _systemd_state_directory() -> Path | None:
@@ -212,6 +215,8 @@ class Config(_Model):
     systemd_ready: Literal["published", "started"] = "published"
     """When to tell systemd tokend is ready: once every token is published to all its sinks,
     or as soon as it has started."""
+    endpoint: EndpointOptions | None = None
+    """The local token endpoint (off unless given)."""
     sections: Sections = Field(default_factory=dict)
     """The top-level blocks of shared resources, by name (written at the top level)."""
 
@@ -270,6 +275,8 @@ def _ensure_schema() -> None:
 
 def _cross_reference_problems(config: Config) -> Iterator[tuple[str, str]]:
     yield from _missing_sections(config)
+    yield from _kept_state_problems(config)
+    yield from _endpoint_problems(config)
     known = ", ".join(config.identities)
     targets: dict[str, str] = {}
     for name, token in config.tokens.items():
@@ -288,6 +295,23 @@ def _cross_reference_problems(config: Config) -> Iterator[tuple[str, str]]:
             if target in targets:
                 yield f"{where}.sinks.{index}", f"{target} is also written by {targets[target]}"
             targets.setdefault(target, f"{where}.sinks.{index}")
+
+
+def _endpoint_problems(config: Config) -> Iterator[tuple[str, str]]:
+    endpoint = config.endpoint
+    if endpoint is None:
+        for name, token in config.tokens.items():
+            if token.on_demand:
+                yield f"tokens.{name}.on_demand", "needs an endpoint: block (it asks for the token)"
+        return
+    for served in endpoint.tokens or ():
+        if served not in config.tokens:
+            yield "endpoint.tokens", f"unknown token '{served}' (known: {', '.join(config.tokens)})"
+    named = [*endpoint.identities, *filter(None, [endpoint.default_identity])]
+    for identity in named:
+        if identity not in config.identities:
+            known = ", ".join(config.identities)
+            yield "endpoint", f"unknown identity '{identity}' (known: {known})"
 
 
 def _missing_sections(config: Config) -> Iterator[tuple[str, str]]:
@@ -338,13 +362,19 @@ def _target_problems(where: str, token: TokenSpec, identity: Identity) -> Iterat
         return
     if (token.resource is None) == (token.scopes is None):
         yield where, ("give exactly one of resource (Entra ID v1 endpoint) or scopes (v2 endpoint)")
-    elif token.scopes is not None and (
-        len(token.scopes) != 1 or not token.scopes[0].endswith("/.default")
-    ):
-        yield (
-            f"{where}.scopes",
-            (
-                "app-only tokens from Entra ID v2 take exactly one scope ending in /.default, "
-                "e.g. https://graph.microsoft.com/.default"
-            ),
-        )
+    elif token.scopes is not None and (problem := identity.credential.entra_scopes_problem(scopes)):
+        yield f"{where}.scopes", problem
+
+
+def _kept_state_problems(config: Config) -> Iterator[tuple[str, str]]:
+    """Refresh tokens are stored only sealed: a credential that keeps them needs both."""
+    if config.state_dir is not None and config.state_key is not None:
+        return
+    for name, identity in config.identities.items():
+        credential = identity.credential
+        if credential.keeps_refresh_tokens():
+            yield (
+                f"identities.{name}.credential",
+                f"a {credential.type} credential keeps the refresh tokens it is given, stored "
+                "only sealed: set state_dir and state_key (a secret reference)",
+            )

@@ -14,18 +14,22 @@ import logging
 import signal
 from collections.abc import Callable
 from dataclasses import InitVar, dataclass
+from typing import TYPE_CHECKING
 
 from tokend.assemble import Assembly, http_settings, run_limit
 from tokend.clock import SYSTEM_CLOCK, Clock
 from tokend.config import Config
 from tokend.configfile import LoadedConfig
-from tokend.engine import ApsScheduler
+from tokend.engine import ApsScheduler, Engine
 from tokend.errors import ConfigError
 from tokend.metrics import Metrics
 from tokend.oauth import TokenClient
 from tokend.server import HttpListener, create_app
 from tokend.service import ServiceReporter
 from tokend.transport import split_listen
+
+if TYPE_CHECKING:
+    from tokend.endpoint.service import Endpoint
 
 log = logging.getLogger("tokend")
 
@@ -61,6 +65,7 @@ class Daemon:
             host, port = split_listen(self.config.listen)
             app = create_app(self.engine, self.metrics, self.clock, self.assembly.resources)
             self.listener = HttpListener(app, host, port)
+        self.endpoint = _endpoint(self.config, self.engine, self.metrics, self.clock)
         self.service = ServiceReporter(
             self.engine, self.clock, ready_when_started=self.config.systemd_ready == "started"
         )
@@ -81,6 +86,7 @@ class Daemon:
         # handler has run), so no "Exception ignored ... BlockingIOError" on stderr for it.
         signal.set_wakeup_fd(signal.set_wakeup_fd(-1), warn_on_full_buffer=False)
         serving = asyncio.create_task(self.listener.serve()) if self.listener else None
+        endpoint = asyncio.create_task(self.endpoint.serve()) if self.endpoint else None
         self.scheduler.start()
         await self.engine.start()
         self.service.start()
@@ -93,10 +99,16 @@ class Daemon:
         if on_started:
             on_started()
         await self._stopping.wait()
+        if self.endpoint and endpoint:
+            self.endpoint.stop()
+            await endpoint
         return await self._shut_down(serving)
 
     async def _shut_down(self, serving: asyncio.Task[None] | None) -> int:
         log.info("stopping: letting refreshes in progress finish")
+        # A reload that has begun finishes (it may be swapping jobs); one still waiting is
+        # dropped. Both before the scheduler and the thread pool go away under them.
+        await asyncio.gather(*self._reload_tasks, return_exceptions=True)
         await self.service.stopping()
         finished = await self.scheduler.stop(SHUTDOWN_TIMEOUT)
         if not finished:
@@ -114,6 +126,9 @@ class Daemon:
         self.stop()
 
     def _on_hangup(self) -> None:
+        if self._stopping.is_set():
+            log.info("received SIGHUP while stopping: not reloading")
+            return
         if self._reload_pending:
             log.debug("received SIGHUP: a reload is already waiting to read the config")
             return
@@ -128,6 +143,8 @@ class Daemon:
         join it (it reads the config as it is when it starts)."""
         async with self._reloading:
             self._reload_pending = False
+            if self._stopping.is_set():
+                return False
             self.service.reloading()
             accepted = await self._reload_locked()
             self.service.reloaded(accepted)
@@ -151,10 +168,21 @@ class Daemon:
             return False
         for warning in loaded.warnings:
             log.warning("%s", warning)
-        for key in ("listen", "http"):
+        for key in ("listen", "http", "endpoint"):
             if getattr(loaded.config, key) != getattr(self.config, key):
                 log.warning("reload: changes to %s take effect at the next restart", key)
         summary = await self.assembly.reload(loaded.config)
+        if self.endpoint:
+            self.endpoint.reconfigure(loaded.config)
         self.config = loaded.config
         log.info("reloaded: %s", summary)
         return True
+
+
+def _endpoint(config: Config, engine: Engine, metrics: Metrics, clock: Clock) -> Endpoint | None:
+    """The local token endpoint, when configured (binds now: a busy port stops the start)."""
+    if config.endpoint is None:
+        return None
+    from tokend.endpoint.service import Endpoint  # noqa: PLC0415 - only when configured
+
+    return Endpoint(config, config.endpoint, engine=engine, metrics=metrics, clock=clock)

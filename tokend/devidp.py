@@ -31,6 +31,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from tokend.clock import SYSTEM_CLOCK, Clock
+from tokend.devusers import DELEGATED_GRANTS, Users
 from tokend.server import HttpListener
 
 DEV_TENANT = "dev-tenant"
@@ -47,6 +48,8 @@ class DevIdentityProvider:
     clock: Clock = SYSTEM_CLOCK
     issued: Counter[str] = field(default_factory=Counter)
     """Tokens issued so far, by client_id: tests use it to count requests that succeeded."""
+    users: Users = field(default_factory=Users)
+    """Users who sign in (password, refresh token and device code grants): `tokend.devusers`."""
 
     def __post_init__(self) -> None:
         self._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -55,6 +58,7 @@ class DevIdentityProvider:
             routes=[
                 Route("/{tenant}/oauth2/token", self._token_v1, methods=["POST"]),
                 Route("/{tenant}/oauth2/v2.0/token", self._token_v2, methods=["POST"]),
+                Route("/{tenant}/oauth2/v2.0/devicecode", self._device_code, methods=["POST"]),
                 Route("/{tenant}/v2.0/.well-known/openid-configuration", self._discovery),
                 Route("/{tenant}/discovery/v2.0/keys", self._jwks),
             ]
@@ -63,6 +67,10 @@ class DevIdentityProvider:
     def jwks(self) -> dict[str, Any]:
         key = RSAAlgorithm.to_jwk(self._key.public_key(), as_dict=True)
         return {"keys": [{**key, "kid": self._kid, "use": "sig", "alg": "RS256"}]}
+
+    def sign(self, claims: dict[str, Any]) -> str:
+        """A JWT with `claims`, signed with the key the JWKS publishes."""
+        return jwt.encode(claims, self._key, algorithm="RS256", headers={"kid": self._kid})
 
     def issuer(self, tenant: str) -> str:
         return f"{self.base_url}/{tenant}/v2.0"
@@ -92,8 +100,13 @@ class DevIdentityProvider:
     async def _token_v2(self, request: Request) -> Response:
         return await self._token(request, version=2)
 
+    async def _device_code(self, request: Request) -> Response:
+        return await self.users.device_code(self, request)
+
     async def _token(self, request: Request, *, version: int) -> Response:
         form = dict(parse_qsl((await request.body()).decode("utf-8", "replace")))
+        if form.get("grant_type") in DELEGATED_GRANTS:
+            return await self.users.token(self, request, form, version)
         client_id, rejection = self._authenticate(request, form)
         if rejection is not None:
             return rejection

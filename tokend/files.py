@@ -13,11 +13,13 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from contextvars import ContextVar
 from functools import partial
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 _TEMP_MARK = ".tokend-tmp-"
 _WRITER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokend-files")
@@ -103,3 +105,39 @@ def fsync_directory(directory: str | Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+# --- looking at directories during a check ----------------------------------------------------
+
+_memo: ContextVar[dict[tuple[str, str], Any] | None] = ContextVar("directory_memo", default=None)
+
+
+@contextmanager
+def remembered_directories() -> Iterator[None]:
+    """While active, `is_directory` and `real_directory` answer each directory once: a check of
+    100,000 sinks in 100 directories asks 100 questions, not 200,000. Outside, every call asks
+    (a reload after an operator created a directory must see it)."""
+    token = _memo.set({})
+    try:
+        yield
+    finally:
+        _memo.reset(token)
+
+
+def is_directory(path: str) -> bool:
+    return bool(_remembered("isdir", path, os.path.isdir))
+
+
+def real_directory(path: str) -> str:
+    """`path` with symbolic links resolved."""
+    return str(_remembered("realpath", path, os.path.realpath))
+
+
+def _remembered(kind: str, path: str, look: Callable[[str], Any]) -> Any:
+    memo = _memo.get()
+    if memo is None:
+        return look(path)
+    key = (kind, path)
+    if key not in memo:
+        memo[key] = look(path)
+    return memo[key]

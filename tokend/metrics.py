@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -24,6 +24,16 @@ from tokend.engine import Engine
 from tokend.resources import ResourceKind, Resources
 
 REFRESH_RESULTS = ("success", "transient_error", "permanent_error")
+ENDPOINT_PROTOCOLS = ("app_service", "imds", "requesttoken", "other")
+ENDPOINT_RESULTS = (
+    "success",  # a token was served
+    "unauthorized",  # missing or wrong header secret, password
+    "bad_request",  # malformed, IMDS without Metadata: true, proxied (X-Forwarded-For)
+    "not_served",  # no configured token for that resource and identity
+    "unavailable",  # no valid token yet (503, Retry-After)
+    "rate_limited",  # too many wrong passwords from one client (429)
+    "not_found",  # no such path or method
+)
 
 
 class Metrics:
@@ -41,6 +51,20 @@ class Metrics:
             ["version"],
             registry=self.registry,
         ).labels(__version__).set(1)
+        self.endpoint_requests = Counter(
+            "tokend_endpoint_requests",
+            "Requests to the local token endpoint, by protocol and result.",
+            ["protocol", "result"],
+            registry=self.registry,
+        )
+        self.endpoint_duration = Histogram(
+            "tokend_endpoint_request_duration_seconds",
+            "Time the local token endpoint took to answer, by protocol (waits for a first "
+            "token included).",
+            ["protocol"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 2.5, 10),
+            registry=self.registry,
+        )
         self._collector = EngineCollector(clock)
         self.registry.register(self._collector)
 
@@ -105,6 +129,8 @@ class EngineCollector(Collector):
         )
         identities: set[str] = set()
         for view in engine.query(now):
+            if view.dormant or view.standby:
+                continue  # on demand and never asked for, or the leader's: nothing to report
             name = view.name
             _add_time(token_gauges["expiry_timestamp_seconds"], [name], view.expires_at)
             _add_time(token_gauges["next_refresh_timestamp_seconds"], [name], view.next_refresh)
@@ -125,6 +151,23 @@ class EngineCollector(Collector):
                 _add_time(certificates, [credential.identity], credential.expires_at)
         yield from token_gauges.values()
         yield from (refreshes, publishes, sink_success, notifier_runs, certificates)
+        yield from _leadership(engine)
+
+
+def _leadership(engine: Engine) -> Iterator[Metric]:
+    """With leader election: whether this replica leads, and how often that changed."""
+    view = engine.leadership()
+    if view is None:
+        return
+    leader = GaugeMetricFamily(
+        "tokend_leader", "1 while this replica holds the leader election's lease, else 0."
+    )
+    leader.add_metric([], 1.0 if view.leading else 0.0)
+    transitions = CounterMetricFamily(
+        "tokend_leader_transitions", "Times this replica started or stopped leading."
+    )
+    transitions.add_metric([], view.transitions)
+    yield from (leader, transitions)
 
 
 class ResourcesCollector(Collector):

@@ -122,7 +122,7 @@ class _TaggedUnion:
             custom_error_context={
                 "what": registry.what,
                 "discriminator": registry.discriminator,
-                "known": ", ".join(registry.tags),
+                "known": ", ".join(sorted(registry.tags)),
             },
         )
 

@@ -9,6 +9,7 @@ A sink or credential never builds a shared client itself: it asks its `Resources
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -39,6 +40,9 @@ class Environment:
 
     clock: Clock = SYSTEM_CLOCK
     scheduler: Scheduler | None = None
+    resources: Resources | None = None
+    """The other shared clients, for a resource built on one (leader election on the
+    Kubernetes client); filled in by `Resources`."""
 
 
 OptionsT = TypeVar("OptionsT")
@@ -65,10 +69,14 @@ class ResourceKind(Generic[OptionsT, ClientT]):
     from what it knows already: no request is made."""
     metrics: Callable[[list[ClientT]], Iterable[Any]] | None = None
     """Prometheus metric families for the clients in use, read at scrape time: no request."""
+    leadership: bool = False
+    """The client decides whether this replica leads (leader election): the composition root
+    hands it to the engine, which runs tokens with shared sinks only while it leads."""
 
 
 RESOURCES: Registry[ResourceKind[Any, Any]] = Registry(
-    "shared resource", builtins=("tokend.vault", "tokend.oauth.jwks")
+    "shared resource",
+    builtins=("tokend.vault", "tokend.oauth.jwks", "tokend.kube", "tokend.kube.election"),
 )
 
 
@@ -81,7 +89,7 @@ class Resources:
 
     def __init__(self, sections: Mapping[str, Any], environment: Environment | None = None) -> None:
         self._sections = dict(sections)
-        self._environment = environment or Environment()
+        self._environment = dataclasses.replace(environment or Environment(), resources=self)
         self._clients: dict[tuple[str, Any], Any] = {}
         self._in_use: set[tuple[str, Any]] = set()
 
@@ -125,7 +133,7 @@ class Resources:
             await self._close(key)
 
     async def close(self) -> None:
-        for key in list(self._clients):
+        for key in reversed(list(self._clients)):  # a client may use one made before it
             await self._close(key)
 
     def close_sync(self) -> None:

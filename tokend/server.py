@@ -64,7 +64,7 @@ class HttpListener:
     rather than uvicorn exiting the process, and signals stay tokend's to handle."""
 
     def __init__(self, app: Any, host: str, port: int) -> None:
-        self._socket = _bind(host, port)
+        self._socket = bind_tcp(host, port)
         self.address = self._socket.getsockname()[:2]
         config = uvicorn.Config(
             app,
@@ -109,7 +109,7 @@ class _QuietServer(uvicorn.Server):
             self._loop.call_soon_threadsafe(self._stop_requested.set)
 
 
-def _bind(host: str, port: int) -> socket.socket:
+def bind_tcp(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # proto must say TCP: asyncio sets TCP_NODELAY on accepted connections only then, and
     # without it every response waits ~40 ms (Nagle against the client's delayed ACK).

@@ -56,7 +56,7 @@ class ServiceReporter:
 
     def status_line(self) -> str:
         now = self._clock.now()
-        views = list(self._engine.query(now))
+        views = [view for view in self._engine.query(now) if not view.standby]
         valid = sum(view.valid for view in views)
         upcoming = [view.next_refresh for view in views if view.next_refresh is not None]
         return format_status(valid, len(views), min(upcoming) - now if upcoming else None)

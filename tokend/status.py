@@ -36,10 +36,14 @@ def engine_status(
     return status
 
 
+ON_DEMAND = "on_demand"
+"""The state of an on-demand token nobody has asked for yet."""
+
+
 def token_status(view: TokenView, now: datetime) -> dict[str, Any]:
     expires_at = view.expires_at
     return {
-        "state": view.phase.value,
+        "state": ON_DEMAND if view.dormant else view.phase.value,
         "published": view.published,
         "ready": view.ready,
         "expires_at": _iso(expires_at),

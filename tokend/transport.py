@@ -84,6 +84,13 @@ def ssl_context(ca_bundle: Path | None) -> ssl.SSLContext:
     return context
 
 
+def untrusting_context() -> ssl.SSLContext:
+    """A context that verifies and trusts no CA: for clients that only ever speak plain
+    `http://`, where loading the CA store would cost time for nothing (and any TLS connection
+    made with it by mistake fails verification rather than going unchecked)."""
+    return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+
+
 def ca_bundle_problem(ca_bundle: Path) -> str | None:
     """Why `ca_bundle` cannot be used, or None (for `tokend check` and start-up)."""
     try:

@@ -49,6 +49,7 @@ class _Builder:
         self._loader = loader
         self._anchors: dict[str, Any] = {}
         self._depth = 0
+        self._scalars: dict[tuple[Any, ...], Any] = {}  # a value written many times, resolved once
 
     def document(self) -> Any:
         events = self._loader
@@ -86,6 +87,15 @@ class _Builder:
         return value
 
     def _scalar(self, event: yaml.ScalarEvent) -> Any:
+        key = (event.tag, event.value, event.implicit, event.style)
+        if key in self._scalars:
+            return self._scalars[key]
+        value = self._construct(event)
+        if isinstance(value, _IMMUTABLE):  # shared safely between the places it appears
+            self._scalars[key] = value
+        return value
+
+    def _construct(self, event: yaml.ScalarEvent) -> Any:
         loader = self._loader
         tag = event.tag
         if tag in (None, "!"):
@@ -129,6 +139,9 @@ class _Builder:
 
 class _Merge:
     """The `<<` key of a merge."""
+
+
+_IMMUTABLE = (str, int, float, bool, type(None))
 
 
 def _mappings_to_merge(value: Any, event: yaml.Event) -> list[dict[Any, Any]]:

@@ -344,18 +344,66 @@ def credential_panels(dashboard: board.Dashboard) -> board.Dashboard:
     )
 
 
+def endpoint_panels(dashboard: board.Dashboard) -> board.Dashboard:
+    """The local token endpoint (when configured): not per token, so the token filter does not
+    apply."""
+    selected = 'instance=~"$instance"'
+    requests = f"tokend_endpoint_requests_total{{{selected}}}"
+    buckets = f"tokend_endpoint_request_duration_seconds_bucket{{{selected}}}"
+
+    def quantile(q: str) -> tuple[str, str]:
+        return (
+            f"histogram_quantile({q}, sum by (le, protocol) (rate({buckets}[$__rate_interval])))",
+            f"{{{{protocol}}}} p{q[2:]}",
+        )
+
+    return (
+        dashboard.with_row(board.Row("Local token endpoint"))
+        .with_panel(
+            bars(
+                graph(
+                    "Endpoint requests",
+                    "Requests to the local token endpoint per second, by protocol (app_service, "
+                    "imds, requesttoken) and result. unauthorized: a wrong header secret or "
+                    "password; not_served: a resource tokend has no token for; unavailable: no "
+                    "valid token yet (503).",
+                    "reqps",
+                    (
+                        f"sum by (instance, protocol, result) (rate({requests}[$__rate_interval]))",
+                        "{{protocol}} {{result}} ({{instance}})",
+                    ),
+                )
+            )
+        )
+        .with_panel(
+            graph(
+                "Endpoint latency",
+                "Time to answer a token request: median and 99th percentile by protocol. "
+                "A token held is answered from memory; a first request may wait for its "
+                "acquisition (up to endpoint.wait).",
+                "s",
+                quantile("0.50"),
+                quantile("0.99"),
+            )
+        )
+    )
+
+
 def build() -> board.Dashboard:
     dashboard = (
         board.Dashboard("tokend")
         .uid("tokend")
-        .description("Token freshness, refreshes and sink publishing of tokend instances.")
+        .description(
+            "Token freshness, refreshes, sink publishing and the local token endpoint of tokend "
+            "instances."
+        )
         .tags(["tokend", "oauth2"])
         .time("now-6h", "now")
         .refresh("1m")
         .tooltip(DashboardCursorSync.CROSSHAIR)
         .variables(variables())
     )
-    return credential_panels(refresh_and_sink_panels(token_panels(dashboard)))
+    return endpoint_panels(credential_panels(refresh_and_sink_panels(token_panels(dashboard))))
 
 
 def render() -> str:

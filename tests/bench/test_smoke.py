@@ -51,6 +51,11 @@ def bench(script: str, *args: str) -> str:
             ["--reads", "1000", "--race-seconds", "0.5"],
             r"race: \d+ reads during \d+ atomic rewrites: 0 partial",
         ),
+        (
+            "endpoint.py",
+            ["--runs", "1", "--seconds", "0.5", "--threads", "2", "--client-processes", "1"],
+            r"tokend/flask: throughput [\d.]+x, p99 [\d.]+x",
+        ),
     ],
 )
 def test_benchmark_runs(script: str, args: list[str], figures: str) -> None:

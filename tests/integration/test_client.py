@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import socket
+import ssl
 import time
 from datetime import timedelta
+from pathlib import Path
+from typing import NoReturn
 from urllib.parse import unquote
 
 import jwt
@@ -14,7 +17,8 @@ import pytest
 
 from tests.support import idp as faults
 from tests.support.clock import FakeClock
-from tests.support.idp import CLIENT_ID, CLIENT_SECRET, TENANT, FakeIdp
+from tests.support.idp import CLIENT_ID, CLIENT_SECRET, TENANT, FakeIdp, running_idp
+from tests.support.pki import CertificateAuthority
 from tests.support.requests import client_secret_request
 from tokend import __version__
 from tokend.oauth import (
@@ -24,8 +28,10 @@ from tokend.oauth import (
     TokenClient,
     TokenRequest,
     TransientError,
+    http,
 )
 from tokend.token import Token
+from tokend.transport import untrusting_context
 
 
 def _request(
@@ -241,3 +247,35 @@ def test_loopback_requests_never_go_through_a_proxy(
         with pytest.raises(BlockingIOError):
             proxy.accept()  # nobody connected to the proxy
     assert token.value.startswith("eyJ")
+
+
+def test_an_https_identity_provider_with_the_configured_ca(tmp_path: Path) -> None:
+    """Over TLS the configured CA bundle is what is trusted: a server certificate it signed is
+    accepted, and the system store alone refuses it (transient: the network's fault, or a CA
+    bundle to fix, not the credential's)."""
+    authority = CertificateAuthority(tmp_path)
+    with running_idp(tls=authority.issue("idp", "127.0.0.1", server_ips=("127.0.0.1",))) as idp:
+        assert idp.url.startswith("https://")
+        trusted = Endpoint(token_url=idp.token_url(2), ca_bundle=authority.cert)
+        token = _acquire(_request(idp, endpoint=trusted))
+        assert token.value.startswith("eyJ")
+        with pytest.raises(TransientError) as refused:
+            _acquire(_request(idp, endpoint=Endpoint(token_url=idp.token_url(2))))
+        assert str(refused.value) == (
+            "127.0.0.1: TLS: the server's certificate is not trusted (unable to get local issuer "
+            "certificate); if a private CA signed it, set ca_bundle (the identity's or "
+            "http.ca_bundle) to that CA's certificate"
+        )
+
+
+def test_plain_http_loads_no_ca_store(idp: FakeIdp, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A loopback `http://` provider (tokend dev, tests) costs no CA store load before the first
+    token; a client for it trusts no CA, so it could not verify a TLS peer by mistake."""
+
+    def no_ca_store(ca_bundle: object) -> NoReturn:
+        raise AssertionError("a CA store was loaded for a plain-http request")
+
+    monkeypatch.setattr(http, "ssl_context", no_ca_store)
+    assert _acquire(_request(idp)).value.startswith("eyJ")
+    assert untrusting_context().get_ca_certs() == []
+    assert untrusting_context().verify_mode == ssl.CERT_REQUIRED

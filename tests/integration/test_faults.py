@@ -59,7 +59,7 @@ async def _after_first_refresh_fails(
 ) -> tuple[TokenJob, Any, list[timedelta]]:
     """Obtain a token, then meet `fault` `count` times at the planned refresh. Returns the job,
     the first token, and each planned next try, as offsets from its failed attempt."""
-    h = Harness(_config(idp, tmp_path), clock, http=HttpSettings(read_timeout=0.2), rand=NoJitter())
+    h = Harness(_config(idp, tmp_path), clock, http=HttpSettings(read_timeout=1.0), rand=NoJitter())
     scheduler = h.scheduler
     try:
         await h.start()
@@ -88,7 +88,7 @@ FAULTS = [
         42 * S,
     ),
     (lambda at: faults.html(502), TransientError, "http_502", 1 * S),
-    (lambda at: faults.hang(1.0), TransientError, "timeout", 1 * S),
+    (lambda at: faults.hang(3.0), TransientError, "timeout", 1 * S),
     (lambda at: faults.truncated_json(), TransientError, "not_json", 1 * S),
     (
         lambda at: faults.token_body({"token_type": "Bearer", "expires_in": 3599}),

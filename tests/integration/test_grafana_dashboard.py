@@ -59,9 +59,10 @@ def test_every_query_goes_to_the_chosen_datasource_and_token() -> None:
                     "tokend_token_refresh_duration",
                     "tokend_build_info",
                     "tokend_identity_certificate_expiry",
+                    "tokend_endpoint_",
                 )
             ):
-                continue  # not per token (the histogram has no token label; per identity)
+                continue  # not per token (no token label: global, per identity, the endpoint)
             assert 'token=~"$token"' in expr and 'instance=~"$instance"' in expr, expr
 
 
@@ -75,6 +76,8 @@ def test_panels_the_issue_asks_for() -> None:
         "Refresh latency",
         "Sink publish results",
         "Sink age",
+        "Endpoint requests",
+        "Endpoint latency",
     ):
         assert titles[title]["type"] == "timeseries", title
     assert titles["Tokens"]["type"] == "table"

@@ -156,6 +156,26 @@ def test_a_flood_of_sighups_is_one_or_two_reloads_and_no_traceback(
     assert 1 <= text.count("reloaded:") < 50  # signals that arrive meanwhile join a waiting reload
 
 
+def test_sighups_then_sigterm_stop_cleanly(idp: FakeIdp, tmp_path: Path) -> None:
+    """A reload still waiting when the stop begins is dropped, not run on a closing loop."""
+    log = tmp_path / "tokend.log"
+    config = write_config(tmp_path / "c.yaml", _document(idp, tmp_path))
+    process = start_tokend("run", "-c", str(config), log=log)
+    try:
+        wait_for((tmp_path / "crm.token").exists, what="the first token")
+        for _ in range(3):
+            os.kill(process.pid, signal.SIGHUP)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(20) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    text = log.read_text()
+    assert "Traceback" not in text and "Executor" not in text, text
+    assert text.count("reloaded:") <= 1
+    assert text.rstrip().endswith("stopped")
+
+
 def test_status_from_something_that_is_not_tokend(tmp_path: Path) -> None:
     async def status(request: Request) -> JSONResponse:
         return JSONResponse({"tokens": ["not", "a", "mapping"]})

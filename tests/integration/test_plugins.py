@@ -191,9 +191,9 @@ def test_messages_come_from_the_registries(kinds: None, idp: FakeIdp) -> None:
     document["tokens"]["crm"]["sinks"] = [{"type": "stor", "key": "crm"}]
     document["tokens"]["erp"]["sinks"] = [{"type": "store", "ky": "erp"}]
     assert _problems(document) == [
-        "c.yaml: identities.app.credential: unknown type 'pined' (known: client_secret, "
-        "certificate, federated, managed_identity, pinned)",
-        "c.yaml: tokens.crm.sinks.0: unknown type 'stor' (known: file, vault, store)",
+        "c.yaml: identities.app.credential: unknown type 'pined' (known: certificate, "
+        "client_secret, device_login, federated, managed_identity, password, pinned)",
+        "c.yaml: tokens.crm.sinks.0: unknown type 'stor' (known: file, kubernetes, store, vault)",
         "c.yaml: tokens.erp.sinks.0.key: required key is missing",
         "c.yaml: tokens.erp.sinks.0.ky: unknown key (did you mean 'key'?)",
     ]
@@ -216,7 +216,7 @@ def test_a_part_that_needs_a_resource_needs_its_section(kinds: None, idp: FakeId
 def test_without_the_registration_the_kinds_do_not_exist(idp: FakeIdp) -> None:
     problems = _problems(_document(idp))
     assert (
-        "c.yaml: identities.app.credential: unknown type 'pinned' (known: client_secret, "
-        "certificate, federated, managed_identity)" in problems
+        "c.yaml: identities.app.credential: unknown type 'pinned' (known: certificate, "
+        "client_secret, device_login, federated, managed_identity, password)" in problems
     )
     assert any(line.startswith("c.yaml: store: unknown key") for line in problems)

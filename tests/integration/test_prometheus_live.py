@@ -47,6 +47,11 @@ def _config(idp: FakeIdp, tmp_path: Path, port: int, signer: dict[str, Any]) -> 
                 "backoff": {"min": "200ms", "max": "1s"},
             },
             "listen": f"127.0.0.1:{port}",
+            # On, so that the dashboard's endpoint panels have series to read.
+            "endpoint": {
+                "listen": f"127.0.0.1:{free_port()}",
+                "header_secret": {"env": "ENDPOINT_HEADER"},
+            },
         },
     )
 
@@ -61,7 +66,13 @@ def tokend_url(idp: FakeIdp, tmp_path: Path) -> Iterator[str]:
     with running_idp(kind=EntraFake) as healthy:
         signer = certificate_identity(healthy.provider, healthy.url, tmp_path)
         config = _config(idp, tmp_path, port, signer)
-        process = start_tokend("run", "-c", str(config), log=tmp_path / "tokend.log")
+        process = start_tokend(
+            "run",
+            "-c",
+            str(config),
+            log=tmp_path / "tokend.log",
+            env={"ENDPOINT_HEADER": "h-1"},
+        )
         try:
             yield f"127.0.0.1:{port}"
         finally:

@@ -46,9 +46,16 @@ def exposition(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 },
                 "defaults": {"startup_spread": 0},
                 "listen": f"127.0.0.1:{port}",
+                # On, so that its metrics (which the dashboard reads) are exported too.
+                "endpoint": {
+                    "listen": f"127.0.0.1:{free_port()}",
+                    "header_secret": {"env": "ENDPOINT_HEADER"},
+                },
             },
         )
-        process = start_tokend("run", "-c", str(config), log=tmp_path / "tokend.log")
+        process = start_tokend(
+            "run", "-c", str(config), log=tmp_path / "tokend.log", env={"ENDPOINT_HEADER": "h-1"}
+        )
         try:
             wait_for(lambda: _ready(port), what="tokend ready")
             yield httpx2.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
@@ -79,6 +86,8 @@ def test_tokend_exports_what_the_design_names(exported: set[str]) -> None:
     assert "tokend_token_valid" in exported
     assert "tokend_token_refresh_duration_seconds_bucket" in exported
     assert "tokend_sink_last_success_timestamp_seconds" in exported
+    assert "tokend_endpoint_requests_total" in exported
+    assert "tokend_endpoint_request_duration_seconds_bucket" in exported
 
 
 @pytest.mark.parametrize(

@@ -1,8 +1,9 @@
 """deploy/k8s/: every manifest valid for current Kubernetes (kubernetes-validate's schemas,
 strict: an unknown or misplaced field fails), and every variant consistent with itself and with
 tokend: the sidecar's paths, port and probes match tokend's defaults and the config it mounts,
-which `tokend check` accepts; the central writer's Role covers exactly what its config writes.
-No API server needed.
+which `tokend check` accepts; the central writer's Role covers exactly what its config writes,
+and `tokend check` accepts that config as the service account bound to that Role on a real API
+server (the one test here that needs it).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from tests.kube.conftest import Account
+from tests.support.kube import KubeServer
 from tests.support.kube_api import load_manifests
 from tests.support.processes import tokend
 from tokend.config import DEFAULT_LISTEN
@@ -218,12 +221,11 @@ def test_tokend_check_accepts_the_shipped_sidecar_config(tmp_path: Path) -> None
 
 
 def test_central_role_covers_exactly_what_the_config_writes() -> None:
-    """The central config is provisional (kubernetes sinks and leader_election are not built
-    yet): read as plain YAML here."""
     config = yaml.safe_load((CENTRAL / "config.yaml").read_text())
+    load_config(CENTRAL / "config.yaml")  # valid as it is
     role = one(CENTRAL / "role.yaml", "Role")
     secrets = {
-        sink["name"]
+        sink["secret"]
         for token in config["tokens"].values()
         for sink in token["sinks"]
         if sink["type"] == "kubernetes"
@@ -236,6 +238,28 @@ def test_central_role_covers_exactly_what_the_config_writes() -> None:
         config["leader_election"]["name"]
     }
     assert all("resourceNames" in rule or rule["verbs"] == ["create"] for rule in lease_rules)
+
+
+def test_tokend_check_accepts_the_shipped_central_config(
+    kube: KubeServer, tokend_account: Account, tmp_path: Path
+) -> None:
+    """As the service account bound to exactly the shipped Role, in-cluster: the file as shipped,
+    with the client-secret mount and the service-account directory moved into a temp dir."""
+    text = (CENTRAL / "config.yaml").read_text()
+    secret_dir = mount_path(CENTRAL, "tokend", "client-secret")
+    assert secret_dir in text
+    text = text.replace(secret_dir, str(tmp_path / "secrets"))
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "client-secret").write_text("not-a-real-secret\n")
+    account_dir = kube.write_service_account_dir(
+        tmp_path / "sa", tokend_account.namespace, tokend_account.token
+    )
+    config = tmp_path / "config.yaml"
+    config.write_text(f"{text}\nkubernetes: {{service_account_dir: {account_dir}}}\n")
+    result = tokend("check", "-c", str(config), env=kube.in_cluster_env())
+    assert result.returncode == 0, result.stderr
+    assert "OK: 1 identities, 2 tokens, 2 sinks" in result.stdout
+    assert tokend_account.token not in result.stdout + result.stderr
 
 
 def test_central_objects_refer_to_each_other() -> None:

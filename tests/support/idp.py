@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from tests.support.pki import CertPair
 from tests.support.servers import serve
 from tokend.devidp import DevIdentityProvider
 
@@ -112,13 +113,15 @@ def _replay(body: bytes) -> Receive:
 def running_idp(
     lifetime: timedelta = timedelta(hours=1),
     kind: type[DevIdentityProvider] = DevIdentityProvider,
+    tls: CertPair | None = None,
     **options: Any,
 ) -> Iterator[FakeIdp]:
     """`kind`: the provider behind the fault injector (`tests.support.entra.EntraFake` adds
-    certificate, federated and managed-identity credentials)."""
+    certificate, federated and managed-identity credentials); `tls`: served over HTTPS with
+    that certificate."""
     provider = kind(clients={CLIENT_ID: CLIENT_SECRET}, lifetime=lifetime, **options)
     idp = FakeIdp(provider)
-    with serve(idp) as url:
+    with serve(idp, tls) as url:
         idp.url = url
         provider.base_url = url
         yield idp

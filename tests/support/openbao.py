@@ -80,7 +80,11 @@ class Bao:
                 env={**os.environ, "HOME": str(self.workdir)},  # no token helper file elsewhere
                 cwd=self.workdir,
             )
-        wait_for(self._answers, timeout=20, what=f"OpenBao at {self.url}")
+        try:
+            wait_for(self._answers, timeout=20, what=f"OpenBao at {self.url}")
+        except BaseException:
+            self.stop()  # never leave a server behind a failed start
+            raise
 
     def stop(self) -> None:
         if self.process is None:
@@ -99,8 +103,8 @@ class Bao:
         try:
             verify = ssl.create_default_context(cafile=self.ca_bundle) if self.ca_bundle else True
             response = httpx2.get(f"{self.url}/v1/sys/health", timeout=2, verify=verify)
-        except httpx2.TransportError:
-            return None
+        except (httpx2.TransportError, ssl.SSLError):
+            return None  # not listening yet, or its CA file is still being written
         body: dict[str, Any] = response.json()
         return body
 

@@ -9,7 +9,8 @@ from datetime import timedelta
 from tests.support.clock import FakeClock
 from tests.support.virtual import VirtualScheduler
 from tokend.backoff import Backoff
-from tokend.engine.publisher import Deliveries, Publisher, SinkSlot
+from tokend.engine.publisher import Deliveries, Publisher
+from tokend.engine.slot import SinkSlot
 from tokend.sinks import SinkError
 from tokend.token import Token
 

@@ -10,8 +10,9 @@ from tests.support.clock import FakeClock
 from tests.support.requests import client_secret_request
 from tokend.backoff import Backoff
 from tokend.engine import ApsScheduler, RefreshPolicy, TokenJob
-from tokend.engine.publisher import Deliveries, Publisher, SinkSlot
+from tokend.engine.publisher import Deliveries, Publisher
 from tokend.engine.scheduler import Runner
+from tokend.engine.slot import SinkSlot
 from tokend.oauth import Endpoint, TokenRequest
 from tokend.token import Token
 

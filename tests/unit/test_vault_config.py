@@ -72,12 +72,12 @@ CASES = [
     (
         with_vault(address="https://v.example", auth={"method": "ldap"}),
         [
-            "config.yaml: vault.auth: unknown method 'ldap' (known: token, approle, kubernetes)",
+            "config.yaml: vault.auth: unknown method 'ldap' (known: approle, kubernetes, token)",
         ],
     ),
     (
         with_vault(address="https://v.example", auth={"role_id": "x"}),
-        ["config.yaml: vault.auth: method is missing (known: token, approle, kubernetes)"],
+        ["config.yaml: vault.auth: method is missing (known: approle, kubernetes, token)"],
     ),
     (
         with_vault(address="https://v.example", auth={"method": "approle"}),

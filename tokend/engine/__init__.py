@@ -10,9 +10,10 @@ if TYPE_CHECKING:
     from tokend.engine.engine import Blueprint, Engine, EngineSettings, ReloadSummary
     from tokend.engine.job import Phase, TokenJob
     from tokend.engine.policy import RefreshPolicy, retry_at, startup_at
-    from tokend.engine.publisher import Deliveries, Publisher, SinkSlot
+    from tokend.engine.publisher import Deliveries, Publisher
     from tokend.engine.query import SinkView, TokenView
     from tokend.engine.scheduler import Runner
+    from tokend.engine.slot import SinkSlot
 
 __all__ = [
     "ApsScheduler",
@@ -38,7 +39,8 @@ _MODULES = {
     "tokend.engine.engine": ("Blueprint", "Engine", "EngineSettings", "ReloadSummary"),
     "tokend.engine.job": ("Phase", "TokenJob"),
     "tokend.engine.policy": ("RefreshPolicy", "retry_at", "startup_at"),
-    "tokend.engine.publisher": ("Deliveries", "Publisher", "SinkSlot"),
+    "tokend.engine.publisher": ("Deliveries", "Publisher"),
+    "tokend.engine.slot": ("SinkSlot",),
     "tokend.engine.query": ("SinkView", "TokenView"),
     "tokend.engine.scheduler": ("Runner",),
 }

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Protocol
 
 from tokend.clock import SYSTEM_CLOCK, Clock
 from tokend.engine.job import TokenJob
@@ -23,6 +25,8 @@ from tokend.engine.scheduler import Runner
 from tokend.engine.state import fingerprint
 from tokend.token import Token
 
+log = logging.getLogger("tokend.engine")
+
 
 @dataclass(frozen=True)
 class Blueprint:
@@ -32,6 +36,27 @@ class Blueprint:
 
     build: Callable[[], TokenJob]
     unchanged: bool = False
+    on_demand: bool = False
+    """Not acquired at start: `demand()` (the local endpoint's first request) starts it."""
+    leader_only: bool = False
+    """It writes to a store shared between replicas: with leader election, only the leader runs
+    it (see `Engine.lead_with`)."""
+
+
+class Leadership(Protocol):
+    """Decides whether this replica leads (leader election)."""
+
+    def start(self, on_change: Callable[[bool], None]) -> None:
+        """Begin; call `on_change(True)` when leadership is gained, `(False)` when lost."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class LeadershipView:
+    """For readers: whether this replica leads, and how often that changed."""
+
+    leading: bool
+    transitions: int
 
 
 @dataclass(frozen=True)
@@ -67,16 +92,64 @@ class Engine:
         self.jobs: dict[str, TokenJob] = {}
         self.deliveries = Deliveries()
         """Sink deliveries in the background, shared by every job's publisher."""
+        self._on_demand: set[str] = set()
+        self._dormant: set[str] = set()
+        """On-demand tokens nobody has asked for yet: not started, not awaited for readiness."""
+        self._leadership: Leadership | None = None
+        self._leading = True  # without leader election every job runs
+        self._transitions = 0
+        self._leader_only: frozenset[str] = frozenset()
+        self._stopped = False
+        self._launches: set[asyncio.Task[None]] = set()
+
+    def lead_with(self, leadership: Leadership) -> None:
+        """Run leader-only jobs (`Blueprint.leader_only`) only while `leadership` says this
+        replica leads: they start when leadership is gained and stop when it is lost, before
+        any write in flight can land (`TokenJob.halt`). Other jobs run on every replica."""
+        self._leadership = leadership
 
     def build(self, blueprints: Mapping[str, Blueprint], settings: EngineSettings) -> None:
         """Build every job; `start()` (a daemon) or `refresh_all()` (`tokend once`) runs them."""
         self.settings = settings
         self.jobs = {name: blueprint.build() for name, blueprint in blueprints.items()}
+        self._on_demand = {name for name, blueprint in blueprints.items() if blueprint.on_demand}
+        self._leader_only = frozenset(name for name, bp in blueprints.items() if bp.leader_only)
 
     async def start(self) -> None:
         """Resume stored tokens that are still valid; plan every other token's first
-        acquisition, spread over `settings.startup_spread`."""
-        await self._launch(list(self.jobs.values()), carried={})
+        acquisition, spread over `settings.startup_spread`. With leader election, leader-only
+        jobs wait until this replica leads."""
+        self._leading = self._leadership is None
+        await self._launch([job for job in self.jobs.values() if self._runs(job.name)], {})
+        if self._leadership is not None:
+            self._leadership.start(self._leadership_changed)
+
+    def _runs(self, name: str) -> bool:
+        return self._leading or name not in self._leader_only
+
+    def _leadership_changed(self, leading: bool) -> None:
+        if self._stopped or leading == self._leading:
+            return
+        self._leading = leading
+        self._transitions += 1
+        jobs = [job for name, job in self.jobs.items() if name in self._leader_only]
+        if not leading:
+            for job in jobs:
+                job.halt()
+            log.warning("not leading: stopped %d tokens with shared sinks", len(jobs))
+            return
+        log.info("leading: starting %d tokens with shared sinks", len(jobs))
+        now = self._clock.now()
+        carried = {job.name: job.token for job in jobs if job.token and job.token.is_valid(now)}
+        task = asyncio.get_running_loop().create_task(self._launch(jobs, carried))
+        self._launches.add(task)
+        task.add_done_callback(self._launches.discard)
+
+    def leadership(self) -> LeadershipView | None:
+        """None without leader election."""
+        if self._leadership is None:
+            return None
+        return LeadershipView(self._leading, self._transitions)
 
     async def reload(
         self, blueprints: Mapping[str, Blueprint], settings: EngineSettings
@@ -87,6 +160,8 @@ class Engine:
         now = self._clock.now()
         old_jobs = self.jobs
         summary = ReloadSummary()
+        standby = {name for name in old_jobs if not self._runs(name)}  # the leader's to retire
+        self._leader_only = frozenset(name for name, bp in blueprints.items() if bp.leader_only)
         jobs: dict[str, TokenJob] = {}
         carried: dict[str, Token] = {}
         for name, blueprint in blueprints.items():
@@ -106,13 +181,16 @@ class Engine:
             if jobs.get(name) is old:
                 continue
             old.stop()  # replaced or removed: stopped before its successor starts
-            if name in jobs:
+            if name in jobs or name in standby:
                 await old.publisher.close()
             else:
                 await old.publisher.retire()
         self.settings = settings
         self.jobs = jobs
-        await self._launch([jobs[name] for name in summary.added + summary.changed], carried)
+        self._on_demand = {name for name, blueprint in blueprints.items() if blueprint.on_demand}
+        self._dormant &= set(summary.unchanged)
+        started = [name for name in summary.added + summary.changed if self._runs(name)]
+        await self._launch([jobs[name] for name in started], carried)
         return summary
 
     async def _launch(self, jobs: list[TokenJob], carried: dict[str, Token]) -> None:
@@ -121,6 +199,8 @@ class Engine:
             lambda: {job.name: carried.get(job.name) or job.stored_token(now) for job in jobs}
         )
         fresh_starts = [job for job in jobs if stored[job.name] is None]
+        self._dormant |= {job.name for job in fresh_starts if job.name in self._on_demand}
+        fresh_starts = [job for job in fresh_starts if job.name not in self._dormant]
         many = len(fresh_starts) > self.settings.spread_above
         spread = self.settings.startup_spread if many else timedelta(0)
         for index, job in enumerate(fresh_starts):
@@ -132,14 +212,15 @@ class Engine:
     async def refresh_all(self, timeout: float | None = None) -> bool:
         """Acquire and publish every token once, a bounded number at a time, retrying failures
         that may pass for up to `timeout` seconds (None: one attempt each). True if every token
-        succeeded and reached every sink."""
+        succeeded and reached every sink (on-demand tokens are left alone)."""
         results: dict[str, bool] = {}
         deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
 
         async def refresh(job: TokenJob) -> None:
             results[job.name] = await job.refresh(deadline)
 
-        jobs = list(self.jobs.values())
+        # On-demand tokens wait for someone to ask: `tokend once` acquires what a start would.
+        jobs = [job for name, job in self.jobs.items() if name not in self._on_demand]
         await Runner(self.settings.run_limit).run_all(
             functools.partial(refresh, job) for job in jobs
         )
@@ -148,6 +229,7 @@ class Engine:
     async def stop(self, timeout: float = 10.0) -> None:
         """Stop every job; let sink deliveries in flight finish (up to `timeout` s); close the
         sinks."""
+        self._stopped = True
         for job in self.jobs.values():
             job.stop()
         await self.deliveries.drain(timeout)
@@ -155,17 +237,35 @@ class Engine:
             await job.publisher.close()
 
     def is_ready(self, now: datetime) -> bool:
-        """Every token holds a valid value and every sink has been given one."""
-        return all(job.is_published(now) for job in self.jobs.values())
+        """Every token this replica runs holds a valid value and every sink has been given one."""
+        return all(view.ready for view in self.query(now))
 
     def query(self, now: datetime) -> Iterator[TokenView]:
         """A read-only view of every token, for metrics, status and the local endpoint."""
-        for job in self.jobs.values():
-            yield view_of(job, now)
+        for name, job in self.jobs.items():
+            yield view_of(job, now, dormant=name in self._dormant, standby=not self._runs(name))
 
     def view(self, name: str, now: datetime) -> TokenView | None:
         job = self.jobs.get(name)
-        return view_of(job, now) if job is not None else None
+        if job is None:
+            return None
+        return view_of(job, now, dormant=name in self._dormant, standby=not self._runs(name))
+
+    def demand(self, name: str) -> bool:
+        """Someone asks for on-demand token `name`: acquire it now (once; from then on it is
+        refreshed like any other). True if this call started it."""
+        job = self.jobs.get(name)
+        if job is None or name not in self._dormant:
+            return False
+        self._dormant.discard(name)
+        job.wake()
+        return True
+
+    async def settled(self, name: str) -> None:
+        """Wait for the acquisition of `name` in flight, if any."""
+        job = self.jobs.get(name)
+        if job is not None:
+            await job.settled()
 
 
 def _same_request(old: TokenJob, new: TokenJob) -> bool:

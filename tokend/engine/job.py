@@ -42,6 +42,7 @@ class Phase(StrEnum):
     RETRYING = "retrying"  # last attempt failed transiently; backing off
     FAILING = "failing"  # last attempt failed permanently; an operator must act
     EXPIRED = "expired"  # the last good token has expired and no new one was obtained
+    STANDBY = "standby"  # leader election: the leader runs this token, this replica does not
 
 
 class RefreshCounts:
@@ -137,6 +138,8 @@ class TokenJob:
         )
 
     def start(self, at: datetime) -> None:
+        self._stopped = False
+        self.publisher.open()
         self._plan(at)
 
     def stored_token(self, now: datetime) -> Token | None:
@@ -147,6 +150,8 @@ class TokenJob:
 
     async def resume(self, token: Token) -> None:
         """Carry on with a stored token: publish it and plan its refresh as if just obtained."""
+        self._stopped = False
+        self.publisher.open()
         self._hold(token)
         self.last_success = token.obtained_at
         log.info(
@@ -175,6 +180,12 @@ class TokenJob:
             return
         self._stop_waiting()
         self._plan(self._clock.now())
+
+    async def settled(self) -> None:
+        """Wait for the acquisition in flight, if any (a reader with no token to serve yet)."""
+        inflight = self._inflight
+        if inflight is not None:
+            await asyncio.shield(inflight)
 
     async def probe(self) -> bool:
         """Run now on behalf of every token waiting at this endpoint; True if it succeeded."""
@@ -218,6 +229,14 @@ class TokenJob:
                 return False
             await sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def halt(self) -> None:
+        """Stop at once, writes included (leadership lost): nothing is planned, sink writes in
+        flight are cancelled, and the answer to a request in flight is dropped unpublished.
+        `start` or `resume` carry on."""
+        self.stop()
+        self.publisher.halt()
+        self._expiry_reported = True  # its expiry is the leader's business now
 
     async def _acquire_once(self) -> Token | None:
         """Single flight: while an acquisition is in progress, another call shares its outcome

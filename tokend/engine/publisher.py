@@ -1,333 +1,21 @@
-"""Getting each new token into every sink of its token, independently.
+"""Getting each new token into every sink of its token, independently: a `Publisher` per token
+(its `SinkSlot`s, in `tokend.engine.slot`), and `Deliveries`, the background lanes that run
+deliveries a bounded number at a time.
 
-Each sink has a slot holding the newest token it should have. Delivery is attempted at once for
-all sinks concurrently; a failing sink is retried on its own backoff schedule and, when it
-recovers, receives the newest token rather than a backlog. A sink never receives a token that
-expires sooner than the one it holds (monotonic publish). A sink that can tell whether what it
-holds is still tokend's (`verify()`) is asked now and then by the `Verifier`
-(`tokend.engine.verifier`), and delivered to again when it is not.
+Delivery is attempted at once for all sinks concurrently; each sink then goes at its own pace,
+and a slow kind of sink never holds up another.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
-import random
 from datetime import datetime
-from typing import Protocol
 
-from tokend.backoff import Backoff
-from tokend.clock import Clock, Job, Scheduler
-from tokend.engine.policy import retry_at
+from tokend.clock import Job
 from tokend.engine.scheduler import Runner
-from tokend.engine.verifier import Verifier, verified
+from tokend.engine.slot import SinkSlot
 from tokend.errors import TokendError
-from tokend.sinks import Sink, can_verify
 from tokend.token import Token
-
-log = logging.getLogger("tokend.publisher")
-
-
-class PublishCounts:
-    """Publish attempts by outcome, as two ints."""
-
-    __slots__ = ("error", "success")
-
-    def __init__(self) -> None:
-        self.success = self.error = 0
-
-    def __getitem__(self, result: str) -> int:
-        return int(getattr(self, result))
-
-
-class PublishObserver(Protocol):
-    def published(self, token: Token) -> None:
-        """`token` is durably in the sink. Must not block: start background work, if any."""
-        ...
-
-    async def close(self) -> None: ...
-
-
-class SinkSlot:
-    """One sink of one token: what it holds, what it should hold, and how delivery is going."""
-
-    __slots__ = (
-        "_backoff",
-        "_clock",
-        "_lock",
-        "_rand",
-        "_retry_pending",
-        "_scheduler",
-        "_stopped",
-        "_verifier",
-        "failures",
-        "held",
-        "last_error",
-        "last_success",
-        "observer",
-        "required_for_ready",
-        "results",
-        "sink",
-        "token_name",
-        "wanted",
-        "withdraw_on_expiry",
-    )  # fmt: skip
-
-    def __init__(
-        self,
-        token_name: str,
-        sink: Sink,
-        *,
-        clock: Clock,
-        scheduler: Scheduler,
-        backoff: Backoff,
-        rand: random.Random,
-        withdraw_on_expiry: bool = False,
-        required_for_ready: bool = True,
-        verifier: Verifier | None = None,
-    ) -> None:
-        self.token_name = token_name
-        self.sink = sink
-        self.withdraw_on_expiry = withdraw_on_expiry
-        self.required_for_ready = required_for_ready
-        """Readiness (`/readyz`, systemd READY) waits for this sink to hold a valid token."""
-        self.held: Token | None = None
-        self.wanted: Token | None = None
-        self.failures = 0
-        self.last_success: datetime | None = None
-        self.last_error: TokendError | None = None
-        self.results = PublishCounts()
-        self._clock = clock
-        self._scheduler = scheduler
-        self._backoff = backoff
-        self._rand = rand
-        self._lock = asyncio.Lock()
-        self._retry_pending = False
-        self._stopped = False
-        self.observer: PublishObserver | None = None
-        """Told after each durable write (consumer notification)."""
-        self._verifier = verifier if verifier is not None and can_verify(sink) else None
-        if self._verifier is not None:
-            self._verifier.watch(self)
-
-    @property
-    def name(self) -> str:
-        return self.sink.name
-
-    @property
-    def _retry_key(self) -> str:
-        return f"{self.token_name}/sink/{self.sink.name}"
-
-    def _plan_retry(self, at: datetime, job: Job) -> None:
-        self._retry_pending = True
-        self._scheduler.schedule(self._retry_key, at, job)
-
-    def _cancel_retry(self) -> None:
-        if self._retry_pending:
-            self._retry_pending = False
-            self._scheduler.cancel(self._retry_key)
-
-    def offer(self, token: Token) -> None:
-        """Make `token` the one to deliver, unless something newer is already wanted."""
-        if self.wanted is None or token.expires_at > self.wanted.expires_at:
-            self.wanted = token
-
-    def holds_valid_token(self, now: datetime) -> bool:
-        return self.held is not None and self.held.is_valid(now)
-
-    async def deliver(self) -> bool:
-        """Try to bring the sink up to date. True when it holds the newest token."""
-        async with self._lock:
-            token = self.wanted
-            if token is None or self._stopped:
-                return False
-            if self.held is not None and token.expires_at <= self.held.expires_at:
-                return True
-            try:
-                await self.sink.publish(token)
-            except TokendError as exc:
-                self._failed(token, exc)
-                return False
-            except Exception as exc:
-                log.exception("sink %s: unexpected failure", self.name, extra=self._extra)
-                self._failed(token, _unexpected(exc))
-                return False
-            self._succeeded(token)
-            return True
-
-    async def expire(self, now: datetime) -> None:
-        """The held token has expired unreplaced: withdraw it if this sink is configured to."""
-        if not self.withdraw_on_expiry:
-            return
-        async with self._lock:
-            if self.held is None or self.held.is_valid(now) or self._stopped:
-                return  # already withdrawn, replaced meanwhile, or no longer this slot's
-            try:
-                await self.sink.withdraw()
-            except TokendError as exc:
-                self._failed_withdrawal(exc)
-                return
-            except Exception as exc:
-                log.exception(
-                    "sink %s: unexpected failure to withdraw", self.name, extra=self._extra
-                )
-                self._failed_withdrawal(_unexpected(exc))
-                return
-            self.held = None
-            self.failures = 0
-            self.last_error = None
-            self._cancel_retry()
-            log.warning("sink %s: expired token withdrawn", self.name, extra=self._extra)
-
-    async def retire(self) -> None:
-        """Its token was removed from the config: stop, then apply the `on_expiry` rule to what
-        the sink holds now (withdraw it, or leave it and say so), and close the sink."""
-        self.stop()
-        async with self._lock:
-            if self.held is None:
-                pass
-            elif not self.withdraw_on_expiry:
-                log.info(
-                    "sink %s: token removed from the config; its last value (expiring %s) is "
-                    "left in place (on_expiry: keep)",
-                    self.name,
-                    self.held.expires_at.isoformat(timespec="seconds"),
-                    extra=self._extra,
-                )
-            else:
-                await self._withdraw_retired()
-        await self.close()
-
-    async def _withdraw_retired(self) -> None:
-        try:
-            await self.sink.withdraw()
-        except TokendError as exc:
-            log.warning(
-                "sink %s: token removed from the config, but its value could not be withdrawn: %s",
-                self.name,
-                exc,
-                extra=self._extra,
-            )
-            return
-        self.held = None
-        log.info(
-            "sink %s: token removed from the config; value withdrawn", self.name, extra=self._extra
-        )
-
-    async def check(self) -> None:
-        """Ask a sink that can tell (`verify()`) whether it still holds the token it was given;
-        if someone changed or deleted it, deliver again. Nothing to do while the sink is failing
-        (its retries are planned) or holds no valid token."""
-        async with self._lock:
-            held = self.held
-            if (
-                held is None
-                or self.failures
-                or self._stopped
-                or not held.is_valid(self._clock.now())
-            ):
-                return
-            if await verified(self, held):
-                return
-            self.held = None
-        log.warning(
-            "sink %s: no longer holds tokend's token (changed or deleted by someone else); "
-            "writing it again",
-            self.name,
-            extra=self._extra,
-        )
-        await self.deliver()
-
-    async def catch_up(self) -> None:
-        """Another sink of this type recovered: retry now if failing, else check."""
-        if self.failures and self.wanted is not None and self._retry_pending:
-            self._cancel_retry()
-            await self.deliver()
-        else:
-            await self.check()
-
-    def stop(self) -> None:
-        """Deliver nothing more (a delivery already queued finds the slot stopped)."""
-        self._stopped = True
-        self._cancel_retry()
-        if self._verifier is not None:
-            self._verifier.forget(self)
-
-    async def close(self) -> None:
-        """Stop, wait for a write already under way (so that nothing this slot started lands
-        after its successor's writes), and close the sink."""
-        self.stop()
-        async with self._lock:
-            pass
-        if self.observer is not None:
-            await self.observer.close()
-        try:
-            await self.sink.close()
-        except Exception:
-            log.exception("sink %s: error while closing", self.name, extra=self._extra)
-
-    def _failed_withdrawal(self, error: TokendError) -> None:
-        self.failures += 1
-        level = logging.DEBUG if _same(error, self.last_error) else logging.WARNING
-        log.log(level, "sink %s: cannot withdraw: %s", self.name, error, extra=self._extra)
-        self.last_error = error
-        now = self._clock.now()
-        at = retry_at(
-            now=now, attempt=self.failures, backoff=self._backoff, rand=self._rand.random()
-        )
-        self._plan_retry(at, self._retry_withdrawal)
-
-    async def _retry_withdrawal(self) -> None:
-        await self.expire(self._clock.now())
-
-    def _succeeded(self, token: Token) -> None:
-        if self.failures:
-            log.info(
-                "sink %s: recovered after %d failed attempts",
-                self.name,
-                self.failures,
-                extra=self._extra,
-            )
-            if self._verifier is not None:
-                self._verifier.recovered(self)
-        self.held = token
-        self.failures = 0
-        self.last_error = None
-        self.last_success = self._clock.now()
-        self.results.success += 1
-        self._cancel_retry()
-        if self.observer is not None:
-            self.observer.published(token)  # the write is durable: consumers may look now
-
-    def _failed(self, token: Token, error: TokendError) -> None:
-        self.failures += 1
-        self.results.error += 1
-        now = self._clock.now()
-        level = logging.DEBUG if _same(error, self.last_error) else logging.WARNING
-        log.log(level, "sink %s: %s", self.name, error, extra=self._extra)  # repeats: DEBUG
-        self.last_error = error
-        if not token.is_valid(now):
-            return  # nothing worth retrying; the next refresh offers a new token
-        rand = self._rand.random()
-        at = retry_at(now=now, attempt=self.failures, backoff=self._backoff, rand=rand)
-        self._plan_retry(at, self._retry)
-
-    async def _retry(self) -> None:
-        await self.deliver()
-
-    @property
-    def _extra(self) -> dict[str, str]:
-        return {"token": self.token_name}
-
-
-def _unexpected(exc: Exception) -> TokendError:
-    return TokendError(f"unexpected {type(exc).__name__}", code="internal", transient=True)
-
-
-def _same(error: TokendError, previous: TokendError | None) -> bool:
-    """The same failure again (said once at WARNING; repeats at DEBUG, and in status and
-    metrics)."""
-    return previous is not None and str(error) == str(previous)
 
 
 class Deliveries:
@@ -402,6 +90,14 @@ class Publisher:
     def stop(self) -> None:
         for slot in self.slots:
             slot.stop()
+
+    def halt(self) -> None:
+        for slot in self.slots:
+            slot.halt()
+
+    def open(self) -> None:
+        for slot in self.slots:
+            slot.open()
 
     async def close(self) -> None:
         for slot in self.slots:

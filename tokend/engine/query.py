@@ -11,13 +11,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from tokend.engine.job import Phase
 from tokend.errors import TokendError
 from tokend.oauth.grants import CredentialState, credential_state
 from tokend.token import Token
 
 if TYPE_CHECKING:
-    from tokend.engine.job import Phase, TokenJob
-    from tokend.engine.publisher import SinkSlot
+    from tokend.engine.job import TokenJob
+    from tokend.engine.slot import SinkSlot
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +52,8 @@ class TokenView:
     published: bool
     """Valid, and every sink holds a valid token."""
     ready: bool
-    """Valid, and every sink that readiness waits for (`required_for_ready`) holds one."""
+    """Valid, and every sink that readiness waits for (`required_for_ready`) holds one; or
+    standby (a follower stays ready)."""
     next_refresh: datetime | None
     last_success: datetime | None
     failures: int
@@ -62,23 +64,36 @@ class TokenView:
     sinks: tuple[SinkView, ...]
     credential: CredentialState | None = None
     """What is known about the grant's own credential (a certificate's expiry), if anything."""
+    dormant: bool = False
+    """An on-demand token nobody has asked for yet (not started)."""
+    refreshing: bool = False
+    """A request for it is in flight."""
+    standby: bool = False
+    """Leader election: another replica leads and runs this token; this one does not."""
 
     @property
     def expires_at(self) -> datetime | None:
         return self.token.expires_at if self.token is not None else None
 
 
-def view_of(job: TokenJob, now: datetime) -> TokenView:
+def view_of(
+    job: TokenJob, now: datetime, *, dormant: bool = False, standby: bool = False
+) -> TokenView:
     token = job.token
     valid = token is not None and token.is_valid(now)
     sinks = tuple(_sink_view(slot, now) for slot in job.publisher.slots)
+    phase = job.phase(now)
     return TokenView(
         name=job.name,
-        phase=job.phase(now),
+        phase=Phase.STANDBY if standby else phase,
         token=token,
         valid=valid,
         published=valid and all(sink.holds_valid_token for sink in sinks),
-        ready=valid and all(s.holds_valid_token for s in sinks if s.required_for_ready),
+        # Not waited for: an on-demand token nobody has asked for yet, or one another
+        # replica runs (leader election).
+        ready=dormant
+        or standby
+        or (valid and all(s.holds_valid_token for s in sinks if s.required_for_ready)),
         next_refresh=job.next_run,
         last_success=job.last_success,
         failures=job.failures,
@@ -90,6 +105,9 @@ def view_of(job: TokenJob, now: datetime) -> TokenView:
         },
         sinks=sinks,
         credential=credential_state(job.request.grant),
+        dormant=dormant,
+        refreshing=phase == "refreshing",
+        standby=standby,
     )
 
 

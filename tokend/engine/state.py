@@ -13,18 +13,17 @@ issues.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import logging
 import os
-import stat
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tokend import files
 from tokend.seal import Sealer, SealError
+from tokend.sealed import make_private_directory, private_problem
 from tokend.token import Token
 
 if TYPE_CHECKING:
@@ -122,36 +121,6 @@ class StateStore:
 
 def _associated(name: str, fingerprint: str) -> str:
     return f"tokend state\n{name}\n{fingerprint}"
-
-
-def private_problem(path: Path, *, directory: bool) -> str | None:
-    """Why `path` may not hold tokend's state (another user owns it or can write to it; for a
-    file, can read it), or None. Raises FileNotFoundError if it does not exist."""
-    info = os.lstat(path)
-    if stat.S_ISLNK(info.st_mode):
-        return "it is a symbolic link"
-    if directory != stat.S_ISDIR(info.st_mode):
-        return "it is a directory" if not directory else "it is not a directory"
-    if info.st_uid != os.geteuid():
-        return f"it is owned by uid {info.st_uid}, not by tokend's user (uid {os.geteuid()})"
-    exposed = 0o022 if directory else 0o077
-    if info.st_mode & exposed:
-        who = "written" if directory else "read or written"
-        return f"mode {stat.S_IMODE(info.st_mode):04o} lets other users have it {who}"
-    return None
-
-
-def make_private_directory(directory: Path) -> None:
-    """Create `directory` (and missing parents) with mode 0700 whatever the umask; refuse one
-    that is not private. Raises OSError."""
-    try:
-        problem = private_problem(directory, directory=True)
-    except FileNotFoundError:
-        directory.mkdir(parents=True, exist_ok=True)
-        directory.chmod(0o700)
-        problem = private_problem(directory, directory=True)
-    if problem:
-        raise PermissionError(errno.EPERM, f"state_dir {directory}: {problem}")
 
 
 def state_dir_problem(directory: Path) -> str | None:

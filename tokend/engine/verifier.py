@@ -32,7 +32,8 @@ from tokend.sinks import can_verify
 from tokend.token import Token
 
 if TYPE_CHECKING:
-    from tokend.engine.publisher import Deliveries, SinkSlot
+    from tokend.engine.publisher import Deliveries
+    from tokend.engine.slot import SinkSlot
 
 log = logging.getLogger("tokend.publisher")
 

@@ -23,7 +23,7 @@ from tokend.oauth.errors import (
     TransientError,
     classify_error_response,
 )
-from tokend.oauth.grants import Grant
+from tokend.oauth.grants import Grant, exchange_of
 from tokend.oauth.http import Clients, ExchangeFailed
 from tokend.oauth.response import MalformedResponse, parse_token_response
 from tokend.secrets import SecretError
@@ -76,9 +76,22 @@ class TokenClient:
         self._discovered: dict[str, str] = {}
 
     async def acquire(self, request: TokenRequest) -> Token:
-        grant, target = request.grant, request.target
+        grant = request.grant
         peer = Peer(request.name, grant.endpoint.host)
         url = await self._token_url(grant.endpoint, peer)
+        async with exchange_of(grant) as exchange:
+            for last in (False, True):  # again only when the grant dropped a dead credential
+                try:
+                    return await self._exchange(request, url, peer)
+                except TokenError as exc:
+                    error = exchange.failed(exc)
+                    if error is not None or last:
+                        raise (error or exc) from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _exchange(self, request: TokenRequest, url: str, peer: Peer) -> Token:
+        """One request for `request`'s token: built by its grant, sent, answered."""
+        grant, target = request.grant, request.target
         try:
             http = await grant.request(url, target)
         except SecretError as exc:

@@ -10,6 +10,7 @@ one deadline, so a peer that drips its answer cannot hold tokend, and reads at m
 from __future__ import annotations
 
 import asyncio
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from urllib.parse import urlsplit
 
 import httpx2
 
-from tokend.transport import USER_AGENT, is_on_this_machine, ssl_context
+from tokend.transport import USER_AGENT, is_on_this_machine, ssl_context, untrusting_context
 
 MAX_BODY = 1 << 20  # a token response or a key set is a few KiB; past 1 MiB it is not one
 
@@ -46,14 +47,17 @@ class Clients:
         self.deadline = deadline
         self._connect_timeout = connect_timeout
         self._max_connections = max_connections
-        self._clients: dict[tuple[Path | None, bool], httpx2.AsyncClient] = {}
+        self._clients: dict[tuple[Path | None, bool, bool], httpx2.AsyncClient] = {}
 
     async def exchange(
         self, method: str, url: str, *, ca_bundle: Path | None = None, **kwargs: Any
     ) -> Answer:
         """One request and its whole answer within `deadline`. Raises `ExchangeFailed`; a
         bad CA bundle raises `tokend.transport.CaBundleError`."""
-        client = self._client(ca_bundle, direct=is_on_this_machine(urlsplit(url).hostname or ""))
+        parts = urlsplit(url)
+        direct = is_on_this_machine(parts.hostname or "")
+        tls = parts.scheme == "https"
+        client = self._client(ca_bundle if tls else None, direct=direct, tls=tls)
         try:
             async with asyncio.timeout(self.deadline):
                 async with client.stream(method, url, **kwargs) as response:
@@ -62,8 +66,7 @@ class Clients:
             reason = f"timed out: no complete answer within {self.deadline:g}s"
             raise ExchangeFailed(reason, "timeout") from None
         except httpx2.TransportError as exc:
-            reason = f"{type(exc).__name__}: {exc or 'the connection failed'}"
-            raise ExchangeFailed(reason, type(exc).__name__) from None
+            raise ExchangeFailed(_transport_reason(exc), type(exc).__name__) from None
         return Answer(response.status_code, response.headers, body)
 
     async def aclose(self) -> None:
@@ -71,11 +74,15 @@ class Clients:
             await client.aclose()
         self._clients.clear()
 
-    def _client(self, ca_bundle: Path | None, *, direct: bool) -> httpx2.AsyncClient:
-        client = self._clients.get((ca_bundle, direct))
+    def _client(self, ca_bundle: Path | None, *, direct: bool, tls: bool) -> httpx2.AsyncClient:
+        """Without `tls`, a client for `http://` URLs (a loopback identity provider), which
+        never loads a CA store (tens of milliseconds before the first token otherwise)."""
+        key = (ca_bundle, direct, tls)
+        client = self._clients.get(key)
         if client is None:
-            client = self._clients[(ca_bundle, direct)] = httpx2.AsyncClient(
-                verify=ssl_context(ca_bundle),
+            verify = ssl_context(ca_bundle) if tls else untrusting_context()
+            client = self._clients[key] = httpx2.AsyncClient(
+                verify=verify,
                 timeout=httpx2.Timeout(self.deadline, connect=self._connect_timeout),
                 limits=httpx2.Limits(
                     max_connections=self._max_connections,
@@ -86,6 +93,26 @@ class Clients:
                 headers={"User-Agent": USER_AGENT},
             )
         return client
+
+
+def _transport_reason(exc: httpx2.TransportError) -> str:
+    if refusal := _certificate_refusal(exc):
+        detail = refusal.verify_message or "certificate verify failed"
+        return (
+            f"TLS: the server's certificate is not trusted ({detail}); if a private CA signed "
+            "it, set ca_bundle (the identity's or http.ca_bundle) to that CA's certificate"
+        )
+    return f"{type(exc).__name__}: {exc or 'the connection failed'}"
+
+
+def _certificate_refusal(exc: BaseException) -> ssl.SSLCertVerificationError | None:
+    """The certificate verification failure behind `exc` (httpx2 and httpcore2 each wrap it)."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None or isinstance(seen, ssl.SSLCertVerificationError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 async def _read_capped(response: httpx2.Response) -> bytes:

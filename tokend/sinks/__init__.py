@@ -14,6 +14,7 @@ from tokend.sinks.base import (
     VerifyingSink,
     build_sink,
     can_verify,
+    is_shared,
     sink_labels,
 )
 
@@ -27,5 +28,6 @@ __all__ = [
     "VerifyingSink",
     "build_sink",
     "can_verify",
+    "is_shared",
     "sink_labels",
 ]

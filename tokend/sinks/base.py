@@ -147,11 +147,19 @@ class SinkType:
     """(options, context) -> the sink."""
     required_for_ready: bool = True
     """Default of `required_for_ready` for sinks of this type."""
+    shared: bool = False
+    """It writes to a store that every replica of tokend shares (a Vault path, a Kubernetes
+    Secret): with leader election, only the leader publishes there."""
 
 
 SINKS: Registry[SinkType] = Registry(
-    "sink type", builtins=("tokend.sinks.file", "tokend.sinks.vault")
+    "sink type", builtins=("tokend.sinks.file", "tokend.sinks.vault", "tokend.sinks.kubernetes")
 )
+
+
+def is_shared(options: SinkOptionsBase) -> bool:
+    """Does this sink write to a store shared between replicas (see `SinkType.shared`)?"""
+    return SINKS[options.type].shared
 
 
 def build_sink(options: SinkOptionsBase, context: SinkContext) -> Sink:

@@ -80,7 +80,7 @@ class FileSinkOptions(SinkOptionsBase):
 
     def resolved_target(self) -> str:
         directory, name = os.path.split(self.path)
-        return f"file {os.path.join(os.path.realpath(directory), name)}"
+        return f"file {os.path.join(files.real_directory(directory), name)}"
 
     def preflight(self) -> list[str]:
         problems = []
@@ -90,7 +90,7 @@ class FileSinkOptions(SinkOptionsBase):
         except SinkError as exc:
             problems.append(str(exc))
         directory = os.path.dirname(self.path)
-        if not self.create_dirs and not os.path.isdir(directory):
+        if not self.create_dirs and not files.is_directory(directory):
             problems.append(
                 f"directory {directory} does not exist (create it, or set create_dirs: true)"
             )

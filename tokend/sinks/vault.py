@@ -311,4 +311,6 @@ def render(token: Token, fields: list[FieldName]) -> dict[str, Any]:
 
 # A shared remote store: by default its outage does not make a pod unready (the pod's own
 # consumers read its file sinks; Vault's readers are elsewhere, and watch the metrics).
-SINKS.register("vault", SinkType(VaultSinkOptions, VaultSink, required_for_ready=False))
+SINKS.register(
+    "vault", SinkType(VaultSinkOptions, VaultSink, required_for_ready=False, shared=True)
+)

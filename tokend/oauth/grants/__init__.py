@@ -5,11 +5,13 @@ from tokend.oauth.grants.base import (
     CredentialOptions,
     CredentialState,
     CredentialType,
+    Exchange,
     Grant,
     GrantContext,
     HttpRequest,
     build_grant,
     credential_state,
+    exchange_of,
 )
 
 __all__ = [
@@ -17,9 +19,11 @@ __all__ = [
     "CredentialOptions",
     "CredentialState",
     "CredentialType",
+    "Exchange",
     "Grant",
     "GrantContext",
     "HttpRequest",
     "build_grant",
     "credential_state",
+    "exchange_of",
 ]

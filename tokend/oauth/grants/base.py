@@ -5,6 +5,11 @@ attempt, so secrets are re-read (a replaced secret file takes effect at the next
 assertion-based credential signs a new assertion (new `jti`) every time. After a success it may
 `absorb` the response (a grant that rotates refresh tokens keeps the newest).
 
+A grant that spends a one-time credential (a rotating refresh token) also has `exchange()`: the
+client holds it around the whole exchange (request built, sent, answer absorbed or refused), so
+the grant can send one request at a time per identity, persist what it absorbed before the token
+is handed on, and decide what a refusal means (`Exchange.failed`).
+
 Adding a credential type: one module with an options model (a subclass of `CredentialOptions`
 with a `type` literal) and a grant, registered with `CREDENTIALS.register(...)`, plus its module
 name in `CREDENTIALS`'s built-ins. Nothing else names it.
@@ -16,16 +21,19 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
 from tokend.clock import SYSTEM_CLOCK, Clock
 from tokend.oauth.dialects import Endpoint, Target
+from tokend.oauth.errors import TokenError
 from tokend.registry import Registry
 
 if TYPE_CHECKING:
     from tokend.resources import Resources
+    from tokend.sealed import SealedFiles
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +70,48 @@ class Grant(Protocol):
         ...
 
 
+class Exchange(Protocol):
+    """One token exchange of a grant, held by the client from before the request is built until
+    the answer is absorbed or refused; leaving it persists what the grant absorbed."""
+
+    async def __aenter__(self) -> Exchange: ...
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None: ...
+
+    def failed(self, error: TokenError) -> TokenError | None:
+        """The error to report for a failed attempt (the same, or one saying what to do), or
+        None: the grant dropped what was refused (a dead refresh token) and asking once more at
+        once may succeed (with the password)."""
+        ...
+
+
+class _PlainExchange:
+    """The exchange of a grant that keeps nothing between requests."""
+
+    async def __aenter__(self) -> _PlainExchange:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        return None
+
+    def failed(self, error: TokenError) -> TokenError | None:
+        return error
+
+
+_PLAIN = _PlainExchange()
+
+
+def exchange_of(grant: Grant) -> Exchange:
+    """The grant's `exchange()` if it has one (it opts in by defining it), else a plain one."""
+    exchange = getattr(grant, "exchange", None)
+    return exchange() if callable(exchange) else _PLAIN
+
+
 class CredentialOptions(BaseModel):
     """Options every credential type has; each type's model adds its `type` literal."""
 
@@ -74,6 +124,22 @@ class CredentialOptions(BaseModel):
     its identity then names no tenant, token endpoint, issuer or client_id."""
 
     type: str
+
+    def entra_scopes_problem(self, scopes: tuple[str, ...]) -> str | None:
+        """Why an Entra ID v2 token of this credential cannot ask for `scopes`, if it cannot.
+        App-only tokens take exactly one `/.default` scope; a credential that signs in a user
+        asks for the API's delegated permissions instead."""
+        if len(scopes) != 1 or not scopes[0].endswith("/.default"):
+            return (
+                "app-only tokens from Entra ID v2 take exactly one scope ending in /.default, "
+                "e.g. https://graph.microsoft.com/.default"
+            )
+        return None
+
+    def keeps_refresh_tokens(self) -> bool:
+        """Whether this credential keeps the refresh tokens it is given between requests (they
+        are stored only sealed: the config then needs `state_dir` and `state_key`)."""
+        return False
 
     @classmethod
     def identity_defaults(
@@ -114,6 +180,9 @@ class GrantContext:
     entra_version: Literal[1, 2] | None = None
     """Which Entra ID endpoint the grant's tokens come from (1: by resource, 2: by scope), or
     None for any other OAuth2 server."""
+    kept: SealedFiles | None = field(default=None, compare=False)
+    """Where a grant keeps what must survive a restart (rotated refresh tokens), sealed with
+    `state_key` in `state_dir`; None when the config has no state_dir or state_key."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +215,8 @@ CREDENTIALS: Registry[CredentialType] = Registry(
         "tokend.oauth.grants.certificate",
         "tokend.oauth.grants.federated",
         "tokend.oauth.grants.managed_identity",
+        "tokend.oauth.grants.password",
+        "tokend.oauth.grants.device_login",
     ),
 )
 

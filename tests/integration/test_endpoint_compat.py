@@ -1,0 +1,235 @@
+"""`compat: requesttoken`: the original helper's clients (`requests.post(url, json={username,
+password})`, reading `accesstoken`) get tokend's cached token; wrong credentials are a 401 with a
+JSON error and, repeated, a 429; nothing they send is echoed or logged.
+
+The password credential type itself is another branch's work (issue 12); a stand-in type with
+the same two fields (`username`, `password`: secret references) is registered here, which is all
+the endpoint reads of it. The tokend under test runs in this process (a registered kind exists
+only here), on virtual time, its endpoint on a real socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import pytest
+import requests
+
+from tests.conftest import entra_identity
+from tests.support.harness import Harness, harness
+from tests.support.idp import CLIENT_SECRET, FakeIdp
+from tests.support.servers import free_port
+from tokend.config import validate_config
+from tokend.endpoint.service import Endpoint
+from tokend.metrics import Metrics
+from tokend.oauth import CREDENTIALS, CredentialOptions, CredentialType, GrantContext, HttpRequest
+from tokend.oauth.dialects import Target
+from tokend.secrets import SecretRef
+
+USERNAME = "svc-crm@contoso.example"
+PASSWORD = "CANARY-password-51c0de"
+WRONG = "CANARY-wrong-password-7a7a"
+
+
+class StandInPasswordOptions(CredentialOptions):
+    type: Literal["stand_in_password"]
+    username: SecretRef
+    password: SecretRef
+    secret: SecretRef  # what the fake identity provider checks (client credentials underneath)
+
+
+@dataclass
+class StandInPasswordGrant:
+    options: StandInPasswordOptions
+    context: GrantContext
+
+    @property
+    def endpoint(self) -> Any:
+        return self.context.endpoint
+
+    @property
+    def client_id(self) -> str:
+        return self.context.client_id
+
+    async def request(self, token_url: str, target: Target) -> HttpRequest:
+        secret = (await self.options.secret.read()).reveal()
+        form = {"grant_type": "client_credentials", "client_id": self.client_id}
+        return HttpRequest(
+            "POST", token_url, form=form | {"client_secret": secret} | target.fields()
+        )
+
+    def absorb(self, body: Mapping[str, Any]) -> None:
+        return None
+
+    async def source_version(self) -> str:
+        return ""
+
+
+@pytest.fixture
+def stand_in() -> Iterator[None]:
+    CREDENTIALS.register(
+        "stand_in_password", CredentialType(StandInPasswordOptions, StandInPasswordGrant)
+    )
+    yield
+    CREDENTIALS.unregister("stand_in_password")
+
+
+@dataclass
+class Compat:
+    url: str
+    running: Harness
+
+    async def post(self, body: object) -> requests.Response:
+        return await asyncio.to_thread(requests.post, self.url, json=body, timeout=10)
+
+    def held(self) -> str:
+        token = self.running.job("crm").token
+        assert token is not None
+        return token.value
+
+
+@asynccontextmanager
+async def running_compat(idp: FakeIdp, tmp: Path) -> AsyncIterator[Compat]:
+    port = free_port()
+    identity = entra_identity(idp, CLIENT_SECRET)
+    identity["credential"] = {
+        "type": "stand_in_password",
+        "username": USERNAME,
+        "password": {"env": "HELPER_PASSWORD"},
+        "secret": CLIENT_SECRET,
+    }
+    config = validate_config(
+        {
+            "identities": {"helper": identity, "app": entra_identity(idp, CLIENT_SECRET)},
+            "tokens": {
+                "crm": {
+                    "identity": "helper",
+                    "resource": "https://crm.example",
+                    "sinks": [{"type": "file", "path": str(tmp / "crm.token")}],
+                },
+                "other": {
+                    "identity": "app",
+                    "resource": "https://other.example",
+                    "sinks": [{"type": "file", "path": str(tmp / "other.token")}],
+                },
+            },
+            "endpoint": {"listen": f"127.0.0.1:{port}", "protocols": [], "compat": "requesttoken"},
+        }
+    )
+    async with harness(config) as running:
+        assert await running.refresh_all()
+        assert config.endpoint is not None
+        endpoint = Endpoint(
+            config,
+            config.endpoint,
+            engine=running.engine,
+            metrics=Metrics(running.clock),
+            clock=running.clock,
+        )
+        serving = asyncio.create_task(endpoint.serve())
+        try:
+            yield Compat(f"http://127.0.0.1:{port}/requesttoken", running)
+        finally:
+            endpoint.stop()
+            await serving
+
+
+Scenario = Callable[[Compat], Awaitable[None]]
+
+
+@pytest.fixture
+def run(
+    idp: FakeIdp, stand_in: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> Callable[[Scenario], None]:
+    """Runs a scenario against a running compat endpoint (each test on its own event loop)."""
+    monkeypatch.setenv("HELPER_PASSWORD", PASSWORD)
+
+    def run_scenario(scenario: Scenario) -> None:
+        async def main() -> None:
+            async with running_compat(idp, tmp_path) as compat:
+                await scenario(compat)
+
+        asyncio.run(main())
+
+    return run_scenario
+
+
+def test_the_original_clients_flow(
+    run: Callable[[Scenario], None], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    run(the_original_clients_flow)
+    assert PASSWORD not in caplog.text
+
+
+async def the_original_clients_flow(compat: Compat) -> None:
+    response = await compat.post({"username": USERNAME, "password": PASSWORD})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["accesstoken"] == compat.held()
+    upper = await compat.post({"username": USERNAME.upper(), "password": PASSWORD})
+    assert upper.json()["accesstoken"] == compat.held()  # user names: as Entra ID compares them
+    assert int(body["expires_on"]) == int(compat.running.job("crm").token.expires_at.timestamp())  # type: ignore[union-attr]
+    assert set(body) == {"accesstoken", "expires_on"}
+
+
+def test_wrong_credentials_are_refused_then_rate_limited(
+    run: Callable[[Scenario], None], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    run(wrong_credentials)
+    assert WRONG not in caplog.text and PASSWORD not in caplog.text
+    assert "CANARY-token" not in caplog.text
+
+
+async def wrong_credentials(compat: Compat) -> None:
+    for body in (
+        {"username": USERNAME, "password": WRONG},
+        {"username": "nobody@contoso.example", "password": PASSWORD},
+        {"username": USERNAME, "password": PASSWORD.lower()},
+        {"username": USERNAME, "password": PASSWORD + " "},
+    ):
+        response = await compat.post(body)
+        assert response.status_code == 401
+        assert response.json() == {
+            "error": "invalid_credentials",
+            "description": "wrong username or password",
+        }
+        assert WRONG not in response.text and PASSWORD not in response.text
+    await compat.post({"username": USERNAME, "password": WRONG})  # the fifth failure
+    limited = await compat.post({"username": USERNAME, "password": PASSWORD})
+    assert limited.status_code == 429  # even right credentials, for the rest of the window
+    assert int(limited.headers["Retry-After"]) >= 1
+    assert "accesstoken" not in limited.text
+
+
+@pytest.mark.parametrize(
+    "body",
+    [None, "text", ["list"], {"username": USERNAME}, {"username": USERNAME, "password": 5}, {}],
+)
+def test_malformed_requests_are_a_400(run: Callable[[Scenario], None], body: object) -> None:
+    async def scenario(compat: Compat) -> None:
+        response = await compat.post(body)
+        assert response.status_code == 400
+        assert response.json()["error"] == "invalid_request"
+
+    run(scenario)
+
+
+def test_a_password_is_read_at_each_request(
+    run: Callable[[Scenario], None], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def scenario(compat: Compat) -> None:
+        monkeypatch.setenv("HELPER_PASSWORD", "CANARY-rotated-password-99")
+        refused = await compat.post({"username": USERNAME, "password": PASSWORD})
+        assert refused.status_code == 401  # the old one no longer works: nothing was cached
+        rotated = {"username": USERNAME, "password": "CANARY-rotated-password-99"}
+        assert (await compat.post(rotated)).json()["accesstoken"] == compat.held()
+
+    run(scenario)

@@ -1,0 +1,140 @@
+"""The endpoint's HTTP server over raw sockets: keep-alive, pipelining in order, HTTP/1.0,
+`Expect: 100-continue`, and what it refuses (malformed requests, oversized heads and bodies),
+each refusal answered and the connection closed."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tokend.endpoint.http import HttpServer
+from tokend.server import bind_tcp
+
+
+async def echo(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Answers with what it was asked, so the tests can see the scope the server built."""
+    body = (await receive())["body"]
+    answer = {
+        "method": scope["method"],
+        "path": scope["path"],
+        "query": scope["query_string"].decode(),
+        "body": body.decode(),
+        "client": scope["client"][0],
+    }
+    data = json.dumps(answer).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": data})
+
+
+@pytest.fixture(scope="module")
+def port() -> Iterator[int]:
+    sock = bind_tcp("127.0.0.1", 0)
+    server = HttpServer(echo, sock, None)
+    thread = threading.Thread(target=asyncio.run, args=(server.serve(),), daemon=True)
+    thread.start()
+    yield sock.getsockname()[1]
+    server.stop()
+    thread.join(10)
+
+
+def exchange(port: int, data: bytes, *, responses: int = 1) -> tuple[list[bytes], bool]:
+    """Send `data`; read until `responses` whole responses arrived or the server closed. Returns
+    the responses and whether the server closed the connection."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+        conn.sendall(data)
+        buffer, closed = b"", False
+        while buffer.count(b"HTTP/1.1 ") - buffer.count(
+            b"HTTP/1.1 100"
+        ) < responses or not _complete(buffer):
+            chunk = conn.recv(65536)
+            if not chunk:
+                closed = True
+                break
+            buffer += chunk
+        if not closed:
+            conn.settimeout(0.3)
+            try:
+                closed = conn.recv(1) == b""
+            except TimeoutError:
+                closed = False
+    parts = [b"HTTP/1.1 " + part for part in buffer.split(b"HTTP/1.1 ")[1:]]
+    return [part for part in parts if not part.startswith(b"HTTP/1.1 100")], closed
+
+
+def _complete(buffer: bytes) -> bool:
+    head, _, body = buffer.rpartition(b"\r\n\r\n")
+    length = [line for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")]
+    return bool(length) and len(body) >= int(length[-1].split(b":")[1])
+
+
+def body_of(response: bytes) -> dict[str, Any]:
+    return json.loads(response.split(b"\r\n\r\n", 1)[1])  # type: ignore[no-any-return]
+
+
+def test_keep_alive_and_the_scope(port: int) -> None:
+    request = b"GET /a%20b?x=1&y=2 HTTP/1.1\r\nHost: h\r\n\r\n"
+    (response,), closed = exchange(port, request)
+    assert response.startswith(b"HTTP/1.1 200 OK\r\n") and not closed
+    assert body_of(response) == {
+        "method": "GET",
+        "path": "/a b",
+        "query": "x=1&y=2",
+        "body": "",
+        "client": "127.0.0.1",
+    }
+
+
+def test_pipelined_requests_are_answered_in_order(port: int) -> None:
+    requests = b"".join(b"GET /%d HTTP/1.1\r\nHost: h\r\n\r\n" % n for n in range(5))
+    responses, _ = exchange(port, requests, responses=5)
+    assert [body_of(r)["path"] for r in responses] == [f"/{n}" for n in range(5)]
+
+
+def test_http_1_0_and_connection_close_end_the_connection(port: int) -> None:
+    for request in (
+        b"GET /x HTTP/1.0\r\n\r\n",
+        b"GET /x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+    ):
+        (response,), closed = exchange(port, request)
+        assert b"200 OK" in response and closed
+
+
+def test_a_body_and_expect_continue(port: int) -> None:
+    request = b"POST /r HTTP/1.1\r\nHost: h\r\nContent-Length: 9\r\nExpect: 100-continue\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+        conn.sendall(request)
+        assert conn.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        conn.sendall(b'{"a": 1}\n')
+        response = conn.recv(65536)
+    assert body_of(response)["body"] == '{"a": 1}\n'
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        (b"NOT HTTP AT ALL\r\n\r\n", b"400 Bad Request"),
+        (
+            b"GET / HTTP/1.1\r\nHost: h\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n",
+            b"431 Request Header Fields Too Large",
+        ),
+        (
+            b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 70000\r\n\r\n" + b"a" * 70000,
+            b"413 Request Entity Too Large",
+        ),
+        (
+            b"GET / HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            b"400 Bad Request",
+        ),
+    ],
+)
+def test_refusals_are_answered_then_closed(port: int, request_bytes: bytes, status: bytes) -> None:
+    (response,), closed = exchange(port, request_bytes)
+    assert response.startswith(b"HTTP/1.1 " + status), response[:80]
+    assert closed

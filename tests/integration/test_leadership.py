@@ -1,0 +1,270 @@
+"""Leader-only jobs in the engine, on virtual time with a test-only leadership and a test-only
+shared sink: tokens with a sink shared between replicas run only while this replica leads (a
+token with a file sink as well included); others run everywhere; a follower stays ready and
+reports no metrics for tokens it does not run; losing leadership cancels a write in flight and
+keeps a token whose request was in flight from being published."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import pytest
+from pydantic import BaseModel, ConfigDict
+from pydantic import dataclasses as pydantic_dataclasses
+
+from tests.conftest import entra_identity
+from tests.support.harness import Harness, harness
+from tests.support.idp import CLIENT_SECRET, FakeIdp
+from tokend.config import validate_config
+from tokend.metrics import Metrics
+from tokend.resources import RESOURCES, Environment, ResourceKind
+from tokend.sinks import SINKS, SinkContext, SinkOptionsBase, SinkType
+from tokend.token import Token
+
+
+class TossOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    label: str = ""
+
+
+class Toss:
+    """A leadership the test decides."""
+
+    def __init__(self, options: TossOptions, environment: Environment) -> None:
+        self.on_change: Callable[[bool], None] | None = None
+
+    def start(self, on_change: Callable[[bool], None]) -> None:
+        self.on_change = on_change
+
+    def flip(self, leading: bool) -> None:
+        assert self.on_change is not None, "the engine has not started the election"
+        self.on_change(leading)
+
+    async def close(self) -> None:
+        return None
+
+    def close_sync(self) -> None:
+        return None
+
+
+TOSS = ResourceKind(section="toss", options=TossOptions, create=Toss, summary="", leadership=True)
+
+
+class Shelf:
+    """What every replica would share; `gate` holds writes back while it is clear."""
+
+    values: ClassVar[dict[str, str]] = {}
+    gate = asyncio.Event()
+    on_enter: ClassVar[Callable[[], None] | None] = None
+
+
+@pydantic_dataclasses.dataclass(
+    config=ConfigDict(extra="forbid"), frozen=True, slots=True, kw_only=True
+)
+class ShelfOptions(SinkOptionsBase):
+    type: Literal["shelf"]
+    key: str
+
+    def target(self) -> str:
+        return f"shelf {self.key}"
+
+
+class ShelfSink:
+    def __init__(self, options: ShelfOptions, context: SinkContext) -> None:
+        self.name = context.sink_name
+        self._key = options.key
+
+    async def publish(self, token: Token) -> None:
+        if Shelf.on_enter is not None:
+            Shelf.on_enter()
+        await Shelf.gate.wait()
+        Shelf.values[self._key] = token.value
+
+    async def withdraw(self) -> None:
+        Shelf.values.pop(self._key, None)
+
+    async def close(self) -> None:
+        return None
+
+
+@pytest.fixture
+def kinds() -> Iterator[None]:
+    RESOURCES.register("toss", TOSS)
+    SINKS.register("shelf", SinkType(ShelfOptions, ShelfSink, shared=True))
+    Shelf.values.clear()
+    Shelf.gate, Shelf.on_enter = asyncio.Event(), None
+    Shelf.gate.set()
+    yield
+    SINKS.unregister("shelf")
+    RESOURCES.unregister("toss")
+
+
+def config_for(idp: FakeIdp, tmp_path: Path, toss: dict[str, Any] | None = None) -> Any:
+    def token(*sinks: dict[str, Any]) -> dict[str, Any]:
+        return {"identity": "app", "resource": "https://crm.example", "sinks": list(sinks)}
+
+    return validate_config(
+        {
+            "identities": {"app": entra_identity(idp, CLIENT_SECRET)},
+            "tokens": {
+                "shared": token({"type": "shelf", "key": "shared"}),
+                "mixed": token(
+                    {"type": "shelf", "key": "mixed"},
+                    {"type": "file", "path": str(tmp_path / "mixed")},
+                ),
+                "local": token({"type": "file", "path": str(tmp_path / "local")}),
+            },
+            "defaults": {"startup_spread": 0},
+            "toss": {} if toss is None else toss,
+        }
+    )
+
+
+def toss(h: Harness) -> Toss:
+    toss: Toss = h.assembly.resources.get(TOSS)
+    return toss
+
+
+async def launched(h: Harness) -> None:
+    """The engine launches leader-only jobs in a task of its own: wait until they are planned."""
+    for _ in range(1000):
+        if h.scheduler.due("shared"):
+            return
+        await asyncio.sleep(0.001)
+    raise AssertionError("leader-only jobs were not launched")
+
+
+async def settle(h: Harness) -> None:
+    await h.run_for(timedelta(0))
+
+
+def metric_lines(h: Harness) -> list[str]:
+    metrics = Metrics(h.clock)
+    metrics.watch(h.engine)
+    return metrics.render().decode().splitlines()
+
+
+@pytest.mark.usefixtures("kinds")
+def test_only_the_leader_runs_tokens_with_shared_sinks(idp: FakeIdp, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with harness(config_for(idp, tmp_path)) as h:
+            await h.start()
+            await settle(h)
+            now = h.clock.now()
+            views = {view.name: view for view in h.engine.query(now)}
+            assert [name for name, view in views.items() if view.standby] == ["shared", "mixed"]
+            assert views["shared"].phase == "standby" and views["local"].phase == "fresh"
+            assert h.engine.is_ready(now)  # a follower stays ready
+            assert (tmp_path / "local").exists() and not (tmp_path / "mixed").exists()
+            assert Shelf.values == {} and len(idp.token_requests) == 1
+            lines = metric_lines(h)
+            assert "tokend_leader 0.0" in lines
+            assert not [line for line in lines if 'token="shared"' in line]
+
+            toss(h).flip(True)
+            await launched(h)
+            await settle(h)
+            assert set(Shelf.values) == {"shared", "mixed"} and (tmp_path / "mixed").exists()
+            assert h.engine.leadership() is not None
+            assert "tokend_leader 1.0" in metric_lines(h)
+            assert "tokend_leader_transitions_total 1.0" in metric_lines(h)
+
+            toss(h).flip(False)
+            await settle(h)
+            Shelf.values.clear()
+            assert await h.run_for(timedelta(hours=3)) > 0  # the local token carries on
+            assert Shelf.values == {}
+            assert all(view.ready for view in h.engine.query(h.clock.now()))
+
+            toss(h).flip(True)  # leading again: the token it holds is published and refreshed
+            await launched(h)
+            await settle(h)
+            assert set(Shelf.values) == {"shared", "mixed"}
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.usefixtures("kinds")
+def test_losing_leadership_cancels_a_write_in_flight(idp: FakeIdp, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with harness(config_for(idp, tmp_path)) as h:
+            await h.start()
+            await settle(h)
+            Shelf.gate.clear()  # a write that hangs...
+            Shelf.on_enter = lambda: toss(h).flip(False)  # ...while leadership is lost
+            toss(h).flip(True)
+            await launched(h)
+            failsafe = asyncio.get_running_loop().call_later(5, Shelf.gate.set)
+            await settle(h)  # returns: the hanging writes were cancelled
+            failsafe.cancel()
+            Shelf.gate.set()
+            await asyncio.sleep(0.05)
+            assert Shelf.values == {}
+            slot = h.slot("shelf", "shared")
+            assert (slot.held, slot.results.success, slot.results.error) == (None, 0, 0)
+            assert h.job("shared").token is not None
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.usefixtures("kinds")
+def test_a_token_in_flight_when_leadership_is_lost_is_not_published(
+    idp: FakeIdp, tmp_path: Path
+) -> None:
+    async def scenario() -> None:
+        async with harness(config_for(idp, tmp_path)) as h:
+            loop, lost = asyncio.get_running_loop(), threading.Event()
+
+            def lose() -> None:
+                toss(h).flip(False)
+                lost.set()
+
+            async def slow() -> None:  # the identity provider answers once leadership is lost
+                loop.call_soon_threadsafe(lose)
+                await asyncio.to_thread(lost.wait, 10)
+
+            await h.start()
+            await settle(h)
+            assert len(idp.token_requests) == 1
+            idp.fail(slow)
+            toss(h).flip(True)
+            await launched(h)
+            await settle(h)
+            assert lost.is_set()
+            asked = len(idp.token_requests)
+            assert asked == 2  # the local token's at start, and the one in flight
+            assert Shelf.values == {}  # its answer was not published (nor kept: not this
+            assert all(h.job(name).token is None for name in ("shared", "mixed"))  # replica's)
+            assert not (tmp_path / "mixed").exists()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.usefixtures("kinds")
+def test_leader_election_changes_wait_for_a_restart(
+    idp: FakeIdp, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def scenario() -> None:
+        async with harness(config_for(idp, tmp_path)) as h:
+            await h.start()
+            elector = toss(h)
+            elector.flip(True)
+            await launched(h)
+            await settle(h)
+            await h.reload(config_for(idp, tmp_path, {"label": "changed"}))
+            assert toss(h) is elector  # the same election, still followed
+            elector.flip(False)
+            assert h.engine.leadership() is not None
+            assert not h.engine.leadership().leading  # type: ignore[union-attr]
+            assert [v.name for v in h.engine.query(h.clock.now()) if v.standby] == [
+                "shared",
+                "mixed",
+            ]
+
+    asyncio.run(scenario())
+    assert "reload: changes to toss take effect at the next restart" in caplog.text

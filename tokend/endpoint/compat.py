@@ -1,0 +1,169 @@
+"""`compat: requesttoken`: the original helper's `POST /requesttoken`, so its clients keep their
+code: JSON `{"username": ..., "password": ...}` in, `{"accesstoken": ..., "expires_on": ...}` out,
+from tokend's cache.
+
+The username must be a configured password identity's and the password its configured password:
+both compared in constant time, and a password is compared even for an unknown username, so the
+answer's timing does not tell which usernames exist. Wrong credentials are a 401 with a JSON error
+(the original answered errors with HTTP 200), and a client that keeps sending them is refused with
+a 429 for a while (the original forwarded every bad password to Entra ID: account lockout). The
+credentials a client sends are never echoed, logged or kept.
+
+A password identity is one whose credential has `username` and `password` secret references
+(the `password` credential type); its token is the one configured token of that identity the
+endpoint serves (or the one whose resource the request names, if it has several).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import time
+from collections import OrderedDict
+from typing import Any
+
+from tokend.config import Config
+from tokend.endpoint.app import Answer, Receive, Scope
+from tokend.endpoint.catalog import PasswordIdentity, password_identities, resource_key
+from tokend.endpoint.options import EndpointOptions
+from tokend.endpoint.supply import Supply, Unavailable
+from tokend.secrets import SecretError, SecretReference
+
+log = logging.getLogger("tokend.endpoint")
+Headers = tuple[tuple[bytes, bytes], ...]
+
+FAILURES_ALLOWED = 5
+"""Wrong credentials a client may send per `WINDOW` before it is refused for the rest of it."""
+WINDOW = 60.0
+MAX_CLIENTS = 10_000
+"""Clients remembered for rate limiting (the oldest are forgotten first)."""
+
+
+class RateLimit:
+    """Failures per client in a sliding window, for a bounded number of clients."""
+
+    def __init__(self) -> None:
+        self._failures: OrderedDict[str, list[float]] = OrderedDict()
+
+    def retry_after(self, client: str, now: float) -> int:
+        """Seconds until `client` may try again (0: now)."""
+        recent = [t for t in self._failures.get(client, ()) if now - t < WINDOW]
+        if len(recent) < FAILURES_ALLOWED:
+            return 0
+        return max(int(WINDOW - (now - recent[0])) + 1, 1)
+
+    def failed(self, client: str, now: float) -> None:
+        recent = [t for t in self._failures.pop(client, []) if now - t < WINDOW]
+        self._failures[client] = [*recent, now][-FAILURES_ALLOWED:]
+        while len(self._failures) > MAX_CLIENTS:
+            self._failures.popitem(last=False)
+
+
+class RequestToken:
+    def __init__(self, config: Config, options: EndpointOptions, supply: Supply) -> None:
+        self.identities = password_identities(config, options)
+        self._supply = supply
+        self._limit = RateLimit()
+
+    async def __call__(self, scope: Scope, receive: Receive) -> Answer:
+        if scope["method"] not in ("POST", "GET"):
+            return _error(405, "invalid_request", "POST a JSON body", "not_found")
+        client = scope["client"][0] if scope.get("client") else "local"
+        now = time.monotonic()
+        if wait := self._limit.retry_after(client, now):
+            message = "too many wrong credentials"
+            retry: Headers = ((b"retry-after", str(wait).encode()),)
+            return _error(429, "too_many_attempts", message, "rate_limited", retry)
+        body = (await receive())["body"]
+        credentials = _credentials(body)
+        if credentials is None:
+            return _error(
+                400,
+                "invalid_request",
+                'send JSON {"username": ..., "password": ...}',
+                "bad_request",
+            )
+        username, password, resource = credentials
+        identity = await self._check(username, password)
+        if identity is None:
+            self._limit.failed(client, now)
+            log.debug("requesttoken refused: wrong username or password (client %s)", client)
+            return _error(401, "invalid_credentials", "wrong username or password", "unauthorized")
+        token_name = _token_for(identity, resource)
+        if token_name is None:
+            message = (
+                "tokend serves no token of this identity for that resource"
+                if resource is not None or not identity.tokens
+                else "this identity has several tokens: add resource to the request"
+            )
+            return _error(400, "invalid_request", message, "not_served")
+        token = await self._supply.token(token_name)
+        if isinstance(token, Unavailable):
+            message, retry = token.message, token.headers
+            return _error(503, "temporarily_unavailable", message, "unavailable", retry)
+        expires_on = str(int(token.expires_at.timestamp()))
+        return Answer(200, {"accesstoken": token.value, "expires_on": expires_on}, "success")
+
+    async def _check(self, username: str, password: str) -> PasswordIdentity | None:
+        """The identity these credentials are right for; every identity's password is compared
+        (or a dummy), so timing says nothing about which username exists."""
+        # Usernames compare as Entra ID compares them: without regard to case.
+        given_user, given_password = _digest(username.casefold()), _digest(password)
+        match = None
+        for identity in self.identities:
+            try:
+                user = await _digest_of(identity.username, casefold=True)
+                user_ok = hmac.compare_digest(given_user, user)
+                password_ok = hmac.compare_digest(
+                    given_password, await _digest_of(identity.password)
+                )
+            except SecretError as exc:
+                log.warning("requesttoken: identity %s: %s", identity.name, exc)
+                continue
+            if user_ok and password_ok and match is None:
+                match = identity
+        return match
+
+
+async def _digest_of(reference: SecretReference, *, casefold: bool = False) -> bytes:
+    """The configured value, read now (replacing the secret file takes effect at once)."""
+    value = (await reference.read()).reveal()
+    return _digest(value.casefold() if casefold else value)
+
+
+def _credentials(body: bytes) -> tuple[str, str, str | None] | None:
+    try:
+        document: Any = json.loads(body or b"null")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(document, dict):
+        return None
+    username, password, resource = (document.get(k) for k in ("username", "password", "resource"))
+    if not (isinstance(username, str) and isinstance(password, str) and username and password):
+        return None
+    return username, password, resource if isinstance(resource, str) else None
+
+
+def _token_for(identity: PasswordIdentity, resource: str | None) -> str | None:
+    if resource is not None:
+        return identity.tokens.get(resource_key(resource))
+    if len(identity.tokens) == 1:
+        return next(iter(identity.tokens.values()))
+    return None
+
+
+def _digest(value: str) -> bytes:
+    return hashlib.sha256(value.encode()).digest()
+
+
+def _error(
+    status: int,
+    error: str,
+    description: str,
+    result: str,
+    headers: tuple[tuple[bytes, bytes], ...] = (),
+) -> Answer:
+    """The original helper's error shape (`error`, `description`), with a real status code."""
+    return Answer(status, {"error": error, "description": description}, result, headers)

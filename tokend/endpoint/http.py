@@ -1,0 +1,257 @@
+"""A small HTTP/1.1 server for the endpoint: asyncio and httptools (llhttp, Node's parser), calling
+an ASGI-shaped app.
+
+Why not uvicorn, as the metrics listener uses: a token request is tiny and answered from memory,
+so the server is most of its cost; uvicorn's per-request machinery (an ASGI cycle object, a
+flow-control layer, several tasks) cost twice the CPU of this (bench/endpoint.py). What this
+keeps from a full server: llhttp parses every byte (malformed input is a 400 and the connection
+closes), keep-alive and pipelining (answered in order, one at a time), `Expect: 100-continue`,
+limits on header and body sizes and on open connections, a deadline for a whole request to
+arrive (slow clients cannot hold connections) and an idle timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import ssl
+from collections import deque
+from collections.abc import Awaitable, Callable
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import unquote
+
+import httptools
+
+log = logging.getLogger("tokend.endpoint")
+
+App = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
+
+MAX_HEAD = 16 * 1024
+"""Request line and headers, in bytes: a token request needs a few hundred."""
+MAX_BODY = 64 * 1024
+MAX_CONNECTIONS = 1024
+MAX_PIPELINED = 16
+REQUEST_DEADLINE = 10.0
+"""Seconds for a whole request to arrive once it has begun."""
+KEEP_ALIVE = 30.0
+"""Seconds an idle connection stays open."""
+
+
+class HttpServer:
+    def __init__(self, app: App, sock: socket.socket, ssl_context: ssl.SSLContext | None) -> None:
+        self.app = app
+        self._socket = sock
+        self._ssl = ssl_context
+        self.connections: set[_Connection] = set()
+        self._stop = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def serve(self) -> None:
+        self._loop = loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            lambda: _Connection(self), sock=self._socket, ssl=self._ssl, backlog=128
+        )
+        try:
+            await self._stop.wait()
+        finally:
+            server.close()
+            for connection in list(self.connections):
+                connection.close()
+            await server.wait_closed()
+
+    def stop(self) -> None:
+        """Stop serving; callable from any thread."""
+        if self._loop is None:
+            self._stop.set()
+        else:
+            self._loop.call_soon_threadsafe(self._stop.set)
+
+
+class _Request:
+    __slots__ = ("body", "head", "headers", "keep_alive", "method", "url")
+
+    def __init__(self) -> None:
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body = bytearray()
+        self.head = 0
+        self.method = "GET"
+        self.keep_alive = True
+
+
+class _Connection(asyncio.Protocol):
+    def __init__(self, server: HttpServer) -> None:
+        self._server = server
+        self._transport: asyncio.Transport | None = None
+        self._parser = httptools.HttpRequestParser(self)
+        self._request = _Request()
+        self._pending: deque[_Request] = deque()
+        self._busy = False
+        self._closing = False
+        self._client: tuple[str, int] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    # --- transport events ----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if not isinstance(transport, asyncio.Transport):  # pragma: no cover - streams only
+            transport.close()
+            return
+        self._transport = transport
+        if len(self._server.connections) >= MAX_CONNECTIONS:
+            transport.close()
+            return
+        self._server.connections.add(self)
+        peer = transport.get_extra_info("peername")
+        self._client = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else None
+        self._arm(KEEP_ALIVE)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closing = True
+        self._server.connections.discard(self)
+        self._disarm()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:  # callbacks' exceptions arrive wrapped
+            refused = exc.__context__
+            self._refuse(
+                refused.status if isinstance(refused, _Refused) else HTTPStatus.BAD_REQUEST
+            )
+
+    def close(self) -> None:
+        self._closing = True
+        if self._transport is not None:
+            self._transport.close()
+
+    # --- parser callbacks ----------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._request = _Request()
+        self._arm(REQUEST_DEADLINE)
+
+    def on_url(self, url: bytes) -> None:
+        self._request.url += url
+        self._grow(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._request.headers.append((name.lower(), value))
+        self._grow(len(name) + len(value))
+
+    def on_headers_complete(self) -> None:
+        request = self._request
+        request.method = self._parser.get_method().decode("ascii")
+        request.keep_alive = bool(self._parser.should_keep_alive())
+        if (b"expect", b"100-continue") in request.headers and self._transport is not None:
+            self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def on_body(self, body: bytes) -> None:
+        self._request.body += body
+        if len(self._request.body) > MAX_BODY:
+            raise _Refused(HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
+
+    def on_message_complete(self) -> None:
+        self._disarm()
+        self._pending.append(self._request)
+        if len(self._pending) > MAX_PIPELINED and self._transport is not None:
+            self._transport.pause_reading()
+        self._next()
+
+    # --- answering -----------------------------------------------------------------------------
+
+    def _next(self) -> None:
+        if self._busy or not self._pending or self._closing:
+            return
+        self._busy = True
+        asyncio.get_running_loop().create_task(self._answer(self._pending.popleft()))
+
+    async def _answer(self, request: _Request) -> None:
+        response: dict[str, Any] = {}
+        body = bytes(request.body)
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            response[message["type"]] = message
+
+        try:
+            await self._server.app(_scope(request, self._client), receive, send)
+            start, sent = response["http.response.start"], response["http.response.body"]
+            self._write(start["status"], start["headers"], sent.get("body", b""), request)
+        except Exception:
+            log.exception("endpoint: internal error")
+            request.keep_alive = False
+            self._write(500, [(b"content-type", b"application/json")], b"{}", request)
+        self._busy = False
+        if not request.keep_alive:
+            self.close()
+            return
+        if self._transport is not None and len(self._pending) <= MAX_PIPELINED:
+            self._transport.resume_reading()
+        if self._pending:
+            self._next()
+        else:
+            self._arm(KEEP_ALIVE)
+
+    def _write(
+        self, status: int, headers: list[tuple[bytes, bytes]], body: bytes, request: _Request
+    ) -> None:
+        if self._transport is None or self._transport.is_closing():
+            return
+        lines = [b"HTTP/1.1 %d %s" % (status, HTTPStatus(status).phrase.encode())]
+        lines += [name + b": " + value for name, value in headers]
+        if not request.keep_alive:
+            lines.append(b"connection: close")
+        self._transport.write(b"\r\n".join(lines) + b"\r\n\r\n" + body)
+
+    def _refuse(self, status: HTTPStatus) -> None:
+        """A request that cannot be parsed or is too big: answered, then the connection closes."""
+        if self._transport is not None and not self._transport.is_closing():
+            body = b'{"error":"%s"}' % status.phrase.lower().replace(" ", "_").encode()
+            self._transport.write(
+                b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+                b"connection: close\r\n\r\n%s" % (status, status.phrase.encode(), len(body), body)
+            )
+        self.close()
+
+    # --- limits --------------------------------------------------------------------------------
+
+    def _grow(self, size: int) -> None:
+        self._request.head += size
+        if self._request.head > MAX_HEAD:
+            raise _Refused(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE)
+
+    def _arm(self, seconds: float) -> None:
+        self._disarm()
+        self._timer = asyncio.get_running_loop().call_later(seconds, self._expired)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _expired(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
+
+
+class _Refused(Exception):
+    def __init__(self, status: HTTPStatus) -> None:
+        self.status = status
+
+
+def _scope(request: _Request, client: tuple[str, int] | None) -> dict[str, Any]:
+    url = httptools.parse_url(request.url)
+    return {
+        "type": "http",
+        "method": request.method,
+        "path": unquote(url.path.decode("latin-1")),
+        "query_string": url.query or b"",
+        "headers": request.headers,
+        "client": client,
+    }
