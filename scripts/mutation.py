@@ -69,6 +69,8 @@ MODULES: dict[str, Module] = {
             "test_a_job_stopped_while_its_request_is_in_flight_plans_no_more_runs",
             "tests/integration/test_simulation.py",
             "tests/integration/test_metrics.py",
+            "tests/integration/test_leadership.py",
+            "tests/integration/test_on_demand.py",
         ),
         slow=(
             "tests/integration/test_simulation.py::test_a_day_against_a_flaky_identity_provider",
@@ -95,6 +97,9 @@ MODULES: dict[str, Module] = {
             "tests/credentials/test_verify.py",
             "tests/integration/test_client.py",
             "tests/integration/test_faults.py",
+            "tests/unit/test_delegated.py",
+            "tests/integration/test_password.py",
+            "tests/integration/test_device_login.py",
             f"{PROPERTIES}::test_error_responses_classify_cleanly",
             f"{PROPERTIES}::test_retry_after_never_raises",
         ),
@@ -131,7 +136,12 @@ MODULES: dict[str, Module] = {
         ("tests/integration/test_metrics.py",),
     ),
     "sinks": Module(
-        ("tokend/sinks/*",),
+        (
+            "tokend/sinks/__init__.py",
+            "tokend/sinks/base.py",
+            "tokend/sinks/file.py",
+            "tokend/sinks/vault.py",
+        ),
         (
             "tests/unit/test_file_sink.py",
             "tests/unit/test_sink_parts.py",
@@ -142,6 +152,12 @@ MODULES: dict[str, Module] = {
             "tests/vault/test_drift.py",
         ),
         slow=(CONCURRENT_READER,),
+    ),
+    # Its tests need a real API server (tests/support/kube.py): started for every mutant's
+    # test run, so a run takes long; kept apart from the other sinks.
+    "kubernetes": Module(
+        ("tokend/sinks/kubernetes.py",),
+        ("tests/kube/test_secret_sink.py", "tests/unit/test_kube.py"),
     ),
 }
 

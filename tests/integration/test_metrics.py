@@ -23,6 +23,7 @@ from tests.support.idp import CLIENT_SECRET, FakeIdp
 from tokend import __version__
 from tokend.config import Config
 from tokend.engine import Phase
+from tokend.engine.engine import LeadershipView
 from tokend.engine.query import SinkView, TokenView
 from tokend.metrics import Metrics
 from tokend.oauth.grants.base import CredentialState
@@ -76,8 +77,24 @@ HELP = {
         "gauge",
         "When the certificate an identity signs its requests with expires (Unix time).",
     ),
+    "tokend_endpoint_requests": (
+        "counter",
+        "Requests to the local token endpoint, by protocol and result.",
+    ),
+    "tokend_endpoint_request_duration_seconds": (
+        "histogram",
+        "Time the local token endpoint took to answer, by protocol (waits for a first "
+        "token included).",
+    ),
+    "tokend_leader": (
+        "gauge",
+        "1 while this replica holds the leader election's lease, else 0.",
+    ),
+    "tokend_leader_transitions": ("counter", "Times this replica started or stopped leading."),
 }
 """Every family's type and help text: dashboards and the operations guide quote them."""
+LEADER_FAMILIES = ("tokend_leader", "tokend_leader_transitions")
+"""Only with leader election."""
 
 
 def _families(metrics: Metrics) -> dict[str, tuple[str, str]]:
@@ -111,7 +128,13 @@ def test_refresh_durations_fall_into_fixed_buckets() -> None:
         "+Inf": 8.0,
     }
     assert _families(metrics) == {
-        name: HELP[name] for name in ("tokend_build_info", "tokend_token_refresh_duration_seconds")
+        name: HELP[name]
+        for name in (
+            "tokend_build_info",
+            "tokend_token_refresh_duration_seconds",
+            "tokend_endpoint_requests",
+            "tokend_endpoint_request_duration_seconds",
+        )
     }
 
 
@@ -158,7 +181,9 @@ def test_metric_values_through_a_token_life(idp: FakeIdp, tmp_path: Path) -> Non
             assert token is not None and job.next_run is not None
             sink_ok, sink_down = (slot.name for slot in job.publisher.slots)
             healthy = _samples(metrics)
-            assert _families(metrics) == HELP
+            assert _families(metrics) == {
+                name: value for name, value in HELP.items() if name not in LEADER_FAMILIES
+            }
             assert healthy == {
                 build: 1.0,
                 ("tokend_token_expiry_timestamp_seconds", crm): token.expires_at.timestamp(),
@@ -210,16 +235,22 @@ def test_metric_values_through_a_token_life(idp: FakeIdp, tmp_path: Path) -> Non
 
 
 class ViewsOnly:
-    """An engine as the collector sees it: `query(now)` and nothing else."""
+    """An engine as the collector sees it: `query(now)`, `leadership()` and nothing else."""
 
-    def __init__(self, *views: TokenView) -> None:
+    def __init__(self, *views: TokenView, leadership: LeadershipView | None = None) -> None:
         self.views = views
+        self._leadership = leadership
 
     def query(self, now: datetime) -> Iterator[TokenView]:
         return iter(self.views)
 
+    def leadership(self) -> LeadershipView | None:
+        return self._leadership
 
-def _view(name: str, identity: str | None, notified: dict[str, int] | None) -> TokenView:
+
+def _view(
+    name: str, identity: str | None, notified: dict[str, int] | None, **flags: bool
+) -> TokenView:
     sink = SinkView(
         name="file",
         held_expires_at=None,
@@ -249,6 +280,7 @@ def _view(name: str, identity: str | None, notified: dict[str, int] | None) -> T
         refreshes={"success": 0, "transient_error": 0, "permanent_error": 0},
         sinks=(sink,),
         credential=credential,
+        **flags,
     )
 
 
@@ -283,6 +315,30 @@ def test_notifications_and_certificate_expiry_once_per_identity() -> None:
         _token("crm", sink="file", result="success"): 3.0,
         _token("crm", sink="file", result="error"): 1.0,
     }
+
+
+def test_dormant_and_standby_tokens_report_nothing_and_the_leader_says_so() -> None:
+    """An on-demand token nobody asked for and a follower's token have no series (they would
+    alert as never refreshed); with leader election, whether this replica leads is exposed."""
+    metrics = Metrics(FakeClock())
+    views = ViewsOnly(
+        _view("crm", "app", {"success": 1}),
+        _view("idle", "idle", {"success": 1}, dormant=True),
+        _view("theirs", "theirs", {"success": 1}, standby=True),
+        leadership=LeadershipView(leading=False, transitions=3),
+    )
+    metrics.watch(views)  # type: ignore[arg-type]
+    samples = _samples(metrics)
+    tokens = {dict(labels).get("token") for _, labels in samples} - {None}
+    identities = {dict(labels).get("identity") for _, labels in samples} - {None}
+    assert (tokens, identities) == ({"crm"}, {"app"})
+    assert samples[("tokend_leader", frozenset())] == 0.0
+    assert samples[("tokend_leader_transitions_total", frozenset())] == 3.0
+    assert {name: _families(metrics)[name] for name in LEADER_FAMILIES} == {
+        name: HELP[name] for name in LEADER_FAMILIES
+    }
+    metrics.watch(ViewsOnly(leadership=LeadershipView(leading=True, transitions=4)))  # type: ignore[arg-type]
+    assert _samples(metrics)[("tokend_leader", frozenset())] == 1.0
 
 
 class FakeClients:
