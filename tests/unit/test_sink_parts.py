@@ -8,6 +8,7 @@ import asyncio
 import errno
 import os
 import stat
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from pydantic import ValidationError
 
 from tokend import files
 from tokend.sinks import SinkContext, SinkError, sink_labels
+from tokend.sinks.base import can_verify
 from tokend.sinks.file import FileSink, FileSinkOptions, rfc3339
 from tokend.token import Token
 
@@ -208,11 +210,47 @@ def test_sink_labels_name_type_or_number() -> None:
     assert sink_labels([_options(path="/run/a", name="only")]) == ["only"]
 
 
-def test_rfc3339_is_utc_to_the_second() -> None:
+def test_rfc3339_is_utc_to_the_second_whatever_the_local_zone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from datetime import datetime, timedelta, timezone
 
-    moment = datetime(2026, 3, 1, 13, 0, 5, 999999, tzinfo=timezone(timedelta(hours=1)))
-    assert rfc3339(moment) == "2026-03-01T12:00:05Z"
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        moment = datetime(2026, 3, 1, 13, 0, 5, 999999, tzinfo=timezone(timedelta(hours=1)))
+        assert rfc3339(moment) == "2026-03-01T12:00:05Z"
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
+def test_readiness_waits_for_a_sink_as_configured_else_as_its_type_says() -> None:
+    assert _options(path="/run/a").waits_for_ready() is True  # a file: the pod's app reads it
+    assert _options(path="/run/a", required_for_ready=False).waits_for_ready() is False
+    assert _options(path="/run/a", required_for_ready=True).waits_for_ready() is True
+
+
+class _Verifies:
+    verify_interval = 60.0
+
+    def verify(self, token: Token) -> bool:
+        return True
+
+
+class _IntervalOnly:
+    verify_interval = 60.0
+
+
+class _VerifyOnly:
+    def verify(self, token: Token) -> bool:
+        return True
+
+
+def test_a_sink_is_verified_only_with_both_a_verify_method_and_an_interval() -> None:
+    assert can_verify(_Verifies())  # type: ignore[arg-type]
+    assert not can_verify(_IntervalOnly())  # type: ignore[arg-type]
+    assert not can_verify(_VerifyOnly())  # type: ignore[arg-type]
 
 
 def test_the_resolved_target_follows_directory_links(tmp_path: Path) -> None:
