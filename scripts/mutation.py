@@ -148,6 +148,8 @@ MODULES: dict[str, Module] = {
             "tests/unit/test_config.py",
             "tests/integration/test_plugins.py",
             "tests/unit/test_vault_ownership.py",
+            "tests/unit/test_vault_sink.py",
+            "tests/vault/test_check.py",
             "tests/vault/test_kv.py",
             "tests/vault/test_drift.py",
         ),
