@@ -268,3 +268,48 @@ def test_leader_election_changes_wait_for_a_restart(
 
     asyncio.run(scenario())
     assert "reload: changes to toss take effect at the next restart" in caplog.text
+
+
+@pytest.mark.usefixtures("kinds")
+def test_each_change_of_leadership_is_counted_and_said_once(
+    idp: FakeIdp, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`tokend_leader_transitions` counts changes, not calls; each change is one log line
+    naming how many tokens it starts or stops; a stopped engine ignores the election."""
+
+    def said() -> list[tuple[str, str]]:
+        lines = [
+            (record.levelname, record.getMessage())
+            for record in caplog.records
+            if "leading" in record.getMessage()
+        ]
+        caplog.clear()
+        return lines
+
+    async def scenario() -> None:
+        async with harness(config_for(idp, tmp_path)) as h:
+            await h.start()
+            await settle(h)
+            elector = toss(h)
+            caplog.clear()
+            elector.flip(True)
+            elector.flip(True)  # told again: no change
+            await launched(h)
+            await settle(h)
+            assert said() == [("INFO", "leading: starting 2 tokens with shared sinks")]
+            elector.flip(False)
+            elector.flip(False)
+            assert said() == [("WARNING", "not leading: stopped 2 tokens with shared sinks")]
+            elector.flip(True)
+            await launched(h)
+            await settle(h)
+            leadership = h.engine.leadership()
+            assert leadership is not None
+            assert (leadership.leading, leadership.transitions) == (True, 3)
+            engine = h.engine
+        elector.flip(False)  # after the stop
+        assert engine.leadership() == leadership
+        assert said() == [("INFO", "leading: starting 2 tokens with shared sinks")]
+
+    with caplog.at_level("INFO", "tokend.engine"):
+        asyncio.run(scenario())
