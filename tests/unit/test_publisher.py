@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from datetime import timedelta
+
+import pytest
 
 from tests.support.clock import FakeClock
 from tests.support.virtual import VirtualScheduler
@@ -108,3 +111,66 @@ def test_a_failing_sink_keeps_wanting_the_newest_token_whatever_arrives_later() 
     assert slot.wanted is newer
     assert [token.value for token in sink.received] == ["newer"]
     assert slot.held is newer
+
+
+class ScriptedSink(RecordingSink):
+    """Fails each publish and withdrawal with the next of `errors` (None: succeeds)."""
+
+    def __init__(self, *errors: str | None) -> None:
+        super().__init__()
+        self.errors = list(errors)
+
+    def _next(self) -> None:
+        error = self.errors.pop(0)
+        if error is not None:
+            raise SinkError(error, transient=True)
+
+    async def publish(self, token: Token) -> None:
+        self._next()
+        await super().publish(token)
+
+    async def withdraw(self) -> None:
+        self._next()
+
+
+def test_a_sink_failure_is_said_at_warning_and_its_repeats_at_debug(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Each new failure once at WARNING, the same one again at DEBUG (it shows in status and
+    metrics), each line naming the token; the same for failures to withdraw."""
+    clock = FakeClock()
+    sink = ScriptedSink("disk full", "disk full", "read-only", None, "denied", "denied", None)
+    slot = SinkSlot(
+        "crm",
+        sink,
+        clock=clock,
+        scheduler=VirtualScheduler(clock),
+        backoff=Backoff(),
+        rand=random.Random(1),
+        withdraw_on_expiry=True,
+    )
+    token = _token(clock, "a", 60)
+
+    async def scenario() -> None:
+        slot.offer(token)
+        for _ in range(4):
+            await slot.deliver()
+        clock.advance(timedelta(minutes=61))
+        for _ in range(3):
+            await slot.expire(clock.now())
+
+    with caplog.at_level(logging.DEBUG, "tokend.publisher"):
+        asyncio.run(scenario())
+    assert [
+        (record.levelname, record.getMessage(), record.__dict__.get("token"))
+        for record in caplog.records
+    ] == [
+        ("WARNING", "sink recording: disk full", "crm"),
+        ("DEBUG", "sink recording: disk full", "crm"),
+        ("WARNING", "sink recording: read-only", "crm"),
+        ("INFO", "sink recording: recovered after 3 failed attempts", "crm"),
+        ("WARNING", "sink recording: cannot withdraw: denied", "crm"),
+        ("DEBUG", "sink recording: cannot withdraw: denied", "crm"),
+        ("WARNING", "sink recording: expired token withdrawn", "crm"),
+    ]
+    assert slot.held is None
