@@ -10,6 +10,7 @@ import random
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,6 +24,7 @@ from tokend.backoff import Backoff
 from tokend.config import Config
 from tokend.engine import ApsScheduler, RefreshPolicy, ReloadSummary, TokenJob
 from tokend.engine.publisher import Deliveries, Publisher, SinkSlot
+from tokend.engine.recovery import PROBE_INTERVAL, Outages
 from tokend.errors import TokendError
 from tokend.oauth import Endpoint, Peer, PermanentError, TokenRequest, TransientError
 from tokend.sinks import SinkError
@@ -585,3 +587,68 @@ def test_an_unexpected_withdrawal_failure_is_logged_with_its_traceback(
         "crm",
         True,
     )
+
+
+class ProbeWaiter:
+    """A job waiting at an endpoint: `probe()` answers as told, `wake()` is counted."""
+
+    def __init__(self, name: str, answers: bool = True) -> None:
+        self.name = name
+        self.answers = answers
+        self.probed = self.woken = 0
+
+    def wake(self) -> None:
+        self.woken += 1
+
+    async def probe(self) -> bool:
+        self.probed += 1
+        return self.answers
+
+
+def _outage(message: str = "down", **attributes: Any) -> TokendError:
+    error = TokendError(message, code="down", transient=True)
+    for name, value in attributes.items():
+        setattr(error, name, value)
+    return error
+
+
+def test_one_probe_per_endpoint_at_a_jittered_ten_seconds_or_as_asked() -> None:
+    clock, backoff = FakeClock(), Backoff()
+    scheduler = VirtualScheduler(clock)
+    outages = Outages(scheduler, clock, random.Random(7))
+    rand = random.Random(7)
+    now = clock.now()
+    first = outages.wait(ProbeWaiter("a"), "idp", _outage(), backoff)
+    assert first == now + PROBE_INTERVAL * (1 - 0.25 * rand.random())
+    assert outages.wait(ProbeWaiter("b"), "idp", _outage(), backoff) == first  # one probe
+    assert outages.waiting("idp") == 2
+    assert scheduler.due("probe/idp") == first
+    asked = outages.wait(ProbeWaiter("c"), "slow", _outage(retry_after=600.0), backoff)
+    rand.random()
+    assert asked == now + timedelta(seconds=600)
+    hard = outages.wait(ProbeWaiter("d"), "looping", _outage(back_off_hard=True), backoff)
+    assert hard == now + backoff.longest(rand.random())
+    assert scheduler.due("probe/looping") == hard and hard > now + timedelta(minutes=3)
+
+
+def test_a_successful_probe_wakes_every_other_waiter_and_a_failed_one_keeps_them() -> None:
+    clock, backoff = FakeClock(), Backoff()
+    scheduler = VirtualScheduler(clock)
+    outages = Outages(scheduler, clock, random.Random(7))
+    failing, waiting = ProbeWaiter("a", answers=False), ProbeWaiter("b")
+    outages.wait(failing, "idp", _outage(), backoff)
+    outages.wait(waiting, "idp", _outage(), backoff)
+    asyncio.run(scheduler.run_until(clock.now() + PROBE_INTERVAL))
+    assert (failing.probed, waiting.probed, waiting.woken) == (1, 0, 0)
+    assert outages.waiting("idp") == 1  # b waits on (a, in the engine, waits again)
+
+    healthy, other = ProbeWaiter("c"), ProbeWaiter("d")
+    probe_at = outages.wait(healthy, "idp", _outage(), backoff)
+    assert probe_at > clock.now()  # a new probe is planned
+    outages.wait(other, "idp", _outage(), backoff)
+    asyncio.run(scheduler.run_until(clock.now() + PROBE_INTERVAL))
+    assert (waiting.probed, waiting.woken, healthy.probed, other.woken) == (1, 0, 0, 1)
+    assert outages.waiting("idp") == 0
+    assert scheduler.due("probe/idp") is None
+    again = outages.wait(ProbeWaiter("e"), "idp", _outage(), backoff)
+    assert again > clock.now() and scheduler.due("probe/idp") == again
