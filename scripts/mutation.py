@@ -270,15 +270,16 @@ class MutmutFailed(Exception):
 
 def run(name: str, source: Path, fresh: bool, jobs: int) -> Score:
     """Mutate one module and test each mutant; then test again any mutant that survived an
-    earlier run (mutmut keeps a verdict until the mutated function changes, and new tests may
-    kill it now)."""
+    earlier run and still does (mutmut keeps a verdict until the mutated function changes, and
+    new tests may kill it now)."""
     workspace = prepare(name, source, fresh)
     before = statuses(workspace)
     started = time.monotonic()
     print(f"== {name}: mutmut run (log: {workspace / 'mutmut.log'})", flush=True)
     mutmut(workspace, ["run", "--max-children", str(jobs)])
+    after = statuses(workspace)
     again = [key for key, status in before.items() if status not in KILLED]
-    again = [key for key in again if key in statuses(workspace)]
+    again = [key for key in again if after.get(key, "killed") not in KILLED]
     for chunk in range(0, len(again), 200):
         mutmut(workspace, ["run", "--max-children", str(jobs), *again[chunk : chunk + 200]])
     return Score(name, statuses(workspace), time.monotonic() - started)
