@@ -214,6 +214,24 @@ def test_refresh_all_reports_any_failure(idp: FakeIdp, tmp_path: Path) -> None:
     assert _run(idp, tmp_path, scenario, tokens=3) is False
 
 
+def test_once_retries_a_failure_that_may_pass_until_its_deadline(
+    idp: FakeIdp, tmp_path: Path
+) -> None:
+    """`tokend once --timeout`: a transient failure is tried again after the backoff (here
+    10 ms, no Retry-After) while that ends before the deadline; without a timeout, once."""
+
+    async def scenario(h: Harness) -> list[tuple[bool, int]]:
+        seen = []
+        idp.fail(faults.html(502))
+        seen.append((await h.engine.refresh_all(), len(idp.token_requests)))
+        idp.fail(faults.html(502))
+        seen.append((await h.engine.refresh_all(timeout=0.5), len(idp.token_requests)))
+        return seen
+
+    backoff = {"min": "0.01s", "max": "0.02s"}
+    assert _run(idp, tmp_path, scenario, backoff=backoff) == [(False, 1), (True, 3)]
+
+
 def test_restart_resumes_stored_tokens_without_a_request(idp: FakeIdp, tmp_path: Path) -> None:
     """A restarted tokend (same state_dir) publishes the stored token at once and refreshes it
     on the original schedule; no request is made at start, even with the IdP failing."""
