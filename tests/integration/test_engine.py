@@ -232,6 +232,22 @@ def test_once_retries_a_failure_that_may_pass_until_its_deadline(
     assert _run(idp, tmp_path, scenario, backoff=backoff) == [(False, 1), (True, 3)]
 
 
+def test_settled_waits_for_the_request_in_flight(idp: FakeIdp, tmp_path: Path) -> None:
+    """What the local endpoint does for a reader that comes before the first token."""
+
+    async def scenario(h: Harness) -> list[object]:
+        await h.engine.settled("nope")  # no such token: nothing to wait for
+        await h.engine.settled("crm")  # nothing in flight
+        request = asyncio.get_running_loop().create_task(h.job().refresh())
+        await asyncio.sleep(0)  # the request is on its way
+        await h.engine.settled("crm")
+        seen: list[object] = [h.job().token is not None, len(idp.token_requests)]
+        await request
+        return seen
+
+    assert _run(idp, tmp_path, scenario) == [True, 1]
+
+
 def test_restart_resumes_stored_tokens_without_a_request(idp: FakeIdp, tmp_path: Path) -> None:
     """A restarted tokend (same state_dir) publishes the stored token at once and refreshes it
     on the original schedule; no request is made at start, even with the IdP failing."""

@@ -159,6 +159,8 @@ def test_only_the_leader_runs_tokens_with_shared_sinks(idp: FakeIdp, tmp_path: P
             views = {view.name: view for view in h.engine.query(now)}
             assert [name for name, view in views.items() if view.standby] == ["shared", "mixed"]
             assert views["shared"].phase == "standby" and views["local"].phase == "fresh"
+            assert [h.engine.view(name, now) for name in views] == list(views.values())
+            assert h.engine.view("nope", now) is None
             assert h.engine.is_ready(now)  # a follower stays ready
             assert (tmp_path / "local").exists() and not (tmp_path / "mixed").exists()
             assert Shelf.values == {} and len(idp.token_requests) == 1
