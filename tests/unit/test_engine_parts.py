@@ -24,7 +24,7 @@ from tokend.backoff import Backoff
 from tokend.config import Config
 from tokend.engine import ApsScheduler, RefreshPolicy, ReloadSummary, TokenJob
 from tokend.engine.publisher import Deliveries, Publisher, SinkSlot
-from tokend.engine.recovery import PROBE_INTERVAL, Outages
+from tokend.engine.recovery import PROBE_INTERVAL, WATCH_INTERVAL, Causes, Outages
 from tokend.errors import TokendError
 from tokend.oauth import Endpoint, Peer, PermanentError, TokenRequest, TransientError
 from tokend.sinks import SinkError
@@ -652,3 +652,39 @@ def test_a_successful_probe_wakes_every_other_waiter_and_a_failed_one_keeps_them
     assert scheduler.due("probe/idp") is None
     again = outages.wait(ProbeWaiter("e"), "idp", _outage(), backoff)
     assert again > clock.now() and scheduler.due("probe/idp") == again
+
+
+def test_a_changed_cause_wakes_every_token_of_that_grant_once() -> None:
+    """Permanent failures: the grant's source is read every jittered 10 s, one schedule per
+    grant; when it reads differently every token of that grant runs, others wait on."""
+    clock = FakeClock()
+    scheduler = VirtualScheduler(clock)
+    causes = Causes(scheduler, clock, random.Random(3))
+    rand = random.Random(3)
+    versions = {"grant": "v1", "other": "w1"}
+    grant, other = object(), object()
+
+    def reader(name: str) -> Callable[[], Awaitable[str]]:
+        async def version() -> str:
+            return versions[name]
+
+        return version
+
+    a, b, c = ProbeWaiter("a"), ProbeWaiter("b"), ProbeWaiter("c")
+
+    async def scenario() -> None:
+        start = clock.now()
+        await causes.watch(a, grant, reader("grant"))
+        await causes.watch(b, grant, reader("grant"))  # the same grant: the same schedule
+        await causes.watch(c, other, reader("other"))
+        first = start + WATCH_INTERVAL * (1 - 0.25 * rand.random())
+        assert scheduler.due(f"cause/{id(grant):x}") == first
+        assert scheduler.due(f"cause/{id(other):x}") is not None
+        await scheduler.run_until(start + timedelta(seconds=30))  # nothing changed yet
+        assert (a.woken, b.woken, c.woken) == (0, 0, 0)
+        versions["grant"] = "v2"
+        await scheduler.run_until(clock.now() + WATCH_INTERVAL)
+        assert (a.woken, b.woken, c.woken) == (1, 1, 0)
+        assert scheduler.due(f"cause/{id(grant):x}") is None
+
+    asyncio.run(scenario())
