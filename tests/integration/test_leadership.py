@@ -315,3 +315,55 @@ def test_each_change_of_leadership_is_counted_and_said_once(
 
     with caplog.at_level("INFO", "tokend.engine"):
         asyncio.run(scenario())
+
+
+@pytest.mark.usefixtures("kinds")
+def test_a_follower_reloading_neither_withdraws_nor_starts_the_leaders_tokens(
+    idp: FakeIdp, tmp_path: Path
+) -> None:
+    """A token with a shared sink removed on a replica that led before: the value there is the
+    new leader's now, not withdrawn even with `on_expiry: withdraw`; one added: it waits for
+    leadership."""
+
+    def config(**tokens: dict[str, Any]) -> Any:
+        return validate_config(
+            {
+                "identities": {"app": entra_identity(idp, CLIENT_SECRET)},
+                "tokens": {
+                    "local": {
+                        "identity": "app",
+                        "resource": "https://crm.example",
+                        "sinks": [{"type": "file", "path": str(tmp_path / "local")}],
+                    },
+                    **{
+                        name: {"identity": "app", "resource": "https://crm.example", **token}
+                        for name, token in tokens.items()
+                    },
+                },
+                "defaults": {"startup_spread": 0},
+                "toss": {},
+            }
+        )
+
+    withdrawing = {"sinks": [{"type": "shelf", "key": "shared", "on_expiry": "withdraw"}]}
+    added = {"sinks": [{"type": "shelf", "key": "added"}]}
+
+    async def scenario() -> None:
+        async with harness(config(shared=withdrawing)) as h:
+            await h.start()
+            await settle(h)
+            toss(h).flip(True)
+            await launched(h)
+            await settle(h)
+            assert set(Shelf.values) == {"shared"}
+            toss(h).flip(False)
+            Shelf.values["shared"] = "the leader's"
+            asked = len(idp.token_requests)
+            await h.reload(config(added=added))
+            await settle(h)
+            assert Shelf.values == {"shared": "the leader's"}
+            assert len(idp.token_requests) == asked
+            view = h.engine.view("added", h.clock.now())
+            assert view is not None and view.standby and h.job("added").token is None
+
+    asyncio.run(scenario())
