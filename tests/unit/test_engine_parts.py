@@ -369,7 +369,9 @@ def test_once_retries_a_failing_sink_without_asking_for_another_token() -> None:
     assert _refresh(_once_job(clock, ScriptedIdp(clock), sink), deadline_in=600) == (False, [])
 
 
-def test_aps_runs_at_the_planned_time_replaces_and_cancels_by_key() -> None:
+def test_aps_runs_at_the_planned_time_replaces_and_cancels_by_key(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """Production scheduling on APScheduler: a run in the past is due at once (never dropped
     as missed), a later one waits, scheduling a key again replaces its run, cancelling right
     after scheduling means it never runs."""
@@ -397,13 +399,16 @@ def test_aps_runs_at_the_planned_time_replaces_and_cancels_by_key() -> None:
             scheduler.cancel("gone")
             scheduler.cancel("never-scheduled")
             await asyncio.sleep(0.2)  # the due runs start within milliseconds
+            scheduler.cancel("later")  # after the last run nothing is left to wake up for
             scheduler.schedule("last", past, job("last"))
             await asyncio.wait_for(done.wait(), 5)
         finally:
             assert await scheduler.stop(5)
         return ran
 
-    assert asyncio.run(scenario()) == ["replaced", "last"]
+    with caplog.at_level(logging.WARNING, logger="apscheduler"):
+        assert asyncio.run(scenario()) == ["replaced", "last"]
+    assert caplog.records == []
 
 
 def test_aps_stop_gives_up_on_a_stuck_run_after_the_timeout() -> None:
@@ -493,13 +498,14 @@ def test_a_sink_that_never_held_a_token_is_retired_quietly(
     assert (sink.withdrawals, sink.closed) == (0, 1)
 
 
-@pytest.mark.parametrize(("stale", "left"), [(2026, 3028), (2027, 1002)])
+@pytest.mark.parametrize(("stale", "left"), [(2025, 3028), (2026, 1002)])
 def test_aps_keeps_one_wakeup_for_the_earliest_key_and_drops_stale_entries(
-    stale: int, left: int
+    stale: int, left: int, caplog: pytest.LogCaptureFixture
 ) -> None:
     """APScheduler holds one job, due at the earliest key; after it fires it is set for the
     next key. Keys scheduled again leave stale heap entries, rebuilt away once they outnumber
-    twice the live ones plus 1,024 (here: 1,002 live, so from 2,027 stale on)."""
+    twice the live ones plus 1,024 (here: 1,002 live, so from 2,027 stale on, one of them a
+    cancelled key)."""
 
     async def scenario() -> None:
         scheduler = ApsScheduler()
@@ -523,22 +529,35 @@ def test_aps_keeps_one_wakeup_for_the_earliest_key_and_drops_stale_entries(
             assert scheduler._wakeup_at == later  # an earlier key moves the wake-up
             scheduler.schedule("latest", latest + timedelta(hours=1), never)  # 1 stale
             assert scheduler._wakeup_at == later  # a later one does not
+            assert _aps_jobs(scheduler) == [("tokend/due", later)]
             plans = [index % 1000 for index in range(1000 + stale - 1)]
             for round_, index in enumerate(plans):
                 scheduler.schedule(f"k{index}", latest + timedelta(seconds=round_), never)
             assert len(scheduler._heap) == 1002 + stale
+            scheduler.schedule("cancelled", now + timedelta(minutes=30), never)
+            scheduler.schedule("cancelled later", latest + timedelta(hours=10), never)
+            scheduler.cancel("cancelled")  # surfaces first after the wake-up: dropped
+            scheduler.cancel("cancelled later")  # left for the rebuild
             scheduler.schedule("soon", now - timedelta(seconds=1), soon)
             await asyncio.wait_for(done.wait(), 5)
             await asyncio.sleep(0.05)  # the wake-up finishes its bookkeeping
             assert ran == ["soon"]
             assert scheduler.due("later") and not scheduler.due("soon")
             assert scheduler._wakeup_at == later  # set again for the next key
+            assert _aps_jobs(scheduler) == [("tokend/due", later)]
             assert len(scheduler._heap) == left
         finally:
             await scheduler.stop(5)
         assert not scheduler.due("later")  # stopped: nothing pending
 
-    asyncio.run(scenario())
+    with caplog.at_level(logging.WARNING, logger="apscheduler"):
+        asyncio.run(scenario())
+    assert caplog.records == []  # no wake-up failed (APScheduler would log it and carry on)
+
+
+def _aps_jobs(scheduler: ApsScheduler) -> list[tuple[str, datetime]]:
+    """APScheduler's own jobs: (id, next run)."""
+    return [(job.id, job.next_run_time) for job in scheduler._aps.get_jobs()]
 
 
 def test_only_an_expired_held_token_of_a_live_slot_is_withdrawn(
