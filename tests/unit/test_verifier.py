@@ -186,6 +186,7 @@ def test_a_forgotten_sink_is_never_checked_again_and_others_of_its_type_still_ar
         slots = [world.slot(kept, "kept"), world.slot(dropped, "dropped")]
         await Publisher(slots, world.deliveries).publish(world.token())
         slots[1].stop()  # its token was removed: the verifier forgets it
+        slots[1].stop()  # again: nothing left to forget
         world.verifier.forget(world.slot(PlainSink(), "never-watched"))  # nothing to forget
         await world.scheduler.run_until(world.clock.now() + 60 * S)
         assert dropped.verified == 0
