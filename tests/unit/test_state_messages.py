@@ -223,6 +223,10 @@ def test_the_fingerprint_covers_every_part_of_a_request_and_is_stable() -> None:
         of(resource=None, scopes=("a", "b"))
         == hashlib.sha256(b"https://idp.example/token\n\nclient\n\na b").hexdigest()
     )
+    assert (
+        of(endpoint=Endpoint(issuer="https://idp.example"))
+        == hashlib.sha256(b"\nhttps://idp.example\nclient\nhttps://crm.example\n").hexdigest()
+    )
 
 
 def test_a_resumed_token_is_published_logged_and_counts_as_the_last_success(
