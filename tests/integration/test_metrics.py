@@ -430,3 +430,55 @@ def test_the_query_view_of_a_token_with_a_failing_sink(idp: FakeIdp, tmp_path: P
             assert expired.sinks[0].held_expires_at == job.token.expires_at
 
     asyncio.run(scenario())
+
+
+def test_the_query_view_of_a_failing_token_and_of_one_in_flight(
+    idp: FakeIdp, tmp_path: Path
+) -> None:
+    """The error and counts of a failing token, `refreshing` while a request is in flight, a
+    required sink that fails keeps a valid token from being ready, and a sink's notifier
+    results as its observer counts them."""
+    config = Config.model_validate(
+        {
+            "identities": {"app": entra_identity(idp, CLIENT_SECRET)},
+            "tokens": {
+                "crm": {
+                    "identity": "app",
+                    "resource": "https://crm.example",
+                    "sinks": [{"type": "file", "path": str(tmp_path / "missing" / "crm.token")}],
+                }
+            },
+            "defaults": {"startup_spread": 0},
+        }
+    )
+
+    async def scenario() -> None:
+        async with harness(config) as h:
+            await h.start()
+            idp.fail(faults.entra_error(401, "invalid_client", 7000215))
+            await h.run_for(timedelta(0))
+            job = h.job()
+            view = h.engine.view("crm", h.clock.now())
+            assert view is not None and job.last_error is not None
+            assert (view.last_error, view.failures, view.refreshing) == (job.last_error, 1, False)
+            assert view.refreshes == {"success": 0, "transient_error": 0, "permanent_error": 1}
+            request = asyncio.get_running_loop().create_task(job.refresh())
+            await asyncio.sleep(0)
+            in_flight = h.engine.view("crm", h.clock.now())
+            assert (
+                in_flight is not None and in_flight.refreshing and in_flight.phase == "refreshing"
+            )
+            await request
+            view = h.engine.view("crm", h.clock.now())
+            assert view is not None
+            assert (view.valid, view.ready, view.refreshing) == (True, False, False)  # sink down
+            slot = job.publisher.slots[0]
+            slot.observer = SimpleNamespace(results={"success": 2, "error": 1})  # type: ignore[assignment]
+            view = h.engine.view("crm", h.clock.now())
+            assert view is not None and view.sinks[0].notifications == {"success": 2, "error": 1}
+            slot.observer = SimpleNamespace()  # type: ignore[assignment]
+            view = h.engine.view("crm", h.clock.now())
+            assert view is not None and view.sinks[0].notifications == {}
+            slot.observer = None
+
+    asyncio.run(scenario())
