@@ -9,6 +9,7 @@ import hashlib
 import json
 import logging
 import os
+import stat
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -250,3 +251,19 @@ def test_a_resumed_token_is_published_logged_and_counts_as_the_last_success(
     assert second.last_success == first.token.obtained_at
     expires = first.token.expires_at.strftime("%Y-%m-%dT%H:%M:%SZ")
     assert (logging.INFO, f"resumed stored token: expires {expires}", "crm") in _messages(caplog)
+
+
+def test_a_stored_token_is_used_until_it_expires_and_up_to_a_day_ahead(
+    store: StateStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Exactly a day ahead is still plausible (a 24 h token obtained just now); an expired
+    stored token is dropped without a word (nothing is wrong with it)."""
+    day = NOW + timedelta(hours=24)
+    for token in (_token(expires_at=day), _token(expires_at=day, obtained_at=day)):
+        store.save("crm", FP, token)
+        assert store.load("crm", FP, NOW) == token
+    store.save("crm", FP, _token(expires_at=NOW))
+    with caplog.at_level(logging.DEBUG, logger="tokend.state"):
+        assert store.load("crm", FP, NOW) is None
+    assert caplog.records == []
+    assert stat.S_IMODE((store.directory / "crm.json").stat().st_mode) == 0o600
