@@ -248,6 +248,34 @@ def test_settled_waits_for_the_request_in_flight(idp: FakeIdp, tmp_path: Path) -
     assert _run(idp, tmp_path, scenario) == [True, 1]
 
 
+def test_tokens_without_a_valid_token_wait_for_one_probe_of_their_endpoint(
+    idp: FakeIdp, tmp_path: Path
+) -> None:
+    """An outage with nothing to protect: both tokens wait at the endpoint for one probe (10 s,
+    jittered), not each on its own backoff; a failed probe plans the next; a successful one
+    wakes the other token at once."""
+
+    async def scenario(h: Harness) -> None:
+        idp.fail(*[faults.html(502)] * 3)  # both first attempts and the first probe
+        await h.start()
+        await h.run_for(timedelta(0))
+        first, second = h.job("crm"), h.job("crm1")
+        probe = h.scheduler.due(f"probe/{first.endpoint}")
+        assert probe is not None and first.next_run == second.next_run == probe
+        assert probe - h.clock.now() <= timedelta(seconds=10)
+        await h.run_for(probe - h.clock.now())  # the probe fails: one request, planned again
+        assert len(idp.token_requests) == 3
+        again = h.scheduler.due(f"probe/{first.endpoint}")
+        assert again is not None and again > h.clock.now()
+        await h.run_for(again - h.clock.now())
+        assert first.token is not None and second.token is not None
+        assert len(idp.token_requests) == 5
+        counts = sorted(job.results.transient_error for job in (first, second))
+        assert counts == [1, 2]  # the one that probed failed twice
+
+    _run(idp, tmp_path, scenario, tokens=2)
+
+
 def test_restart_resumes_stored_tokens_without_a_request(idp: FakeIdp, tmp_path: Path) -> None:
     """A restarted tokend (same state_dir) publishes the stored token at once and refreshes it
     on the original schedule; no request is made at start, even with the IdP failing."""
