@@ -8,17 +8,21 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
+import logging
 import stat
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pytest
+
 from tests.conftest import entra_identity
 from tests.support import idp as faults
 from tests.support.clock import FakeClock
 from tests.support.harness import Harness
 from tests.support.idp import CLIENT_SECRET, FakeIdp
+from tokend.clock import format_span
 from tokend.config import Config
 from tokend.engine import Phase
 
@@ -274,6 +278,52 @@ def test_tokens_without_a_valid_token_wait_for_one_probe_of_their_endpoint(
         assert counts == [1, 2]  # the one that probed failed twice
 
     _run(idp, tmp_path, scenario, tokens=2)
+
+
+def test_each_refresh_failure_is_one_line_saying_what_next(
+    idp: FakeIdp, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The line an operator reads: what kind of failure, which attempt, the error, when the next
+    try is (when the daemon plans one) and what is still held; the same error again at DEBUG."""
+
+    async def scenario(h: Harness) -> list[tuple[str, str, object]]:
+        idp.fail(faults.html(502))
+        await h.engine.refresh_all()  # `tokend once`: nothing planned
+        expected = [
+            (
+                "WARNING",
+                f"refresh failed (transient, attempt 1): {h.job().last_error}; no valid token",
+                "crm",
+            )
+        ]
+        await h.start()
+        await h.run_for(timedelta(seconds=1))
+        job = h.job()
+        assert job.token is not None
+        idp.fail(*[faults.entra_error(401, "invalid_client", 7000215)] * 2)
+        for attempt, level in ((1, "ERROR"), (2, "DEBUG")):
+            await job.refresh()
+            assert job.next_run is not None and job.last_error is not None
+            now = h.clock.now()
+            expected.append(
+                (
+                    level,
+                    f"refresh failed (needs operator action, attempt {attempt}): "
+                    f"{job.last_error}; next try in {format_span(job.next_run - now)}; "
+                    f"current token valid {format_span(job.token.expires_at - now)} more",
+                    "crm",
+                )
+            )
+        seen = [
+            (record.levelname, record.getMessage(), record.__dict__.get("token"))
+            for record in caplog.records
+            if record.getMessage().startswith("refresh failed")
+        ]
+        assert seen == expected
+        return seen
+
+    with caplog.at_level(logging.DEBUG, "tokend.refresh"):
+        _run(idp, tmp_path, scenario)
 
 
 def test_restart_resumes_stored_tokens_without_a_request(idp: FakeIdp, tmp_path: Path) -> None:
