@@ -154,7 +154,7 @@ MODULES: dict[str, Module] = {
         ),
     ),
     "config": Module(
-        ("tokend/config.py", "tokend/validation.py"),
+        ("tokend/config.py", "tokend/config_checks.py", "tokend/validation.py"),
         (
             "tests/unit/test_config.py",
             "tests/unit/test_vault_config.py",
