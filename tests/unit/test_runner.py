@@ -167,3 +167,25 @@ def test_delivery_lanes_are_bounded_and_independent() -> None:
         assert all(sink.reached.is_set() for sink in stuck)
 
     asyncio.run(scenario())
+
+
+def test_idle_waits_for_what_runs_up_to_its_timeout() -> None:
+    async def scenario() -> list[bool]:
+        runner = Runner(2)
+        seen = [await runner.idle(0.01)]  # nothing runs: idle at once
+        release = asyncio.Event()
+
+        async def job() -> None:
+            await release.wait()
+
+        runner.submit(job)
+        await asyncio.sleep(0)
+        # (wait_for: a runner that ignored its timeout would hang the test)
+        seen.append(await asyncio.wait_for(runner.idle(0.05), 2))  # still running after it
+        asyncio.get_running_loop().call_later(0.05, release.set)
+        seen.append(await asyncio.wait_for(runner.idle(0.5), 2))  # done within it
+        runner.submit(job)  # released already: finishes at once
+        seen.append(await runner.idle())
+        return seen
+
+    assert asyncio.run(scenario()) == [True, False, True, True]
