@@ -117,7 +117,9 @@ def test_retry_after_sets_the_next_attempt(idp: FakeIdp, tmp_path: Path) -> None
     _run(idp, tmp_path, scenario)
 
 
-def test_failures_keep_the_last_good_token_until_it_expires(idp: FakeIdp, tmp_path: Path) -> None:
+def test_failures_keep_the_last_good_token_until_it_expires(
+    idp: FakeIdp, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     async def scenario(h: Harness) -> None:
         await h.start()
         await h.run_for(timedelta(seconds=1))
@@ -145,6 +147,18 @@ def test_failures_keep_the_last_good_token_until_it_expires(idp: FakeIdp, tmp_pa
         assert len(last_part) >= 5 and last_part[-1] == first.expires_at
         assert job.phase(h.clock.now()) is Phase.EXPIRED
         assert not h.engine.is_ready(h.clock.now())
+        await h.run_for(6 * M)  # one more failed try after the expiry
+        (expired,) = [r for r in caplog.records if "expired at" in r.getMessage()]  # once
+        head, _, tail = expired.getMessage().partition(" - ")  # (the error's trace ids vary)
+        assert (expired.levelname, head, expired.__dict__.get("token")) == (
+            "ERROR",
+            f"token expired at {first.expires_at:%Y-%m-%dT%H:%M:%SZ} with no replacement "
+            "(last error: 127.0.0.1: HTTP 401 invalid_client (AADSTS7000215)",
+            "crm",
+        )
+        assert tail.endswith(
+            "); consumers now hold an expired token unless their sink withdraws it"
+        )
         assert sink_file.read_text() == first.value  # on_expiry: keep (the default)
         idp.reset()
         await h.run_for(6 * M)
@@ -152,7 +166,8 @@ def test_failures_keep_the_last_good_token_until_it_expires(idp: FakeIdp, tmp_pa
         assert job.token is not first
         assert sink_file.read_text() == job.token.value
 
-    _run(idp, tmp_path, scenario)
+    with caplog.at_level(logging.INFO, "tokend"):
+        _run(idp, tmp_path, scenario)
 
 
 def test_a_failing_sink_is_retried_alone_and_gets_the_newest_token(

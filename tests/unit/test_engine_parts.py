@@ -707,3 +707,46 @@ def test_a_changed_cause_wakes_every_token_of_that_grant_once() -> None:
         assert scheduler.due(f"cause/{id(grant):x}") is None
 
     asyncio.run(scenario())
+
+
+def test_a_waiter_that_stops_waiting_is_forgotten_and_the_last_one_cancels_the_probe() -> None:
+    clock, backoff = FakeClock(), Backoff()
+    scheduler = VirtualScheduler(clock)
+    outages = Outages(scheduler, clock, random.Random(7))
+    a, b, namesake = ProbeWaiter("a"), ProbeWaiter("b"), ProbeWaiter("a")
+    outages.wait(a, "idp", _outage(), backoff)
+    outages.wait(b, "idp", _outage(), backoff)
+    outages.forget(namesake, "idp")  # not the job waiting under that name: nothing happens
+    assert outages.waiting("idp") == 2
+    outages.forget(a, "idp")
+    assert outages.waiting("idp") == 1 and scheduler.due("probe/idp") is not None
+    outages.forget(b, "idp")
+    assert outages.waiting("idp") == 0 and scheduler.due("probe/idp") is None
+    outages.wait(a, "idp", _outage(), backoff)  # a new outage: a new probe
+    assert scheduler.due("probe/idp") is not None
+
+
+def test_a_token_no_longer_failing_permanently_is_no_longer_watched() -> None:
+    clock = FakeClock()
+    scheduler = VirtualScheduler(clock)
+    causes = Causes(scheduler, clock, random.Random(3))
+    grant = object()
+    a, b, namesake = ProbeWaiter("a"), ProbeWaiter("b"), ProbeWaiter("a")
+
+    async def version() -> str:
+        return "v1"
+
+    async def scenario() -> None:
+        await causes.watch(a, grant, version)
+        await causes.watch(b, grant, version)
+        key = f"cause/{id(grant):x}"
+        causes.forget(namesake, grant)
+        causes.forget(a, object())  # another grant: nothing happens
+        causes.forget(a, grant)
+        assert scheduler.due(key) is not None  # b is still watched
+        causes.forget(b, grant)
+        assert scheduler.due(key) is None
+        await causes.watch(a, grant, version)  # watched again from scratch
+        assert scheduler.due(key) is not None
+
+    asyncio.run(scenario())
