@@ -23,7 +23,7 @@ import pytest
 from tokend.sinks import SinkContext
 from tokend.sinks.vault import VaultSink, VaultSinkOptions, render
 from tokend.token import Token
-from tokend.vault import Problem, VaultError
+from tokend.vault import VAULT, Problem, VaultError
 from tokend.vault.kv import Current, digest, foreign
 
 OURS = 1_800_000_000  # expires_on of the token tokend publishes
@@ -97,6 +97,8 @@ class FakeSession:
         if not isinstance(operation, functools.partial):  # the metadata write
             return operation(self)
         name = operation.func.__name__
+        if name in ("mount_problem", "capability_problem"):  # about this sink's options
+            assert [options.target() for options in operation.args] == ["vault secret/apps/crm"]
         if name == "mount_problem":
             return self.mount
         if name == "capability_problem":
@@ -129,6 +131,7 @@ class FakeResources:
         self.session = session
 
     def get(self, kind: Any) -> FakeSession:
+        assert kind is VAULT
         return self.session
 
 
