@@ -322,8 +322,8 @@ def test_dormant_and_standby_tokens_report_nothing_and_the_leader_says_so() -> N
     alert as never refreshed); with leader election, whether this replica leads is exposed."""
     metrics = Metrics(FakeClock())
     views = ViewsOnly(
-        _view("crm", "app", {"success": 1}),
         _view("idle", "idle", {"success": 1}, dormant=True),
+        _view("crm", "app", {"success": 1}),  # (after a skipped one: the rest still count)
         _view("theirs", "theirs", {"success": 1}, standby=True),
         leadership=LeadershipView(leading=False, transitions=3),
     )
@@ -482,3 +482,44 @@ def test_the_query_view_of_a_failing_token_and_of_one_in_flight(
             slot.observer = None
 
     asyncio.run(scenario())
+
+
+def test_the_local_endpoint_requests_by_protocol_and_result_with_fixed_buckets() -> None:
+    metrics = Metrics(FakeClock())
+    metrics.endpoint_requests.labels(protocol="imds", result="success").inc()
+    for seconds in (0.0004, 0.3, 0.6, 3, 10.5):
+        metrics.endpoint_duration.labels(protocol="imds").observe(seconds)
+    samples = {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(metrics.render().decode())
+        for sample in family.samples
+        if sample.name.startswith("tokend_endpoint")
+    }
+    assert (
+        samples[
+            (
+                "tokend_endpoint_requests_total",
+                frozenset({("protocol", "imds"), ("result", "success")}),
+            )
+        ]
+        == 1.0
+    )
+    buckets = {
+        dict(labels)["le"]: value
+        for (name, labels), value in samples.items()
+        if name == "tokend_endpoint_request_duration_seconds_bucket"
+        and dict(labels)["protocol"] == "imds"
+    }
+    assert buckets == {
+        "0.0005": 1.0,
+        "0.001": 1.0,
+        "0.0025": 1.0,
+        "0.005": 1.0,
+        "0.01": 1.0,
+        "0.025": 1.0,
+        "0.1": 1.0,
+        "0.5": 2.0,
+        "2.5": 3.0,
+        "10.0": 4.0,
+        "+Inf": 5.0,
+    }
