@@ -174,3 +174,30 @@ def test_a_sink_failure_is_said_at_warning_and_its_repeats_at_debug(
         ("WARNING", "sink recording: expired token withdrawn", "crm"),
     ]
     assert slot.held is None
+
+
+class BrokenCloseSink(RecordingSink):
+    async def close(self) -> None:
+        raise RuntimeError("socket already gone")
+
+
+def test_a_sink_that_fails_to_close_is_logged_with_its_token(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = FakeClock()
+    slot = SinkSlot(
+        "crm",
+        BrokenCloseSink(),
+        clock=clock,
+        scheduler=VirtualScheduler(clock),
+        backoff=Backoff(),
+        rand=random.Random(1),
+    )
+    with caplog.at_level(logging.DEBUG, "tokend.publisher"):
+        asyncio.run(slot.close())  # does not raise: the other sinks still close
+    assert [
+        (record.levelname, record.getMessage(), record.__dict__.get("token"), record.exc_info[1])
+        for record in caplog.records
+        if record.exc_info
+    ] == [("ERROR", "sink recording: error while closing", "crm", caplog.records[0].exc_info[1])]
+    assert str(caplog.records[0].exc_info[1]) == "socket already gone"
