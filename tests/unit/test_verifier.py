@@ -5,16 +5,19 @@ says no is delivered to again; a recovery makes every sink of its type catch up.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from datetime import timedelta
+
+import pytest
 
 from tests.support.clock import FakeClock
 from tests.support.virtual import VirtualScheduler
 from tokend.backoff import Backoff
 from tokend.engine.publisher import Deliveries, Publisher
 from tokend.engine.slot import SinkSlot
-from tokend.engine.verifier import Verifier
+from tokend.engine.verifier import Verifier, verified
 from tokend.errors import TokendError
 from tokend.token import Token
 
@@ -217,3 +220,55 @@ def test_recoveries_close_together_make_one_sweep() -> None:
 
     assert asyncio.run(scenario()) == [1, 1, 2]
     assert sinks[0].verified == 0  # the one that recovered is not asked
+
+
+class AnsweringSink(CheckedSink):
+    """Answers `verify` with the value or the exception it is given, and records what it got."""
+
+    def __init__(self, answer: bool | Exception) -> None:
+        super().__init__()
+        self.answer = answer
+        self.asked: list[Token] = []
+
+    async def verify(self, token: Token) -> bool:
+        self.asked.append(token)
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
+
+
+@pytest.mark.parametrize(
+    ("answer", "result", "logged"),
+    [
+        (True, True, []),
+        (False, False, []),  # written again
+        (
+            TokendError("vault is sealed", code="sealed", transient=True),
+            True,  # cannot tell now: asked again at the next check
+            [("DEBUG", "sink store: cannot verify: vault is sealed", "crm", False)],
+        ),
+        (
+            RuntimeError("bug"),
+            True,
+            [("ERROR", "sink store: unexpected failure to verify", "crm", True)],
+        ),
+    ],
+)
+def test_what_a_sink_answers_and_what_is_said_when_it_cannot(
+    answer: bool | Exception,
+    result: bool,
+    logged: list[tuple[str, str, str, bool]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    world = World()
+    sink = AnsweringSink(answer)
+    slot = world.slot(sink)
+    token = world.token()
+    with caplog.at_level(logging.DEBUG, "tokend"):
+        assert asyncio.run(verified(slot, token)) is result
+    assert sink.asked == [token]
+    assert [
+        (r.levelname, r.getMessage(), r.__dict__.get("token"), r.exc_info is not None)
+        for r in caplog.records
+    ] == logged
+    assert asyncio.run(verified(world.slot(PlainSink(), "plain"), token)) is True  # cannot tell
