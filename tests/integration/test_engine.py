@@ -341,6 +341,47 @@ def test_each_refresh_failure_is_one_line_saying_what_next(
         _run(idp, tmp_path, scenario)
 
 
+def test_each_refresh_and_each_recovery_is_one_line(
+    idp: FakeIdp, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def scenario(h: Harness) -> list[tuple[str, str, object]]:
+        await h.start()
+        await h.run_for(timedelta(0))
+        job = h.job()
+        assert job.token is not None and job.next_run is not None
+        first, planned = job.token, job.next_run - h.clock.now()
+        idp.fail(faults.html(502))
+        await job.refresh()
+        await job.refresh()
+        assert job.token is not None and job.next_run is not None
+        second, replanned = job.token, job.next_run - h.clock.now()
+        lines = [
+            (record.levelname, record.getMessage(), record.__dict__.get("token"))
+            for record in caplog.records
+            if record.name == "tokend.refresh" and "refresh failed" not in record.getMessage()
+        ]
+        expected = [
+            (
+                f"refreshed: expires {token.expires_at:%Y-%m-%dT%H:%M:%SZ} (in "
+                f"{format_span(token.expires_at - h.clock.now())}), next refresh in "
+                f"{format_span(plan)}, took "
+            )
+            for token, plan in ((first, planned), (second, replanned))
+        ]
+        assert [
+            line[1].startswith(text) for line, text in zip(lines[::2], expected, strict=True)
+        ] == [
+            True,
+            True,
+        ]
+        assert [(level, token) for level, _, token in lines] == [("INFO", "crm")] * 3
+        assert lines[1][1] == "recovered after 1 failed attempts"
+        return lines
+
+    with caplog.at_level(logging.INFO, "tokend.refresh"):
+        _run(idp, tmp_path, scenario)
+
+
 def test_restart_resumes_stored_tokens_without_a_request(idp: FakeIdp, tmp_path: Path) -> None:
     """A restarted tokend (same state_dir) publishes the stored token at once and refreshes it
     on the original schedule; no request is made at start, even with the IdP failing."""
