@@ -382,6 +382,39 @@ def test_each_refresh_and_each_recovery_is_one_line(
         _run(idp, tmp_path, scenario)
 
 
+def test_an_unexpected_error_while_acquiring_is_an_internal_error_that_may_pass(
+    idp: FakeIdp, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bug in a grant (any exception that is not a TokendError) is logged with its traceback
+    and counts as a transient failure, retried like an outage; its message names only the
+    exception's type."""
+
+    class Broken:
+        async def acquire(self, request: object) -> None:
+            raise KeyError("secret-looking detail")
+
+    async def scenario(h: Harness) -> None:
+        job = h.job()
+        job._acquirer = Broken()  # type: ignore[assignment]
+        await job.refresh()
+        error = job.last_error
+        assert error is not None
+        assert (str(error), error.code, error.transient) == (
+            "tokend: internal error KeyError",
+            "internal",
+            True,
+        )
+        (logged,) = [r for r in caplog.records if r.exc_info]
+        assert (logged.levelname, logged.getMessage(), logged.__dict__.get("token")) == (
+            "ERROR",
+            "unexpected error while acquiring",
+            "crm",
+        )
+
+    with caplog.at_level(logging.INFO, "tokend"):
+        _run(idp, tmp_path, scenario)
+
+
 def test_restart_resumes_stored_tokens_without_a_request(idp: FakeIdp, tmp_path: Path) -> None:
     """A restarted tokend (same state_dir) publishes the stored token at once and refreshes it
     on the original schedule; no request is made at start, even with the IdP failing."""
