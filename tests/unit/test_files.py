@@ -245,3 +245,34 @@ def test_a_failed_rename_raises_its_own_error_even_if_the_temp_file_is_gone(
         files.write_atomic(tmp_path / "crm.token", b"x")
     assert caught.value.errno == errno.EXDEV
     assert list(tmp_path.iterdir()) == []
+
+
+def test_directories_are_looked_at_once_while_remembered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`tokend check` of many sinks in few directories asks about each directory once; outside
+    a check every call asks again (a directory created since must be seen)."""
+    asked: list[tuple[str, str]] = []
+    isdir, realpath = os.path.isdir, os.path.realpath
+    monkeypatch.setattr(os.path, "isdir", lambda path: asked.append(("isdir", path)) or isdir(path))
+    monkeypatch.setattr(
+        os.path, "realpath", lambda path: asked.append(("realpath", path)) or realpath(path)
+    )
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    here, link, missing = str(tmp_path), str(tmp_path / "link"), str(tmp_path / "missing")
+    assert files.is_directory(here) and files.is_directory(here)
+    assert asked == [("isdir", here)] * 2
+    asked.clear()
+    with files.remembered_directories():
+        assert [files.is_directory(path) for path in (here, here, missing, missing)] == [
+            True,
+            True,
+            False,
+            False,
+        ]
+        assert files.real_directory(link) == files.real_directory(link) == str(tmp_path / "real")
+    assert asked == [("isdir", here), ("isdir", missing), ("realpath", link)]
+    asked.clear()
+    assert files.real_directory(link) == str(tmp_path / "real")
+    assert asked == [("realpath", link)]  # forgotten after the check
