@@ -271,8 +271,9 @@ def test_directories_are_looked_at_once_while_remembered(
             False,
             False,
         ]
+        assert files.is_directory(link)  # the same path, another question
         assert files.real_directory(link) == files.real_directory(link) == str(tmp_path / "real")
-    assert asked == [("isdir", here), ("isdir", missing), ("realpath", link)]
+    assert asked == [("isdir", here), ("isdir", missing), ("isdir", link), ("realpath", link)]
     asked.clear()
     assert files.real_directory(link) == str(tmp_path / "real")
     assert asked == [("realpath", link)]  # forgotten after the check
