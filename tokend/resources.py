@@ -71,7 +71,7 @@ class ResourceKind(Generic[OptionsT, ClientT]):
     """Prometheus metric families for the clients in use, read at scrape time: no request."""
     leadership: bool = False
     """The client decides whether this replica leads (leader election): the composition root
-    hands it to the engine, which runs tokens with shared sinks only while it leads."""
+    hands it to the engine, which writes shared sinks only while it leads."""
 
 
 RESOURCES: Registry[ResourceKind[Any, Any]] = Registry(

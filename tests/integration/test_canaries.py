@@ -111,7 +111,9 @@ def test_once_and_check_success_and_failure(idp: FakeIdp, tmp_path: Path) -> Non
 
 def test_run_across_every_failure_path(idp: FakeIdp, tmp_path: Path) -> None:
     """A running daemon at DEBUG meets each kind of failure, including an identity provider that
-    echoes the client secret in its error description and a malformed body carrying the token."""
+    echoes the client secret in its error description and a malformed body carrying the token.
+    What it serves is read while the token is failing (when the echoed error is on show), and
+    again after recovery."""
     idp.provider.clients["canary-client"] = SECRET
     port = free_port()
     idp.fail(
@@ -120,9 +122,11 @@ def test_run_across_every_failure_path(idp: FakeIdp, tmp_path: Path) -> None:
         faults.html(502),
         faults.truncated_json(),
         faults.token_body({"access_token": TOKEN, "expires_in": "soon"}),
-        faults.entra_error(401, "invalid_client", 7000215, f"Invalid client secret {SECRET}"),
-        faults.token_body({"access_token": TOKEN, "token_type": "Bearer", "expires_in": 3600}),
     )
+    refusing = True
+    echo = faults.entra_error(401, "invalid_client", 7000215, f"Invalid client secret {SECRET}")
+    healthy = faults.token_body({"access_token": TOKEN, "token_type": "Bearer", "expires_in": 3600})
+    idp.policy = lambda _request: echo if refusing else healthy
     config = _config(idp, tmp_path, port)
     text = config.read_text().replace(
         "startup_spread: 0", "startup_spread: 0\n  backoff: {min: 50ms, max: 100ms}"
@@ -141,12 +145,16 @@ def test_run_across_every_failure_path(idp: FakeIdp, tmp_path: Path) -> None:
         log=log,
     )
     base = f"http://127.0.0.1:{port}"
+    paths = ("/metrics", "/status", "/readyz")
     try:
         wait_for(
-            lambda: not idp.faults and '"recovered after 5 failed attempts"' in log.read_text(),
-            what="the failure sequence",
+            lambda: "AADSTS7000215" in (text := log.read_text()) and "no replacement" in text,
+            what="the refusal, and the 2-second token's expiry during it",
         )
-        served = [httpx2.get(f"{base}{path}").text for path in ("/metrics", "/status", "/readyz")]
+        while_failing = [httpx2.get(f"{base}{path}") for path in paths]
+        refusing = False
+        wait_for(lambda: '"recovered after' in log.read_text(), what="the recovery")
+        served = [httpx2.get(f"{base}{path}").text for path in paths]
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(15)
@@ -155,14 +163,16 @@ def test_run_across_every_failure_path(idp: FakeIdp, tmp_path: Path) -> None:
         stderr = log.read_text()
         assert (tmp_path / "crm.token").read_text() == TOKEN
         assert '"level": "debug"' in stderr  # DEBUG really was on
-        for code in (
-            "HTTP 429",
-            "HTTP 502",
-            "not JSON",
-            "expires_in is not a number",
-            "AADSTS7000215",
-        ):
-            assert code in stderr or code in served[1], code
-        _assert_clean(stdout, stderr, *served)
+        crm = while_failing[1].json()["tokens"]["crm"]
+        assert crm["state"] == "expired"  # the 2-second token ran out during the failures
+        assert crm["last_error_kind"] == "permanent"
+        assert crm["last_error_code"] == "invalid_client/7000215"
+        assert "Invalid client secret *** " in crm["last_error"]  # echoed, and masked
+        assert while_failing[2].status_code == 503
+        assert 'tokend_token_valid{token="crm"} 0.0' in while_failing[0].text
+        assert 'tokend_token_valid{token="crm"} 1.0' in served[0]
+        for code in ("HTTP 429", "HTTP 502", "not JSON", "expires_in is not a number"):
+            assert code in stderr, code
+        _assert_clean(stdout, stderr, *served, *(response.text for response in while_failing))
     finally:
         del idp.provider.clients["canary-client"]

@@ -8,17 +8,21 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
+import logging
 import stat
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pytest
+
 from tests.conftest import entra_identity
 from tests.support import idp as faults
 from tests.support.clock import FakeClock
 from tests.support.harness import Harness
 from tests.support.idp import CLIENT_SECRET, FakeIdp
+from tokend.clock import format_span
 from tokend.config import Config
 from tokend.engine import Phase
 
@@ -113,7 +117,9 @@ def test_retry_after_sets_the_next_attempt(idp: FakeIdp, tmp_path: Path) -> None
     _run(idp, tmp_path, scenario)
 
 
-def test_failures_keep_the_last_good_token_until_it_expires(idp: FakeIdp, tmp_path: Path) -> None:
+def test_failures_keep_the_last_good_token_until_it_expires(
+    idp: FakeIdp, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     async def scenario(h: Harness) -> None:
         await h.start()
         await h.run_for(timedelta(seconds=1))
@@ -141,6 +147,18 @@ def test_failures_keep_the_last_good_token_until_it_expires(idp: FakeIdp, tmp_pa
         assert len(last_part) >= 5 and last_part[-1] == first.expires_at
         assert job.phase(h.clock.now()) is Phase.EXPIRED
         assert not h.engine.is_ready(h.clock.now())
+        await h.run_for(6 * M)  # one more failed try after the expiry
+        (expired,) = [r for r in caplog.records if "expired at" in r.getMessage()]  # once
+        head, _, tail = expired.getMessage().partition(" - ")  # (the error's trace ids vary)
+        assert (expired.levelname, head, expired.__dict__.get("token")) == (
+            "ERROR",
+            f"token expired at {first.expires_at:%Y-%m-%dT%H:%M:%SZ} with no replacement "
+            "(last error: 127.0.0.1: HTTP 401 invalid_client (AADSTS7000215)",
+            "crm",
+        )
+        assert tail.endswith(
+            "); consumers now hold an expired token unless their sink withdraws it"
+        )
         assert sink_file.read_text() == first.value  # on_expiry: keep (the default)
         idp.reset()
         await h.run_for(6 * M)
@@ -148,7 +166,8 @@ def test_failures_keep_the_last_good_token_until_it_expires(idp: FakeIdp, tmp_pa
         assert job.token is not first
         assert sink_file.read_text() == job.token.value
 
-    _run(idp, tmp_path, scenario)
+    with caplog.at_level(logging.INFO, "tokend"):
+        _run(idp, tmp_path, scenario)
 
 
 def test_a_failing_sink_is_retried_alone_and_gets_the_newest_token(
@@ -212,6 +231,188 @@ def test_refresh_all_reports_any_failure(idp: FakeIdp, tmp_path: Path) -> None:
         return await h.refresh_all()
 
     assert _run(idp, tmp_path, scenario, tokens=3) is False
+
+
+def test_once_retries_a_failure_that_may_pass_until_its_deadline(
+    idp: FakeIdp, tmp_path: Path
+) -> None:
+    """`tokend once --timeout`: a transient failure is tried again after the backoff (here
+    10 ms, no Retry-After) while that ends before the deadline; without a timeout, once."""
+
+    async def scenario(h: Harness) -> list[tuple[bool, int]]:
+        seen = []
+        idp.fail(faults.html(502))
+        seen.append((await h.engine.refresh_all(), len(idp.token_requests)))
+        idp.fail(faults.html(502))
+        seen.append((await h.engine.refresh_all(timeout=0.5), len(idp.token_requests)))
+        return seen
+
+    backoff = {"min": "0.01s", "max": "0.02s"}
+    assert _run(idp, tmp_path, scenario, backoff=backoff) == [(False, 1), (True, 3)]
+
+
+def test_settled_waits_for_the_request_in_flight(idp: FakeIdp, tmp_path: Path) -> None:
+    """What the local endpoint does for a reader that comes before the first token."""
+
+    async def scenario(h: Harness) -> list[object]:
+        await h.engine.settled("nope")  # no such token: nothing to wait for
+        await h.engine.settled("crm")  # nothing in flight
+        request = asyncio.get_running_loop().create_task(h.job().refresh())
+        await asyncio.sleep(0)  # the request is on its way
+        await h.engine.settled("crm")
+        seen: list[object] = [h.job().token is not None, len(idp.token_requests)]
+        await request
+        return seen
+
+    assert _run(idp, tmp_path, scenario) == [True, 1]
+
+
+def test_tokens_without_a_valid_token_wait_for_one_probe_of_their_endpoint(
+    idp: FakeIdp, tmp_path: Path
+) -> None:
+    """An outage with nothing to protect: both tokens wait at the endpoint for one probe (10 s,
+    jittered), not each on its own backoff; a failed probe plans the next; a successful one
+    wakes the other token at once."""
+
+    async def scenario(h: Harness) -> None:
+        idp.fail(*[faults.html(502)] * 3)  # both first attempts and the first probe
+        await h.start()
+        await h.run_for(timedelta(0))
+        first, second = h.job("crm"), h.job("crm1")
+        probe = h.scheduler.due(f"probe/{first.endpoint}")
+        assert probe is not None and first.next_run == second.next_run == probe
+        assert probe - h.clock.now() <= timedelta(seconds=10)
+        await h.run_for(probe - h.clock.now())  # the probe fails: one request, planned again
+        assert len(idp.token_requests) == 3
+        again = h.scheduler.due(f"probe/{first.endpoint}")
+        assert again is not None and again > h.clock.now()
+        await h.run_for(again - h.clock.now())
+        assert first.token is not None and second.token is not None
+        assert len(idp.token_requests) == 5
+        counts = sorted(job.results.transient_error for job in (first, second))
+        assert counts == [1, 2]  # the one that probed failed twice
+
+    _run(idp, tmp_path, scenario, tokens=2)
+
+
+def test_each_refresh_failure_is_one_line_saying_what_next(
+    idp: FakeIdp, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The line an operator reads: what kind of failure, which attempt, the error, when the next
+    try is (when the daemon plans one) and what is still held; the same error again at DEBUG."""
+
+    async def scenario(h: Harness) -> list[tuple[str, str, object]]:
+        idp.fail(faults.html(502))
+        await h.engine.refresh_all()  # `tokend once`: nothing planned
+        expected = [
+            (
+                "WARNING",
+                f"refresh failed (transient, attempt 1): {h.job().last_error}; no valid token",
+                "crm",
+            )
+        ]
+        await h.start()
+        await h.run_for(timedelta(seconds=1))
+        job = h.job()
+        assert job.token is not None
+        idp.fail(*[faults.entra_error(401, "invalid_client", 7000215)] * 2)
+        for attempt, level in ((1, "ERROR"), (2, "DEBUG")):
+            await job.refresh()
+            assert job.next_run is not None and job.last_error is not None
+            now = h.clock.now()
+            expected.append(
+                (
+                    level,
+                    f"refresh failed (needs operator action, attempt {attempt}): "
+                    f"{job.last_error}; next try in {format_span(job.next_run - now)}; "
+                    f"current token valid {format_span(job.token.expires_at - now)} more",
+                    "crm",
+                )
+            )
+        seen = [
+            (record.levelname, record.getMessage(), record.__dict__.get("token"))
+            for record in caplog.records
+            if record.getMessage().startswith("refresh failed")
+        ]
+        assert seen == expected
+        return seen
+
+    with caplog.at_level(logging.DEBUG, "tokend.refresh"):
+        _run(idp, tmp_path, scenario)
+
+
+def test_each_refresh_and_each_recovery_is_one_line(
+    idp: FakeIdp, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def scenario(h: Harness) -> list[tuple[str, str, object]]:
+        await h.start()
+        await h.run_for(timedelta(0))
+        job = h.job()
+        assert job.token is not None and job.next_run is not None
+        first, planned = job.token, job.next_run - h.clock.now()
+        idp.fail(faults.html(502))
+        await job.refresh()
+        await job.refresh()
+        assert job.token is not None and job.next_run is not None
+        second, replanned = job.token, job.next_run - h.clock.now()
+        lines = [
+            (record.levelname, record.getMessage(), record.__dict__.get("token"))
+            for record in caplog.records
+            if record.name == "tokend.refresh" and "refresh failed" not in record.getMessage()
+        ]
+        expected = [
+            (
+                f"refreshed: expires {token.expires_at:%Y-%m-%dT%H:%M:%SZ} (in "
+                f"{format_span(token.expires_at - h.clock.now())}), next refresh in "
+                f"{format_span(plan)}, took "
+            )
+            for token, plan in ((first, planned), (second, replanned))
+        ]
+        assert [
+            line[1].startswith(text) for line, text in zip(lines[::2], expected, strict=True)
+        ] == [
+            True,
+            True,
+        ]
+        assert [(level, token) for level, _, token in lines] == [("INFO", "crm")] * 3
+        assert lines[1][1] == "recovered after 1 failed attempts"
+        return lines
+
+    with caplog.at_level(logging.INFO, "tokend.refresh"):
+        _run(idp, tmp_path, scenario)
+
+
+def test_an_unexpected_error_while_acquiring_is_an_internal_error_that_may_pass(
+    idp: FakeIdp, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bug in a grant (any exception that is not a TokendError) is logged with its traceback
+    and counts as a transient failure, retried like an outage; its message names only the
+    exception's type."""
+
+    class Broken:
+        async def acquire(self, request: object) -> None:
+            raise KeyError("secret-looking detail")
+
+    async def scenario(h: Harness) -> None:
+        job = h.job()
+        job._acquirer = Broken()  # type: ignore[assignment]
+        await job.refresh()
+        error = job.last_error
+        assert error is not None
+        assert (str(error), error.code, error.transient) == (
+            "tokend: internal error KeyError",
+            "internal",
+            True,
+        )
+        (logged,) = [r for r in caplog.records if r.exc_info]
+        assert (logged.levelname, logged.getMessage(), logged.__dict__.get("token")) == (
+            "ERROR",
+            "unexpected error while acquiring",
+            "crm",
+        )
+
+    with caplog.at_level(logging.INFO, "tokend"):
+        _run(idp, tmp_path, scenario)
 
 
 def test_restart_resumes_stored_tokens_without_a_request(idp: FakeIdp, tmp_path: Path) -> None:
@@ -300,3 +501,34 @@ def test_on_expiry_withdraw_removes_only_that_sinks_value(idp: FakeIdp, tmp_path
             {"type": "file", "path": str(withdraw_file), "on_expiry": "withdraw"},
         ],
     )
+
+
+def test_refresh_times_are_jittered_when_acquired_and_when_resumed(
+    idp: FakeIdp, tmp_path: Path
+) -> None:
+    """Tokens obtained together must not all refresh in the same second: each refresh is planned
+    a random part of 10 % of the lifetime before the threshold (50 min for 1-hour tokens), both
+    after a request and when a stored token is resumed at start."""
+    state_dir = tmp_path / "state"
+    config = _config(idp, tmp_path, tokens=10).model_copy(update={"state_dir": state_dir})
+    clock = FakeClock()
+
+    def early_by(h: Harness) -> list[timedelta]:
+        """How long before the unjittered time (expiry - threshold) each refresh is planned."""
+        jobs = h.engine.jobs.values()
+        return [job.token.expires_at - 10 * M - job.next_run for job in jobs]  # type: ignore[union-attr,operator]
+
+    async def life() -> list[timedelta]:
+        h = Harness(config, clock)
+        try:
+            await h.start()
+            await h.run_for(M)  # the start-up spread is 10 s
+            return early_by(h)
+        finally:
+            await h.stop()
+
+    for jitter in (asyncio.run(life()), asyncio.run(life())):  # acquired, then resumed
+        assert all(timedelta(0) < early <= 6 * M for early in jitter), jitter
+        assert len(set(jitter)) == 10
+        assert max(jitter) - min(jitter) > 2 * M
+    assert len(idp.token_requests) == 10  # the second life resumed every stored token

@@ -167,6 +167,8 @@ def test_only_the_leader_runs_tokens_with_shared_sinks(idp: FakeIdp, tmp_path: P
                 ("shelf", True),
                 ("file", False),
             ]
+            assert [h.engine.view(name, now) for name in views] == list(views.values())
+            assert h.engine.view("nope", now) is None
             assert h.engine.is_ready(now)  # a follower stays ready
             status = engine_status(h.engine, now)
             assert status["tokens"]["mixed"]["sinks"]["shelf"]["standby"] is True
@@ -282,3 +284,115 @@ def test_leader_election_changes_wait_for_a_restart(
 
     asyncio.run(scenario())
     assert "reload: changes to toss take effect at the next restart" in caplog.text
+
+
+@pytest.mark.usefixtures("kinds")
+def test_each_change_of_leadership_is_counted_and_said_once(
+    idp: FakeIdp, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`tokend_leader_transitions` counts changes, not calls; each change is one log line
+    naming how many tokens it starts or stops; a stopped engine ignores the election."""
+
+    def said() -> list[tuple[str, str]]:
+        lines = [
+            (record.levelname, record.getMessage())
+            for record in caplog.records
+            if "leading" in record.getMessage()
+        ]
+        caplog.clear()
+        return lines
+
+    async def scenario() -> None:
+        async with harness(config_for(idp, tmp_path)) as h:
+            await h.start()
+            await settle(h)
+            elector = toss(h)
+            caplog.clear()
+            elector.flip(True)
+            elector.flip(True)  # told again: no change
+            await launched(h)
+            await settle(h)
+            assert said() == [
+                (
+                    "INFO",
+                    "leading: starting 1 tokens with only shared sinks, and the shared sinks of 1 more",
+                )
+            ]
+            elector.flip(False)
+            elector.flip(False)
+            assert said() == [
+                (
+                    "WARNING",
+                    "not leading: stopped 1 tokens with only shared sinks, and the shared sinks of 1 more",
+                )
+            ]
+            elector.flip(True)
+            await launched(h)
+            await settle(h)
+            leadership = h.engine.leadership()
+            assert leadership is not None
+            assert (leadership.leading, leadership.transitions) == (True, 3)
+            engine = h.engine
+        elector.flip(False)  # after the stop
+        assert engine.leadership() == leadership
+        assert said() == [
+            (
+                "INFO",
+                "leading: starting 1 tokens with only shared sinks, and the shared sinks of 1 more",
+            )
+        ]
+
+    with caplog.at_level("INFO", "tokend.engine"):
+        asyncio.run(scenario())
+
+
+@pytest.mark.usefixtures("kinds")
+def test_a_follower_reloading_neither_withdraws_nor_starts_the_leaders_tokens(
+    idp: FakeIdp, tmp_path: Path
+) -> None:
+    """A token with a shared sink removed on a replica that led before: the value there is the
+    new leader's now, not withdrawn even with `on_expiry: withdraw`; one added: it waits for
+    leadership."""
+
+    def config(**tokens: dict[str, Any]) -> Any:
+        return validate_config(
+            {
+                "identities": {"app": entra_identity(idp, CLIENT_SECRET)},
+                "tokens": {
+                    "local": {
+                        "identity": "app",
+                        "resource": "https://crm.example",
+                        "sinks": [{"type": "file", "path": str(tmp_path / "local")}],
+                    },
+                    **{
+                        name: {"identity": "app", "resource": "https://crm.example", **token}
+                        for name, token in tokens.items()
+                    },
+                },
+                "defaults": {"startup_spread": 0},
+                "toss": {},
+            }
+        )
+
+    withdrawing = {"sinks": [{"type": "shelf", "key": "shared", "on_expiry": "withdraw"}]}
+    added = {"sinks": [{"type": "shelf", "key": "added"}]}
+
+    async def scenario() -> None:
+        async with harness(config(shared=withdrawing)) as h:
+            await h.start()
+            await settle(h)
+            toss(h).flip(True)
+            await launched(h)
+            await settle(h)
+            assert set(Shelf.values) == {"shared"}
+            toss(h).flip(False)
+            Shelf.values["shared"] = "the leader's"
+            asked = len(idp.token_requests)
+            await h.reload(config(added=added))
+            await settle(h)
+            assert Shelf.values == {"shared": "the leader's"}
+            assert len(idp.token_requests) == asked
+            view = h.engine.view("added", h.clock.now())
+            assert view is not None and view.standby and h.job("added").token is None
+
+    asyncio.run(scenario())

@@ -199,6 +199,27 @@ def test_messages_come_from_the_registries(kinds: None, idp: FakeIdp) -> None:
     ]
 
 
+class StoredPinnedOptions(PinnedOptions):
+    """The pinned credential, kept in the store: it needs the store's section."""
+
+    type: Literal["stored-pinned"]  # type: ignore[assignment]
+    needs: ClassVar[tuple[str, ...]] = ("store",)
+
+
+def test_a_credential_that_needs_a_resource_says_so(kinds: None, idp: FakeIdp) -> None:
+    CREDENTIALS.register("stored-pinned", CredentialType(StoredPinnedOptions, PinnedGrant))
+    try:
+        document = _document(idp)
+        del document["store"]
+        document["identities"]["app"]["credential"]["type"] = "stored-pinned"
+        assert _problems(document)[0] == (
+            "c.yaml: identities.app.credential: a stored-pinned credential needs a top-level "
+            "store: block (label)"
+        )
+    finally:
+        CREDENTIALS.unregister("stored-pinned")
+
+
 def test_a_part_that_needs_a_resource_needs_its_section(kinds: None, idp: FakeIdp) -> None:
     document = _document(idp)
     del document["store"]

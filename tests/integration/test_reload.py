@@ -20,6 +20,7 @@ from tests.support.idp import CLIENT_SECRET, FakeIdp
 from tests.support.processes import start_tokend, wait_for
 from tests.support.servers import free_port
 from tokend.config import Config
+from tokend.engine import ReloadSummary
 
 
 def _token(tmp_path: Path, name: str, **extra: Any) -> dict[str, Any]:
@@ -190,3 +191,43 @@ def test_tokend_status(idp: FakeIdp, tmp_path: Path) -> None:
         f"cannot read tokend's status from http://127.0.0.1:{port}: "
         "cannot connect: Connection refused\n"
     )
+
+
+def test_a_job_stopped_while_its_request_is_in_flight_plans_no_more_runs(
+    idp: FakeIdp, tmp_path: Path
+) -> None:
+    """A reload removes a token while its request is in flight: when the answer comes, the old
+    job must not plan itself again (it would keep acquiring, unseen, for the life of the
+    process), and a new job under the same name must keep its own schedule."""
+    both = Config.model_validate(
+        _document(idp, {name: _token(tmp_path, name) for name in ("crm", "old")})
+    )
+    crm_only = Config.model_validate(_document(idp, {"crm": _token(tmp_path, "crm")}))
+    clock = FakeClock()
+
+    async def scenario() -> None:
+        h = Harness(both, clock, rand=random.Random(1))
+        acquire = h.client.acquire
+        summaries: list[ReloadSummary] = []
+
+        async def reload_meanwhile(request: Any) -> Any:
+            """The answer to old's first request comes after a SIGHUP removed old."""
+            if request.name == "old" and not summaries:
+                summaries.append(await h.reload(crm_only))
+            return await acquire(request)
+
+        h.client.acquire = reload_meanwhile  # type: ignore[method-assign]
+        try:
+            await h.start()
+            await h.run_for(timedelta(minutes=1))
+            assert summaries[0].removed == ["old"]
+            assert h.scheduler.due("old") is None
+            requests = len(idp.token_requests)
+            await h.run_for(timedelta(hours=5))
+            runs = [key for _, key in h.scheduler.runs]
+            assert runs.count("old") == 1
+            assert len(idp.token_requests) - requests == runs.count("crm") - 1
+        finally:
+            await h.stop()
+
+    asyncio.run(scenario())

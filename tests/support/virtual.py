@@ -11,6 +11,16 @@ from datetime import datetime
 from tests.support.clock import FakeClock
 from tokend.engine.scheduler import Job
 
+RUNAWAY_AT_ONE_INSTANT = 50
+"""A key run this many times at one virtual instant is a loop: no real schedule does that."""
+RUNAWAY_RUNS = 20_000
+"""One `run_until` running this many jobs is a runaway schedule (a day of 10 tokens is ~2,000)."""
+
+
+class RunawaySchedule(AssertionError):
+    """The engine planned runs with no end in sight: fail now rather than spin until a timeout
+    (a test of broken code must fail, not hang; mutation testing depends on it)."""
+
 
 class VirtualScheduler:
     def __init__(self, clock: FakeClock) -> None:
@@ -35,6 +45,7 @@ class VirtualScheduler:
     async def run_until(self, until: datetime) -> int:
         """Run every job due up to `until` in time order; the clock ends at `until`."""
         ran = 0
+        at_this_instant: dict[str, int] = {}
         while self._heap:
             at, sequence, key = self._heap[0]
             entry = self._pending.get(key)
@@ -47,6 +58,10 @@ class VirtualScheduler:
             del self._pending[key]
             if at > self.clock.now():
                 self.clock.set(at)
+                at_this_instant.clear()
+            at_this_instant[key] = at_this_instant.get(key, 0) + 1
+            if at_this_instant[key] > RUNAWAY_AT_ONE_INSTANT or ran >= RUNAWAY_RUNS:
+                raise RunawaySchedule(f"{key}: run {ran + 1} at {self.clock.now()}")
             self.runs.append((self.clock.now(), key))
             await entry[2]()
             await _settle()

@@ -131,6 +131,25 @@ BAD_CONFIGS = [
         ],
     ),
     (
+        {
+            "tenant: contoso.onmicrosoft.com": "token_endpoint: http://idp.example.com/token\n"
+            "    allow_insecure_http: true"
+        },
+        [
+            "config.yaml: identities.crm-app: token_endpoint: 'http://idp.example.com/token' uses "
+            "plain http; https is required except for loopback addresses"
+        ],
+    ),
+    (
+        {
+            "tenant: contoso.onmicrosoft.com": "issuer: http://10.0.0.1/\n    allow_insecure_http: true"
+        },
+        [
+            "config.yaml: identities.crm-app: issuer: 'http://10.0.0.1/' uses plain http; https is "
+            "required except for loopback addresses"
+        ],
+    ),
+    (
         {"tenant: contoso.onmicrosoft.com": "token_endpoint: http://127.0.0.1:8080/token"},
         [
             "config.yaml: identities.crm-app: token_endpoint: 'http://127.0.0.1:8080/token' uses "
@@ -213,6 +232,47 @@ BAD_CONFIGS = [
     (
         {"tokens:": "defaults: {backoff: {min: 10s, max: 1s}}\ntokens:"},
         ["config.yaml: defaults.backoff: max must not be shorter than min"],
+    ),
+    # A typo anywhere must be an error, never a silent fall-back to the default.
+    (
+        {"tokens:": "defaults: {refresh_treshold: 5m}\ntokens:"},
+        ["config.yaml: defaults.refresh_treshold: unknown key (did you mean 'refresh_threshold'?)"],
+    ),
+    (
+        {"tokens:": "defaults: {backoff: {maxx: 1m}}\ntokens:"},
+        ["config.yaml: defaults.backoff.maxx: unknown key (did you mean 'max'?)"],
+    ),
+    (
+        {"tokens:": "http: {timout: 5s}\ntokens:"},
+        ["config.yaml: http.timout: unknown key (did you mean 'timeout'?)"],
+    ),
+    (
+        {"tokens:": "log: {levle: debug}\ntokens:"},
+        ["config.yaml: log.levle: unknown key (did you mean 'level'?)"],
+    ),
+    (
+        {"tokens:": "listn: 127.0.0.1:1\ntokens:"},
+        ["config.yaml: listn: unknown key (did you mean 'listen'?)"],
+    ),
+    (
+        {
+            "    client_id: 00000000-0000-0000-0000-000000000001\n": (
+                "    client_id: 00000000-0000-0000-0000-000000000001\n    allow_insecure_htp: true\n"
+            )
+        },
+        [
+            "config.yaml: identities.crm-app.allow_insecure_htp: unknown key (did you mean "
+            "'allow_insecure_http'?)"
+        ],
+    ),
+    (
+        {
+            "secret: {env: CRM_SECRET}}": "secret: {env: CRM_SECRET}, auth_methd: client_secret_basic}"
+        },
+        [
+            "config.yaml: identities.crm-app.credential.auth_methd: unknown key (did you mean "
+            "'auth_method'?)"
+        ],
     ),
     (
         {"    client_id: 00000000-0000-0000-0000-000000000001\n": ""},
@@ -319,4 +379,44 @@ def test_a_symbolic_link_loop_is_named(tmp_path: Path) -> None:
         load_config(tmp_path / "a.yaml")
     assert caught.value.lines == [
         f"{tmp_path / 'a.yaml'}: cannot read config: too many levels of symbolic links"
+    ]
+
+
+# Messages the table above leaves open.
+def _lines(text: str) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, label="config.yaml")
+    return caught.value.lines
+
+
+def test_every_known_identity_is_listed() -> None:
+    text = _with({"identity: crm-app": "identity: nope"}).replace(
+        "identities:\n",
+        "identities:\n  other:\n    tenant: t.example\n    client_id: c\n"
+        "    credential: {type: client_secret, secret: {env: X}}\n",
+    )
+    assert _lines(text) == [
+        "config.yaml: tokens.crm.identity: unknown identity 'nope' (known: other, crm-app)"
+    ]
+
+
+def test_no_hint_when_no_key_is_close() -> None:
+    text = _with({"tokens:": "defaults: {backoff: {mni: 1s}}\ntokens:"})
+    assert _lines(text) == ["config.yaml: defaults.backoff.mni: unknown key"]
+
+
+def test_scopes_may_be_one_string() -> None:
+    text = _with(
+        {
+            "resource: https://contoso.crm.dynamics.com": "scopes: https://graph.microsoft.com/.default"
+        }
+    )
+    config = parse_config(text, label="config.yaml").config
+    assert config.tokens["crm"].scopes == ["https://graph.microsoft.com/.default"]
+
+
+def test_identity_names_follow_the_same_rule_as_token_names() -> None:
+    assert _lines(_with({"  crm-app:\n": "  crm app:\n"})) == [
+        "config.yaml: identities.crm app: names may use letters, digits, '.', '_' and '-' "
+        "(at most 64, not starting with '.')"
     ]

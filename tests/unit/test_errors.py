@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from tokend.logs import redactor
 from tokend.oauth.errors import (
     Peer,
     PermanentError,
@@ -119,3 +120,43 @@ def test_a_huge_error_field_is_cut_to_a_short_code() -> None:
     error = classify_error_response(PEER, 400, {}, body, NOW)
     assert error.code == "invalid_grant" + "A" * 48 + ".../7000215"  # the field cut to 64
     assert len(str(error)) < 300
+
+
+ECHOED = "CANARY-echoed-secret-3f9a1c"
+JWT = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl"
+
+
+def test_secrets_and_tokens_the_idp_echoes_are_masked() -> None:
+    """An identity provider that echoes the client secret (or a token) in its error text must
+    not carry it into the error, which `/status`, `tokend status` and the logs show."""
+    redactor.add_secret(ECHOED)
+    body = {
+        "error": "invalid_client",
+        "error_codes": [7000215],
+        "error_description": f"AADSTS7000215: Invalid client secret {ECHOED} near {JWT}",
+        "trace_id": f"{'t' * 50}-{ECHOED}",
+    }
+    error = classify_error_response(PEER, 401, {}, body, NOW)
+    assert str(error) == (
+        "login.microsoftonline.com: HTTP 401 invalid_client (AADSTS7000215) - "
+        f"AADSTS7000215: Invalid client secret *** near *** trace_id={'t' * 50}-***"
+    )
+
+
+def test_a_secret_in_the_error_code_is_masked_in_the_text_and_the_code() -> None:
+    redactor.add_secret(ECHOED)
+    body = {"error": f"bad_{ECHOED}", "error_codes": [7000215]}
+    error = classify_error_response(PEER, 400, {}, body, NOW)
+    assert str(error) == "login.microsoftonline.com: HTTP 400 bad_??? (AADSTS7000215)"
+    assert error.code == "bad_???/7000215"  # /status shows it as last_error_code
+
+
+@pytest.mark.parametrize("at", [150, 155, 159])
+def test_a_secret_cut_by_the_length_limit_is_still_masked(at: int) -> None:
+    """Masking comes before cutting: a secret that straddles the cut must not leave its first
+    characters behind (they would no longer match the secret once cut)."""
+    redactor.add_secret(ECHOED)
+    body = {"error": "invalid_client", "error_description": "x" * at + ECHOED}
+    text = str(classify_error_response(PEER, 400, {}, body, NOW))
+    assert ECHOED[:4] not in text
+    assert f" - {'x' * 150}" in text

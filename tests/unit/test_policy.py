@@ -100,6 +100,7 @@ def _held(remaining: timedelta, lifetime: timedelta = H) -> Token:
         ({"attempt": 1, "hard": True, "holding": _held(60 * S, 2 * M)}, T0 + 48 * S),
         ({"attempt": 1, "hard": True, "holding": _held(60 * S, 5 * S)}, T0 + 57.5 * S),
         ({"attempt": 1, "hard": True, "holding": _held(-S)}, T0 + 5 * M),  # already expired
+        ({"attempt": 3, "holding": _held(timedelta(0))}, T0 + 4 * S),  # expiring this instant
     ],
 )
 def test_retry_at(kwargs: dict[str, object], expected: datetime) -> None:

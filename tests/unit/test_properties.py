@@ -3,12 +3,13 @@ valid result or its own clean error, never an unexpected exception."""
 
 from __future__ import annotations
 
-import contextlib
-from datetime import UTC, datetime
+import re
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 import yaml
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from tokend.configfile import parse_config
@@ -17,6 +18,7 @@ from tokend.errors import ConfigError
 from tokend.oauth.errors import Peer, TokenError, classify_error_response, parse_retry_after
 from tokend.oauth.response import MalformedResponse, parse_token_response
 from tokend.token import Token
+from tokend.yamlfile import read_yaml
 
 SENT = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 PEER = Peer("crm", "idp.example")
@@ -89,18 +91,84 @@ def test_retry_after_never_raises(value: str) -> None:
 
 @given(json_values)
 def test_durations_parse_or_fail_cleanly(value: Any) -> None:
-    with contextlib.suppress(ValueError):
-        parse_duration(value)
+    """Anything YAML can hold is a duration of 0 to 365 days, or a one-line error about
+    durations; a plain number is that many seconds."""
+    try:
+        parsed = parse_duration(value)
+    except ValueError as exc:
+        assert "duration" in str(exc) and "\n" not in str(exc)
+        return
+    assert isinstance(value, int | float | str) and not isinstance(value, bool)
+    assert timedelta(0) <= parsed <= timedelta(days=365)
+    if not isinstance(value, str):
+        assert parsed == timedelta(seconds=value)
+
+
+UNITS = {"": 1, "ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+@example(365, "d", "", "")  # the longest allowed, and just past it
+@example(365 * 86400 + 1, "", "", "")
+@example("31536000.01", "s", "", "")
+@given(
+    st.integers(0, 10**8) | st.decimals(0, 10**4, places=2).map(str),
+    st.sampled_from(sorted(UNITS)),
+    st.sampled_from(["", " "]),
+    st.sampled_from(["", " ", "\t"]),
+)
+def test_every_spelling_of_a_duration_means_what_it_says(
+    number: int | str, unit: str, gap: str, padding: str
+) -> None:
+    text = f"{padding}{number}{gap}{unit}{padding}"
+    seconds = float(number) * UNITS[unit]
+    if seconds > 365 * 86400:
+        with pytest.raises(ValueError, match="at most 365 days"):
+            parse_duration(text)
+    else:
+        assert parse_duration(text) == timedelta(seconds=seconds)
+
+
+YAMLISH = ":{}[]-,\n #&*!|>'\"?%@`abcxyz019\t"
+MAPPING = "config.yaml: the config must be a mapping with identities and tokens"
+POSITIONED = re.compile(r"config\.yaml:\d+:\d+: \S")
+_Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _reads_as_a_scalar(text: str) -> bool:
+    try:
+        return not isinstance(read_yaml(text), dict | list)
+    except yaml.YAMLError:
+        return False
 
 
 @settings(max_examples=300)
-@given(st.text(max_size=300))
+@given(st.text(max_size=300) | st.text(alphabet=YAMLISH, max_size=120))
 def test_any_text_is_a_config_or_a_config_error(text: str) -> None:
+    """Whatever the text, the error says the right kind of problem: PyYAML's own verdict on
+    the text (an independent oracle) says which one it must be."""
     try:
-        parse_config(text, label="config.yaml")
-    except ConfigError as exc:
-        assert exc.lines
-        assert all(line.startswith("config.yaml") and "\n" not in line for line in exc.lines)
+        expected: Any = yaml.load(text, Loader=_Loader)  # noqa: S506 - a safe loader
+    except yaml.YAMLError as exc:
+        expected = exc
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, label="config.yaml")  # nothing this short is a whole config
+    lines = caught.value.lines
+    assert lines and all("\n" not in line for line in lines)
+    if isinstance(expected, yaml.YAMLError) and _reads_as_a_scalar(text):
+        assert lines == [MAPPING]  # `<<` alone: PyYAML refuses a lone merge key, tokend reads it
+    elif isinstance(expected, yaml.YAMLError):  # not YAML: one line, where it breaks
+        assert len(lines) == 1
+        assert POSITIONED.match(lines[0]) or lines[0].startswith("config.yaml: not valid YAML (")
+    elif not isinstance(expected, dict):
+        assert lines == [MAPPING]
+    elif len(lines) == 1 and POSITIONED.match(lines[0]):
+        assert "duplicate key" in lines[0]  # stricter than PyYAML, which keeps the last value
+    else:  # a mapping: what is wrong with its keys, never a YAML complaint
+        for key in ("identities", "tokens"):
+            if key not in expected:
+                assert f"config.yaml: {key}: required key is missing" in lines
+        assert all(line.startswith("config.yaml: ") for line in lines)
+        assert not any(POSITIONED.match(line) or line == MAPPING for line in lines)
 
 
 CONFIG_KEYS = [

@@ -7,6 +7,8 @@ import json
 import logging
 from urllib.parse import quote, quote_plus
 
+import pytest
+
 from tokend.logs import JsonFormatter, TextFormatter
 from tokend.redaction import Redactor, redactor
 
@@ -89,3 +91,62 @@ def test_shown_masks_before_it_cuts() -> None:
     shown = masks.shown(text, 160)
     assert len(shown) <= 160 and "CANARY" not in shown and "straddling" not in shown
     assert masks.shown("line one\nline two", 100) == "line one\\nline two"
+
+
+def test_unpadded_base64_of_a_secret_is_masked() -> None:
+    masks = Redactor()
+    masks.add_secret("abcde")  # base64 "YWJjZGU=": echoed without its padding too
+    assert masks.redact("x YWJjZGU y YWJjZGU= z") == "x *** y *** z"
+
+
+def test_the_length_limits_of_secrets_and_tokens() -> None:
+    masks = Redactor()
+    masks.add_secret("abc")  # too short: neither it nor its encodings ("YWJj") are masked
+    assert masks.redact("abc YWJj") == "abc YWJj"
+    masks.add_secret("wxyz")  # four characters: masked
+    assert masks.redact("a wxyz b") == "a *** b"
+    masks.add_token("T" * 11)  # a token is at least twelve characters
+    masks.add_token("0123456789ab")
+    assert masks.redact("TTTTTTTTTTT 0123456789ab") == "TTTTTTTTTTT ***"
+    assert masks.redact("xy0123456789ab") == "xy***"  # at the very end of a run
+
+
+def test_a_secret_inside_another_is_masked_with_it() -> None:
+    masks = Redactor()
+    masks.add_secret("zzzz-inner")
+    masks.add_secret("aaaa-zzzz-inner")  # sorts before it, but is longer: masked whole
+    assert masks.redact("x aaaa-zzzz-inner y") == "x *** y"
+
+
+def test_forgetting_a_token_keeps_others_with_the_same_start() -> None:
+    masks = Redactor()
+    masks.add_token("CANARYtoken-0001")
+    masks.add_token("CANARYtoken-0002")
+    masks.forget_token("CANARYtoken-0001")
+    assert masks.redact("CANARYtoken-0001 CANARYtoken-0002") == "CANARYtoken-0001 ***"
+    masks.forget_token("CANARYtoken-0002")
+    masks.forget_token("CANARYtoken-0002")  # twice: nothing to do
+    assert masks.redact("CANARYtoken-0002") == "CANARYtoken-0002"
+
+
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        ("bad secret CANARY-partial-9f8", "bad secret ***"),  # all but the last character
+        ("bad secret CANARY-", "bad secret ***"),  # seven
+        ("bad secret CANARY", "bad secret ***"),  # six
+        ("ANARY-partial-9f8e was wrong", "*** was wrong"),
+        ("l-9f8e was wrong", "*** was wrong"),  # six
+        ("-9f8e was wrong", "-9f8e was wrong"),  # five: an ordinary word
+    ],
+)
+def test_partial_secrets_at_the_edges_of_every_length(text: str, masked: str) -> None:
+    masks = Redactor()
+    masks.add_secret("CANARY-partial-9f8e")
+    assert masks.redact(text) == masked
+
+
+def test_shown_cuts_to_exactly_the_limit() -> None:
+    masks = Redactor()
+    assert masks.shown("x" * 20, 20) == "x" * 20
+    assert masks.shown("x" * 21, 20) == "x" * 17 + "..."

@@ -167,3 +167,56 @@ def test_delivery_lanes_are_bounded_and_independent() -> None:
         assert all(sink.reached.is_set() for sink in stuck)
 
     asyncio.run(scenario())
+
+
+def test_idle_waits_for_what_runs_up_to_its_timeout() -> None:
+    async def scenario() -> list[bool]:
+        runner = Runner(2)
+        seen = [await runner.idle(0.01)]  # nothing runs: idle at once
+        release = asyncio.Event()
+
+        async def job() -> None:
+            await release.wait()
+
+        runner.submit(job)
+        await asyncio.sleep(0)
+        # (wait_for: a runner that ignored its timeout would hang the test)
+        seen.append(await asyncio.wait_for(runner.idle(0.05), 2))  # still running after it
+        asyncio.get_running_loop().call_later(0.05, release.set)
+        seen.append(await asyncio.wait_for(runner.idle(0.5), 2))  # done within it
+        runner.submit(job)  # released already: finishes at once
+        seen.append(await runner.idle())
+        return seen
+
+    assert asyncio.run(scenario()) == [True, False, True, True]
+
+
+def test_drain_gives_up_on_a_stuck_lane_after_the_timeout_and_says_so() -> None:
+    """Stopping: deliveries get `timeout` s in all, not per lane; one stuck lane makes the
+    answer False though the others finished."""
+
+    async def scenario() -> bool:
+        clock = FakeClock()
+        deliveries = Deliveries(per_lane=8)
+        stuck, other = GatedSink(asyncio.Event()), OtherKindSink()
+        token = Token(
+            value="v",
+            token_type="Bearer",
+            expires_at=clock.now() + timedelta(hours=1),
+            obtained_at=clock.now(),
+        )
+        for index, sink in enumerate([stuck, other]):  # the stuck lane first
+            slot = SinkSlot(
+                f"t{index}",
+                sink,
+                clock=clock,
+                scheduler=ApsScheduler(),
+                backoff=Backoff(),
+                rand=random.Random(1),
+            )
+            Publisher([slot], deliveries).publish_in_background(token)
+        await asyncio.wait_for(other.reached.wait(), 5)
+        # (wait_for: a drain that ignored its timeout would hang the test)
+        return await asyncio.wait_for(deliveries.drain(0.1), 0.9)
+
+    assert asyncio.run(scenario()) is False

@@ -5,16 +5,19 @@ says no is delivered to again; a recovery makes every sink of its type catch up.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from datetime import timedelta
+
+import pytest
 
 from tests.support.clock import FakeClock
 from tests.support.virtual import VirtualScheduler
 from tokend.backoff import Backoff
 from tokend.engine.publisher import Deliveries, Publisher
 from tokend.engine.slot import SinkSlot
-from tokend.engine.verifier import Verifier
+from tokend.engine.verifier import Verifier, verified
 from tokend.errors import TokendError
 from tokend.token import Token
 
@@ -103,7 +106,9 @@ def test_sinks_that_cannot_tell_cost_nothing() -> None:
     asyncio.run(scenario())
 
 
-def test_a_sink_that_says_no_is_written_again_within_one_interval() -> None:
+def test_a_sink_that_says_no_is_written_again_within_one_interval(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     world = World()
     sink = CheckedSink(interval=20 * S)
 
@@ -120,7 +125,16 @@ def test_a_sink_that_says_no_is_written_again_within_one_interval() -> None:
         assert world.clock.now() - changed_at <= 26 * S  # 20 s, jittered by up to 25 %, + 1 s
         assert sink.received == [token, token] and slot.held is token
 
-    asyncio.run(scenario())
+    with caplog.at_level(logging.INFO, "tokend"):
+        asyncio.run(scenario())
+    assert [(r.levelname, r.getMessage(), r.__dict__.get("token")) for r in caplog.records] == [
+        (
+            "WARNING",
+            "sink store: no longer holds tokend's token (changed or deleted by someone else); "
+            "writing it again",
+            "crm",
+        )
+    ]  # once: the check before was fine, the one after finds it written again
 
 
 def test_ten_thousand_sinks_share_one_timer_and_each_is_checked_about_once_a_minute() -> None:
@@ -176,3 +190,96 @@ def test_when_one_sink_recovers_every_other_sink_of_its_type_catches_up_at_once(
         assert sinks[2].received == [first, first]  # checked, found lost, written again
 
     asyncio.run(scenario())
+
+
+def test_a_forgotten_sink_is_never_checked_again_and_others_of_its_type_still_are() -> None:
+    world = World()
+    kept, dropped = CheckedSink(interval=20 * S), CheckedSink(interval=20 * S)
+
+    async def scenario() -> None:
+        slots = [world.slot(kept, "kept"), world.slot(dropped, "dropped")]
+        await Publisher(slots, world.deliveries).publish(world.token())
+        slots[1].stop()  # its token was removed: the verifier forgets it
+        slots[1].stop()  # again: nothing left to forget
+        world.verifier.forget(world.slot(PlainSink(), "never-watched"))  # nothing to forget
+        await world.scheduler.run_until(world.clock.now() + 60 * S)
+        assert dropped.verified == 0
+        assert kept.verified >= 2
+        assert list(world.verifier._kinds[CheckedSink].live) == [slots[0]]  # no memory kept
+
+    asyncio.run(scenario())
+
+
+def test_recoveries_close_together_make_one_sweep() -> None:
+    """A sweep at most every 10 s: the second recovery 10 s after the first sweeps again, one
+    at 9 s does not."""
+    world = World()
+    sinks = [CheckedSink(interval=timedelta(0)) for _ in range(3)]
+
+    async def scenario() -> list[int]:
+        slots = [world.slot(sink, name) for sink, name in zip(sinks, ("a", "b", "c"), strict=True)]
+        await Publisher(slots, world.deliveries).publish(world.token())
+        checked = []
+        for step in (0, 9, 1):
+            world.clock.advance(step * S)
+            world.verifier.recovered(slots[0])
+            for _ in range(10):  # the catch-ups run in the sinks' delivery lane
+                await asyncio.sleep(0)
+            checked.append(sinks[2].verified)
+        world.verifier.recovered(world.slot(PlainSink(), "other-type"))  # no such kind: nothing
+        return checked
+
+    assert asyncio.run(scenario()) == [1, 1, 2]
+    assert sinks[0].verified == 0  # the one that recovered is not asked
+
+
+class AnsweringSink(CheckedSink):
+    """Answers `verify` with the value or the exception it is given, and records what it got."""
+
+    def __init__(self, answer: bool | Exception) -> None:
+        super().__init__()
+        self.answer = answer
+        self.asked: list[Token] = []
+
+    async def verify(self, token: Token) -> bool:
+        self.asked.append(token)
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
+
+
+@pytest.mark.parametrize(
+    ("answer", "result", "logged"),
+    [
+        (True, True, []),
+        (False, False, []),  # written again
+        (
+            TokendError("vault is sealed", code="sealed", transient=True),
+            True,  # cannot tell now: asked again at the next check
+            [("DEBUG", "sink store: cannot verify: vault is sealed", "crm", False)],
+        ),
+        (
+            RuntimeError("bug"),
+            True,
+            [("ERROR", "sink store: unexpected failure to verify", "crm", True)],
+        ),
+    ],
+)
+def test_what_a_sink_answers_and_what_is_said_when_it_cannot(
+    answer: bool | Exception,
+    result: bool,
+    logged: list[tuple[str, str, str, bool]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    world = World()
+    sink = AnsweringSink(answer)
+    slot = world.slot(sink)
+    token = world.token()
+    with caplog.at_level(logging.DEBUG, "tokend"):
+        assert asyncio.run(verified(slot, token)) is result
+    assert sink.asked == [token]
+    assert [
+        (r.levelname, r.getMessage(), r.__dict__.get("token"), r.exc_info is not None)
+        for r in caplog.records
+    ] == logged
+    assert asyncio.run(verified(world.slot(PlainSink(), "plain"), token)) is True  # cannot tell

@@ -154,17 +154,22 @@ class Engine:
         self._leading = leading
         self._transitions += 1
         jobs = [job for name, job in self.jobs.items() if name in self._leader_only]
-        everywhere = [job for name, job in self.jobs.items() if name not in self._leader_only]
-        now = self._clock.now()
+        mixed = [
+            job
+            for name, job in self.jobs.items()
+            if name not in self._leader_only and any(s.shared for s in job.publisher.slots)
+        ]
+        more = f", and the shared sinks of {len(mixed)} more" if mixed else ""
         if not leading:
             for job in jobs:
                 job.halt()
-            for job in everywhere:
+            for job in mixed:
                 job.publisher.follow()
-            log.warning("not leading: stopped %d tokens with shared sinks", len(jobs))
+            log.warning("not leading: stopped %d tokens with only shared sinks%s", len(jobs), more)
             return
-        log.info("leading: starting %d tokens with shared sinks", len(jobs))
-        for job in everywhere:
+        log.info("leading: starting %d tokens with only shared sinks%s", len(jobs), more)
+        now = self._clock.now()
+        for job in mixed:
             job.publisher.lead(now)
         carried = {job.name: job.token for job in jobs if job.token and job.token.is_valid(now)}
         task = asyncio.get_running_loop().create_task(self._launch(jobs, carried))
