@@ -41,6 +41,11 @@ def bench(script: str, *args: str) -> str:
             r"N=\s+50\s+settled in\s+[\d.]+s\s+RSS\s+[\d.]+ MB",
         ),
         (
+            "startup_ab.py",
+            [str(BENCH.parent), "--pairs", "1"],
+            r"new/old wall, median of 1 pairs: [\d.]+",
+        ),
+        (
             "startup.py",
             ["--runs", "2"],
             r"first token published \(run\): median [\d.]+s[\s\S]*imports of status: [\d.]+s",

@@ -1,0 +1,67 @@
+"""Start-up, old code against new: `tokend run` (or `once`) from two checkouts in alternation,
+timed from `Popen` to the token file appearing, with tokend's CPU time at that moment; the
+median of each and of the pair-by-pair ratios (pairing cancels a machine's drift).
+
+    python bench/startup_ab.py OLD_CHECKOUT [NEW_CHECKOUT] [--pairs N] [--command run|once]
+
+Both run on this venv's interpreter with `PYTHONPATH=<checkout>`, from a neutral directory
+(`python -m` inside a checkout would import that checkout whatever `PYTHONPATH` says).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from common import BENCH, ENV, PYTHON, fast_provider, free_port, machine, process_cpu, write_config
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("old", type=Path)
+    parser.add_argument("new", type=Path, nargs="?", default=BENCH.parent)
+    parser.add_argument("--pairs", type=int, default=20)
+    parser.add_argument("--command", choices=["run", "once"], default="run")
+    args = parser.parse_args()
+    print(f"machine: {machine()}; load average {os.getloadavg()[0]:.2f}")
+    with fast_provider() as provider, tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "out"
+        out.mkdir()
+        listen = f"127.0.0.1:{free_port()}"
+        config = write_config(Path(tmp) / "ab.yaml", provider, 1, out, listen=listen)
+        runs: dict[str, list[tuple[float, float]]] = {"old": [], "new": []}
+        for _ in range(args.pairs):
+            for name, checkout in (("old", args.old), ("new", args.new)):
+                runs[name].append(first_token(checkout, args.command, config, out / "t0.token"))
+    for name, figures in runs.items():
+        wall = statistics.median(w for w, _ in figures)
+        cpu = statistics.median(c for _, c in figures)
+        print(f"{name}: {args.command} first token median {wall:.3f}s wall, {cpu:.3f}s CPU")
+    ratios = [new[0] / old[0] for old, new in zip(runs["old"], runs["new"], strict=True)]
+    print(f"new/old wall, median of {args.pairs} pairs: {statistics.median(ratios):.3f}")
+
+
+def first_token(checkout: Path, command: str, config: Path, token: Path) -> tuple[float, float]:
+    token.unlink(missing_ok=True)
+    env = {**os.environ, **ENV, "PYTHONPATH": str(checkout.resolve())}
+    argv = [PYTHON, "-m", "tokend", "--log-level", "warning", command, "-c", str(config)]
+    started = time.perf_counter()
+    process = subprocess.Popen(argv, env=env, cwd=tempfile.gettempdir(), stderr=subprocess.DEVNULL)
+    try:
+        while not token.exists():  # a benchmark's tight poll
+            if process.poll() is not None and not token.exists():
+                raise SystemExit(f"tokend from {checkout} exited with {process.returncode}")
+            time.sleep(0.0005)
+        return time.perf_counter() - started, process_cpu(process.pid)
+    finally:
+        process.kill()
+        process.wait(30)
+
+
+if __name__ == "__main__":
+    main()
