@@ -21,7 +21,6 @@ from tokend.logs import setup_logging
 
 if TYPE_CHECKING:
     from tokend.configfile import LoadedConfig
-    from tokend.server import HttpListener
 
 log = logging.getLogger("tokend")
 
@@ -177,41 +176,17 @@ def _serve(
     announce: str | None = None,
     dev_idp: bool = False,
 ) -> int:
-    """Run the daemon (and, for `tokend dev`, the development identity provider beside it)."""
-    import asyncio
-
-    from tokend.daemon import Daemon
+    from tokend.daemon import run_daemon
     from tokend.server import ListenError
 
-    async def serve() -> int:
-        try:
-            companions = [_dev_idp()] if dev_idp else []
-            daemon = Daemon(
-                loaded.config, reload_config=functools.partial(_reloader, args, loaded.source)
-            )
-        except ListenError as exc:
-            log.error("%s", exc)
-            return EXIT_USAGE
-        tasks = [asyncio.create_task(listener.serve(app)) for listener, app in companions]
-        try:
-            return await daemon.run(
-                on_started=(lambda: print(announce, flush=True)) if announce else None
-            )
-        finally:
-            for listener, _ in companions:
-                listener.stop()
-            await asyncio.gather(*tasks)
-
-    return asyncio.run(serve())
-
-
-def _dev_idp() -> tuple[HttpListener, object]:
-    """The development identity provider's listener (bound) and app, for `tokend dev`."""
-    from tokend.devidp import DEV_IDP_LISTEN, dev_idp_app
-    from tokend.server import HttpListener
-    from tokend.transport import split_listen
-
-    return HttpListener(*split_listen(DEV_IDP_LISTEN)), dev_idp_app()
+    reload_config = functools.partial(_reloader, args, loaded.source)
+    try:
+        return run_daemon(
+            loaded.config, reload_config=reload_config, announce=announce, dev_idp=dev_idp
+        )
+    except ListenError as exc:
+        log.error("%s", exc)
+        return EXIT_USAGE
 
 
 def _seconds(text: str) -> float:
@@ -296,10 +271,12 @@ def _status(args: argparse.Namespace) -> int:
     """Standard library and YAML only: scripts and probes call this often."""
     import json
 
-    from tokend.status import StatusUnavailable, fetch_status, render_table
+    from tokend.status import StatusUnavailable, fetch_status, listener_url, render_table
 
-    url = args.url or _listener_url(args)
-    if url is None:
+    try:
+        url = args.url or listener_url(args.config)
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
         return EXIT_USAGE
     try:
         status = fetch_status(url)
@@ -308,26 +285,6 @@ def _status(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     print(json.dumps(status, indent=2) if args.json else render_table(status))
     return EXIT_OK if status.get("ready") else EXIT_FAILED
-
-
-def _listener_url(args: argparse.Namespace) -> str | None:
-    """The listener the config names (its `listen:` alone is read: the rest of the config is not
-    this command's business); the default address when there is no config file."""
-    from tokend.configfile import config_path, listen_of
-    from tokend.transport import DEFAULT_LISTEN
-
-    path = config_path(args.config)
-    if not args.config and not path.exists():
-        return f"http://{DEFAULT_LISTEN}"
-    try:
-        listen = listen_of(path)
-    except ValueError as exc:
-        print(exc, file=sys.stderr)
-        return None
-    if listen is None:
-        print(f"{path}: listen is off: tokend serves no status (use --url)", file=sys.stderr)
-        return None
-    return f"http://{listen}"
 
 
 def _endpoint(args: argparse.Namespace) -> int:

@@ -198,6 +198,44 @@ class Daemon:
         return True
 
 
+def run_daemon(
+    config: Config,
+    *,
+    reload_config: Callable[[], LoadedConfig],
+    announce: str | None = None,
+    dev_idp: bool = False,
+) -> int:
+    """Run tokend until a signal stops it (and, for `tokend dev`, the development identity
+    provider beside it); `announce` is printed once started. Raises `ListenError`."""
+    return asyncio.run(_serve(config, reload_config, announce, dev_idp))
+
+
+async def _serve(
+    config: Config,
+    reload_config: Callable[[], LoadedConfig],
+    announce: str | None,
+    dev_idp: bool,
+) -> int:
+    companions = [_dev_idp()] if dev_idp else []
+    daemon = Daemon(config, reload_config=reload_config)
+    tasks = [asyncio.create_task(listener.serve(app)) for listener, app in companions]
+    try:
+        return await daemon.run(
+            on_started=(lambda: print(announce, flush=True)) if announce else None
+        )
+    finally:
+        for listener, _ in companions:
+            listener.stop()
+        await asyncio.gather(*tasks)
+
+
+def _dev_idp() -> tuple[HttpListener, object]:
+    """The development identity provider's listener (bound) and app, for `tokend dev`."""
+    from tokend.devidp import DEV_IDP_LISTEN, dev_idp_app  # noqa: PLC0415 - `tokend dev` only
+
+    return HttpListener(*split_listen(DEV_IDP_LISTEN)), dev_idp_app()
+
+
 def _endpoint(config: Config, engine: Engine, metrics: Metrics, clock: Clock) -> Endpoint | None:
     """The local token endpoint, when configured (binds now: a busy port stops the start)."""
     if config.endpoint is None:

@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from tokend.clock import format_span
-from tokend.transport import USER_AGENT, is_loopback
+from tokend.transport import DEFAULT_LISTEN, USER_AGENT, is_loopback
 
 if TYPE_CHECKING:
     from tokend.engine import Engine, SinkView, TokenView
@@ -90,6 +90,21 @@ class StatusUnavailable(Exception):
 class _NoRedirects(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, *args: Any, **kwargs: Any) -> None:
         return None  # no HTTP client in tokend follows a redirect: the 3xx is the answer
+
+
+def listener_url(config: str | None) -> str:
+    """The listener the config names (its `listen:` alone is read: the rest of the config is not
+    this command's business); the default address when no config file is named or found.
+    Raises ValueError saying why there is none."""
+    from tokend.configfile import config_path, listen_of  # noqa: PLC0415 - `tokend status` only
+
+    path = config_path(config)
+    if not config and not path.exists():
+        return f"http://{DEFAULT_LISTEN}"
+    listen = listen_of(path)
+    if listen is None:
+        raise ValueError(f"{path}: listen is off: tokend serves no status (use --url)")
+    return f"http://{listen}"
 
 
 def fetch_status(url: str) -> dict[str, Any]:
