@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 from tests.conftest import entra_identity, write_config
 from tests.support import idp as faults
 from tests.support.idp import CLIENT_SECRET, FakeIdp
-from tests.support.processes import tokend
+from tests.support.processes import start_tokend, tokend, wait_for
 from tokend import __version__
 
 
@@ -149,3 +150,21 @@ def test_missing_config_is_a_clear_error(tmp_path: Path) -> None:
     result = tokend("run", "-c", str(tmp_path / "absent.yaml"))
     assert result.returncode == 2
     assert result.stderr == f"{tmp_path}/absent.yaml: config file not found\n"
+
+
+def test_tokend_dev_runs_its_identity_provider_and_publishes(tmp_path: Path) -> None:
+    """The README's first command: the built-in identity provider on loopback, three tokens
+    under ./var/tokens, the listener answering, a clean stop."""
+    process = start_tokend("dev", cwd=tmp_path)
+    try:
+        tokens = tmp_path / "var" / "tokens"
+        names = ("crm.token", "graph.json", "api.env")
+        wait_for(lambda: all((tokens / name).exists() for name in names), what="dev tokens")
+        assert json.loads((tokens / "graph.json").read_text())["access_token"]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(20) == 0
+    assert process.stdout is not None
+    announced = process.stdout.read()
+    assert "tokend dev is running. Ctrl-C stops it." in announced
+    assert f"tokens             {tokens}/" in announced
