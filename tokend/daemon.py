@@ -125,6 +125,7 @@ class Daemon:
         # dropped. Both before the scheduler and the thread pool go away under them.
         await asyncio.gather(*self._reload_tasks, return_exceptions=True)
         await self.service.stopping()
+        self.engine.wind_down()
         finished = await self.scheduler.stop(SHUTDOWN_TIMEOUT)
         if not finished:
             log.warning("stopped refreshes still running after %.0fs", SHUTDOWN_TIMEOUT)

@@ -176,6 +176,26 @@ def test_sighups_then_sigterm_stop_cleanly(idp: FakeIdp, tmp_path: Path) -> None
     assert text.rstrip().endswith("stopped")
 
 
+def test_a_failure_during_the_stop_claims_no_next_try(idp: FakeIdp, tmp_path: Path) -> None:
+    """A request in flight when SIGTERM arrives finishes, and its failure is logged with its
+    reason but no 'next try in': there will be none."""
+    log = tmp_path / "tokend.log"
+    config = write_config(tmp_path / "c.yaml", _document(idp, tmp_path))
+    idp.fail(faults.hang(2))  # answers 504, two seconds after the request
+    process = start_tokend("run", "-c", str(config), log=log)
+    try:
+        wait_for(lambda: idp.token_requests, what="the request in flight")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(20) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    failures = [line for line in log.read_text().splitlines() if "refresh failed" in line]
+    assert len(failures) == 1, failures
+    assert "HTTP 504" in failures[0] and failures[0].endswith("; no valid token")
+    assert "next try" not in failures[0]
+
+
 def test_status_from_something_that_is_not_tokend(tmp_path: Path) -> None:
     async def status(request: Request) -> JSONResponse:
         return JSONResponse({"tokens": ["not", "a", "mapping"]})

@@ -261,6 +261,11 @@ class Engine:
         )
         return len(results) == len(jobs) and all(results.values())
 
+    def wind_down(self) -> None:
+        """The process is stopping: runs in progress finish, nothing new is planned."""
+        for job in self.jobs.values():
+            job.wind_down()
+
     async def stop(self, timeout: float = 10.0) -> None:
         """Stop every job; let sink deliveries in flight finish (up to `timeout` s); close the
         sinks."""

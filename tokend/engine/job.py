@@ -206,6 +206,11 @@ class TokenJob:
             await sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def wind_down(self) -> None:
+        """The process is stopping: a run in progress finishes (its token is published and
+        saved), but nothing more is planned and its outcome claims no next try."""
+        self._scheduled = False
+
     def halt(self) -> None:
         """Stop at once, writes included (leadership lost): nothing is planned, sink writes in
         flight are cancelled, and the answer to a request in flight is dropped unpublished.
@@ -285,7 +290,7 @@ class TokenJob:
         token = await self._acquire_once()
         if token is not None and not self._stopped:
             self.publisher.publish_in_background(token)
-        if not self._stopped and not self._waiting and self.next_run is not None:
+        if not self._stopped and not self._waiting and self._scheduled and self.next_run:
             self._plan(self.next_run)
 
     def _plan(self, at: datetime) -> None:
