@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+
+import pytest
 
 from tests.support.clock import FakeClock
 from tests.support.requests import client_secret_request
@@ -220,3 +223,28 @@ def test_drain_gives_up_on_a_stuck_lane_after_the_timeout_and_says_so() -> None:
         return await asyncio.wait_for(deliveries.drain(0.1), 0.9)
 
     assert asyncio.run(scenario()) is False
+
+
+@pytest.mark.parametrize("ticks", [0, 1, 2, 3])
+def test_stopping_right_after_a_wake_up_logs_no_error(
+    ticks: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A stop just as APScheduler starts its wake-up (here: a key due now, then a stop after
+    `ticks` turns of the loop) must not leave it to be cancelled at the loop's close, which
+    APScheduler logs as an error with a traceback: tokend's stop is clean."""
+
+    async def scenario() -> None:
+        scheduler = ApsScheduler()
+        scheduler.start()
+
+        async def job() -> None:
+            return None
+
+        scheduler.schedule("crm", datetime.now(UTC), job)
+        for _ in range(ticks):
+            await asyncio.sleep(0)
+        assert await scheduler.stop(1)
+
+    with caplog.at_level(logging.WARNING):
+        asyncio.run(scenario())
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("apscheduler")] == []

@@ -74,9 +74,15 @@ class ApsScheduler:
 
     async def stop(self, timeout: float) -> bool:
         """Run nothing new; wait up to `timeout` s for running jobs. False if some were cut off."""
-        if self._aps.running:
-            self._aps.shutdown(wait=False)
         self._pending.clear()
+        if self._aps.running:
+            # Paused first: a wake-up APScheduler has already begun runs to its end (handing
+            # out nothing: nothing is pending) rather than being cancelled by the shutdown,
+            # which APScheduler would log as an error with a traceback.
+            self._aps.pause()
+            for _ in range(2):  # the call that starts the wake-up's task, then the task
+                await asyncio.sleep(0)
+            self._aps.shutdown(wait=False)
         return await self.runner.close(timeout)
 
     def _wake_at(self, at: datetime) -> None:
