@@ -24,7 +24,7 @@ from tokend import __version__
 from tokend.config import Config
 from tokend.engine import Phase
 from tokend.engine.engine import LeadershipView
-from tokend.engine.query import SinkView, TokenView
+from tokend.engine.query import Census, SinkView, TokenView
 from tokend.metrics import Metrics
 from tokend.oauth.grants.base import CredentialState
 
@@ -91,10 +91,31 @@ HELP = {
         "1 while this replica holds the leader election's lease, else 0.",
     ),
     "tokend_leader_transitions": ("counter", "Times this replica started or stopped leading."),
+    "tokend_tokens": ("gauge", "Configured tokens in each state (as /status names it)."),
+    "tokend_token_expiry_earliest_timestamp_seconds": (
+        "gauge",
+        "When the soonest-expiring valid token held expires (Unix time); absent if none.",
+    ),
+    "tokend_refreshes": ("counter", "Token requests of every token, by outcome."),
+    "tokend_sink_publishes": (
+        "counter",
+        "Attempts to publish a token to a sink, every token and sink, by outcome.",
+    ),
 }
 """Every family's type and help text: dashboards and the operations guide quote them."""
 LEADER_FAMILIES = ("tokend_leader", "tokend_leader_transitions")
 """Only with leader election."""
+INSTANCE_SERIES = (
+    "tokend_tokens",
+    "tokend_token_expiry_earliest_timestamp_seconds",
+    "tokend_refreshes_total",
+    "tokend_sink_publishes_total",
+)
+"""Instance-wide series (whatever the number of tokens): tested apart from the per-token ones."""
+
+
+def _per_token(samples: Samples) -> Samples:
+    return {key: value for key, value in samples.items() if key[0] not in INSTANCE_SERIES}
 
 
 def _families(metrics: Metrics) -> dict[str, tuple[str, str]]:
@@ -184,7 +205,13 @@ def test_metric_values_through_a_token_life(idp: FakeIdp, tmp_path: Path) -> Non
             assert _families(metrics) == {
                 name: value for name, value in HELP.items() if name not in LEADER_FAMILIES
             }
-            assert healthy == {
+            everything = ("tokend_tokens", frozenset({("state", "sink_failing")}))
+            assert healthy[everything] == 1.0  # one sink of one token failing
+            assert healthy[("tokend_refreshes_total", frozenset({("result", "success")}))] == 1.0
+            assert healthy[("tokend_sink_publishes_total", frozenset({("result", "error")}))] == 1
+            earliest = ("tokend_token_expiry_earliest_timestamp_seconds", frozenset())
+            assert healthy[earliest] == token.expires_at.timestamp()
+            assert _per_token(healthy) == {
                 build: 1.0,
                 ("tokend_token_expiry_timestamp_seconds", crm): token.expires_at.timestamp(),
                 ("tokend_token_next_refresh_timestamp_seconds", crm): job.next_run.timestamp(),
@@ -235,7 +262,8 @@ def test_metric_values_through_a_token_life(idp: FakeIdp, tmp_path: Path) -> Non
 
 
 class ViewsOnly:
-    """An engine as the collector sees it: `query(now)`, `leadership()` and nothing else."""
+    """An engine as the collector sees it: `query(now)`, `view(name, now)`, `census(now, late)`
+    (here: from the views), `leadership()` and nothing else."""
 
     def __init__(self, *views: TokenView, leadership: LeadershipView | None = None) -> None:
         self.views = views
@@ -243,6 +271,27 @@ class ViewsOnly:
 
     def query(self, now: datetime) -> Iterator[TokenView]:
         return iter(self.views)
+
+    def view(self, name: str, now: datetime) -> TokenView | None:
+        return next((view for view in self.views if view.name == name), None)
+
+    def census(self, now: datetime, late: datetime) -> Census:
+        census = Census(
+            refreshes=dict.fromkeys(("success", "transient_error", "permanent_error"), 0),
+            publishes=dict.fromkeys(("success", "error"), 0),
+        )
+        for view in self.views:
+            if view.dormant:
+                census.dormant += 1
+                continue
+            census.states[view.phase] += 1
+            if view.standby:
+                continue
+            census.attention.append(view.name)
+            credential = view.credential
+            if credential and credential.expires_at:
+                census.credentials.setdefault(credential.identity, credential.expires_at)
+        return census
 
     def leadership(self) -> LeadershipView | None:
         return self._leadership
