@@ -22,6 +22,7 @@ from common import (
     ENV,
     PYTHON,
     TOKEND,
+    Provider,
     fast_provider,
     free_port,
     machine,
@@ -39,11 +40,7 @@ def main() -> None:
     args = parser.parse_args()
     print(f"machine: {machine()}; load average {os.getloadavg()[0]:.2f}")
     with fast_provider() as provider, tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "out"
-        out.mkdir()
-        listen = f"127.0.0.1:{free_port()}"
-        config = write_config(Path(tmp) / "startup.yaml", provider, 1, out, listen=listen)
-        token_file = out / "t0.token"
+        config, token_file, listen = one_token(provider, Path(tmp))
         times = [first_token(config, token_file) for _ in range(args.runs)]
         report("first token published (run)", times)
         commands = {
@@ -62,6 +59,15 @@ def main() -> None:
         print(f"interpreter start: {interpreter:.3f}s")
         for name, command in commands.items():
             print(imports_of(name, command))
+
+
+def one_token(provider: Provider, directory: Path) -> tuple[Path, Path, str]:
+    """A config of one token, listener on: (the config, its token file, the listen address)."""
+    out = directory / "out"
+    out.mkdir()
+    listen = f"127.0.0.1:{free_port()}"
+    config = write_config(directory / "startup.yaml", provider, 1, out, listen=listen)
+    return config, out / "t0.token", listen
 
 
 def report(name: str, times: list[float]) -> None:

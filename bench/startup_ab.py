@@ -18,7 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import BENCH, ENV, PYTHON, fast_provider, free_port, machine, process_cpu, write_config
+from common import BENCH, ENV, PYTHON, fast_provider, machine, process_cpu
+from startup import one_token
 
 
 def main() -> None:
@@ -30,14 +31,11 @@ def main() -> None:
     args = parser.parse_args()
     print(f"machine: {machine()}; load average {os.getloadavg()[0]:.2f}")
     with fast_provider() as provider, tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "out"
-        out.mkdir()
-        listen = f"127.0.0.1:{free_port()}"
-        config = write_config(Path(tmp) / "ab.yaml", provider, 1, out, listen=listen)
+        config, token, _ = one_token(provider, Path(tmp))
         runs: dict[str, list[tuple[float, float]]] = {"old": [], "new": []}
         for _ in range(args.pairs):
             for name, checkout in (("old", args.old), ("new", args.new)):
-                runs[name].append(first_token(checkout, args.command, config, out / "t0.token"))
+                runs[name].append(first_token(checkout, args.command, config, token))
     for name, figures in runs.items():
         wall = statistics.median(w for w, _ in figures)
         cpu = statistics.median(c for _, c in figures)

@@ -44,6 +44,26 @@ class FakeSystemd:
         self._socket.close()
 
 
+def _config(idp: FakeIdp, tmp_path: Path, **extra: str) -> Path:
+    """Token `crm` into `tmp_path/crm.token`; no listener."""
+    return write_config(
+        tmp_path / "config.yaml",
+        {
+            "identities": {"app": entra_identity(idp, CLIENT_SECRET)},
+            "tokens": {
+                "crm": {
+                    "identity": "app",
+                    "resource": "https://crm.example",
+                    "sinks": [{"type": "file", "path": str(tmp_path / "crm.token")}],
+                }
+            },
+            "defaults": {"startup_spread": 0},
+            "listen": None,
+            **extra,
+        },
+    )
+
+
 @pytest.fixture
 def systemd(tmp_path: Path) -> Iterator[FakeSystemd]:
     fake = FakeSystemd(tmp_path / "notify.sock")
@@ -55,21 +75,7 @@ def test_ready_status_reloading_stopping_and_watchdog(
     idp: FakeIdp, tmp_path: Path, systemd: FakeSystemd
 ) -> None:
     token = tmp_path / "crm.token"
-    config = write_config(
-        tmp_path / "config.yaml",
-        {
-            "identities": {"app": entra_identity(idp, CLIENT_SECRET)},
-            "tokens": {
-                "crm": {
-                    "identity": "app",
-                    "resource": "https://crm.example",
-                    "sinks": [{"type": "file", "path": str(token)}],
-                }
-            },
-            "defaults": {"startup_spread": 0},
-            "listen": None,
-        },
-    )
+    config = _config(idp, tmp_path)
     idp.fail(faults.html(502))  # the first attempt fails: no READY before the token is published
     env = {"NOTIFY_SOCKET": str(systemd.path), "WATCHDOG_USEC": "200000"}
     process = start_tokend("run", "-c", str(config), env=env, log=tmp_path / "tokend.log")
@@ -135,22 +141,7 @@ def test_systemd_ready_started_is_ready_before_any_token(
     """`systemd_ready: started`: READY as soon as tokend runs, though the identity provider
     has not answered once (units ordered after tokend need not wait for the first token)."""
     token = tmp_path / "crm.token"
-    config = write_config(
-        tmp_path / "config.yaml",
-        {
-            "identities": {"app": entra_identity(idp, CLIENT_SECRET)},
-            "tokens": {
-                "crm": {
-                    "identity": "app",
-                    "resource": "https://crm.example",
-                    "sinks": [{"type": "file", "path": str(token)}],
-                }
-            },
-            "defaults": {"startup_spread": 0},
-            "listen": None,
-            "systemd_ready": "started",
-        },
-    )
+    config = _config(idp, tmp_path, systemd_ready="started")
     idp.policy = lambda request: faults.html(502)  # never a token
     env = {"NOTIFY_SOCKET": str(systemd.path)}
     process = start_tokend("run", "-c", str(config), env=env, log=tmp_path / "tokend.log")
