@@ -135,8 +135,7 @@ class Daemon:
             if not self.listener.serving:
                 serving.cancel()  # still waiting for the first round: nothing to wind down
             self.listener.stop()
-            with contextlib.suppress(asyncio.CancelledError):
-                await serving
+            await asyncio.gather(serving, return_exceptions=True)
         log.info("stopped")
         return 0
 
@@ -208,10 +207,10 @@ def run_daemon(
 ) -> int:
     """Run tokend until a signal stops it (and, for `tokend dev`, the development identity
     provider beside it); `announce` is printed once started. Raises `ListenError`."""
-    return asyncio.run(_serve(config, reload_config, announce, dev_idp))
+    return asyncio.run(_run_until_stopped(config, reload_config, announce, dev_idp))
 
 
-async def _serve(
+async def _run_until_stopped(
     config: Config,
     reload_config: Callable[[], LoadedConfig],
     announce: str | None,
