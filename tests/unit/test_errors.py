@@ -16,6 +16,17 @@ from tokend.oauth.errors import (
 )
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture(autouse=True)
+def _own_redactor(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The process's redactor, empty for each test here: secrets other tests registered (a
+    secret that is a plain word) would mask words in the texts these tests compare."""
+    monkeypatch.setattr(redactor, "_secrets", set())
+    monkeypatch.setattr(redactor, "_pattern", None)
+    monkeypatch.setattr(redactor, "_tokens", {})
+
+
 PEER = Peer("crm", "login.microsoftonline.com")
 
 
