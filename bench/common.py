@@ -90,13 +90,22 @@ def write_config(
     *,
     lifetimes: list[int] | None = None,
     listen: str | None = None,
+    dirs: int = 0,
+    top: dict[str, object] | None = None,
     **defaults: object,
 ) -> Path:
-    """A tokend config with `count` Entra v1 tokens (file sinks in `out`), secret from env."""
+    """A tokend config with `count` Entra v1 tokens (file sinks in `out`, or spread over `dirs`
+    directories under it), secret from env; `top`: more top-level keys."""
 
     def resource(index: int) -> str:
         life = f"/life-{lifetimes[index % len(lifetimes)]}" if lifetimes else ""
         return f"https://api{index}.bench{life}"
+
+    def sink_path(index: int) -> Path:
+        return out / (f"d{index % dirs}" if dirs else "") / f"t{index}.token"
+
+    for index in range(dirs):
+        (out / f"d{index}").mkdir(parents=True, exist_ok=True)
 
     document = {
         "identities": {
@@ -112,12 +121,13 @@ def write_config(
             f"t{index}": {
                 "identity": "bench",
                 "resource": resource(index),
-                "sinks": [{"type": "file", "path": str(out / f"t{index}.token")}],
+                "sinks": [{"type": "file", "path": str(sink_path(index))}],
             }
             for index in range(count)
         },
         "defaults": {"startup_spread": 0, **defaults},
         "listen": listen,
+        **(top or {}),
     }
     path.write_text(yaml.safe_dump(document, sort_keys=False))
     return path

@@ -32,7 +32,6 @@ from array import array
 from pathlib import Path
 
 import httpx2
-import yaml
 from common import (
     ENV,
     PYTHON,
@@ -44,6 +43,7 @@ from common import (
     process_cpu,
     run_measured,
     self_cpu,
+    write_config,
 )
 from footprint import _memory_mb
 
@@ -54,32 +54,19 @@ def write_scale_config(path: Path, provider: Provider, count: int, dirs: int, ou
     """`count` tokens of one identity, each with a file sink in one of `dirs` directories.
     refresh_threshold is over half of every lifetime the provider gives (so refreshes come at
     half-life) and jitter 0 (so they come when the provider aimed them)."""
-    for index in range(dirs):
-        (out / f"d{index}").mkdir(parents=True, exist_ok=True)
-    document = {
-        "identities": {
-            "bench": {
-                "tenant": "bench",
-                "authority_host": provider.url,
-                "allow_insecure_http": True,
-                "client_id": "bench",
-                "credential": {"type": "client_secret", "secret": {"env": "BENCH_SECRET"}},
-            }
-        },
-        "tokens": {
-            f"t{index}": {
-                "identity": "bench",
-                "resource": f"https://api{index}.bench",
-                "sinks": [{"type": "file", "path": str(out / f"d{index % dirs}/t{index}")}],
-            }
-            for index in range(count)
-        },
-        "defaults": {"refresh_threshold": "12h", "jitter": 0, "startup_spread": 0},
-        "listen": f"127.0.0.1:{free_port()}",
-        "metrics": {"per_token": "problems"},
-    }
-    path.write_text(yaml.safe_dump(document, sort_keys=False))
-    return path
+    listen = f"127.0.0.1:{free_port()}"
+    top: dict[str, object] = {"metrics": {"per_token": "problems"}}
+    return write_config(
+        path,
+        provider,
+        count,
+        out,
+        listen=listen,
+        dirs=dirs,
+        top=top,
+        refresh_threshold="12h",
+        jitter=0,
+    )
 
 
 def loadavg() -> str:

@@ -35,7 +35,7 @@ from tokend.engine.recovery import Recovery
 from tokend.engine.state import StateStore
 from tokend.engine.verifier import Verifier
 from tokend.oauth import GrantContext, HttpSettings, Target, TokenRequest, build_grant
-from tokend.oauth.dialects import DEFAULT_AUTHORITY_HOST, endpoint_for
+from tokend.oauth.dialects import DEFAULT_AUTHORITY_HOST
 from tokend.oauth.grants.signin import refresh_token_files
 from tokend.oauth.jwks import JWKS, Connection
 from tokend.oauth.verify import VerifyingAcquirer, expectation
@@ -208,15 +208,7 @@ class _Parts:
         target = Target(spec.resource, tuple(spec.scopes or ()))
         key = ("grant", spec.identity, spec.resource is not None)
         if key not in self._shared:
-            endpoint = endpoint_for(
-                target,
-                tenant=identity.tenant,
-                authority_host=identity.authority_host,
-                token_endpoint=identity.token_endpoint,
-                issuer=identity.issuer,
-                allow_insecure_http=identity.allow_insecure_http,
-                ca_bundle=identity.ca_bundle or config.http.ca_bundle,
-            )
+            endpoint = identity.endpoint(target, config.http.ca_bundle)
             context = GrantContext(
                 identity.client_id or "",
                 endpoint,

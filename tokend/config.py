@@ -38,6 +38,7 @@ from tokend.durations import Duration, PositiveDuration
 from tokend.endpoint.options import EndpointOptions
 from tokend.engine.policy import DEFAULT_JITTER, DEFAULT_STARTUP_SPREAD, DEFAULT_THRESHOLD
 from tokend.errors import ConfigError
+from tokend.oauth.dialects import Endpoint, Target, endpoint_for
 from tokend.oauth.grants import CREDENTIALS, CredentialOptions
 from tokend.oauth.verify import VerifySetting
 from tokend.resources import RESOURCES
@@ -180,6 +181,18 @@ class Identity(_Model):
     @property
     def is_entra(self) -> bool:
         return self.tenant is not None
+
+    def endpoint(self, target: Target, default_ca_bundle: Path | None) -> Endpoint:
+        """Where this identity asks for `target` (`default_ca_bundle`: `http.ca_bundle`)."""
+        return endpoint_for(
+            target,
+            tenant=self.tenant,
+            authority_host=self.authority_host,
+            token_endpoint=self.token_endpoint,
+            issuer=self.issuer,
+            allow_insecure_http=self.allow_insecure_http,
+            ca_bundle=self.ca_bundle or default_ca_bundle,
+        )
 
 
 def _scope_list(value: Any) -> Any:

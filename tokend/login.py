@@ -27,7 +27,6 @@ from tokend.oauth.device_code import (
     poll_for_token,
     request_device_code,
 )
-from tokend.oauth.dialects import endpoint_for
 from tokend.oauth.grants.device_login import DeviceLoginGrant
 from tokend.oauth.grants.signin import refresh_token_files
 from tokend.oauth.http import Clients
@@ -89,15 +88,7 @@ def _plan(config: Config, token: str, resources: Resources) -> _Plan:
         sealer = Sealer(config.state_key.resolve(resources).reveal())
     except SecretError as exc:
         raise LoginError(f"state_key: {exc}") from None
-    endpoint = endpoint_for(
-        target,
-        tenant=identity.tenant,
-        authority_host=identity.authority_host,
-        token_endpoint=identity.token_endpoint,
-        issuer=identity.issuer,
-        allow_insecure_http=identity.allow_insecure_http,
-        ca_bundle=identity.ca_bundle or config.http.ca_bundle,
-    )
+    endpoint = identity.endpoint(target, config.http.ca_bundle)
     context = GrantContext(
         identity.client_id or "",
         endpoint,

@@ -9,6 +9,7 @@ and a slow kind of sink never holds up another.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from datetime import datetime
 
 from tokend.clock import Job
@@ -75,8 +76,9 @@ class Publisher:
         self._deliveries = deliveries
 
     @property
-    def _active(self) -> list[SinkSlot]:
-        return [slot for slot in self.slots if not slot.standby]
+    def _active(self) -> Iterator[SinkSlot]:
+        """The sinks this replica writes (all, without leader election)."""
+        return (slot for slot in self.slots if not slot.standby)
 
     async def publish(self, token: Token) -> bool:
         """Deliver `token` to every sink concurrently and wait. True when every sink holds it
