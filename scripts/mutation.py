@@ -284,6 +284,12 @@ def run(name: str, source: Path, fresh: bool, jobs: int) -> Score:
     new tests may kill it now)."""
     workspace = prepare(name, source, fresh)
     before = statuses(workspace)
+    # mutmut maps each function to the tests that call it once, on its first run, and later
+    # only maps tests that are new: a function added or changed since (main's refactors) would
+    # keep the few tests mapped to it then, and its mutants survive untested. Its stats are
+    # recollected every run (one traced run of the module's tests); verdicts stay cached per
+    # function in the .meta files.
+    (workspace / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
     started = time.monotonic()
     print(f"== {name}: mutmut run (log: {workspace / 'mutmut.log'})", flush=True)
     with servers(MODULES[name], source) as env:
