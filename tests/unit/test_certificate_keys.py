@@ -15,7 +15,13 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from tests.support.certs import client_cert
 from tokend.oauth.grants.certificate import CertificateOptions, certificate_problems
-from tokend.oauth.grants.keys import KeyMaterialError, SigningKey, load_pem, load_pkcs12
+from tokend.oauth.grants.keys import (
+    KeyMaterialError,
+    SigningKey,
+    load_pem,
+    load_pkcs12,
+    public_jwk,
+)
 
 CERT = client_cert()
 OTHER = client_cert("other", key_index=1)
@@ -109,6 +115,34 @@ def test_jwk_thumbprint_is_rfc7638() -> None:
     assert signing.jwk_thumbprint() == _b64url(hashlib.sha256(canonical.encode()).digest())
 
 
+@pytest.mark.parametrize("curve", [ec.SECP256R1(), ec.SECP384R1(), ec.SECP521R1()])
+def test_an_ec_keys_jwk_and_thumbprint(curve: ec.EllipticCurve) -> None:
+    """The RFC 7638 members of an EC key, as PyJWT writes them (x and y padded to the curve)."""
+    cert = client_cert(ec_curve=curve)
+    signing = load_pem(cert.cert_pem(), cert.key_pem(), None)
+    jwk = jwt.algorithms.ECAlgorithm.to_jwk(cert.key.public_key(), as_dict=True)  # type: ignore[arg-type]
+    members = {name: jwk[name] for name in ("crv", "kty", "x", "y")}
+    assert public_jwk(cert.key.public_key()) == members  # type: ignore[arg-type]
+    canonical = '{"crv":"%s","kty":"EC","x":"%s","y":"%s"}' % (jwk["crv"], jwk["x"], jwk["y"])  # noqa: UP031
+    assert signing.jwk_thumbprint() == _b64url(hashlib.sha256(canonical.encode()).digest())
+
+
+def test_an_rsa_keys_jwk() -> None:
+    assert public_jwk(CERT.key.public_key()) == {  # type: ignore[arg-type]
+        "e": "AQAB",
+        "kty": "RSA",
+        "n": jwt.algorithms.RSAAlgorithm.to_jwk(CERT.key.public_key(), as_dict=True)["n"],  # type: ignore[arg-type]
+    }
+
+
+def test_x5c_is_the_chain_leaf_first() -> None:
+    signing = load_pem(OTHER.cert_pem() + CERT.cert_pem(), CERT.key_pem(), None)
+    assert signing.x5c() == [
+        base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode()
+        for cert in (CERT.certificate, OTHER.certificate)
+    ]
+
+
 def test_repr_shows_no_key_material() -> None:
     signing = load_pem(CERT.cert_pem(), CERT.key_pem(), None)
     assert repr(signing).startswith("SigningKey(subject='CN=tokend test app', not_after=")
@@ -151,6 +185,37 @@ def test_preflight_reports_what_check_must_say(tmp_path: Path) -> None:
     rsa_files = {"certificate": {"file": str(cert_path)}, "private_key": {"file": str(key_path)}}
     assert preflight(**rsa_files, algorithm="ES256") == [
         "algorithm ES256 needs an EC key; this key is RSA"
+    ]
+
+
+def test_preflight_reads_every_form(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`tokend check` loads the key material as the daemon will: a PKCS#12 bundle with its
+    password, an encrypted PEM key, a key inside the certificate's PEM."""
+    monkeypatch.setenv("CERT_PASSWORD", "pw-1")
+
+    def preflight(**options: object) -> list[str]:
+        return CertificateOptions.model_validate({"type": "certificate", **options}).preflight()
+
+    bundle = tmp_path / "app.p12"
+    bundle.write_bytes(CERT.pkcs12(b"pw-1"))
+    password = {"env": "CERT_PASSWORD"}
+    assert preflight(pkcs12={"file": str(bundle)}, password=password) == []
+    assert preflight(pkcs12={"file": str(bundle)}) == [
+        "pkcs12: cannot be read (not PKCS#12, damaged, or the password is wrong)"
+    ]
+    monkeypatch.setenv("CERT_PASSWORD", "pw-2")
+    assert preflight(pkcs12={"file": str(bundle)}, password=password) == [
+        "pkcs12: cannot be read (not PKCS#12, damaged, or the password is wrong)"
+    ]
+    cert_path, key_path = CERT.write(tmp_path, "enc", password=b"pw-2")
+    pem = {"certificate": {"file": str(cert_path)}, "private_key": {"file": str(key_path)}}
+    assert preflight(**pem, password=password) == []
+    assert preflight(**pem) == ["private_key: the private key is encrypted: give its password"]
+    together = tmp_path / "together.pem"
+    together.write_bytes(CERT.cert_pem() + CERT.key_pem())
+    assert preflight(certificate={"file": str(together)}) == []
+    assert preflight(certificate={"file": str(cert_path)}) == [
+        "certificate: no PEM private key in it"
     ]
 
 
