@@ -130,6 +130,7 @@ MODULES: dict[str, Module] = {
             "tests/unit/test_verify_check.py",
             "tests/integration/test_jwks.py",
             "tests/unit/test_certificate_grant.py",
+            "tests/integration/test_client_parts.py",
             "tests/integration/test_client.py",
             "tests/integration/test_faults.py",
             f"{PROPERTIES}::test_error_responses_classify_cleanly",

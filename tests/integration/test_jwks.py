@@ -7,9 +7,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -21,6 +23,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from tests.support.clock import FakeClock
+from tests.support.pki import CertificateAuthority
 from tests.support.servers import free_port, serve
 from tokend.oauth.jwks import Connection, JwksCache, JwksError, JwksOptions
 from tokend.resources import Environment
@@ -49,11 +52,18 @@ class KeyServer:
     body: Any = field(default_factory=lambda: {"keys": []})
     delay: float = 0.0
     seen: list[tuple[str, str, str | None]] = field(default_factory=list)
+    active: int = 0
+    most: int = 0
 
     async def answer(self, request: Request) -> Response:
         self.seen.append((request.method, request.url.path, request.headers.get("accept")))
-        if self.delay:
-            await asyncio.sleep(self.delay)
+        self.active += 1
+        self.most = max(self.most, self.active)
+        try:
+            if self.delay:
+                await asyncio.sleep(self.delay)
+        finally:
+            self.active -= 1
         raw = self.body if isinstance(self.body, bytes) else json.dumps(self.body).encode()
         return Response(raw, status_code=self.status, media_type="application/json")
 
@@ -88,8 +98,8 @@ def cache_on(clock: FakeClock, **options: Any) -> JwksCache:
 def test_a_key_set_is_fetched_once_and_only_signing_keys_are_kept(server: KeyServer) -> None:
     a, b = rsa_jwk("a"), ec_jwk("b")
     server.body = {
-        "keys": [a, b, rsa_jwk("enc", use="enc"), rsa_jwk("sig", use="sig"), {"kty": "RSA",
-                 "kid": "broken"}, {"kty": "nope", "kid": "unknown-type"}, "not a key", 7],
+        "keys": ["not a key", a, rsa_jwk("enc", use="enc"), {"kty": "RSA", "kid": "broken"},
+                 b, {"kty": "nope", "kid": "unknown-type"}, 7, rsa_jwk("sig", use="sig")],
     }  # fmt: skip
     clock = FakeClock()
     cache = cache_on(clock)
@@ -257,7 +267,7 @@ def test_a_url_that_may_not_be_used_is_refused_for_good(
     with pytest.raises(JwksError) as caught:
         run(cache, lambda: cache.key(url, "a", connection))
     assert str(caught.value) == f"{url}: {reason}"
-    assert not caught.value.transient
+    assert caught.value.transient is False
 
 
 def test_nothing_listening_is_transient() -> None:
@@ -283,3 +293,33 @@ def test_closing_a_cache_that_never_fetched() -> None:
     cache = cache_on(FakeClock())
     asyncio.run(cache.close())
     cache.close_sync()
+    asyncio.run(cache.close())  # still nothing to close
+
+
+def test_fetches_of_different_urls_run_at_once_up_to_four(server: KeyServer) -> None:
+    server.delay = 0.6
+    cache = cache_on(FakeClock())
+    urls = [f"{server.url}/keys/{n}" for n in range(6)]
+    started = time.monotonic()
+
+    async def scenario() -> None:
+        await asyncio.gather(*(cache.document(url, LOOPBACK) for url in urls))
+
+    run(cache, scenario)
+    assert server.most == 4  # the cache's connection cap
+    assert time.monotonic() - started < 2.4  # 2 rounds, not 6 fetches one after another
+
+
+def test_keys_from_an_issuer_with_a_private_ca(tmp_path: Path) -> None:
+    authority = CertificateAuthority(tmp_path, "private CA")
+    keys = KeyServer(body={"keys": [rsa_jwk("a")]})
+    app = Starlette(routes=[Route("/{path:path}", keys.answer)])
+    with serve(app, tls=authority.issue("idp", "idp", server_ips=("127.0.0.1",))) as url:
+        cache = cache_on(FakeClock())
+        key = run(
+            cache, lambda: cache.key(f"{url}/keys", "a", Connection(ca_bundle=authority.cert))
+        )
+        assert key is not None and key.key_id == "a"
+        cache = cache_on(FakeClock())
+        with pytest.raises(JwksError, match="TLS: the server's certificate is not trusted"):
+            run(cache, lambda: cache.key(f"{url}/keys", "a", Connection()))

@@ -7,11 +7,15 @@ import base64
 import hashlib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import jwt
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.serialization import pkcs12
+from cryptography.x509.oid import NameOID
 
 from tests.support.certs import client_cert
 from tokend.oauth.grants.certificate import CertificateOptions, certificate_problems
@@ -217,6 +221,99 @@ def test_preflight_reads_every_form(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert preflight(certificate={"file": str(cert_path)}) == [
         "certificate: no PEM private key in it"
     ]
+
+
+def _self_signed(key: Any, name: str = "odd key") -> x509.Certificate:
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.now(UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=30))
+    )
+    hashing = None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
+    return builder.sign(key, hashing)
+
+
+def _pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def _key_pem(key: Any) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+@pytest.mark.parametrize(
+    ("key", "message"),
+    [
+        (ed25519.Ed25519PrivateKey.generate(), "private_key: the private key must be RSA or EC"),
+        (
+            ec.generate_private_key(ec.SECP256K1()),
+            "private_key: EC curve secp256k1 is not P-256, P-384 or P-521",
+        ),
+    ],
+)
+def test_keys_tokend_cannot_sign_with(key: Any, message: str) -> None:
+    with pytest.raises(KeyMaterialError) as caught:
+        load_pem(_pem(_self_signed(key)), _key_pem(key), None)
+    assert str(caught.value) == message
+
+
+def test_a_pkcs12_bundle_is_checked_like_pem() -> None:
+    weak = rsa.generate_private_key(public_exponent=65537, key_size=1024)  # noqa: S505 - refused
+    bundle = pkcs12.serialize_key_and_certificates(
+        b"weak", weak, _self_signed(weak), None, serialization.NoEncryption()
+    )
+    with pytest.raises(KeyMaterialError) as caught:
+        load_pkcs12(bundle, None)
+    assert str(caught.value) == "pkcs12: the RSA key has 1024 bits; at least 2048"
+    no_key = pkcs12.serialize_key_and_certificates(
+        b"cert only", None, CERT.certificate, None, serialization.NoEncryption()
+    )
+    with pytest.raises(KeyMaterialError) as caught:
+        load_pkcs12(no_key, None)
+    assert str(caught.value) == "pkcs12: the bundle must hold a private key and its certificate"
+
+
+def test_base64_with_stray_characters_is_not_pkcs12() -> None:
+    with pytest.raises(KeyMaterialError) as caught:
+        load_pkcs12(b"MIIB!!!!", None)  # eight characters, four of them not base64
+    assert str(caught.value) == "pkcs12: neither a PKCS#12 file nor its base64"
+
+
+def test_the_leaf_moves_first_and_the_rest_keep_their_order() -> None:
+    third = client_cert("third", ec_curve=ec.SECP256R1())
+    signing = load_pem(OTHER.cert_pem() + CERT.cert_pem() + third.cert_pem(), CERT.key_pem(), None)
+    assert signing.chain == (CERT.certificate, OTHER.certificate, third.certificate)
+
+
+def test_rsa_keys_sign_ps256_when_asked() -> None:
+    signing = load_pem(CERT.cert_pem(), CERT.key_pem(), None)
+    assert signing.algorithm("PS256") == "PS256"
+    with pytest.raises(KeyMaterialError) as caught:
+        signing.algorithm("ES256")
+    assert str(caught.value) == "algorithm ES256 needs an EC key; this key is RSA"
+
+
+def test_a_coordinate_ending_in_x_keeps_its_last_character() -> None:
+    """base64url without padding: only `=` is stripped (P-384 coordinates need none)."""
+    key = next(
+        candidate
+        for scalar in range(1, 2000)
+        if (candidate := ec.derive_private_key(scalar, ec.SECP384R1()))
+        and _b64url(candidate.public_key().public_numbers().x.to_bytes(48, "big")).endswith("X")
+    )
+    jwk = jwt.algorithms.ECAlgorithm.to_jwk(key.public_key(), as_dict=True)
+    assert public_jwk(key.public_key())["x"] == jwk["x"]
+    assert jwk["x"].endswith("X")
 
 
 def _b64url(raw: bytes) -> str:

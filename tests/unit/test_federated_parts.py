@@ -8,6 +8,7 @@ import asyncio
 import base64
 import hashlib
 import json
+import os
 import re
 import sys
 from datetime import UTC, datetime, timedelta
@@ -318,3 +319,42 @@ def test_a_missing_variable_names_the_key_to_write(
 ) -> None:
     with pytest.raises(ValueError, match=f"^{re.escape(line)}$"):
         FederatedOptions.identity_defaults(ON, identity, environ)
+
+
+def test_a_token_file_this_user_may_not_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """(As root nothing is unreadable: the refusal is made by hand.)"""
+    path = tmp_path / "token"
+
+    def refuse(self: Path, *args: Any, **kwargs: Any) -> Any:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "open", refuse)
+    with pytest.raises(SecretError) as caught:
+        read_token_file(path)
+    assert str(caught.value) == f"token_file {path} is not readable by this user"
+
+
+def test_a_command_reads_nothing_and_its_errors_go_nowhere(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """Its standard input is empty even when tokend's has something to read, and what it
+    writes to standard error never reaches tokend's (it may say anything)."""
+    read, write = os.pipe()
+    os.write(write, b"what tokend's stdin holds\n")
+    os.close(write)
+    saved = os.dup(0)
+    os.dup2(read, 0)
+    try:
+        program = (
+            "import sys; data = sys.stdin.read(); sys.stderr.write('CANARY-stderr');"
+            " print('read-' + str(len(data)))"
+        )
+        token = _run([sys.executable, "-c", program])
+    finally:
+        os.dup2(saved, 0)
+        os.close(saved)
+        os.close(read)
+    assert token == "read-0"
+    assert "CANARY-stderr" not in capfd.readouterr().err

@@ -10,6 +10,7 @@ from typing import Any
 import httpx2
 import pytest
 
+from tokend.oauth.dialects import Target
 from tokend.oauth.errors import Peer, PermanentError
 from tokend.oauth.grants.base import CredentialState, credential_state, exchange_of
 from tokend.oauth.grants.certificate import CertificateOptions
@@ -143,3 +144,10 @@ def test_a_refusal_without_a_message_and_one_too_deep() -> None:
 def test_other_transport_errors_name_their_class() -> None:
     assert _transport_reason(httpx2.ReadError("peer closed")) == "ReadError: peer closed"
     assert _transport_reason(httpx2.ConnectError("")) == "ConnectError: the connection failed"
+
+
+def test_a_target_names_itself_in_the_form() -> None:
+    assert Target(resource="https://crm.example").fields() == {"resource": "https://crm.example"}
+    both = Target(resource="https://r", scopes=("openid", "api://crm/read"))
+    assert both.fields() == {"resource": "https://r", "scope": "openid api://crm/read"}
+    assert Target().fields() == {}

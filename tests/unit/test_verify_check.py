@@ -291,14 +291,17 @@ def test_the_tenant_is_the_issuers_first_path_segment() -> None:
 
 def test_no_tenant_check_for_other_servers() -> None:
     cache = StubCache(
-        documents={"https://idp.example/.well-known/openid-configuration": {
-            "issuer": "https://idp.example", "jwks_uri": KEYS}},
+        documents={"https://idp.example/realm/.well-known/openid-configuration": {
+            "issuer": "https://idp.example/realm", "jwks_uri": KEYS}},
         keys={"k1": pyjwk(KEY, "k1")},
     )  # fmt: skip
     other = replace(
-        ENTRA, documents=("https://idp.example/.well-known/openid-configuration",), entra=False
+        ENTRA,
+        documents=("https://idp.example/realm/.well-known/openid-configuration",),
+        entra=False,
     )
-    check(signed(claims(iss="https://idp.example", tid=None, ver=None)), cache, expect=other)
+    token = signed(claims(iss="https://idp.example/realm", tid=None, ver=None))
+    check(token, cache, expect=other)  # no tid, and the issuer's path names no tenant here
 
 
 def test_a_configured_issuer_and_jwks_uri_need_no_document() -> None:
@@ -350,6 +353,8 @@ def test_a_long_claim_is_cut_and_a_secret_in_it_is_masked(monkeypatch: pytest.Mo
     assert "hunter2-hunter2-secret" not in str(error) and "aud 'x-" in str(error)
     edge = "b" * 78  # repr: 80 characters, shown whole
     assert f"iss {edge!r} is not" in str(refusal(signed(claims(iss=edge))))
+    over = "b" * 79  # repr: 81 characters, cut
+    assert f"iss {repr(over)[:77]}... is not" in str(refusal(signed(claims(iss=over))))
 
 
 def test_the_verifying_acquirer_checks_what_it_passes_on() -> None:
@@ -368,8 +373,9 @@ def test_the_verifying_acquirer_checks_what_it_passes_on() -> None:
     assert asyncio.run(verifying.acquire(Request())) is token  # type: ignore[arg-type]
     assert len(cache.asked) == 2
     bad = VerifyingAcquirer(Acquirer(), replace(ENTRA, audiences=("x",)), cache, FakeClock())  # type: ignore[arg-type]
-    with pytest.raises(PermanentError, match="aud 'api://crm' is not 'x'"):
+    with pytest.raises(PermanentError, match="aud 'api://crm' is not 'x'") as caught:
         asyncio.run(bad.acquire(Request()))  # type: ignore[arg-type]
+    assert caught.value.peer == Peer("crm", "login.example")
 
 
 # --- what a verify: block expects
@@ -468,3 +474,53 @@ def test_verify_problem_audience() -> None:
     )
     given = VerifyOptions(audience=("x",))
     assert verify_problem(given, resource=None, scopes=("x",), entra=True, issuer=None) is None
+
+
+OTHER_DOC = "https://idp.example/.well-known/openid-configuration"
+OTHER = replace(ENTRA, documents=(OTHER_DOC,), entra=False)
+
+
+def _other(document: dict[str, Any]) -> StubCache:
+    return StubCache(documents={OTHER_DOC: document}, keys={"k1": pyjwk(KEY, "k1")})
+
+
+def test_an_issuer_that_is_not_text_or_empty_is_no_issuer() -> None:
+    token = signed(claims(iss="https://idp.example", tid=None))
+    for issuer in (42, "", None):
+        error = refusal(token, _other({"issuer": issuer, "jwks_uri": KEYS}), expect=OTHER)
+        _refused(
+            error, "verify_iss", "idp.example", "iss 'https://idp.example' is not None"
+        )  # the host of the one document asked
+
+
+def test_an_issuer_that_is_not_a_url_names_no_host() -> None:
+    cache = _other({"issuer": "urn:example:issuer", "jwks_uri": KEYS})
+    error = refusal(signed(claims(iss="urn:other", tid=None)), cache, expect=OTHER)
+    _refused(error, "verify_iss", "?", "iss 'urn:other' is not 'urn:example:issuer'")
+
+
+def test_keys_at_an_address_without_a_host() -> None:
+    cache = StubCache(failure=JwksError("urn:keys", "not an http(s) URL", transient=False))
+    given = replace(ENTRA, issuer=V2_ISSUER, jwks_uri="urn:keys")
+    error = refusal(signed(claims()), cache, expect=given)
+    assert error.peer == Peer("crm", "?")
+
+
+def test_an_entra_issuer_without_a_tenant_checks_no_tid() -> None:
+    cache = entra_cache()
+    cache.documents[V2_DOC] = {"issuer": "https://sts.example/", "jwks_uri": KEYS}
+    check(signed(claims(iss="https://sts.example/", tid="whatever")), cache)
+
+
+def test_iat_is_not_checked_by_the_signature_check() -> None:
+    """PyJWT would refuse an `iat` in the future; tokend checks exp and nbf only (with leeway
+    and its own clock)."""
+    check(signed(claims(iat=4_102_444_800)))  # 2100-01-01
+
+
+def test_a_discovery_url_keeps_the_issuers_path() -> None:
+    got = expectation(
+        VerifyOptions(), resource="https://api.example", scopes=(), entra_authority=None,
+        issuer="https://idp.example/realmX/", connection=CONNECTION,
+    )  # fmt: skip
+    assert got.documents == ("https://idp.example/realmX/.well-known/openid-configuration",)
