@@ -151,6 +151,9 @@ MODULES: dict[str, Module] = {
             "tests/unit/test_delegated.py",
             "tests/integration/test_password.py",
             "tests/integration/test_device_login.py",
+            "tests/unit/test_delegated_grants.py",
+            "tests/unit/test_signin.py",
+            "tests/integration/test_device_code.py",
         ),
     ),
     "transport": Module(
