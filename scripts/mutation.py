@@ -209,7 +209,11 @@ MODULES: dict[str, Module] = {
     # Its tests need a real API server (tests/support/kube.py), started once for the run.
     "kubernetes": Module(
         ("tokend/sinks/kubernetes.py",),
-        ("tests/kube/test_secret_sink.py", "tests/unit/test_kube.py"),
+        (
+            "tests/kube/test_secret_sink.py",
+            "tests/kube/test_secret_sink_parts.py",
+            "tests/unit/test_kube.py",
+        ),
         copy=("deploy",),  # the shipped Role the tests bind tokend's service account to
         kube=True,
     ),
