@@ -29,7 +29,8 @@ from tests.kube.test_secret_sink import (
 )
 from tests.support.kube import KubeServer, require_kube
 from tests.support.kube_api import load_manifests
-from tokend.kube import KubeError
+from tokend.kube import KUBERNETES, KubeError, KubernetesOptions
+from tokend.resources import Resources
 from tokend.sinks import SinkContext
 from tokend.sinks import kubernetes as sink_module
 from tokend.sinks.kubernetes import KubernetesSink, KubernetesSinkOptions
@@ -233,20 +234,24 @@ def test_three_conflicts_in_a_row_are_a_transient_failure(
     assert applied == [SECRET] * 4
 
 
-def _role_with_delete(namespace: str) -> list[dict[str, Any]]:
-    """The shipped Role plus `delete` on secrets, and a service account bound to it."""
+def _role(namespace: str, name: str, verbs: list[str]) -> list[dict[str, Any]]:
+    """The shipped Role with these verbs on secrets, and a service account `name` bound to it."""
     (role,) = load_manifests(CENTRAL / "role.yaml")
     role = copy.deepcopy(role)
-    role["metadata"]["name"] = "may-delete"
+    role["metadata"]["name"] = name
     for rule in role["rules"]:
         if rule["resources"] == ["secrets"]:
-            rule["verbs"].append("delete")
+            rule["verbs"] = verbs
     binding = yaml.safe_load((CENTRAL / "rolebinding.yaml").read_text())
-    binding["metadata"]["name"] = "may-delete"
-    binding["roleRef"]["name"] = "may-delete"
-    binding["subjects"] = [{"kind": "ServiceAccount", "name": "may-delete", "namespace": namespace}]
-    account = {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "may-delete"}}
+    binding["metadata"]["name"] = name
+    binding["roleRef"]["name"] = name
+    binding["subjects"] = [{"kind": "ServiceAccount", "name": name, "namespace": namespace}]
+    account = {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name}}
     return [account, role, binding]
+
+
+def _role_with_delete(namespace: str) -> list[dict[str, Any]]:
+    return _role(namespace, "may-delete", ["get", "create", "patch", "delete"])
 
 
 def test_withdraw_deletes_only_a_secret_tokend_created_and_alone_manages(
@@ -286,3 +291,53 @@ def test_withdrawing_from_a_secret_another_controller_created(
     secret = stored(kube, ns)
     assert decoded(secret) == {"ca.crt": "x"}
     assert "tokend.io/created" not in secret["metadata"]["annotations"]
+
+
+def test_a_withdrawal_tokend_may_not_make_says_which_verb(
+    kube: KubeServer, namespace: str, tokend_account: Account, tmp_path: Path
+) -> None:
+    resources = resources_for(kube, tokend_account, tmp_path)
+    reader = bind_account(kube, namespace, "reader", _role(namespace, "reader", ["get"]))
+    read_only = resources_for(kube, reader, tmp_path)
+
+    async def publish() -> None:
+        await sink_for(resources).publish(a_token())
+
+    async def withdraw(where: Any, **options: Any) -> KubeError:
+        with pytest.raises(KubeError) as raised:
+            await sink_for(where, **options).withdraw()
+        return raised.value
+
+    run(resources, publish)
+    refused = run(read_only, lambda: withdraw(read_only))
+    assert f"cannot patch secrets/{SECRET} in namespace {namespace}" in str(refused)
+    resources = resources_for(kube, tokend_account, tmp_path)
+    outside = run(resources, lambda: withdraw(resources, namespace="default"))
+    assert f"cannot get secrets/{SECRET} in namespace default" in str(outside)
+    assert outside.code == refused.code == "kube_forbidden"
+    reader.client.close()
+
+
+def test_a_fresh_sink_withdraws_what_is_there(
+    kube: KubeServer, tokend_account: Account, tmp_path: Path
+) -> None:
+    """After a restart nothing is held: the token there is tokend's own, and it goes."""
+    resources = resources_for(kube, tokend_account, tmp_path)
+
+    async def scenario() -> None:
+        await sink_for(resources).publish(a_token())
+        await sink_for(resources).withdraw()
+
+    run(resources, scenario)
+    assert decoded(stored(kube, tokend_account.namespace)) == {}
+
+
+def test_check_with_a_kubeconfig_that_cannot_be_read(tmp_path: Path) -> None:
+    resources = Resources({"kubernetes": KubernetesOptions(kubeconfig=tmp_path / "missing")})
+    try:
+        with pytest.raises(KubeError) as caught:
+            resources.get(KUBERNETES).namespace  # noqa: B018 - reading it raises
+        context = SinkContext("crm", "kubernetes", resources)
+        assert _options().preflight_remote(context) == [str(caught.value)]
+    finally:
+        resources.close_sync()
