@@ -18,6 +18,7 @@ from typing import Protocol
 
 from tokend.clock import SYSTEM_CLOCK, Clock
 from tokend.engine.job import TokenJob
+from tokend.engine.once import refresh_once
 from tokend.engine.policy import DEFAULT_STARTUP_SPREAD, startup_at
 from tokend.engine.publisher import Deliveries
 from tokend.engine.query import Census, TokenView, is_ready, take_census, view_of
@@ -252,7 +253,7 @@ class Engine:
         deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
 
         async def refresh(job: TokenJob) -> None:
-            results[job.name] = await job.refresh(deadline)
+            results[job.name] = await refresh_once(job, deadline)
 
         # On-demand tokens wait for someone to ask: `tokend once` acquires what a start would.
         jobs = [job for name, job in self.jobs.items() if name not in self._on_demand]
