@@ -22,7 +22,8 @@ from tokend.endpoint.catalog import password_identities
 from tokend.endpoint.checks import endpoint_problems
 from tokend.engine.state import state_dir_problem
 from tokend.resources import RESOURCES, Environment, Resources
-from tokend.secrets import SecretError, secret_references
+from tokend.secret_fields import secret_references
+from tokend.secrets import SecretError
 from tokend.sinks import SinkContext, sink_labels
 from tokend.transport import ca_bundle_problem, is_loopback, split_listen
 from tokend.validation import SECTIONS
