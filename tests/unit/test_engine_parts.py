@@ -124,10 +124,10 @@ def test_an_unexpected_sink_exception_is_an_internal_transient_error_retried_alo
 
     with caplog.at_level(logging.INFO, logger="tokend.publisher"):
         asyncio.run(scenario())
-    assert [record.getMessage() for record in caplog.records] == [
-        "sink troubled: unexpected failure",
-        "sink troubled: unexpected KeyError",
-        "sink troubled: recovered after 1 failed attempts",
+    assert [(record.name, record.getMessage()) for record in caplog.records] == [
+        ("tokend.publisher", "sink troubled: unexpected failure"),
+        ("tokend.publisher", "sink troubled: unexpected KeyError"),
+        ("tokend.publisher", "sink troubled: recovered after 1 failed attempts"),
     ]
 
 

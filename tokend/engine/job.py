@@ -8,6 +8,7 @@ until it expires, whatever the failures.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from datetime import datetime
@@ -33,6 +34,8 @@ from tokend.errors import TokendError
 from tokend.oauth import TokenRequest
 from tokend.redaction import redactor
 from tokend.token import Token
+
+log = logging.getLogger("tokend.refresh")
 
 
 class Acquirer(Protocol):
@@ -216,9 +219,8 @@ class TokenJob:
 
     async def _acquire_and_record(self) -> Token | None:
         started = time.perf_counter()
-        outcome = await settle(
-            self._acquirer.acquire(self.request), "unexpected error while acquiring", self.name
-        )
+        acquiring = self._acquirer.acquire(self.request)
+        outcome = await settle(acquiring, log, "unexpected error while acquiring", self.name)
         took = time.perf_counter() - started
         self._durations.observe(took)
         if self._stopped:

@@ -86,16 +86,18 @@ class RetiredCounts:
                 self.publishes[result] += slot.results[result]
 
 
-async def settle(action: Awaitable[T], failing: str, token_name: str) -> T | TokendError:
-    """`action`'s result, or its failure as a value. Anything unexpected (a bug) is logged with
-    its traceback as `failing` and becomes a transient internal error, so that it is retried
-    and shows in status rather than ending a job's loop."""
+async def settle(
+    action: Awaitable[T], logger: logging.Logger, failing: str, token_name: str
+) -> T | TokendError:
+    """`action`'s result, or its failure as a value. Anything unexpected (a bug) is logged to
+    `logger` with its traceback as `failing` and becomes a transient internal error, so that it
+    is retried and shows in status rather than ending a job's loop."""
     try:
         return await action
     except TokendError as exc:
         return exc
     except Exception as exc:
-        log.exception(failing, extra={"token": token_name})
+        logger.exception(failing, extra={"token": token_name})
         return unexpected(exc)
 
 

@@ -125,7 +125,7 @@ class SinkSlot:
             self._writing = asyncio.current_task()
             try:
                 failing = f"sink {self.name}: unexpected failure"
-                outcome = await settle(self.sink.publish(token), failing, self.token_name)
+                outcome = await settle(self.sink.publish(token), log, failing, self.token_name)
             except asyncio.CancelledError:
                 if not self._halting or self._writing is None:
                     raise
@@ -206,7 +206,7 @@ class SinkSlot:
 
     async def _withdraw(self) -> TokendError | None:
         failing = f"sink {self.name}: unexpected failure to withdraw"
-        outcome = await settle(self.sink.withdraw(), failing, self.token_name)
+        outcome = await settle(self.sink.withdraw(), log, failing, self.token_name)
         return outcome if isinstance(outcome, TokendError) else None
 
     async def check(self) -> None:
