@@ -98,10 +98,10 @@ async def settle(
         return exc
     except Exception as exc:
         logger.exception(failing, extra={"token": token_name})
-        return unexpected(exc)
+        return _unexpected(exc)
 
 
-def unexpected(exc: Exception) -> TokendError:
+def _unexpected(exc: Exception) -> TokendError:
     return TokendError(f"unexpected {type(exc).__name__}", code="internal", transient=True)
 
 
