@@ -20,10 +20,16 @@ from tokend.clock import SYSTEM_CLOCK, Clock
 from tokend.engine.blueprint import Blueprint, EngineSettings
 from tokend.engine.job import TokenJob
 from tokend.engine.once import refresh_once
-from tokend.engine.outcome import RetiredCounts
 from tokend.engine.policy import startup_at
 from tokend.engine.publisher import Deliveries
-from tokend.engine.query import Census, TokenView, is_ready, take_census, view_of
+from tokend.engine.query import (
+    Census,
+    RetiredCounts,
+    TokenView,
+    is_ready,
+    take_census,
+    view_of,
+)
 from tokend.engine.scheduler import Runner
 from tokend.engine.state import fingerprint
 from tokend.token import Token

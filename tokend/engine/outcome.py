@@ -6,17 +6,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable
-from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 from tokend.clock import format_span
 from tokend.errors import TokendError
 from tokend.token import Token
-
-if TYPE_CHECKING:
-    from tokend.engine.job import TokenJob
 
 log = logging.getLogger("tokend.refresh")
 
@@ -66,24 +62,6 @@ class PublishCounts:
 
     def __getitem__(self, result: str) -> int:
         return int(getattr(self, result))
-
-
-@dataclass
-class RetiredCounts:
-    """Attempts made by jobs that a reload replaced or removed, so that instance-wide totals
-    (the sum over every job, plus these) never go down."""
-
-    refreshes: dict[str, int] = field(
-        default_factory=lambda: dict.fromkeys(("success", "transient_error", "permanent_error"), 0)
-    )
-    publishes: dict[str, int] = field(default_factory=lambda: {"success": 0, "error": 0})
-
-    def add(self, job: TokenJob) -> None:
-        for result in self.refreshes:
-            self.refreshes[result] += job.results[result]
-        for slot in job.publisher.slots:
-            for result in self.publishes:
-                self.publishes[result] += slot.results[result]
 
 
 async def settle(
