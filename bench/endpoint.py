@@ -128,10 +128,11 @@ def load(target: Target, args: argparse.Namespace) -> Figures:
 
 
 def load_wrk(wrk: str, target: Target, args: argparse.Namespace) -> Figures:
-    """wrk: `args.threads` connections on 2 threads for `args.seconds`."""
+    """wrk: `args.threads` connections on (up to) 2 threads for `args.seconds`."""
     url = f"{target.url}?api-version=2019-08-01&resource={RESOURCE}"
     header = ["-H", f"X-IDENTITY-HEADER: {target.header}"] if target.header else []
-    command = [wrk, "-t", "2", "-c", str(args.threads), "-d", f"{args.seconds:g}s", "--latency"]
+    threads, connections = str(min(2, args.threads)), str(args.threads)
+    command = [wrk, "-t", threads, "-c", connections, "-d", f"{args.seconds:g}s", "--latency"]
     cpu_before = process_cpu(target.process.pid)
     out = subprocess.run([*command, *header, url], capture_output=True, text=True, check=True)
     cpu = process_cpu(target.process.pid) - cpu_before
@@ -206,7 +207,7 @@ def report(
     results: dict[str, list[Figures]], args: argparse.Namespace, rss: tuple[float, float, float]
 ) -> None:
     clients = (
-        f"wrk, {args.threads} keep-alive connections on 2 threads"
+        f"wrk, {args.threads} keep-alive connections on {min(2, args.threads)} threads"
         if args.load_with == "wrk"
         else f"{args.threads} client threads (httpx2, keep-alive) in {args.client_processes} "
         "processes"
