@@ -17,15 +17,20 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 import tomllib
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from mutmut.stats import status_by_exit_code
+from mutmut.utils.format_utils import mangled_name_from_mutant_name
 
 ROOT = Path(__file__).resolve().parent.parent
 LEDGER = ROOT / "tests" / "MUTATION.md"
@@ -43,6 +48,11 @@ class Module:
     slow: tuple[str, ...] = ()
     """Node ids among `tests` too slow to run for every mutant (a property test of thousands
     of examples, a day-long simulation): left out here, they still run in the suite."""
+    copy: tuple[str, ...] = ()
+    """More directories the tests read (besides tokend/, tests/ and config/)."""
+    kube: bool = False
+    """The tests need a Kubernetes API server: one is started for the whole run and shared
+    through $TOKEND_TEST_KUBE (tests/support/kube_serve.py), not one per mutant."""
 
 
 PROPERTIES = "tests/unit/test_properties.py"
@@ -114,6 +124,13 @@ MODULES: dict[str, Module] = {
             "tests/credentials/test_federated.py",
             "tests/credentials/test_managed_identity.py",
             "tests/credentials/test_verify.py",
+            "tests/unit/test_federated_parts.py",
+            "tests/unit/test_managed_identity_parts.py",
+            "tests/unit/test_grant_parts.py",
+            "tests/unit/test_verify_check.py",
+            "tests/integration/test_jwks.py",
+            "tests/unit/test_certificate_grant.py",
+            "tests/integration/test_client_parts.py",
             "tests/integration/test_client.py",
             "tests/integration/test_faults.py",
             f"{PROPERTIES}::test_error_responses_classify_cleanly",
@@ -134,6 +151,9 @@ MODULES: dict[str, Module] = {
             "tests/unit/test_delegated.py",
             "tests/integration/test_password.py",
             "tests/integration/test_device_login.py",
+            "tests/unit/test_delegated_grants.py",
+            "tests/unit/test_signin.py",
+            "tests/integration/test_device_code.py",
         ),
     ),
     "transport": Module(
@@ -186,11 +206,12 @@ MODULES: dict[str, Module] = {
         ),
         slow=(CONCURRENT_READER,),
     ),
-    # Its tests need a real API server (tests/support/kube.py): started for every mutant's
-    # test run, so a run takes long; kept apart from the other sinks.
+    # Its tests need a real API server (tests/support/kube.py), started once for the run.
     "kubernetes": Module(
         ("tokend/sinks/kubernetes.py",),
         ("tests/kube/test_secret_sink.py", "tests/unit/test_kube.py"),
+        copy=("deploy",),  # the shipped Role the tests bind tokend's service account to
+        kube=True,
     ),
 }
 
@@ -273,15 +294,53 @@ def run(name: str, source: Path, fresh: bool, jobs: int) -> Score:
     new tests may kill it now)."""
     workspace = prepare(name, source, fresh)
     before = statuses(workspace)
+    # mutmut maps each function to the tests that call it once, on its first run, and later
+    # only maps tests that are new: a function added or changed since (main's refactors) would
+    # keep the few tests mapped to it then, and its mutants survive untested. Its stats are
+    # recollected every run (one traced run of the module's tests); verdicts stay cached per
+    # function in the .meta files.
+    (workspace / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
     started = time.monotonic()
     print(f"== {name}: mutmut run (log: {workspace / 'mutmut.log'})", flush=True)
-    mutmut(workspace, ["run", "--max-children", str(jobs)])
-    after = statuses(workspace)
-    again = [key for key, status in before.items() if status not in KILLED]
-    again = [key for key in again if after.get(key, "killed") not in KILLED]
-    for chunk in range(0, len(again), 200):
-        mutmut(workspace, ["run", "--max-children", str(jobs), *again[chunk : chunk + 200]])
+    with servers(MODULES[name], source) as env:
+        mutmut(workspace, ["run", "--max-children", str(jobs)], env)
+        after = statuses(workspace)
+        again = [key for key, status in before.items() if status not in KILLED]
+        again = [key for key in again if after.get(key, "killed") not in KILLED]
+        for chunk in range(0, len(again), 200):
+            arguments = ["run", "--max-children", str(jobs), *again[chunk : chunk + 200]]
+            mutmut(workspace, arguments, env)
     return Score(name, statuses(workspace), time.monotonic() - started)
+
+
+@contextmanager
+def servers(module: Module, source: Path) -> Iterator[dict[str, str]]:
+    """The environment the module's tests run in: with `kube`, an API server started here for
+    the whole run (tests/support/kube_serve.py) and named by $TOKEND_TEST_KUBE."""
+    if not module.kube:
+        yield {}
+        return
+    workdir = Path(tempfile.mkdtemp(prefix="tokend-mutation-kube-"))
+    command = [sys.executable, "-m", "tests.support.kube_serve", str(workdir)]
+    with (workdir / "serve.log").open("w") as log:
+        server = subprocess.Popen(command, cwd=source, stdout=log, stderr=log)  # noqa: S603
+    try:
+        deadline = time.monotonic() + 300
+        while not (workdir / "port").exists():
+            if server.poll() is not None or time.monotonic() > deadline:
+                tail = (workdir / "serve.log").read_text()[-2000:]
+                raise MutmutFailed(f"the shared kube-apiserver did not start:\n{tail}")
+            time.sleep(1)
+        print(f"   kube-apiserver for every mutant's tests: TOKEND_TEST_KUBE={workdir}", flush=True)
+        yield {"TOKEND_TEST_KUBE": str(workdir)}
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def prepare(name: str, source: Path, fresh: bool) -> Path:
@@ -289,11 +348,11 @@ def prepare(name: str, source: Path, fresh: bool) -> Path:
     if fresh and workspace.exists():
         shutil.rmtree(workspace)
     workspace.mkdir(parents=True, exist_ok=True)
-    for linked in ("tokend", "tests", "config"):
+    module = MODULES[name]
+    for linked in ("tokend", "tests", "config", *module.copy):
         link = workspace / linked
         if not link.is_symlink():
             link.symlink_to(source / linked)
-    module = MODULES[name]
     tests = [test for test in module.tests if _exists(source, test)]
     for test in sorted(set(module.tests) - set(tests)):
         print(f"   {test}: no such test here; left out", flush=True)
@@ -302,6 +361,7 @@ def prepare(name: str, source: Path, fresh: bool) -> Path:
     shared = tomllib.loads(project)["tool"]["mutmut"]
     settings = {
         **shared,
+        "also_copy": [*shared.get("also_copy", []), *module.copy],
         "only_mutate": list(module.mutate),
         "pytest_add_cli_args_test_selection": [
             *tests,
@@ -325,18 +385,52 @@ def _exists(source: Path, test: str) -> bool:
     return not function or f"def {function}(" in (source / path).read_text()
 
 
-def mutmut(workspace: Path, arguments: list[str]) -> None:
+def mutmut(workspace: Path, arguments: list[str], extra_env: dict[str, str]) -> None:
     command = ["nice", "-n", "19", str(Path(sys.executable).parent / "mutmut"), *arguments]
-    with (workspace / "mutmut.log").open("a") as log:
+    log_path = workspace / "mutmut.log"
+    with log_path.open("a") as log:
         log.write(f"\n$ {' '.join(command)}\n")
         log.flush()
-        env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+        start = log.tell()
+        env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", **extra_env}
         done = subprocess.run(  # noqa: S603 - our own venv's mutmut, fixed arguments
             command, cwd=workspace, stdout=log, stderr=log, env=env, check=False
         )
-    if done.returncode != 0:
-        log_path = workspace / "mutmut.log"
-        raise MutmutFailed(f"mutmut failed (exit {done.returncode}); see {log_path}")
+    if done.returncode == 0:
+        return
+    message = f"mutmut failed (exit {done.returncode}); see {log_path}"
+    with log_path.open("rb") as log:
+        log.seek(start)
+        failed_clean = b"Failed to run clean test" in log.read()
+    if failed_clean:  # mutmut ran them in a child whose output it dropped: show it
+        message += "\n" + clean_test_failure(workspace, arguments, env)
+    raise MutmutFailed(message)
+
+
+def clean_test_failure(workspace: Path, arguments: list[str], env: dict[str, str]) -> str:
+    """Why the unmutated code failed the tests mutmut picked: the same tests run by pytest
+    where mutmut runs them (a test can fail there and not in the suite, e.g. on an example
+    hypothesis found under a mutant and stored in the workspace's example database)."""
+    names = [argument for argument in arguments[3:] if "__mutmut_" in argument]
+    stats = json.loads((workspace / "mutants" / "mutmut-stats.json").read_text())
+    by_function = stats["tests_by_mangled_function_name"]
+    functions = {mangled_name_from_mutant_name(name) for name in names}
+    tests = sorted({test for function in functions for test in by_function.get(function, [])})
+    if not tests:  # mutmut then runs the module's whole selection
+        selection = tomllib.loads((workspace / "pyproject.toml").read_text())["tool"]["mutmut"]
+        tests = selection["pytest_add_cli_args_test_selection"]
+    command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:randomly", *tests]
+    done = subprocess.run(  # noqa: S603 - our own venv's pytest, the tests mutmut chose
+        command,
+        cwd=workspace / "mutants",
+        env={**env, "MUTANT_UNDER_TEST": ""},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    tail = "\n".join(done.stdout.splitlines()[-25:])
+    where = workspace / "mutants"
+    return f"the clean tests, run by pytest in {where} (exit {done.returncode}):\n{tail}"
 
 
 def statuses(workspace: Path) -> dict[str, str]:

@@ -16,6 +16,9 @@ import yaml
 
 _Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml, in PyYAML's wheels
 _MERGE = "tag:yaml.org,2002:merge"
+_VALUE = "="
+"""YAML 1.1's value key: a plain `=` resolves to a tag no safe constructor knows, but PyYAML
+reads it as the string "=" where it is a mapping's key."""
 _COLLECTION_TAGS = (None, "!", "tag:yaml.org,2002:map", "tag:yaml.org,2002:seq")
 
 
@@ -122,12 +125,24 @@ class _Builder:
         self._loader.get_event()
         return items
 
+    def _key(self, event: yaml.Event) -> Any:
+        if (
+            isinstance(event, yaml.ScalarEvent)
+            and event.tag is None
+            and event.implicit[0]
+            and event.value == _VALUE
+        ):
+            if event.anchor:
+                self._anchors[event.anchor] = _VALUE
+            return _VALUE
+        return self._value(event)
+
     def _mapping(self) -> dict[Any, Any]:
         mapping: dict[Any, Any] = {}
         merged: list[dict[Any, Any]] = []
         while not self._loader.check_event(yaml.MappingEndEvent):
             key_event = self._loader.get_event()
-            key = self._value(key_event)
+            key = self._key(key_event)
             value = self._value(self._loader.get_event())
             if isinstance(key, _Merge):
                 merged += _mappings_to_merge(value, key_event)

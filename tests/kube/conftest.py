@@ -20,7 +20,7 @@ import httpx2
 import pytest
 import yaml
 
-from tests.support.kube import KubeServer, require_kube, running_kube
+from tests.support.kube import KubeServer, require_kube, session_kube
 from tests.support.kube_api import check, load_manifests
 from tests.support.processes import wait_for
 
@@ -32,7 +32,7 @@ SERVICE_ACCOUNT = "tokend"  # the name in deploy/k8s/central/serviceaccount.yaml
 @pytest.fixture(scope="session")
 def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeServer]:
     require_kube()
-    with running_kube(tmp_path_factory.mktemp("kube")) as server:
+    with session_kube(tmp_path_factory.mktemp("kube")) as server:
         yield server
 
 

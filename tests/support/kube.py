@@ -11,6 +11,10 @@ Without a controller manager nothing runs behind the API: namespaces are never d
 use fresh ones; `default` itself appears only a moment after /readyz), and no token Secrets are
 made for service accounts (TokenRequest only). The API server caches token authentications for
 10 s: a revoked token (its service account deleted and recreated) keeps working that long.
+
+A session can use a server that is already running instead (`session_kube()`, when
+$TOKEND_TEST_KUBE names its work directory; `python -m tests.support.kube_serve DIR` runs one):
+scripts/mutation.py starts one for all the test runs of the `kubernetes` module's mutants.
 """
 
 from __future__ import annotations
@@ -35,6 +39,9 @@ from tests.support.servers import free_port
 KUBE_VERSION = "1.20.2"
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc"
 _READY_TIMEOUT = 90  # 5-9 s on an idle 2-core machine; much more while the suite runs beside it
+SHARED = "TOKEND_TEST_KUBE"
+"""The work directory of a running server (`tests.support.kube_serve`) the tests use instead of
+starting their own."""
 
 
 def binaries_dir() -> Path:
@@ -78,6 +85,20 @@ class _Pki:
             server=authority.issue("apiserver", "kube-apiserver", server_ips=("127.0.0.1",)),
             admin=authority.issue("admin", "tokend-test-admin", organization="system:masters"),
             service_accounts=rsa_key_pair(directory, "service-accounts"),
+        )
+
+    @classmethod
+    def load(cls, directory: Path) -> _Pki:
+        """The files `create` wrote there (for a server another process started)."""
+
+        def pair(stem: str, public: str = ".pem") -> CertPair:
+            return CertPair(cert=directory / f"{stem}{public}", key=directory / f"{stem}-key.pem")
+
+        return cls(
+            ca=directory / "ca.pem",
+            server=pair("apiserver"),
+            admin=pair("admin"),
+            service_accounts=pair("service-accounts", ".pub"),
         )
 
 
@@ -124,6 +145,8 @@ class KubeServer(KubeApi):
     port: int
     etcd: _Process
     apiserver: _Process
+    owned: bool = True
+    """False for a shared server another process started: a test may not stop it."""
     _admin: httpx2.Client | None = field(default=None, init=False, repr=False)
     _kinds: dict[tuple[str, str], tuple[str, bool]] = field(
         default_factory=dict, init=False, repr=False
@@ -173,6 +196,8 @@ class KubeServer(KubeApi):
         wait_for(self._ready, timeout=_READY_TIMEOUT, what=f"kube-apiserver at {self.url}/readyz")
 
     def stop_apiserver(self) -> None:
+        if not self.owned:
+            raise AssertionError(f"the shared API server (${SHARED}) is not a test's to stop")
         self.apiserver.stop()
         if self._admin is not None:
             self._admin.close()
@@ -267,6 +292,40 @@ def running_kube(workdir: Path) -> Iterator[KubeServer]:
         except AssertionError as exc:
             logs = f"--- etcd:\n{etcd.tail()}\n--- kube-apiserver:\n{server.apiserver.tail()}"
             raise AssertionError(f"{exc}\n{logs}") from None
+        (workdir / "port").write_text(str(port))  # for tests.support.kube_serve's users
         yield server
     finally:
         server.stop()
+
+
+@contextmanager
+def session_kube(workdir: Path) -> Iterator[KubeServer]:
+    """The API server of a test session: the running one $TOKEND_TEST_KUBE names (left
+    running), else a new one in `workdir` until the block ends."""
+    shared = os.environ.get(SHARED)
+    if not shared:
+        with running_kube(workdir) as server:
+            yield server
+        return
+    server = _attach(Path(shared))
+    try:
+        yield server
+    finally:
+        if server._admin is not None:
+            server._admin.close()
+
+
+def _attach(workdir: Path) -> KubeServer:
+    port = workdir / "port"
+    if not port.is_file():
+        raise AssertionError(f"${SHARED}: no API server runs from {workdir} (no {port})")
+    server = KubeServer(
+        workdir=workdir,
+        pki=_Pki.load(workdir / "pki"),
+        port=int(port.read_text()),
+        etcd=_Process("etcd", [], workdir / "etcd.log"),
+        apiserver=_Process("kube-apiserver", [], workdir / "kube-apiserver.log"),
+        owned=False,
+    )
+    wait_for(server._ready, timeout=10, what=f"the shared kube-apiserver at {server.url}")
+    return server

@@ -199,6 +199,73 @@ def test_verify_true_and_false() -> None:
     assert given is not None and given.audience == ("api://crm",)
 
 
+def test_verify_finds_the_issuer_from_the_identity() -> None:
+    """An identity that names its issuer (not Entra ID) needs none under `verify:`."""
+    secret = {"type": "client_secret", "secret": {"env": "S"}}
+    identity = {"issuer": "https://idp.example", "client_id": "c", "credential": secret}
+    verify = _parse(identity, resource="https://api.example", verify=True).tokens["crm"].verify
+    assert verify is not None and verify.issuer is None
+
+
+PASSWORD = {"type": "password", "username": "ann@contoso.example", "password": {"env": "P"}}
+SEALED = {"state_dir": "/var/lib/tokend", "state_key": {"env": "STATE_KEY"}}
+
+
+def _kept_line(kind: str) -> str:
+    return (
+        f"c.yaml: identities.app.credential: a {kind} credential keeps the refresh tokens it is"
+        " given, stored only sealed: set state_dir and state_key (a secret reference)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("credential", "top", "lines"),
+    [
+        (PASSWORD, SEALED, []),
+        (PASSWORD, {}, [_kept_line("password")]),
+        (PASSWORD, {"state_dir": SEALED["state_dir"]}, [_kept_line("password")]),
+        (PASSWORD, {"state_key": SEALED["state_key"]}, [_kept_line("password")]),
+        ({**PASSWORD, "refresh_tokens": False}, {}, []),
+        (
+            {"type": "device_login"},
+            {"state_key": SEALED["state_key"]},
+            [_kept_line("device_login")],
+        ),
+        ({"type": "device_login"}, SEALED, []),
+        ({"type": "client_secret", "secret": {"env": "S"}}, {}, []),
+    ],
+)
+def test_kept_refresh_tokens_need_state_dir_and_state_key(
+    credential: dict[str, Any],
+    top: dict[str, Any],
+    lines: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A credential that keeps refresh tokens stores them only sealed: both keys, or one line."""
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)  # systemd's default state_dir
+    document = {
+        "identities": {"app": {**ENTRA, "credential": credential}},
+        "tokens": {
+            "crm": {
+                "identity": "app",
+                "resource": "https://crm.example",
+                "sinks": [{"type": "file", "path": "/run/tokend/crm"}],
+            }
+        },
+        **top,
+    }
+    assert _lines_of(document) == lines
+
+
+def _lines_of(document: dict[str, Any]) -> list[str]:
+    """The config's problems, none if it loads."""
+    try:
+        parse_config(yaml.safe_dump(document), label="c.yaml")
+    except ConfigError as caught:
+        return caught.lines
+    return []
+
+
 @pytest.mark.parametrize(
     ("host", "direct"),
     [("169.254.169.254", True), ("127.0.0.1", True), ("localhost", True), ("[::1]", True),

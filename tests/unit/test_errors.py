@@ -84,6 +84,31 @@ def test_loop_detection_is_flagged() -> None:
     assert error.back_off_hard
 
 
+def test_loop_detection_keeps_the_whole_line_and_the_wait() -> None:
+    headers = {"retry-after": "120"}
+    body = {"error": "invalid_request", "error_codes": [50196, 90002]}
+    error = classify_error_response(PEER, 400, headers, body, NOW)
+    assert isinstance(error, TransientError)
+    assert (error.code, error.retry_after, error.back_off_hard) == ("loop_detected", 120.0, True)
+    assert str(error) == (
+        "login.microsoftonline.com: HTTP 400 invalid_request (AADSTS50196, AADSTS90002)"
+    )
+
+
+def test_the_ids_without_a_trace_id_and_codes_that_are_not_numbers() -> None:
+    body = {"error": "invalid_client", "correlation_id": "corr-9", "error_codes": [True, 7000215]}
+    error = classify_error_response(PEER, 401, {}, body, NOW)
+    assert isinstance(error, PermanentError)
+    assert str(error) == (
+        "login.microsoftonline.com: HTTP 401 invalid_client (AADSTS7000215) correlation_id=corr-9"
+    )
+    assert error.aadsts_codes == (7000215,) and error.code == "invalid_client/7000215"
+
+
+def test_a_retry_after_date_beyond_a_day_is_capped() -> None:
+    assert parse_retry_after("Tue, 03 Mar 2026 12:00:00 GMT", NOW) == 86400.0
+
+
 def test_html_body_is_described_not_echoed() -> None:
     error = classify_error_response(PEER, 502, {}, None, NOW)
     assert (

@@ -21,6 +21,7 @@ DOCUMENTS = [
     "x: !!str 123\ny: !!int '7'\n",
     "defaults: &d {a: 1, b: 2}\nmore: &m {b: 3, c: 4}\nboth: {<<: [*d, *m], c: 5}\n",
     "- 'quoted: colon'\n- \"tab\\there\"\n- |\n  block\n  text\n",
+    "=: 1\nb: {&v =: x, c: *v}\n",  # YAML 1.1's value key `=`: PyYAML reads it as a str key
 ]
 
 

@@ -102,7 +102,7 @@ def _transport_reason(exc: httpx2.TransportError) -> str:
             f"TLS: the server's certificate is not trusted ({detail}); if a private CA signed "
             "it, set ca_bundle (the identity's or http.ca_bundle) to that CA's certificate"
         )
-    return f"{type(exc).__name__}: {exc or 'the connection failed'}"
+    return f"{type(exc).__name__}: {str(exc) or 'the connection failed'}"
 
 
 def _certificate_refusal(exc: BaseException) -> ssl.SSLCertVerificationError | None:
