@@ -107,14 +107,16 @@ class Registry(Generic[E]):
         kind of this registry is an instance of one of these."""
         return list(self._entries.values())
 
-    def validate(self, tag: str, value: Any) -> Any:
-        """`value` as the options of the kind `tag`, with that kind's model only (its
-        ValidationError keeps its locations when raised inside another validator)."""
-        entry = self[tag]
+    def validator(self, tag: str) -> Callable[[Any], Any]:
+        """What validates the options of the kind `tag` (KeyError if unknown): that kind's
+        model only, whose ValidationError keeps its locations when raised inside another
+        validator. Made on first use; made again if the kind was registered anew."""
         cached = self._validators.get(tag)
-        if cached is None or cached[0] is not entry:
-            cached = self._validators[tag] = (entry, _validator_of(entry.options))
-        return cached[1](value)
+        if cached is not None and cached[0] is self._entries.get(tag):
+            return cached[1]  # the fast path: once per sink of 100,000 tokens
+        entry = self[tag]
+        self._validators[tag] = (entry, _validator_of(entry.options))
+        return self._validators[tag][1]
 
     def union(self, base: type) -> Any:
         """An annotation for a config field holding one of these kinds (typed as `base`, the
@@ -155,13 +157,13 @@ class _TaggedUnion:
             tag = getattr(value, key)
         else:
             raise PydanticKnownError("model_attributes_type")
-        if not isinstance(tag, str) or tag not in registry:
-            raise PydanticCustomError(
-                UNKNOWN_KIND,
-                f"unknown {registry.what}",
-                {"what": registry.what, "discriminator": key, "known": _known(registry)},
-            )
-        return registry.validate(tag, value)
+        if isinstance(tag, str) and tag in registry:
+            return registry.validator(tag)(value)
+        raise PydanticCustomError(
+            UNKNOWN_KIND,
+            f"unknown {registry.what}",
+            {"what": registry.what, "discriminator": key, "known": _known(registry)},
+        )
 
 
 class _Sections:
@@ -199,7 +201,10 @@ class _Sections:
 
 
 def _section_of(registry: Registry[Any], tag: str) -> Callable[[Any], Any]:
-    return lambda value: registry.validate(tag, value)
+    def validate(value: Any) -> Any:
+        return registry.validator(tag)(value)  # looked up each time: a kind may be replaced
+
+    return validate
 
 
 def _known(registry: Registry[Any]) -> str:
