@@ -19,7 +19,7 @@ import importlib
 from collections.abc import Callable, Iterator, Mapping
 from typing import Annotated, Any, Generic, Protocol, TypeVar
 
-from pydantic import BaseModel, GetCoreSchemaHandler, TypeAdapter
+from pydantic import BaseModel, GetCoreSchemaHandler
 from pydantic_core import (
     CoreSchema,
     PydanticCustomError,
@@ -133,6 +133,8 @@ def _validator_of(options: type) -> Callable[[Any], Any]:
     if isinstance(options, type) and issubclass(options, BaseModel):
         options.model_rebuild()  # no-op once complete
         return options.__pydantic_validator__.validate_python
+    from pydantic import TypeAdapter  # noqa: PLC0415 - rare, and slow to import
+
     return TypeAdapter(options).validate_python
 
 
