@@ -40,8 +40,9 @@ _fields_cache: dict[tuple[type, int], tuple[str, ...]] = {}
 
 
 def _secret_fields(cls: type) -> tuple[str, ...]:
-    """The fields of `cls` whose type can hold a secret reference (for the kinds registered
-    now: a registration changes the answer for fields holding that family)."""
+    """The fields of `cls` whose type can hold a secret reference. A field holding a registry's
+    kinds asks the kinds loaded now, not every kind (which would import them all): a value in a
+    config is an instance of a loaded kind, and loading another one changes the generation."""
     key = (cls, registry.generation())
     found = _fields_cache.get(key)
     if found is None:
@@ -56,7 +57,7 @@ def _secret_fields(cls: type) -> tuple[str, ...]:
 
 def _can_hold(annotation: Any, metadata: list[Any], seen: set[type]) -> bool:
     for found in _metadata(metadata):  # a registry's union: pydantic keeps it in the metadata
-        if any(_can_hold(entry.options, [], seen) for _tag, entry in found.items()):
+        if any(_can_hold(entry.options, [], seen) for entry in found.loaded()):
             return True
     if isinstance(annotation, type):
         if issubclass(annotation, SecretReference):
@@ -67,7 +68,7 @@ def _can_hold(annotation: Any, metadata: list[Any], seen: set[type]) -> bool:
         fields: dict[str, Any] = getattr(annotation, "__pydantic_fields__", {})
         return any(_can_hold(info.annotation, info.metadata, seen) for info in fields.values())
     for found in registry.registries_in(annotation, unions_only=False):
-        if any(_can_hold(entry.options, [], seen) for _tag, entry in found.items()):
+        if any(_can_hold(entry.options, [], seen) for entry in found.loaded()):
             return True
     nested = [*getattr(annotation, "__args__", ()), *getattr(annotation, "__metadata__", ())]
     origin = getattr(annotation, "__origin__", None)

@@ -195,7 +195,15 @@ class SecretForm:
     options: type[SecretReference]
 
 
-SECRET_FORMS: Registry[SecretForm] = Registry("secret reference", builtins=("tokend.vault.secret",))
+SECRET_FORMS: Registry[SecretForm] = Registry(
+    "secret reference",
+    builtins={
+        "env": __name__,
+        "file": __name__,
+        "credential": __name__,
+        "vault": "tokend.vault.secret",
+    },
+)
 for _key, _form in (
     ("env", EnvSecret),
     ("file", FileSecret),
