@@ -242,6 +242,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="scripts/mutation", description=__doc__.split("\n")[0])
     parser.add_argument("modules", nargs="*", metavar="MODULE", help=f"any of {', '.join(MODULES)}")
     parser.add_argument("--fresh", action="store_true", help="forget cached results first")
+    parser.add_argument(
+        "--timeouts",
+        action="store_true",
+        help="test again the mutants whose verdict is a timeout (one can be a test paused by a"
+        " SIGSTOP or a loaded machine, not a mutant that loops)",
+    )
     parser.add_argument("--jobs", type=int, default=2, help="mutants tested at once (default 2)")
     parser.add_argument("--list", action="store_true", help="print the module -> tests table")
     parser.add_argument(
@@ -272,7 +278,7 @@ def main() -> int:
     failed: list[str] = []
     for name in args.modules or MODULES:
         try:
-            scores.append(run(name, source, args.fresh, args.jobs))
+            scores.append(run(name, source, args.fresh, args.jobs, timeouts=args.timeouts))
         except MutmutFailed as exc:
             print(exc, flush=True)
             failed.append(name)
@@ -288,7 +294,7 @@ class MutmutFailed(Exception):
     pass
 
 
-def run(name: str, source: Path, fresh: bool, jobs: int) -> Score:
+def run(name: str, source: Path, fresh: bool, jobs: int, *, timeouts: bool = False) -> Score:
     """Mutate one module and test each mutant; then test again any mutant that survived an
     earlier run and still does (mutmut keeps a verdict until the mutated function changes, and
     new tests may kill it now)."""
@@ -307,6 +313,8 @@ def run(name: str, source: Path, fresh: bool, jobs: int) -> Score:
         after = statuses(workspace)
         again = [key for key, status in before.items() if status not in KILLED]
         again = [key for key in again if after.get(key, "killed") not in KILLED]
+        if timeouts:
+            again += [key for key, status in after.items() if status == "timeout"]
         for chunk in range(0, len(again), 200):
             arguments = ["run", "--max-children", str(jobs), *again[chunk : chunk + 200]]
             mutmut(workspace, arguments, env)

@@ -8,6 +8,7 @@ import asyncio
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -18,6 +19,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from tests.support.clock import EPOCH, FakeClock
+from tests.support.pki import CertificateAuthority
 from tests.support.servers import free_port, serve
 from tokend.oauth.device_code import (
     GRANT_TYPE,
@@ -291,3 +293,38 @@ def test_a_refused_device_code_is_one_line_with_the_time_of_the_clock(endpoint: 
     with pytest.raises(DeviceFlowError) as caught:
         asyncio.run(main())
     assert str(caught.value) == "no device code: 127.0.0.1: HTTP 503 temporarily_unavailable"
+
+
+def test_an_identity_provider_with_a_private_ca(tmp_path: Path) -> None:
+    authority = CertificateAuthority(tmp_path, "private CA")
+    scripted = Endpoint(answers=[(200, CODE_ANSWER), (200, TOKEN)])
+    app = Starlette(routes=[Route("/{path:path}", scripted.answer, methods=["POST"])])
+    tls = authority.issue("idp", "idp", server_ips=("127.0.0.1",))
+    waits = Waits()
+
+    async def login(ca_bundle: Path | None) -> dict[str, Any]:
+        http = Clients(deadline=5, connect_timeout=5, max_connections=1)
+        try:
+            code = await request_device_code(
+                http, f"{url}/devicecode", "a", ("s",), clock=waits.clock, ca_bundle=ca_bundle
+            )
+            return await poll_for_token(
+                http, f"{url}/token", "a", code, clock=waits.clock, sleep=waits.sleep,
+                ca_bundle=ca_bundle,
+            )  # fmt: skip
+        finally:
+            await http.aclose()
+
+    with serve(app, tls=tls) as url:
+        assert asyncio.run(login(authority.cert)) == TOKEN
+        with pytest.raises(DeviceFlowError, match="TLS: the server's certificate is not trusted"):
+            asyncio.run(login(None))
+
+
+CODE_ANSWER = {
+    "device_code": "dc",
+    "user_code": "U-1",
+    "verification_uri": "https://x.example/d",
+    "expires_in": 60,
+    "interval": 1,
+}

@@ -321,3 +321,53 @@ def test_certificate_validity_to_the_second() -> None:
         repr(_grant({"certificate": {"file": "/x.pem"}}))
         == "CertificateGrant(client_id='client-1')"
     )
+
+
+class _Vault:
+    """Key material in a store reached through shared clients (as Vault is)."""
+
+    def __init__(self, **values: str) -> None:
+        self.values = values
+
+
+class _InVault(SecretReference):
+    key: str = ""
+
+    def describe(self) -> str:
+        return "test store"
+
+    def resolve(self, resources: Any = None) -> Secret:
+        if not isinstance(resources, _Vault):
+            raise SecretError("test store: no shared client", transient=True)
+        return Secret(resources.values[self.key])
+
+
+def _stored_options(**refs: str) -> CertificateOptions:
+    return CertificateOptions.model_construct(
+        type="certificate",
+        certificate=_InVault(key=refs["certificate"]) if "certificate" in refs else None,
+        private_key=_InVault(key=refs["private_key"]) if "private_key" in refs else None,
+        pkcs12=_InVault(key=refs["pkcs12"]) if "pkcs12" in refs else None,
+        password=_InVault(key=refs["password"]) if "password" in refs else None,
+        algorithm=None,
+        send_x5c=False,
+        key_id=None,
+    )
+
+
+def test_check_reads_stored_key_material_through_the_shared_clients() -> None:
+    expired = client_cert(not_before=START - timedelta(days=40), lifetime=timedelta(days=10))
+    store = _Vault(
+        cert=expired.cert_pem().decode(),
+        key=expired.key_pem(b"pw-3").decode(),
+        pw="pw-3",
+        bundle=base64.b64encode(expired.pkcs12(b"pw-3")).decode(),
+    )
+    line = (
+        f"certificate CN=tokend test app expired at {_day(expired.certificate.not_valid_after_utc)}"
+    )
+    pem = _stored_options(certificate="cert", private_key="key", password="pw")
+    bundle = _stored_options(pkcs12="bundle", password="pw")
+    for options in (pem, bundle):
+        assert options.preflight(store) == [line]  # type: ignore[arg-type]
+        assert options.preflight() == []  # unreadable: reported on its own line by check

@@ -318,3 +318,12 @@ def test_a_coordinate_ending_in_x_keeps_its_last_character() -> None:
 
 def _b64url(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def test_a_pkcs12_bundle_without_its_certificate() -> None:
+    key_only = pkcs12.serialize_key_and_certificates(
+        b"key only", CERT.key, None, None, serialization.NoEncryption()
+    )
+    with pytest.raises(KeyMaterialError) as caught:
+        load_pkcs12(key_only, None)
+    assert str(caught.value) == "pkcs12: the bundle must hold a private key and its certificate"

@@ -420,3 +420,56 @@ def test_identity_names_follow_the_same_rule_as_token_names() -> None:
         "config.yaml: identities.crm app: names may use letters, digits, '.', '_' and '-' "
         "(at most 64, not starting with '.')"
     ]
+
+
+def test_validate_config_names_the_config_when_given_no_label() -> None:
+    from tokend.config import validate_config
+
+    with pytest.raises(ConfigError) as caught:
+        validate_config({"identities": {}, "tokens": {}, "typo_key": 1})
+    assert caught.value.lines
+    assert all(line.startswith("config: ") for line in caught.value.lines)
+
+
+def test_where_an_identity_asks() -> None:
+    """Identity.endpoint: Entra ID's URL by tenant, else the configured endpoint or issuer, with
+    the identity's TLS settings (its own CA bundle, else the http: section's)."""
+    from tokend.config import validate_config
+    from tokend.oauth.dialects import Endpoint, Target
+
+    document = {
+        "identities": {
+            "entra": {"tenant": "t-1", "client_id": "a", "credential": {"type": "client_secret",
+                      "secret": {"env": "S"}}},
+            "generic": {"token_endpoint": "http://127.0.0.1:8080/token",
+                        "allow_insecure_http": True, "client_id": "b",
+                        "ca_bundle": "/etc/own-ca.pem",
+                        "credential": {"type": "client_secret", "secret": {"env": "S"}}},
+            "oidc": {"issuer": "https://idp.example", "client_id": "c",
+                     "credential": {"type": "client_secret", "secret": {"env": "S"}}},
+        },
+        "tokens": {"crm": {"identity": "entra", "resource": "https://crm.example",
+                           "sinks": [{"type": "file", "path": "/run/tokend/crm"}]}},
+    }  # fmt: skip
+    identities = validate_config(document).identities
+    default = Path("/etc/http-ca.pem")
+    assert identities["entra"].endpoint(Target(resource="https://crm.example"), default) == (
+        Endpoint(
+            token_url="https://login.microsoftonline.com/t-1/oauth2/token",
+            issuer=None,
+            allow_insecure_http=False,
+            ca_bundle=default,
+        )
+    )
+    assert identities["generic"].endpoint(Target(scopes=("s",)), default) == Endpoint(
+        token_url="http://127.0.0.1:8080/token",
+        issuer=None,
+        allow_insecure_http=True,
+        ca_bundle=Path("/etc/own-ca.pem"),
+    )
+    assert identities["oidc"].endpoint(Target(scopes=("s",)), None) == Endpoint(
+        token_url=None, issuer="https://idp.example", allow_insecure_http=False, ca_bundle=None
+    )
+    assert identities["generic"].endpoint(Target(scopes=("s",)), None).ca_bundle == Path(
+        "/etc/own-ca.pem"
+    )

@@ -5,6 +5,7 @@ asks for, and secrets read through shared clients. Sealed state lives in tmp_pat
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 from tokend.oauth.dialects import Endpoint, Target
 from tokend.oauth.errors import Peer, PermanentError, TransientError
 from tokend.oauth.grants.base import GrantContext, HttpRequest
-from tokend.oauth.grants.client_secret import ClientSecretOptions
+from tokend.oauth.grants.client_secret import ClientSecretOptions, basic_authorization
 from tokend.oauth.grants.delegated import (
     DelegatedOptions,
     advise,
@@ -28,7 +29,12 @@ from tokend.oauth.grants.device_login import (
     DeviceLoginOptions,
     LoginRequired,
 )
-from tokend.oauth.grants.password import PasswordGrant, PasswordOptions, identities_of_user
+from tokend.oauth.grants.password import (
+    PasswordGrant,
+    PasswordOptions,
+    PlainValue,
+    identities_of_user,
+)
 from tokend.oauth.grants.signin import refresh_token_files
 from tokend.seal import Sealer
 from tokend.sealed import SealedFiles
@@ -318,8 +324,8 @@ def _password(tmp_path: Path, resources: Any = None, **options: Any) -> Password
         type="password",
         username=options.pop("username", FromStore(key="user")),
         password=options.pop("password", FromStore(key="pw")),
-        client_secret=None,
-        auth_method="client_secret_post",
+        client_secret=options.pop("client_secret", None),
+        auth_method=options.pop("auth_method", "client_secret_post"),
         refresh_tokens=options.pop("refresh_tokens", True),
     )
     return PasswordGrant(parsed, context)
@@ -447,3 +453,92 @@ def test_identities_are_found_by_their_user_through_the_shared_clients() -> None
     store = {"user": "Ann@Contoso.example", "u2": "ann@contoso.EXAMPLE", "pw": "x"}
     found = run(lambda: identities_of_user(credentials, "ann@contoso.example", store))  # type: ignore[arg-type]
     assert found == ["ann", "also"]
+
+
+def test_the_whole_password_request_of_a_confidential_client(tmp_path: Path) -> None:
+    store = {**STORE, "secret": "app-secret"}
+    basic = _password(tmp_path, store, client_secret=FromStore(key="secret"),
+                      auth_method="client_secret_basic")  # fmt: skip
+    post = _password(tmp_path / "post", store, client_secret=FromStore(key="secret"))
+    password = {"grant_type": "password", "username": "ann@contoso.example", "password": "pw-1",
+                "scope": "https://graph.example/User.Read offline_access"}  # fmt: skip
+    assert run(lambda: requested(basic)) == HttpRequest(
+        "POST",
+        V2,
+        form=password,
+        headers={
+            "Accept": "application/json",
+            "Authorization": basic_authorization("public-app", "app-secret"),
+        },
+    )
+    assert run(lambda: requested(post)) == HttpRequest(
+        "POST",
+        V2,
+        form={**password, "client_id": "public-app", "client_secret": "app-secret"},
+        headers={"Accept": "application/json"},
+    )
+    broken = _password(tmp_path / "b", STORE, client_secret=FromStore(key="secret"))
+    with pytest.raises(SecretError, match=r"^client secret: test store: nothing under secret$"):
+        run(lambda: requested(broken))
+
+
+async def requested(grant: PasswordGrant) -> HttpRequest:
+    async with grant.exchange():
+        return await grant.request(V2, GRAPH)
+
+
+def test_a_stored_refresh_token_is_not_used_once_refresh_tokens_are_off(tmp_path: Path) -> None:
+    keeping = _password(tmp_path, STORE)
+
+    async def keep() -> None:
+        async with keeping.exchange():
+            await keeping.request(V2, GRAPH)
+            keeping.absorb({"refresh_token": "rt-from-before"})
+
+    run(keep)
+    off = _password(tmp_path, STORE, refresh_tokens=False)
+    assert run(lambda: requested(off)).form["grant_type"] == "password"
+
+
+def test_a_transient_failure_of_a_password_request_is_passed_on(tmp_path: Path) -> None:
+    grant = _password(tmp_path, STORE)
+    busy = TransientError(Peer("crm", "login.example"), "HTTP 503", code="http_503")
+
+    async def scenario() -> Any:
+        async with grant.exchange() as exchange:
+            await grant.request(V2, GRAPH)
+            reported = exchange.failed(busy)
+        return reported, await requested(grant)  # the same password is sent again
+
+    reported, again = run(scenario)
+    assert reported is busy
+    assert again.form["grant_type"] == "password"
+
+
+def test_the_password_grants_version_reads_through_the_shared_clients(tmp_path: Path) -> None:
+    version = run(_password(tmp_path, STORE).source_version)
+    assert not any(part.startswith("unreadable") for part in version.split("/"))
+    assert version.split("/")[0] == hashlib.sha256(b"ann@contoso.example").hexdigest()[:16]
+
+
+def test_a_username_written_in_the_config_is_a_plain_value() -> None:
+    options = PasswordOptions.model_validate(
+        {"type": "password", "username": "ann@contoso.example", "password": {"env": "P"}}
+    )
+    assert isinstance(options.username, PlainValue)
+    assert options.username.describe() == "value in the config"
+
+
+@pytest.mark.parametrize(
+    ("target", "scopes"),
+    [
+        (Target(resource="https://r.example", scopes=("api://x/read",)),
+         ("api://x/read", "offline_access", "openid", "profile")),
+        (Target(resource="https://apiX"),
+         ("https://apiX/.default", "offline_access", "openid", "profile")),
+    ],
+)  # fmt: skip
+def test_login_scopes_prefer_the_scopes_and_keep_the_resource_whole(
+    target: Target, scopes: tuple[str, ...]
+) -> None:
+    assert _device(None).login_scopes(target) == scopes

@@ -6,12 +6,24 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import hashlib
 import logging
+import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tokend.oauth.grants.signin import SignIn, refresh_token_files
+from tokend.oauth.dialects import Endpoint
+from tokend.oauth.grants.base import GrantContext
+from tokend.oauth.grants.signin import (
+    SignIn,
+    binding_of,
+    refresh_token_files,
+    sign_in_for,
+    subject_of,
+)
+from tokend.redaction import Redactor
 from tokend.seal import Sealer
 from tokend.sealed import SealedFiles
 
@@ -171,3 +183,83 @@ def test_refresh_tokens_live_in_their_own_directory(tmp_path: Path) -> None:
     files = refresh_token_files(tmp_path, Sealer("k"))
     assert files.directory == tmp_path / "refresh-tokens"
     assert repr(SignIn(files, "user", BINDING)) == "SignIn(identity='user')"
+
+
+@pytest.mark.parametrize(
+    ("spoil", "problem"),
+    [
+        (lambda kept: kept.write("user", BINDING, b'{"no": "token"}'),
+         "the stored refresh token file is damaged"),
+        (lambda kept: kept.write("user", BINDING, b"not json"),
+         "the stored refresh token file is damaged"),
+        (lambda kept: kept.write("user", "another binding", b'{"refresh_token": "rt"}'),
+         "the stored refresh token does not open with this state_key for this identity (sealed"
+         " with another key, or for another tenant or client)"),
+        (lambda kept: (kept.write("user", BINDING, b'{"refresh_token": "rt"}'),
+                       os.chmod(kept.path("user"), 0o644)),
+         "the stored refresh token is not used: {path}: mode 0644 lets other users have it read or"
+         " written"),
+    ],
+)  # fmt: skip
+def test_a_stored_token_that_cannot_be_used_says_why(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, spoil: Any, problem: str
+) -> None:
+    kept = SealedFiles(tmp_path / "kept", Sealer("state-key"))
+    spoil(kept)
+    sign_in = SignIn(kept, "user", BINDING)
+    with caplog.at_level(logging.WARNING, logger="tokend.signin"):
+        assert sign_in.current() is None
+    line = problem.format(path=kept.path("user"))
+    assert sign_in.problem is not None and sign_in.problem.startswith(line)
+    assert [r.getMessage() for r in caplog.records] == [f"identity user: {sign_in.problem}"]
+    kept.write("user", BINDING, b'{"refresh_token": "rt-good"}')
+    os.chmod(kept.path("user"), 0o600)
+    assert sign_in.current() == "rt-good" and sign_in.problem is None
+
+
+def test_a_replaced_token_is_no_longer_masked(monkeypatch: pytest.MonkeyPatch) -> None:
+    masking = Redactor()
+    monkeypatch.setattr("tokend.oauth.grants.signin.redactor", masking)
+    sign_in = SignIn(None, "user", BINDING)
+    first, second = "rt-first-0123456789abcdef", "rt-second-0123456789abcdef"
+    _exchange(sign_in, token=first)
+    assert first not in masking.redact(f"a text with {first}")
+    _exchange(sign_in, token=second)
+    assert masking.redact(f"old {first}") == f"old {first}"  # spent: no secret any more
+    assert second not in masking.redact(f"new {second}")
+    _exchange(sign_in, token=second)  # the same again: still masked
+    assert second not in masking.redact(f"new {second}")
+
+
+def test_what_a_stored_token_is_bound_to() -> None:
+    """Part of every sealed file: a change here would orphan the refresh tokens stored before
+    an upgrade."""
+    v2 = Endpoint(token_url="https://login.example/t-1/oauth2/v2.0/token")
+    v1 = Endpoint(token_url="https://login.example/t-1/oauth2/token")
+    issuer = Endpoint(issuer="https://idp.example/realm")
+    bindings = [binding_of(GrantContext("app", endpoint, identity="me")) for endpoint in (v2, v1)]
+    assert bindings == ["tokend refresh token\nme\nhttps://login.example/t-1\napp"] * 2
+    assert binding_of(GrantContext("app", issuer, identity="me")) == (
+        "tokend refresh token\nme\nhttps://idp.example/realm\napp"
+    )
+    assert binding_of(GrantContext("app", Endpoint(), identity="me")) == (
+        "tokend refresh token\nme\n\napp"
+    )
+    assert (
+        subject_of("Ann@Contoso.example") == hashlib.sha256(b"ann@contoso.example").hexdigest()[:32]
+    )
+
+
+def test_a_newer_config_brings_the_newer_place_to_keep_tokens(tmp_path: Path) -> None:
+    endpoint = Endpoint(token_url="https://login.example/t-1/oauth2/v2.0/token")
+    older = SealedFiles(tmp_path / "old", Sealer("old-key"))
+    newer = SealedFiles(tmp_path / "new", Sealer("new-key"))
+
+    async def scenario() -> list[Any]:
+        first = sign_in_for(GrantContext("app", endpoint, identity="me", kept=older))
+        second = sign_in_for(GrantContext("app", endpoint, identity="me", kept=newer))
+        third = sign_in_for(GrantContext("app", endpoint, identity="me"))
+        return [first is second is third, first.kept]
+
+    shared, kept = asyncio.run(scenario())
+    assert shared and kept is newer
