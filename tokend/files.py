@@ -104,8 +104,8 @@ _swept: set[str] = set()  # directories swept by this process (a race sweeps one
 
 
 def _spread(key: int) -> int:
-    """A writer for a lane's hash (Fibonacci hashing: an object's hash is its address, spaced by
-    the size of the objects, so its low bits alone would pick the same writer)."""
+    """A writer for a lane's hash. Fibonacci hashing mixes every bit in: an object's hash comes
+    from its address, and addresses are spaced alike, so a few low bits would pick few writers."""
     return (key * 0x9E3779B97F4A7C15 >> 40) % WRITERS
 
 
