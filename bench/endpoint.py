@@ -2,12 +2,22 @@
 
 Side by side in one run, alternating: tokend's endpoint (App Service protocol, one cached token)
 and a reference written here, a minimal Flask app (werkzeug's threaded server, as the original
-helper ran) returning a cached JSON token. Each is loaded by 16 client threads of httpx2 with
-keep-alive (spread over `--client-processes` processes, so the client's GIL is not what is
-measured) for `--seconds`, `--runs` times; medians. Every answer is checked (status 200 and the
-token). Memory: tokend's RSS once ready, before any request, and after all of them.
+helper ran) returning a cached JSON token. Each is loaded for `--seconds`, `--runs` times
+(medians) by 16 concurrent keep-alive clients, either
+
+- `--load-with httpx2` (the default, as the issue prescribes): 16 threads of httpx2, spread over
+  `--client-processes` processes so the client's GIL is not what is measured. Every answer is
+  checked (status 200 and the token). On a 2-core machine the Python clients need more CPU per
+  request than either server, so they, not the servers, set the pace;
+- `--load-with wrk`: Debian's wrk (C; installed, or fetched and cached by `scripts/wrk`), 16
+  connections on 2 threads, which spends a few microseconds per request and so measures what
+  each server can serve. Answers other than 2xx fail the run; the token served is checked once
+  before.
+
+Memory: tokend's RSS once ready, before any request, and after all of them.
 
     python bench/endpoint.py [--runs R] [--seconds S] [--threads T] [--client-processes P]
+                             [--load-with httpx2|wrk]
 """
 
 from __future__ import annotations
@@ -15,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -46,7 +57,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--threads", type=int, default=16)
     parser.add_argument("--client-processes", type=int, default=2)
+    parser.add_argument("--load-with", choices=("httpx2", "wrk"), default="httpx2")
     args = parser.parse_args()
+    wrk = _wrk() if args.load_with == "wrk" else ""
     print(f"machine: {machine()}")
     print(f"load before: {_loadavg()}")
     with fast_provider() as provider, tempfile.TemporaryDirectory() as tmp:
@@ -66,7 +79,8 @@ def main() -> None:
             results: dict[str, list[Figures]] = {name: [] for name in targets}
             for _ in range(args.runs):
                 for name, target in targets.items():
-                    results[name].append(load(target, args))
+                    figures = load_wrk(wrk, target, args) if wrk else load(target, args)
+                    results[name].append(figures)
             rss_after = _rss_mb(tokend.pid)
         finally:
             for process in (tokend, reference[0]):
@@ -113,6 +127,50 @@ def load(target: Target, args: argparse.Namespace) -> Figures:
     )
 
 
+def load_wrk(wrk: str, target: Target, args: argparse.Namespace) -> Figures:
+    """wrk: `args.threads` connections on (up to) 2 threads for `args.seconds`."""
+    url = f"{target.url}?api-version=2019-08-01&resource={RESOURCE}"
+    header = ["-H", f"X-IDENTITY-HEADER: {target.header}"] if target.header else []
+    threads, connections = str(min(2, args.threads)), str(args.threads)
+    command = [wrk, "-t", threads, "-c", connections, "-d", f"{args.seconds:g}s", "--latency"]
+    cpu_before = process_cpu(target.process.pid)
+    out = subprocess.run([*command, *header, url], capture_output=True, text=True, check=True)
+    cpu = process_cpu(target.process.pid) - cpu_before
+    text = out.stdout
+    if "Non-2xx" in text or "Socket errors" in text:
+        raise SystemExit(f"wrk saw failed requests against {target.url}:\n{text}")
+    rps = float(_wrk_figure(r"Requests/sec:\s+([\d.]+)", text)[0])
+    requests = int(_wrk_figure(r"(\d+) requests in", text)[0])
+    return Figures(
+        rps=rps,
+        p50=_wrk_ms(text, "50%"),
+        p99=_wrk_ms(text, "99%"),
+        cpu_per_request=cpu / max(requests, 1) * 1e6,
+    )
+
+
+def _wrk() -> str:
+    """Debian's wrk: installed, or fetched once into the cache by scripts/wrk."""
+    found = subprocess.run(
+        [str(BENCH.parent / "scripts" / "wrk")], capture_output=True, text=True, check=False
+    )
+    if found.returncode != 0 or not found.stdout.strip():
+        raise SystemExit(found.stderr.strip() or "scripts/wrk provided no wrk")
+    return str(Path(found.stdout.strip()) / "wrk")
+
+
+def _wrk_ms(text: str, percentile: str) -> float:
+    value, unit = _wrk_figure(rf"^\s+{percentile}\s+([\d.]+)(us|ms|s)\s*$", text)
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def _wrk_figure(pattern: str, text: str) -> tuple[str, ...]:
+    found = re.search(pattern, text, re.M)
+    if found is None:
+        raise SystemExit(f"no {pattern!r} in wrk's output:\n{text}")
+    return found.groups()
+
+
 def _split(total: int, parts: int) -> list[int]:
     parts = max(1, min(parts, total))
     return [total // parts + (1 if index < total % parts else 0) for index in range(parts)]
@@ -148,10 +206,13 @@ def client(url: str, header: str, threads: int, seconds: float) -> None:
 def report(
     results: dict[str, list[Figures]], args: argparse.Namespace, rss: tuple[float, float, float]
 ) -> None:
-    print(
-        f"{args.threads} client threads (httpx2, keep-alive) in {args.client_processes} "
-        f"processes, {args.runs} runs of {args.seconds:.0f}s each, alternating; medians:"
+    clients = (
+        f"wrk, {args.threads} keep-alive connections on {min(2, args.threads)} threads"
+        if args.load_with == "wrk"
+        else f"{args.threads} client threads (httpx2, keep-alive) in {args.client_processes} "
+        "processes"
     )
+    print(f"{clients}, {args.runs} runs of {args.seconds:.0f}s each, alternating; medians:")
     rows = {}
     for name, runs in results.items():
         rows[name] = [median([getattr(run, key) for run in runs]) for key in Figures_KEYS]

@@ -120,8 +120,8 @@ class Assembly:
         leader election, tokens with a sink shared between replicas run on the leader only."""
         self.resources.configure(config.sections)
         self.engine.build(self.blueprints(config), engine_settings(config))
-        for section, kind in RESOURCES.items():
-            if kind.leadership and section in config.sections:
+        for section in config.sections:  # only the kinds a config names are loaded
+            if (kind := RESOURCES[section]).leadership:
                 self.engine.lead_with(self.resources.get(kind))
         self._config = config
 
@@ -139,8 +139,8 @@ class Assembly:
     def _keep_leadership(self, config: Config) -> Config:
         old = self._config.sections if self._config is not None else {}
         sections = dict(config.sections)
-        for section, kind in RESOURCES.items():
-            if kind.leadership and old.get(section) != sections.get(section):
+        for section in dict.fromkeys([*old, *sections]):
+            if RESOURCES[section].leadership and old.get(section) != sections.get(section):
                 log.warning("reload: changes to %s take effect at the next restart", section)
                 sections.pop(section, None)
                 if section in old:

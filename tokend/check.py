@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 
 from tokend import files
@@ -22,9 +21,10 @@ from tokend.endpoint.catalog import password_identities
 from tokend.endpoint.checks import endpoint_problems
 from tokend.engine.state import state_dir_problem
 from tokend.resources import RESOURCES, Environment, Resources
-from tokend.secrets import SecretError, secret_references
+from tokend.secret_fields import secret_references
+from tokend.secrets import SecretError
 from tokend.sinks import SinkContext, sink_labels
-from tokend.transport import ca_bundle_problem, is_loopback, split_listen
+from tokend.transport import ca_bundle_problem, is_loopback, listen_problem, split_listen
 from tokend.validation import SECTIONS
 
 
@@ -43,7 +43,7 @@ def local_problems(loaded: LoadedConfig, *, listen: bool) -> list[str]:
     config, source = loaded.config, loaded.source
     with files.remembered_directories():
         found = [f"{source}: {path}: {problem}" for path, problem in _local(config)]
-    if listen and config.listen and (problem := _listen_problem(config.listen)):
+    if listen and config.listen and (problem := listen_problem(config.listen)):
         found.append(f"{source}: listen: {problem}")
     if config.endpoint is not None:
         lines = endpoint_problems(config.endpoint, listen)
@@ -119,27 +119,6 @@ def _sink_problems(config: Config) -> Iterator[tuple[str, str]]:
             if target in written_by and target != sink.target():
                 yield where, f"{target} is also written by {written_by[target]}"
             written_by.setdefault(target, where)
-
-
-def listen_problem(listen: str) -> str | None:
-    """Why `host:port` cannot be listened on now, or None."""
-    return _listen_problem(listen)
-
-
-def _listen_problem(listen: str) -> str | None:
-    host, port = split_listen(listen)
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror:
-        return f"cannot resolve host '{host}'"
-    family, kind, proto, _, address = infos[0]
-    with socket.socket(family, kind, proto) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the listener does
-        try:
-            probe.bind(address)
-        except OSError as exc:
-            return f"cannot listen on {listen}: {exc.strerror}"
-    return None
 
 
 def _remote(loaded: LoadedConfig, resources: Resources, said: list[str]) -> Iterator[str]:

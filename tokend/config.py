@@ -30,9 +30,8 @@ from pydantic import (
     model_validator,
 )
 from pydantic import dataclasses as pydantic_dataclasses
-from pydantic.dataclasses import rebuild_dataclass
 
-from tokend import backoff, registry, transport
+from tokend import backoff, transport
 from tokend.config_checks import cross_reference_problems
 from tokend.durations import Duration, PositiveDuration
 from tokend.endpoint.options import EndpointOptions
@@ -269,7 +268,6 @@ class Config(_Model):
 
 def validate_config(document: dict[str, Any], *, label: str = "config") -> Config:
     """`document` (parsed YAML) as a `Config`, or `ConfigError` with every problem found."""
-    _ensure_schema()
     try:
         config = Config.model_validate(document)
     except ValidationError as exc:
@@ -278,16 +276,3 @@ def validate_config(document: dict[str, Any], *, label: str = "config") -> Confi
     if problems:
         raise ConfigError([f"{label}: {path}: {message}" for path, message in problems])
     return config
-
-
-class _Schema:
-    built_at = registry.generation()
-
-
-def _ensure_schema() -> None:
-    """Rebuild the schema when kinds were registered since it was built (tests add their own)."""
-    if _Schema.built_at != registry.generation():
-        _Schema.built_at = registry.generation()
-        rebuild_dataclass(TokenSpec, force=True)  # type: ignore[arg-type]
-        Identity.model_rebuild(force=True)
-        Config.model_rebuild(force=True)

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 from tokend.oauth.verify import verify_problem
 from tokend.resources import RESOURCES
-from tokend.secrets import SecretReference, secret_references
+from tokend.secret_fields import secret_references
+from tokend.secrets import SecretReference
 from tokend.sinks import SinkOptionsBase, sink_labels
 from tokend.validation import did_you_mean
 

@@ -99,7 +99,8 @@ def parse_config(text: str, *, label: str, source: Path | None = None) -> Loaded
     if not isinstance(document, dict):
         raise ConfigError([f"{label}: the config must be a mapping with identities and tokens"])
     from tokend.config import validate_config  # pydantic and the kinds' schemas: not for status
-    from tokend.secrets import InlineSecret, secret_references
+    from tokend.secret_fields import secret_references
+    from tokend.secrets import InlineSecret
 
     config = validate_config(document, label=label)
     warnings = [

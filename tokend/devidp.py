@@ -31,6 +31,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from tokend.clock import SYSTEM_CLOCK, Clock
+from tokend.deverror import entra_error
 from tokend.devusers import DELEGATED_GRANTS, Users
 
 DEV_TENANT = "dev-tenant"
@@ -110,7 +111,7 @@ class DevIdentityProvider:
         if rejection is not None:
             return rejection
         if form.get("grant_type") != "client_credentials":
-            return _error(
+            return entra_error(
                 400, "unsupported_grant_type", 70003, "The app requested an unsupported grant type."
             )
         if version == 1:
@@ -122,7 +123,7 @@ class DevIdentityProvider:
             if not scope:
                 return _missing_parameter("scope")
             if len(scope.split()) != 1 or not scope.endswith("/.default"):
-                return _error(
+                return entra_error(
                     400,
                     "invalid_scope",
                     1002012,
@@ -144,20 +145,22 @@ class DevIdentityProvider:
                 pair = base64.b64decode(header[6:], validate=True).decode()
                 basic_id, basic_secret = (unquote(part) for part in pair.split(":", 1))
             except ValueError:
-                return "", _error(401, "invalid_client", 7000216, "Malformed client credentials.")
+                return "", entra_error(
+                    401, "invalid_client", 7000216, "Malformed client credentials."
+                )
             client_id, secret = basic_id, basic_secret
         if not client_id:
             return "", _missing_parameter("client_id")
         expected = self.clients.get(client_id)
         if expected is None:
-            return client_id, _error(
+            return client_id, entra_error(
                 401,
                 "invalid_client",
                 700016,
                 f"Application with identifier '{client_id}' was not found in the directory.",
             )
         if secret is None:
-            return client_id, _error(
+            return client_id, entra_error(
                 401,
                 "invalid_client",
                 7000218,
@@ -165,7 +168,7 @@ class DevIdentityProvider:
                 "or 'client_secret'.",
             )
         if not hmac.compare_digest(secret.encode(), expected.encode()):
-            return client_id, _error(
+            return client_id, entra_error(
                 401, "invalid_client", 7000215, "Invalid client secret provided."
             )
         return client_id, None
@@ -175,7 +178,7 @@ class DevIdentityProvider:
     ) -> tuple[str, Response | None]:
         """Client assertions (certificates, federation): not known here; the fake Entra ID of
         the tests checks them."""
-        return form.get("client_id", ""), _error(
+        return form.get("client_id", ""), entra_error(
             401, "invalid_client", 7000218, "This provider accepts client secrets only."
         )
 
@@ -223,33 +226,12 @@ class DevIdentityProvider:
 
 
 def _missing_parameter(name: str) -> Response:
-    return _error(
+    return entra_error(
         400,
         "invalid_request",
         900144,
         f"The request body must contain the following parameter: '{name}'.",
     )
-
-
-def _error(status: int, error: str, code: int, description: str) -> Response:
-    trace_id, correlation_id = str(uuid.uuid4()), str(uuid.uuid4())
-    return JSONResponse(
-        {
-            "error": error,
-            "error_description": f"AADSTS{code}: {description}\r\nTrace ID: {trace_id}\r\n"
-            f"Correlation ID: {correlation_id}",
-            "error_codes": [code],
-            "timestamp": SYSTEM_CLOCK.now().strftime("%Y-%m-%d %H:%M:%SZ"),
-            "trace_id": trace_id,
-            "correlation_id": correlation_id,
-            "error_uri": "https://login.microsoftonline.com/error?code=" + str(code),
-        },
-        status_code=status,
-    )
-
-
-entra_error = _error
-"""An error response shaped as Entra ID's (AADSTS code, trace and correlation ids)."""
 
 
 DEV_IDP_LISTEN = "127.0.0.1:9477"

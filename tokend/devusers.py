@@ -24,6 +24,8 @@ from urllib.parse import parse_qsl
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from tokend.deverror import entra_error
+
 if TYPE_CHECKING:
     from tokend.devidp import DevIdentityProvider
 
@@ -109,9 +111,9 @@ class Users:
         form = await _form(request)
         client_id, scope = form.get("client_id", ""), form.get("scope", "")
         if client_id not in self.public_clients:
-            return _error(400, "invalid_client", 7000218, "The app is not a public client.")
+            return entra_error(400, "invalid_client", 7000218, "The app is not a public client.")
         if not scope:
-            return _error(400, "invalid_request", 900144, "The request must contain 'scope'.")
+            return entra_error(400, "invalid_request", 900144, "The request must contain 'scope'.")
         device_code = secrets.token_urlsafe(32)
         letters = "BCDFGHJKLMNPQRSTVWXZ"
         user_code = "".join(secrets.choice(letters) for _ in range(8))
@@ -158,7 +160,7 @@ class Users:
         if problem is not None:
             return problem
         if audience in self.unconsented:
-            return _error(
+            return entra_error(
                 400, "invalid_grant", 65001, "The user or administrator has not consented."
             )
         self.grants.append(grant_type)
@@ -176,15 +178,17 @@ class Users:
         username, password = form.get("username", ""), form.get("password", "")
         expected = self.passwords.get(username)
         if expected is None:
-            return _error(400, "invalid_grant", 50034, "The user account does not exist.")
+            return entra_error(400, "invalid_grant", 50034, "The user account does not exist.")
         if username in self.locked:
-            return _error(400, "invalid_grant", 50053, "The account is locked.")
+            return entra_error(400, "invalid_grant", 50053, "The account is locked.")
         if not hmac.compare_digest(password.encode(), expected.encode()):
-            return _error(400, "invalid_grant", 50126, "Error validating credentials.")
+            return entra_error(400, "invalid_grant", 50126, "Error validating credentials.")
         if username in self.password_expired:
-            return _error(400, "invalid_grant", 50055, "The password is expired.")
+            return entra_error(400, "invalid_grant", 50055, "The password is expired.")
         if username in self.mfa_required:
-            return _error(400, "invalid_grant", 50076, "You must use multi-factor authentication.")
+            return entra_error(
+                400, "invalid_grant", 50076, "You must use multi-factor authentication."
+            )
         return _Grant(tenant, client_id, username)
 
     def _refresh_grant(
@@ -194,10 +198,10 @@ class Users:
         grant = self._live.pop(presented, None)
         if grant is None or grant.tenant != tenant or grant.client_id != client_id:
             self.refused.append(presented)
-            return _error(400, "invalid_grant", 70000, "The provided grant is invalid.")
+            return entra_error(400, "invalid_grant", 70000, "The provided grant is invalid.")
         if grant.expires_at is not None and provider.clock.now() >= grant.expires_at:
             self.refused.append(presented)
-            return _error(400, "invalid_grant", 700082, "The refresh token has expired.")
+            return entra_error(400, "invalid_grant", 700082, "The refresh token has expired.")
         self.spent.append(presented)
         return grant
 
@@ -206,20 +210,22 @@ class Users:
     ) -> Any:
         code = self._codes.get(form.get("device_code", ""))
         if code is None or code.tenant != tenant or code.client_id != form.get("client_id"):
-            return _error(400, "invalid_grant", 70000, "The device code is not valid.")
+            return entra_error(400, "invalid_grant", 70000, "The device code is not valid.")
         now = provider.clock.now()
         if now >= code.expires_at:
-            return _error(400, "expired_token", 70019, "The device code has expired.")
+            return entra_error(400, "expired_token", 70019, "The device code has expired.")
         if code.declined:
-            return _error(400, "authorization_declined", 70000, "The user declined.")
+            return entra_error(400, "authorization_declined", 70000, "The user declined.")
         too_soon = code.last_poll is not None and now - code.last_poll < timedelta(
             seconds=code.interval
         )
         code.last_poll = now
         if too_soon:
-            return _error(400, "slow_down", 70000, "Polling too often.")
+            return entra_error(400, "slow_down", 70000, "Polling too often.")
         if code.approved_by is None:
-            return _error(400, "authorization_pending", 70016, "The user has not signed in yet.")
+            return entra_error(
+                400, "authorization_pending", 70016, "The user has not signed in yet."
+            )
         del self._codes[form["device_code"]]
         form["scope"] = code.scope
         return _Grant(tenant, code.client_id, code.approved_by)
@@ -288,24 +294,20 @@ def _audience(form: dict[str, str], version: int) -> tuple[str, Response | None]
     if version == 1:
         resource = form.get("resource")
         if not resource:
-            return "", _error(
+            return "", entra_error(
                 400, "invalid_request", 900144, "The request must contain 'resource'."
             )
         return resource, None
     apis = [s for s in form.get("scope", "").split() if s not in _SIGN_IN_SCOPES]
     if not apis:
-        return "", _error(400, "invalid_scope", 70011, "The scope names no API.")
+        return "", entra_error(400, "invalid_scope", 70011, "The scope names no API.")
     audiences = {api.rsplit("/", 1)[0] if "/" in api else api for api in apis}
     if len(audiences) > 1:
-        return "", _error(400, "invalid_scope", 28000, "The scope names more than one resource.")
+        return "", entra_error(
+            400, "invalid_scope", 28000, "The scope names more than one resource."
+        )
     return audiences.pop(), None
 
 
 async def _form(request: Request) -> dict[str, str]:
     return dict(parse_qsl((await request.body()).decode("utf-8", "replace")))
-
-
-def _error(status: int, error: str, code: int, description: str) -> Response:
-    from tokend.devidp import _error as entra_error  # noqa: PLC0415 - devidp imports this module
-
-    return entra_error(status, error, code, description)

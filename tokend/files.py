@@ -2,13 +2,16 @@
 and a crash (even `kill -9`) at any instant leaves one of the two.
 
 All writes from the event loop go through a few dedicated writer threads (`in_writer_thread`);
-the calls on one object (a sink, a state store) always go to the same thread, so they land in
-the order they were made. Each write is mostly waiting in fsync, but it takes the GIL back after
-each of its ten syscalls, and a busy event loop holds the GIL for the switch interval (5 ms by
-default) before handing it over: one writer beside a busy loop managed 41-57 writes a second
-(100,000 tokens took 30 minutes to reach their files). With 4 writers and a 1 ms switch interval,
-360 a second (bench/RESULTS.md, section 7). The default executor's many threads cost ~40 % more
-CPU than one (measured with 2000 file-sink writes during `tokend once`); four cost little more.
+the calls on one object (a state store), or into one directory (file sinks), always go to the
+same thread, so they land in the order they were made. Each write is mostly waiting in fsync,
+but it takes the GIL back after each of its ten syscalls, and a busy event loop holds the GIL
+for the switch interval (5 ms) before handing it over: one writer beside a busy loop managed
+41-57 writes a second (100,000 tokens took 30 minutes to reach their files), 4 writers over 100
+directories several times more (bench/RESULTS.md, section 7). The default executor's many
+threads cost ~40 % more CPU than one (2000 file-sink writes during `tokend once`); 4 writers
+fsyncing one directory at once cost ~25 % more than one, and a 1 ms switch interval ~15 % more
+again (10,000 files in one directory; section 1): hence a lane per directory, and Python's
+own switch interval.
 """
 
 from __future__ import annotations
@@ -16,9 +19,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -32,18 +34,20 @@ _WRITERS = [
     ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"tokend-files{index}")
     for index in range(WRITERS)
 ]
-SWITCH_INTERVAL = 0.001
-"""How long (s) a thread holding the GIL keeps it while a writer waits for it (Python: 0.005)."""
 _T = TypeVar("_T")
 
 
-async def in_writer_thread(function: Callable[..., _T], *args: object, **kwargs: object) -> _T:
-    """Run blocking file work on a writer thread without blocking the event loop. Calls of the
-    methods of one object run on one thread, in order; other functions on the first thread."""
-    if sys.getswitchinterval() > SWITCH_INTERVAL:
-        sys.setswitchinterval(SWITCH_INTERVAL)  # writers get the GIL back sooner (see above)
-    owner = getattr(function, "__self__", None)
-    writer = _WRITERS[_spread(id(owner)) if owner is not None else 0]
+async def in_writer_thread(
+    function: Callable[..., _T], *args: object, lane: Hashable = None, **kwargs: object
+) -> _T:
+    """Run blocking file work on a writer thread without blocking the event loop. Work on one
+    `lane` runs on one thread, in order; the default lane is the object whose method `function`
+    is (its calls land in the order they were made), or the first thread for a plain function.
+    A file sink's lane is its directory: writes into one directory then fsync it one after the
+    other, since concurrent ones cost more CPU than they save (bench/RESULTS.md, section 1)."""
+    if lane is None:
+        lane = getattr(function, "__self__", None)
+    writer = _WRITERS[_spread(hash(lane)) if lane is not None else 0]
     return await asyncio.get_running_loop().run_in_executor(
         writer, partial(function, *args, **kwargs)
     )
@@ -99,10 +103,10 @@ milliseconds): it was left by a process killed mid-write."""
 _swept: set[str] = set()  # directories swept by this process (a race sweeps one twice: harmless)
 
 
-def _spread(address: int) -> int:
-    """A writer for an object's address (Fibonacci hashing: addresses are spaced by the size of
-    the objects, a multiple of 16, so their low bits alone would pick the same writer)."""
-    return ((address >> 4) * 0x9E3779B97F4A7C15 >> 40) % WRITERS
+def _spread(key: int) -> int:
+    """A writer for a lane's hash. Fibonacci hashing mixes every bit in: an object's hash comes
+    from its address, and addresses are spaced alike, so a few low bits would pick few writers."""
+    return (key * 0x9E3779B97F4A7C15 >> 40) % WRITERS
 
 
 def sweep_stale_temp_files(directory: str | Path) -> None:

@@ -76,7 +76,12 @@ class ResourceKind(Generic[OptionsT, ClientT]):
 
 RESOURCES: Registry[ResourceKind[Any, Any]] = Registry(
     "shared resource",
-    builtins=("tokend.vault", "tokend.oauth.jwks", "tokend.kube", "tokend.kube.election"),
+    builtins={
+        "vault": "tokend.vault",
+        "jwks": "tokend.oauth.jwks",
+        "kubernetes": "tokend.kube",
+        "leader_election": "tokend.kube.election",
+    },
 )
 
 

@@ -9,17 +9,14 @@ that reads over the network gets its client from the `Resources` it is given.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, PrivateAttr, ValidationError
 
-from tokend import registry
 from tokend.errors import TokendError
 from tokend.redaction import redactor
 from tokend.registry import Registry
@@ -198,7 +195,15 @@ class SecretForm:
     options: type[SecretReference]
 
 
-SECRET_FORMS: Registry[SecretForm] = Registry("secret reference", builtins=("tokend.vault.secret",))
+SECRET_FORMS: Registry[SecretForm] = Registry(
+    "secret reference",
+    builtins={
+        "env": __name__,
+        "file": __name__,
+        "credential": __name__,
+        "vault": "tokend.vault.secret",
+    },
+)
 for _key, _form in (
     ("env", EnvSecret),
     ("file", FileSecret),
@@ -253,69 +258,3 @@ def parse_binary_secret_ref(value: Any) -> SecretReference:
 
 BinarySecretRef = Annotated[SecretReference, PlainValidator(parse_binary_secret_ref)]
 """A secret whose value is bytes: a file as it is on disk, any other form as base64 text."""
-
-
-def secret_references(model: Any, prefix: str = "") -> Iterator[tuple[str, SecretReference]]:
-    """Every secret reference in a config (pydantic models and options dataclasses, nested in
-    dicts and lists), with its key path. Only fields whose type can hold one are walked: a
-    config of 100,000 tokens with file sinks is a handful of identities to look at."""
-    for key in _secret_fields(type(model)):
-        yield from _walk(getattr(model, key), f"{prefix}{key}")
-
-
-def _walk(value: Any, path: str) -> Iterator[tuple[str, SecretReference]]:
-    if isinstance(value, SecretReference):
-        yield path, value
-    elif isinstance(value, BaseModel) or dataclasses.is_dataclass(value):
-        yield from secret_references(value, f"{path}.")
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            yield from _walk(item, f"{path}.{key}")
-    elif isinstance(value, list | tuple):
-        for index, item in enumerate(value):
-            yield from _walk(item, f"{path}.{index}")
-
-
-_fields_cache: dict[tuple[type, int], tuple[str, ...]] = {}
-
-
-def _secret_fields(cls: type) -> tuple[str, ...]:
-    """The fields of `cls` whose type can hold a secret reference (for the kinds registered
-    now: a registration changes the answer for fields holding that family)."""
-    key = (cls, registry.generation())
-    found = _fields_cache.get(key)
-    if found is None:
-        fields = getattr(cls, "__pydantic_fields__", {})
-        found = _fields_cache[key] = tuple(
-            name
-            for name, info in fields.items()
-            if _can_hold(info.annotation, info.metadata, set())
-        )
-    return found
-
-
-def _can_hold(annotation: Any, metadata: list[Any], seen: set[type]) -> bool:
-    for found in _metadata(metadata):  # a registry's union: pydantic keeps it in the metadata
-        if any(_can_hold(entry.options, [], seen) for _tag, entry in found.items()):
-            return True
-    if isinstance(annotation, type):
-        if issubclass(annotation, SecretReference):
-            return True
-        if annotation in seen or not hasattr(annotation, "__pydantic_fields__"):
-            return False
-        seen.add(annotation)
-        fields: dict[str, Any] = getattr(annotation, "__pydantic_fields__", {})
-        return any(_can_hold(info.annotation, info.metadata, seen) for info in fields.values())
-    for found in registry.registries_in(annotation, unions_only=False):
-        if any(_can_hold(entry.options, [], seen) for _tag, entry in found.items()):
-            return True
-    nested = [*getattr(annotation, "__args__", ()), *getattr(annotation, "__metadata__", ())]
-    origin = getattr(annotation, "__origin__", None)
-    if origin is not None and origin is not annotation:
-        nested.append(origin)
-    return any(_can_hold(arg, [], seen) for arg in nested)
-
-
-def _metadata(metadata: list[Any]) -> Iterator[Registry[Any]]:
-    for meta in metadata:
-        yield from registry.registries_in(meta, unions_only=False)

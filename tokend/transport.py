@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import re
+import socket
 import ssl
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -121,3 +122,20 @@ def split_listen(listen: str) -> tuple[str, int]:
     if not match or not 0 < int(match["port"]) < 65536:
         raise ValueError(f"'{listen}' is not host:port, e.g. 127.0.0.1:9464")
     return match["v6"] or match["host"], int(match["port"])
+
+
+def listen_problem(listen: str) -> str | None:
+    """Why `host:port` cannot be listened on now, or None (`tokend check`)."""
+    host, port = split_listen(listen)
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror:
+        return f"cannot resolve host '{host}'"
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the listener does
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            return f"cannot listen on {listen}: {exc.strerror}"
+    return None

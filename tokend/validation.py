@@ -2,8 +2,8 @@
 missing`, `...: unknown type 'vaul' (known: file, vault)`, `refresh_treshold: unknown key (did
 you mean 'refresh_threshold'?)`.
 
-Generic over the schema: the registries behind the discriminated unions say which path parts
-pydantic inserted (a union member's tag, which the user never wrote) and which kinds are known.
+Generic over the schema: a union of a registry's kinds validates a value with its own kind's
+model, so a key path is what the user wrote; the registry says which kinds are known.
 """
 
 from __future__ import annotations
@@ -23,10 +23,9 @@ writes at the top level: never shown in a key path."""
 
 def validation_lines(exc: ValidationError, model: type) -> list[str]:
     """One line per error: `key.path: message`."""
-    unions = dict(_union_fields(model, set()))
     lines = []
     for error in exc.errors(include_url=False, include_input=True):
-        path = _key_path(error["loc"], unions)
+        path = _key_path(error["loc"])
         message = _message(error, model)
         lines.append(f"{path}: {message}" if path else message)
     return lines
@@ -37,25 +36,15 @@ def did_you_mean(word: str, candidates: Iterable[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
-def _key_path(loc: tuple[int | str, ...], unions: dict[str, Registry[Any]]) -> str:
+def _key_path(loc: tuple[int | str, ...]) -> str:
     parts: list[str] = []
     for index, part in enumerate(loc):
         if index == 0 and part == SECTIONS:
             continue
         if part == "[key]":
             continue  # the problem is the key itself, already the last part of the path
-        if isinstance(part, str) and _is_union_tag(loc, index, unions):
-            continue  # pydantic inserts the union member's tag; the user never wrote it
         parts.append(str(part))
     return ".".join(parts)
-
-
-def _is_union_tag(loc: tuple[int | str, ...], index: int, unions: dict[str, Registry[Any]]) -> bool:
-    field = loc[index - 1] if index >= 1 else None
-    if isinstance(field, int) and index >= 2:
-        field = loc[index - 2]  # a list of union members: sinks.0.<tag>
-    registry = unions.get(field) if isinstance(field, str) else None
-    return registry is not None and loc[index] in registry
 
 
 def _message(error: Any, model: type) -> str:
@@ -80,16 +69,9 @@ def _message(error: Any, model: type) -> str:
     return message[:1].lower() + message[1:]
 
 
-def _union_fields(model: type, seen: set[type]) -> Iterator[tuple[str, Registry[Any]]]:
-    """(field name, registry) for every field in the schema that holds a registry's union."""
-    for cls in _config_classes(model, seen):
-        for name, info in cls.__pydantic_fields__.items():  # type: ignore[attr-defined]
-            for registry in _registries(info.annotation, info.metadata):
-                yield name, registry
-
-
 def _field_names(model: type, seen: set[type]) -> set[str]:
-    """Every key the schema knows anywhere, for "did you mean" hints."""
+    """Every key the schema knows anywhere, for "did you mean" hints (this imports every
+    registered kind: only a config with an unknown key pays for it)."""
     names: set[str] = set()
     for cls in _config_classes(model, seen):
         names |= set(cls.__pydantic_fields__)  # type: ignore[attr-defined]
@@ -108,21 +90,19 @@ def _config_classes(model: type, seen: set[type]) -> Iterator[type]:
             yield from _config_classes(nested, seen)
 
 
-def _registries(
-    annotation: Any, metadata: list[Any], *, unions_only: bool = True
-) -> Iterator[Registry[Any]]:
-    yield from registries_in(annotation, unions_only=unions_only)
+def _registries(annotation: Any, metadata: list[Any]) -> Iterator[Registry[Any]]:
+    yield from registries_in(annotation, unions_only=False)
     for arg in getattr(annotation, "__args__", ()):
-        yield from _registries(arg, [], unions_only=unions_only)
+        yield from _registries(arg, [])
     for meta in metadata:
-        yield from registries_in(meta, unions_only=unions_only)
+        yield from registries_in(meta, unions_only=False)
 
 
 def _model_types(annotation: Any, metadata: list[Any]) -> Iterator[type]:
     """Config classes named anywhere in `annotation`, and the kinds of its registries."""
     if isinstance(annotation, type) and hasattr(annotation, "__pydantic_fields__"):
         yield annotation
-    for registry in _registries(annotation, metadata, unions_only=False):
+    for registry in _registries(annotation, metadata):
         for _tag, entry in registry.items():
             yield entry.options
     for arg in getattr(annotation, "__args__", ()):

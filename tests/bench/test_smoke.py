@@ -3,6 +3,7 @@ judged here (never timing thresholds in tests): each must run, exit 0 and print 
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -75,3 +76,19 @@ def bench(script: str, *args: str) -> str:
 )
 def test_benchmark_runs(script: str, args: list[str], figures: str) -> None:
     assert re.search(figures, bench(script, *args)), script
+
+
+def test_endpoint_benchmark_with_wrk() -> None:
+    """The server-bound variant: Debian's wrk as the load generator."""
+    found = subprocess.run(
+        [str(BENCH.parent / "scripts" / "wrk")], capture_output=True, text=True, check=False
+    )
+    if not found.stdout.strip():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"wrk missing under CI: {found.stderr.strip()}")
+        pytest.skip(found.stderr.strip() or "needs Debian's wrk: apt-get install wrk")
+    args = ["--runs", "1", "--seconds", "1", "--threads", "2", "--load-with", "wrk"]
+    out = bench("endpoint.py", *args)
+    assert re.search(r"wrk, 2 keep-alive connections on 2 threads", out), out
+    assert re.search(r"tokend\s+\d+ req/s\s+p50\s+[\d.]+ ms\s+p99\s+[\d.]+ ms", out), out
+    assert re.search(r"tokend/flask: throughput [\d.]+x, p99 [\d.]+x", out), out

@@ -25,6 +25,7 @@ from tests.support.idp import CLIENT_SECRET, FakeIdp
 from tokend.clock import format_span
 from tokend.config import Config
 from tokend.engine import Phase
+from tokend.engine.once import refresh_once
 
 M = timedelta(minutes=1)
 H = timedelta(hours=1)
@@ -209,7 +210,7 @@ def test_a_failing_sink_is_retried_alone_and_gets_the_newest_token(
 def test_single_flight(idp: FakeIdp, tmp_path: Path) -> None:
     async def scenario(h: Harness) -> list[bool]:
         job = h.job()
-        return list(await asyncio.gather(job.refresh(), job.refresh(), job.refresh()))
+        return list(await asyncio.gather(refresh_once(job), refresh_once(job), refresh_once(job)))
 
     assert _run(idp, tmp_path, scenario) == [True, True, True]
     assert len(idp.token_requests) == 1
@@ -257,7 +258,7 @@ def test_settled_waits_for_the_request_in_flight(idp: FakeIdp, tmp_path: Path) -
     async def scenario(h: Harness) -> list[object]:
         await h.engine.settled("nope")  # no such token: nothing to wait for
         await h.engine.settled("crm")  # nothing in flight
-        request = asyncio.get_running_loop().create_task(h.job().refresh())
+        request = asyncio.get_running_loop().create_task(refresh_once(h.job()))
         await asyncio.sleep(0)  # the request is on its way
         await h.engine.settled("crm")
         seen: list[object] = [h.job().token is not None, len(idp.token_requests)]
@@ -317,7 +318,7 @@ def test_each_refresh_failure_is_one_line_saying_what_next(
         assert job.token is not None
         idp.fail(*[faults.entra_error(401, "invalid_client", 7000215)] * 2)
         for attempt, level in ((1, "ERROR"), (2, "DEBUG")):
-            await job.refresh()
+            await refresh_once(job)
             assert job.next_run is not None and job.last_error is not None
             now = h.clock.now()
             expected.append(
@@ -351,8 +352,8 @@ def test_each_refresh_and_each_recovery_is_one_line(
         assert job.token is not None and job.next_run is not None
         first, planned = job.token, job.next_run - h.clock.now()
         idp.fail(faults.html(502))
-        await job.refresh()
-        await job.refresh()
+        await refresh_once(job)
+        await refresh_once(job)
         assert job.token is not None and job.next_run is not None
         second, replanned = job.token, job.next_run - h.clock.now()
         lines = [
@@ -396,11 +397,11 @@ def test_an_unexpected_error_while_acquiring_is_an_internal_error_that_may_pass(
     async def scenario(h: Harness) -> None:
         job = h.job()
         job._acquirer = Broken()  # type: ignore[assignment]
-        await job.refresh()
+        await refresh_once(job)
         error = job.last_error
         assert error is not None
         assert (str(error), error.code, error.transient) == (
-            "tokend: internal error KeyError",
+            "unexpected KeyError",
             "internal",
             True,
         )

@@ -79,6 +79,68 @@ def config(idp: FakeIdp, tmp_path: Path) -> Path:
     )
 
 
+_VALIDATE_SCRIPT = """
+import sys
+from pathlib import Path
+from tokend.configfile import load_config
+from tokend.errors import ConfigError
+try:
+    load_config(Path(sys.argv[1]))
+    print("valid")
+except ConfigError as exc:
+    print(str(exc).replace(chr(10), " | "))
+print(" ".join(sorted(name for name in sys.modules if name.startswith("tokend."))))
+"""
+
+OTHER_KINDS = (
+    "tokend.vault",
+    "tokend.kube",
+    "tokend.sinks.vault",
+    "tokend.sinks.kubernetes",
+    "tokend.oauth.grants.certificate",
+    "tokend.oauth.grants.delegated",
+    "tokend.oauth.grants.device_login",
+    "tokend.oauth.grants.federated",
+    "tokend.oauth.grants.managed_identity",
+    "tokend.oauth.grants.password",
+    "tokend.oauth.grants.signin",
+)
+
+
+def validated(config: Path) -> tuple[str, set[str]]:
+    """What validating `config` says, and the tokend modules loaded by then."""
+    result = subprocess.run(
+        [sys.executable, "-c", _VALIDATE_SCRIPT, str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 2, result.stderr
+    return lines[0], set(lines[1].split())
+
+
+def other_kinds(modules: set[str]) -> set[str]:
+    return {name for name in modules if name.startswith(OTHER_KINDS)}
+
+
+def test_validating_loads_only_the_kinds_the_config_names(config: Path) -> None:
+    """A client secret and a file sink: no Vault, Kubernetes, certificate or delegated-grant
+    module is imported (nor their options models built)."""
+    outcome, modules = validated(config)
+    assert outcome == "valid"
+    assert {"tokend.oauth.grants.client_secret", "tokend.sinks.file"} <= modules
+    assert other_kinds(modules) == set()
+
+
+def test_an_unknown_kind_is_listed_without_loading_the_others(config: Path) -> None:
+    config.write_text(config.read_text().replace("type: file", "type: vaul"))
+    outcome, modules = validated(config)
+    assert outcome.endswith("unknown type 'vaul' (known: file, kubernetes, vault)"), outcome
+    assert other_kinds(modules) == set()
+
+
 def test_version_loads_no_library() -> None:
     assert loaded_by("version") & (SERVING | REMOTE | {"pydantic", "yaml"}) == set()
 

@@ -24,6 +24,7 @@ from tokend import __version__
 from tokend.config import Config
 from tokend.engine import Phase
 from tokend.engine.engine import LeadershipView
+from tokend.engine.once import refresh_once
 from tokend.engine.query import Census, SinkView, TokenView
 from tokend.metrics import Metrics
 from tokend.oauth.grants.base import CredentialState
@@ -511,7 +512,7 @@ def test_the_query_view_of_a_failing_token_and_of_one_in_flight(
             assert view is not None and job.last_error is not None
             assert (view.last_error, view.failures, view.refreshing) == (job.last_error, 1, False)
             assert view.refreshes == {"success": 0, "transient_error": 0, "permanent_error": 1}
-            request = asyncio.get_running_loop().create_task(job.refresh())
+            request = asyncio.get_running_loop().create_task(refresh_once(job))
             await asyncio.sleep(0)
             in_flight = h.engine.view("crm", h.clock.now())
             assert (

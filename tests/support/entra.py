@@ -26,7 +26,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from tokend.devidp import DevIdentityProvider, entra_error
+from tokend.deverror import entra_error
+from tokend.devidp import DevIdentityProvider
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 EXCHANGE_AUDIENCE = "api://AzureADTokenExchange"

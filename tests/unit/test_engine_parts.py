@@ -23,6 +23,7 @@ from tests.support.virtual import VirtualScheduler
 from tokend.backoff import Backoff
 from tokend.config import Config
 from tokend.engine import ApsScheduler, RefreshPolicy, ReloadSummary, TokenJob
+from tokend.engine.once import refresh_once
 from tokend.engine.publisher import Deliveries, Publisher, SinkSlot
 from tokend.engine.recovery import PROBE_INTERVAL, WATCH_INTERVAL, Causes, Outages
 from tokend.errors import TokendError
@@ -123,10 +124,10 @@ def test_an_unexpected_sink_exception_is_an_internal_transient_error_retried_alo
 
     with caplog.at_level(logging.INFO, logger="tokend.publisher"):
         asyncio.run(scenario())
-    assert [record.getMessage() for record in caplog.records] == [
-        "sink troubled: unexpected failure",
-        "sink troubled: unexpected KeyError",
-        "sink troubled: recovered after 1 failed attempts",
+    assert [(record.name, record.getMessage()) for record in caplog.records] == [
+        ("tokend.publisher", "sink troubled: unexpected failure"),
+        ("tokend.publisher", "sink troubled: unexpected KeyError"),
+        ("tokend.publisher", "sink troubled: recovered after 1 failed attempts"),
     ]
 
 
@@ -304,7 +305,7 @@ def _refresh(job: TokenJob, deadline_in: float | None) -> tuple[bool, list[float
     async def run() -> bool:
         loop = asyncio.get_running_loop()
         deadline = None if deadline_in is None else loop.time() + deadline_in
-        return await job.refresh(deadline, sleep=sleep)
+        return await refresh_once(job, deadline, sleep=sleep)
 
     return asyncio.run(run()), slept
 
@@ -360,7 +361,7 @@ def test_once_retries_a_failing_sink_without_asking_for_another_token() -> None:
         sink.publish_error = None  # the disk has room again after the wait
 
     async def run() -> bool:
-        return await job.refresh(asyncio.get_running_loop().time() + 600, sleep=sleep)
+        return await refresh_once(job, asyncio.get_running_loop().time() + 600, sleep=sleep)
 
     assert asyncio.run(run()) is True
     assert idp.requests == 1

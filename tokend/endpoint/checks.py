@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from tokend.endpoint.options import EndpointOptions, TlsOptions, group_problem
+from tokend.transport import listen_problem
 
 
 def endpoint_problems(options: EndpointOptions, listen: bool) -> list[str]:
@@ -28,11 +29,8 @@ def _problems(options: EndpointOptions, listen: bool) -> Iterator[str]:
             yield f"listen: cannot create a socket in {directory} (permissions)"
         if options.socket_group and (problem := group_problem(options.socket_group)):
             yield f"socket_group: {problem}"
-    elif listen:
-        from tokend.check import listen_problem  # noqa: PLC0415 - check imports this module
-
-        if problem := listen_problem(options.listen):
-            yield f"listen: {problem}"
+    elif listen and (problem := listen_problem(options.listen)):
+        yield f"listen: {problem}"
     if options.tls and (problem := tls_problem(options.tls)):
         yield f"tls: {problem}"
     if "app_service" in options.protocols and options.header_secret is None:

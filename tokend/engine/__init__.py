@@ -7,7 +7,8 @@ from tokend.lazy import exports
 
 if TYPE_CHECKING:
     from tokend.engine.aps import ApsScheduler
-    from tokend.engine.engine import Blueprint, Engine, EngineSettings, ReloadSummary
+    from tokend.engine.blueprint import Blueprint, EngineSettings
+    from tokend.engine.engine import Engine, ReloadSummary
     from tokend.engine.job import TokenJob
     from tokend.engine.outcome import Phase
     from tokend.engine.policy import RefreshPolicy, retry_at, startup_at
@@ -37,7 +38,8 @@ __all__ = [
 
 _MODULES = {
     "tokend.engine.aps": ("ApsScheduler",),
-    "tokend.engine.engine": ("Blueprint", "Engine", "EngineSettings", "ReloadSummary"),
+    "tokend.engine.blueprint": ("Blueprint", "EngineSettings"),
+    "tokend.engine.engine": ("Engine", "ReloadSummary"),
     "tokend.engine.job": ("TokenJob",),
     "tokend.engine.outcome": ("Phase",),
     "tokend.engine.policy": ("RefreshPolicy", "retry_at", "startup_at"),

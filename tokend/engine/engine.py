@@ -17,32 +17,24 @@ from datetime import datetime, timedelta
 from typing import Protocol
 
 from tokend.clock import SYSTEM_CLOCK, Clock
+from tokend.engine.blueprint import Blueprint, EngineSettings
 from tokend.engine.job import TokenJob
-from tokend.engine.policy import DEFAULT_STARTUP_SPREAD, startup_at
+from tokend.engine.once import refresh_once
+from tokend.engine.policy import startup_at
 from tokend.engine.publisher import Deliveries
-from tokend.engine.query import Census, TokenView, is_ready, take_census, view_of
+from tokend.engine.query import (
+    Census,
+    RetiredCounts,
+    TokenView,
+    is_ready,
+    take_census,
+    view_of,
+)
 from tokend.engine.scheduler import Runner
 from tokend.engine.state import fingerprint
 from tokend.token import Token
-from tokend.transport import DEFAULT_MAX_CONCURRENT_REQUESTS
 
 log = logging.getLogger("tokend.engine")
-
-
-@dataclass(frozen=True)
-class Blueprint:
-    """How to build one token's job. `unchanged`: everything the job is built from is as it was
-    for the job running under this name, so a reload keeps that job (its state, token and
-    schedule). The composition root knows both configs; the engine keeps nothing to compare."""
-
-    build: Callable[[], TokenJob]
-    unchanged: bool = False
-    on_demand: bool = False
-    """Not acquired at start: `demand()` (the local endpoint's first request) starts it."""
-    leader_only: bool = False
-    """Every sink writes to a store shared between replicas: with leader election, only the
-    leader runs it (see `Engine.lead_with`). A token with local sinks too runs everywhere,
-    its shared sinks written by the leader only (`Publisher.follow`)."""
 
 
 class Leadership(Protocol):
@@ -61,17 +53,6 @@ class LeadershipView:
     transitions: int
 
 
-@dataclass(frozen=True)
-class EngineSettings:
-    startup_spread: timedelta = DEFAULT_STARTUP_SPREAD
-    """First acquisitions at start are spread over this long, when there are many..."""
-    spread_above: int = DEFAULT_MAX_CONCURRENT_REQUESTS
-    """...more than this (the cap on concurrent requests): a handful start at once, so readiness
-    is not delayed for nothing."""
-    run_limit: int = 32
-    """How many refreshes `refresh_all` runs at once."""
-
-
 @dataclass
 class ReloadSummary:
     added: list[str] = field(default_factory=list)
@@ -85,24 +66,6 @@ class ReloadSummary:
             + (f" ({', '.join(names)})" if names and kind != "unchanged" else "")
             for kind, names in vars(self).items()
         )
-
-
-@dataclass
-class RetiredCounts:
-    """Attempts made by jobs that a reload replaced or removed, so that instance-wide totals
-    (the sum over every job, plus these) never go down."""
-
-    refreshes: dict[str, int] = field(
-        default_factory=lambda: dict.fromkeys(("success", "transient_error", "permanent_error"), 0)
-    )
-    publishes: dict[str, int] = field(default_factory=lambda: {"success": 0, "error": 0})
-
-    def add(self, job: TokenJob) -> None:
-        for result in self.refreshes:
-            self.refreshes[result] += job.results[result]
-        for slot in job.publisher.slots:
-            for result in self.publishes:
-                self.publishes[result] += slot.results[result]
 
 
 class Engine:
@@ -252,7 +215,7 @@ class Engine:
         deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
 
         async def refresh(job: TokenJob) -> None:
-            results[job.name] = await job.refresh(deadline)
+            results[job.name] = await refresh_once(job, deadline)
 
         # On-demand tokens wait for someone to ask: `tokend once` acquires what a start would.
         jobs = [job for name, job in self.jobs.items() if name not in self._on_demand]

@@ -8,17 +8,24 @@ until it expires, whatever the failures.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Protocol
 
 from tokend.backoff import Backoff
 from tokend.clock import Clock, Scheduler
-from tokend.engine.outcome import Phase, RefreshCounts, clock_time, log_failure, log_success
+from tokend.engine.outcome import (
+    Phase,
+    RefreshCounts,
+    log_expired,
+    log_failure,
+    log_recovered,
+    log_resumed,
+    log_success,
+    settle,
+)
 from tokend.engine.policy import RefreshPolicy, retry_at
 from tokend.engine.publisher import Publisher
 from tokend.engine.recovery import Recovery
@@ -29,8 +36,6 @@ from tokend.redaction import redactor
 from tokend.token import Token
 
 log = logging.getLogger("tokend.refresh")
-
-Sleep = Callable[[float], Awaitable[None]]
 
 
 class Acquirer(Protocol):
@@ -130,9 +135,7 @@ class TokenJob:
         self.publisher.open()
         self._hold(token)
         self.last_success = token.obtained_at
-        log.info(
-            "resumed stored token: expires %s", clock_time(token.expires_at), extra=self._extra
-        )
+        log_resumed(self.name, token)
         self._plan(self.policy.refresh_at(token, self._rand.random()))
         await self.publisher.publish(token)
 
@@ -185,26 +188,10 @@ class TokenJob:
             self._recovery.outages.forget(self, self.endpoint)
             self._recovery.causes.forget(self, self.request.grant)
 
-    async def refresh(self, deadline: float | None = None, sleep: Sleep = asyncio.sleep) -> bool:
-        """Acquire and publish to every sink, waiting for them (`tokend once`). True when a new
-        token was obtained and every sink has it. A failure that may pass (of the request or of
-        a sink) is tried again after the backoff while that ends before `deadline` (event-loop
-        time; None: one attempt); one that needs an operator ends it at once."""
-        loop = asyncio.get_running_loop()
-        token: Token | None = None
-        for attempt in itertools.count(1):
-            token = token or await self._acquire_once()
-            if token is not None and await self.publisher.publish(token):
-                return True
-            error = self.last_error if token is None else self.publisher.last_error()
-            if deadline is None or error is None or not error.transient:
-                return False
-            delay = self.backoff.delay(attempt, self._rand.random()).total_seconds()
-            delay = max(delay, error.retry_after or 0.0)
-            if loop.time() + delay > deadline:
-                return False
-            await sleep(delay)
-        raise AssertionError("unreachable")  # pragma: no cover
+    def retry_delay(self, attempt: int, error: TokendError) -> float:
+        """Seconds to wait before the `attempt`+1st try after `error` (`tokend once`)."""
+        delay = self.backoff.delay(attempt, self._rand.random()).total_seconds()
+        return max(delay, error.retry_after or 0.0)
 
     def wind_down(self) -> None:
         """The process is stopping: a run in progress finishes (its token is published and
@@ -219,9 +206,9 @@ class TokenJob:
         self.publisher.halt()
         self._expiry_reported = True  # its expiry is the leader's business now
 
-    async def _acquire_once(self) -> Token | None:
-        """Single flight: while an acquisition is in progress, another call shares its outcome
-        rather than sending a second request. None when it failed."""
+    async def acquire(self) -> Token | None:
+        """Acquire now, single flight: while an acquisition is in progress, another call shares
+        its outcome rather than sending a second request. None when it failed."""
         if self._inflight is None:
             self._inflight = asyncio.create_task(self._acquire_and_record())
             self._inflight.add_done_callback(self._clear_inflight)
@@ -232,7 +219,8 @@ class TokenJob:
 
     async def _acquire_and_record(self) -> Token | None:
         started = time.perf_counter()
-        outcome = await self._acquire()
+        acquiring = self._acquirer.acquire(self.request)
+        outcome = await settle(acquiring, log, "unexpected error while acquiring", self.name)
         took = time.perf_counter() - started
         self._durations.observe(took)
         if self._stopped:
@@ -246,7 +234,8 @@ class TokenJob:
                 await self._recovery.causes.watch(self, grant, grant.source_version)
             return None
         self._succeeded(outcome, took)
-        await self._persist(outcome)
+        if self._state is not None:
+            await self._state.persist(self.name, self._fingerprint, outcome)
         return outcome
 
     async def _expire_if_due(self) -> None:
@@ -259,27 +248,8 @@ class TokenJob:
         if token is None or token.is_valid(now) or self._expiry_reported:
             return
         self._expiry_reported = True
-        log.error(
-            "token expired at %s with no replacement (last error: %s); consumers now hold an "
-            "expired token unless their sink withdraws it",
-            clock_time(token.expires_at),
-            self.last_error or "none",
-            extra=self._extra,
-        )
+        log_expired(self.name, token, self.last_error)
         await self.publisher.expire(now)
-
-    async def _persist(self, token: Token) -> None:
-        if self._state is None:
-            return
-        try:
-            await asyncio.to_thread(self._state.save, self.name, self._fingerprint, token)
-        except OSError as exc:
-            log.warning(
-                "could not save state in %s: %s",
-                self._state.directory,
-                exc.strerror,
-                extra=self._extra,
-            )
 
     async def _run(self) -> None:
         """The scheduled run: acquire, hand the token to the sinks, plan the next run.
@@ -287,7 +257,7 @@ class TokenJob:
         Sinks publish in their own tasks: a slow sink (a remote store timing out) never holds
         one of the scheduler's few run slots that other tokens' refreshes are waiting for."""
         await self._expire_if_due()
-        token = await self._acquire_once()
+        token = await self.acquire()
         if token is not None and not self._stopped:
             self.publisher.publish_in_background(token)
         if not self._stopped and not self._waiting and self._scheduled and self.next_run:
@@ -298,29 +268,18 @@ class TokenJob:
         self.next_run = at
         self._scheduler.schedule(self.name, at, self._run)
 
-    async def _acquire(self) -> Token | TokendError:
-        try:
-            return await self._acquirer.acquire(self.request)
-        except TokendError as exc:
-            return exc
-        except Exception as exc:
-            log.exception("unexpected error while acquiring", extra=self._extra)
-            return TokendError(
-                f"tokend: internal error {type(exc).__name__}", code="internal", transient=True
-            )
-
     def _succeeded(self, token: Token, took: float) -> None:
         now = self._clock.now()
         self._stop_waiting()
         if self.failures:
-            log.info("recovered after %d failed attempts", self.failures, extra=self._extra)
+            log_recovered(self.name, self.failures)
         if self.token is None or token.expires_at > self.token.expires_at:
             self._hold(token)
             self._expiry_reported = False
         self.failures = 0
         self.last_error = None
         self.last_success = now
-        self.results.success += 1
+        self.results.count(None)
         self.next_run = self.policy.refresh_at(token, self._rand.random())
         scheduled = self.next_run if self._scheduled else None
         log_success(self.name, token, now, next_run=scheduled, took=took)
@@ -329,10 +288,7 @@ class TokenJob:
         now = self._clock.now()
         permanent = not error.transient
         self.failures += 1
-        if permanent:
-            self.results.permanent_error += 1
-        else:
-            self.results.transient_error += 1
+        self.results.count(error)
         holding = self.token if self.token and self.token.is_valid(now) else None
         if holding is None and not permanent and self._recovery is not None and self._scheduled:
             # No valid token to protect: wait for the endpoint's probe with every other token
@@ -362,7 +318,3 @@ class TokenJob:
             next_run=scheduled,
             holding=holding,
         )
-
-    @property
-    def _extra(self) -> dict[str, str]:
-        return {"token": self.name}

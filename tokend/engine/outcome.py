@@ -1,17 +1,22 @@
-"""How a token's refresh attempts show outside the job: its phase (as `/status` and metrics name
-it), its attempts counted by result, and the log line each outcome writes."""
+"""How refresh and publish attempts show outside a job: its phase (as `/status` and metrics name
+it), attempts counted by result, an unexpected failure turned into an error, and the log line
+each outcome writes."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
 from datetime import datetime
 from enum import StrEnum
+from typing import TypeVar
 
 from tokend.clock import format_span
 from tokend.errors import TokendError
 from tokend.token import Token
 
 log = logging.getLogger("tokend.refresh")
+
+T = TypeVar("T")
 
 
 class Phase(StrEnum):
@@ -36,6 +41,52 @@ class RefreshCounts:
 
     def __getitem__(self, result: str) -> int:
         return int(getattr(self, result))
+
+    def count(self, error: TokendError | None) -> None:
+        """One more attempt, that ended in `error` (None: a success)."""
+        if error is None:
+            self.success += 1
+        elif error.transient:
+            self.transient_error += 1
+        else:
+            self.permanent_error += 1
+
+
+class PublishCounts:
+    """Publish attempts by outcome, as two ints."""
+
+    __slots__ = ("error", "success")
+
+    def __init__(self) -> None:
+        self.success = self.error = 0
+
+    def __getitem__(self, result: str) -> int:
+        return int(getattr(self, result))
+
+
+async def settle(
+    action: Awaitable[T], logger: logging.Logger, failing: str, token_name: str
+) -> T | TokendError:
+    """`action`'s result, or its failure as a value. Anything unexpected (a bug) is logged to
+    `logger` with its traceback as `failing` and becomes a transient internal error, so that it
+    is retried and shows in status rather than ending a job's loop."""
+    try:
+        return await action
+    except TokendError as exc:
+        return exc
+    except Exception as exc:
+        logger.exception(failing, extra={"token": token_name})
+        return _unexpected(exc)
+
+
+def _unexpected(exc: Exception) -> TokendError:
+    return TokendError(f"unexpected {type(exc).__name__}", code="internal", transient=True)
+
+
+def same_failure(error: TokendError, previous: TokendError | None) -> bool:
+    """The same failure again (said once at WARNING; repeats at DEBUG, and in status and
+    metrics)."""
+    return previous is not None and str(error) == str(previous)
 
 
 def log_success(
@@ -82,6 +133,26 @@ def log_failure(
         error,
         plan,
         held,
+        extra={"token": name},
+    )
+
+
+def log_resumed(name: str, token: Token) -> None:
+    log.info(
+        "resumed stored token: expires %s", clock_time(token.expires_at), extra={"token": name}
+    )
+
+
+def log_recovered(name: str, failures: int) -> None:
+    log.info("recovered after %d failed attempts", failures, extra={"token": name})
+
+
+def log_expired(name: str, token: Token, last_error: TokendError | None) -> None:
+    log.error(
+        "token expired at %s with no replacement (last error: %s); consumers now hold an "
+        "expired token unless their sink withdraws it",
+        clock_time(token.expires_at),
+        last_error or "none",
         extra={"token": name},
     )
 

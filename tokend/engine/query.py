@@ -219,6 +219,24 @@ class Census:
             self.credentials.setdefault(credential.identity, credential.expires_at)
 
 
+@dataclass
+class RetiredCounts:
+    """Attempts made by jobs that a reload replaced or removed, so that instance-wide totals
+    (the sum over every job, plus these) never go down."""
+
+    refreshes: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(("success", "transient_error", "permanent_error"), 0)
+    )
+    publishes: dict[str, int] = field(default_factory=lambda: {"success": 0, "error": 0})
+
+    def add(self, job: TokenJob) -> None:
+        for result in self.refreshes:
+            self.refreshes[result] += job.results[result]
+        for slot in job.publisher.slots:
+            for result in self.publishes:
+                self.publishes[result] += slot.results[result]
+
+
 def take_census(
     jobs: Iterable[tuple[TokenJob, bool, bool]],
     now: datetime,

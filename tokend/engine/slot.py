@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from tokend.backoff import Backoff
 from tokend.clock import Clock, Job, Scheduler
+from tokend.engine.outcome import PublishCounts, same_failure, settle
 from tokend.engine.policy import retry_at
 from tokend.engine.verifier import Verifier, verified
 from tokend.errors import TokendError
@@ -24,18 +25,6 @@ from tokend.sinks import Sink, can_verify
 from tokend.token import Token
 
 log = logging.getLogger("tokend.publisher")
-
-
-class PublishCounts:
-    """Publish attempts by outcome, as two ints."""
-
-    __slots__ = ("error", "success")
-
-    def __init__(self) -> None:
-        self.success = self.error = 0
-
-    def __getitem__(self, result: str) -> int:
-        return int(getattr(self, result))
 
 
 class PublishObserver(Protocol):
@@ -49,30 +38,11 @@ class PublishObserver(Protocol):
 class SinkSlot:
     """One sink of one token: what it holds, what it should hold, and how delivery is going."""
 
-    __slots__ = (
-        "_backoff",
-        "_clock",
-        "_halting",
-        "_lock",
-        "_rand",
-        "_retry_pending",
-        "_scheduler",
-        "_stopped",
-        "_verifier",
-        "_writing",
-        "failures",
-        "held",
-        "last_error",
-        "last_success",
-        "observer",
-        "required_for_ready",
-        "results",
-        "shared",
-        "sink",
-        "standby",
-        "token_name",
-        "wanted",
-        "withdraw_on_expiry",
+    __slots__ = (  # one per sink of each token: 100,000 of them must stay small
+        "_backoff", "_clock", "_halting", "_lock", "_rand", "_retry_pending", "_scheduler",
+        "_stopped", "_verifier", "_writing", "failures", "held", "last_error", "last_success",
+        "observer", "required_for_ready", "results", "shared", "sink", "standby", "token_name",
+        "wanted", "withdraw_on_expiry",
     )  # fmt: skip
 
     def __init__(
@@ -154,22 +124,19 @@ class SinkSlot:
                 return True
             self._writing = asyncio.current_task()
             try:
-                await self.sink.publish(token)
+                failing = f"sink {self.name}: unexpected failure"
+                outcome = await settle(self.sink.publish(token), log, failing, self.token_name)
             except asyncio.CancelledError:
                 if not self._halting or self._writing is None:
                     raise
                 self._halting = False
                 self._writing.uncancel()  # our own `halt()`: the write is abandoned, not retried
                 return False
-            except TokendError as exc:
-                self._failed(token, exc)
-                return False
-            except Exception as exc:
-                log.exception("sink %s: unexpected failure", self.name, extra=self._extra)
-                self._failed(token, _unexpected(exc))
-                return False
             finally:
                 self._writing = None
+            if isinstance(outcome, TokendError):
+                self._failed(token, outcome)
+                return False
             self._succeeded(token)
             return True
 
@@ -193,16 +160,9 @@ class SinkSlot:
         async with self._lock:
             if self.held is None or self.held.is_valid(now) or self._stopped:
                 return  # already withdrawn, replaced meanwhile, or no longer this slot's
-            try:
-                await self.sink.withdraw()
-            except TokendError as exc:
-                self._failed_withdrawal(exc)
-                return
-            except Exception as exc:
-                log.exception(
-                    "sink %s: unexpected failure to withdraw", self.name, extra=self._extra
-                )
-                self._failed_withdrawal(_unexpected(exc))
+            error = await self._withdraw()
+            if error is not None:
+                self._failed_withdrawal(error)
                 return
             self.held = None
             self.failures = 0
@@ -230,13 +190,12 @@ class SinkSlot:
         await self.close()
 
     async def _withdraw_retired(self) -> None:
-        try:
-            await self.sink.withdraw()
-        except TokendError as exc:
+        error = await self._withdraw()
+        if error is not None:
             log.warning(
                 "sink %s: token removed from the config, but its value could not be withdrawn: %s",
                 self.name,
-                exc,
+                error,
                 extra=self._extra,
             )
             return
@@ -244,6 +203,11 @@ class SinkSlot:
         log.info(
             "sink %s: token removed from the config; value withdrawn", self.name, extra=self._extra
         )
+
+    async def _withdraw(self) -> TokendError | None:
+        failing = f"sink {self.name}: unexpected failure to withdraw"
+        outcome = await settle(self.sink.withdraw(), log, failing, self.token_name)
+        return outcome if isinstance(outcome, TokendError) else None
 
     async def check(self) -> None:
         """Ask a sink that can tell (`verify()`) whether it still holds the token it was given;
@@ -299,7 +263,7 @@ class SinkSlot:
 
     def _failed_withdrawal(self, error: TokendError) -> None:
         self.failures += 1
-        level = logging.DEBUG if _same(error, self.last_error) else logging.WARNING
+        level = logging.DEBUG if same_failure(error, self.last_error) else logging.WARNING
         log.log(level, "sink %s: cannot withdraw: %s", self.name, error, extra=self._extra)
         self.last_error = error
         now = self._clock.now()
@@ -334,7 +298,7 @@ class SinkSlot:
         self.failures += 1
         self.results.error += 1
         now = self._clock.now()
-        level = logging.DEBUG if _same(error, self.last_error) else logging.WARNING
+        level = logging.DEBUG if same_failure(error, self.last_error) else logging.WARNING
         log.log(level, "sink %s: %s", self.name, error, extra=self._extra)  # repeats: DEBUG
         self.last_error = error
         if not token.is_valid(now):
@@ -349,13 +313,3 @@ class SinkSlot:
     @property
     def _extra(self) -> dict[str, str]:
         return {"token": self.token_name}
-
-
-def _unexpected(exc: Exception) -> TokendError:
-    return TokendError(f"unexpected {type(exc).__name__}", code="internal", transient=True)
-
-
-def _same(error: TokendError, previous: TokendError | None) -> bool:
-    """The same failure again (said once at WARNING; repeats at DEBUG, and in status and
-    metrics)."""
-    return previous is not None and str(error) == str(previous)

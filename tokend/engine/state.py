@@ -13,6 +13,7 @@ issues.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -104,6 +105,19 @@ class StateStore:
             sealed = self._sealer.seal(plain.encode(), _associated(name, request_fingerprint))
             document |= {"format": _SEALED, "sealed": sealed}
         files.write_atomic(self._path(name), json.dumps(document).encode(), mode=0o600)
+
+    async def persist(self, name: str, request_fingerprint: str, token: Token) -> None:
+        """`save` off the event loop; a failure is logged, not raised: the token is published
+        all the same, only a restart would re-acquire it."""
+        try:
+            await asyncio.to_thread(self.save, name, request_fingerprint, token)
+        except OSError as exc:
+            log.warning(
+                "could not save state in %s: %s",
+                self.directory,
+                exc.strerror,
+                extra={"token": name},
+            )
 
     def _contents(self, document: dict[str, Any], name: str, fingerprint: str) -> Any:
         kind = document.get("format")

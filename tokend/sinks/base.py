@@ -7,8 +7,8 @@ schedule, and keeps only the newest token for a sink that is behind. A sink rais
 one-line reason naming the place it writes to; never a token value in that text.
 
 Adding a sink type: one module with an options class (a subclass of `SinkOptionsBase` with a
-`type` literal) and a sink class, registered with `SINKS.register(...)`, plus its module name in
-`SINKS`'s built-ins. Nothing else names it.
+`type` literal) and a sink class, registered with `SINKS.register(...)`, plus its tag and
+module name in `SINKS`'s built-ins. Nothing else names it.
 """
 
 from __future__ import annotations
@@ -153,7 +153,12 @@ class SinkType:
 
 
 SINKS: Registry[SinkType] = Registry(
-    "sink type", builtins=("tokend.sinks.file", "tokend.sinks.vault", "tokend.sinks.kubernetes")
+    "sink type",
+    builtins={
+        "file": "tokend.sinks.file",
+        "vault": "tokend.sinks.vault",
+        "kubernetes": "tokend.sinks.kubernetes",
+    },
 )
 
 

@@ -105,24 +105,26 @@ class FileSinkOptions(SinkOptionsBase):
 
 
 class FileSink:
-    __slots__ = ("_options", "_path", "name")
+    __slots__ = ("_directory", "_options", "_path", "name")
 
     def __init__(self, options: FileSinkOptions, context: SinkContext) -> None:
         self.name = context.sink_name
         self._options = options
         self._path = options.path
+        self._directory = os.path.dirname(options.path)
 
     async def publish(self, token: Token) -> None:
-        await files.in_writer_thread(self._write, render(token, self._options))
+        data = render(token, self._options)
+        await files.in_writer_thread(self._write, data, lane=self._directory)
 
     async def withdraw(self) -> None:
-        await files.in_writer_thread(self._remove)
+        await files.in_writer_thread(self._remove, lane=self._directory)
 
     async def close(self) -> None:
         return None
 
     def _write(self, data: bytes) -> None:
-        directory = os.path.dirname(self._path)
+        directory = self._directory
         try:
             if not os.path.isdir(directory):
                 if not self._options.create_dirs:

@@ -11,8 +11,8 @@ the grant can send one request at a time per identity, persist what it absorbed 
 is handed on, and decide what a refusal means (`Exchange.failed`).
 
 Adding a credential type: one module with an options model (a subclass of `CredentialOptions`
-with a `type` literal) and a grant, registered with `CREDENTIALS.register(...)`, plus its module
-name in `CREDENTIALS`'s built-ins. Nothing else names it.
+with a `type` literal) and a grant, registered with `CREDENTIALS.register(...)`, plus its tag and
+module name in `CREDENTIALS`'s built-ins. Nothing else names it.
 """
 
 from __future__ import annotations
@@ -210,14 +210,14 @@ class CredentialType:
 
 CREDENTIALS: Registry[CredentialType] = Registry(
     "credential type",
-    builtins=(
-        "tokend.oauth.grants.client_secret",
-        "tokend.oauth.grants.certificate",
-        "tokend.oauth.grants.federated",
-        "tokend.oauth.grants.managed_identity",
-        "tokend.oauth.grants.password",
-        "tokend.oauth.grants.device_login",
-    ),
+    builtins={
+        "client_secret": "tokend.oauth.grants.client_secret",
+        "certificate": "tokend.oauth.grants.certificate",
+        "federated": "tokend.oauth.grants.federated",
+        "managed_identity": "tokend.oauth.grants.managed_identity",
+        "password": "tokend.oauth.grants.password",
+        "device_login": "tokend.oauth.grants.device_login",
+    },
 )
 
 

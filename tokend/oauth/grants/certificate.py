@@ -47,10 +47,6 @@ if TYPE_CHECKING:
 Algorithm = Literal["PS256", "RS256", "ES256", "ES384", "ES512"]
 
 
-class KeyMaterialError(ValueError):
-    """The key material cannot be used. The text names the input, never its content."""
-
-
 log = logging.getLogger("tokend.credentials")
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
@@ -99,6 +95,8 @@ class CertificateOptions(CredentialOptions):
         return load_pem(self.certificate.resolve_bytes(resources), key, password)
 
     def preflight(self, resources: Resources | None = None) -> list[str]:
+        from tokend.oauth.grants.keys import KeyMaterialError
+
         try:
             signing = self.load(resources)
             signing.algorithm(self.algorithm)
@@ -215,7 +213,7 @@ class CertificateGrant:
         return self._signing
 
     def _parse(self, parts: list[bytes]) -> SigningKey:
-        from tokend.oauth.grants.keys import load_pem, load_pkcs12
+        from tokend.oauth.grants.keys import KeyMaterialError, load_pem, load_pkcs12
 
         certificate, private_key, bundle, *password = parts
         secret = password[0] if password else None

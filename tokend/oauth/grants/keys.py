@@ -14,6 +14,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -21,9 +22,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 
-from tokend.oauth.grants.certificate import Algorithm, KeyMaterialError
+if TYPE_CHECKING:
+    from tokend.oauth.grants.certificate import Algorithm
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+
+
+class KeyMaterialError(ValueError):
+    """The key material cannot be used. The text names the input, never its content."""
+
 
 _EC_ALGORITHMS: dict[str, Algorithm] = {
     "secp256r1": "ES256",
