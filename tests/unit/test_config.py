@@ -473,3 +473,28 @@ def test_where_an_identity_asks() -> None:
     assert identities["generic"].endpoint(Target(scopes=("s",)), None).ca_bundle == Path(
         "/etc/own-ca.pem"
     )
+
+
+def test_did_you_mean_knows_every_key_of_every_registered_kind() -> None:
+    """The hints walk the whole schema: the config's own models, every kind of credential, sink
+    and shared-resource section, and the models nested in them."""
+    from tokend.config import Config
+    from tokend.oauth.grants.base import CREDENTIALS
+    from tokend.resources import RESOURCES
+    from tokend.sinks.base import SINKS
+    from tokend.validation import _field_names
+
+    known = _field_names(Config, set())
+    for registry in (CREDENTIALS, SINKS, RESOURCES):
+        for tag, entry in registry.items():
+            missing = set(entry.options.__pydantic_fields__) - known
+            assert not missing, (tag, missing)
+    nested = {"leeway", "jwks_uri", "refetch_interval", "state_key", "authority_host", "mode"}
+    assert nested <= known
+    assert _field_names(Config, {Config}) == set()  # a model already walked is not walked again
+
+
+def test_a_mistyped_key_deep_in_a_kind_gets_a_hint() -> None:
+    line = "    resource: https://contoso.crm.dynamics.com\n"
+    text = _with({line: line + "    verify: {leewey: 30s}\n"})
+    assert any("unknown key (did you mean 'leeway'?)" in line for line in _lines(text))
