@@ -233,14 +233,7 @@ def test_only_a_web_address_is_shown_to_complete_the_sign_in(
             "expires_in": 60, **extra}  # fmt: skip
     endpoint.answers = [(200, body)]
 
-    async def main() -> DeviceCode:
-        http = Clients(deadline=5, connect_timeout=5, max_connections=1)
-        try:
-            return await request_device_code(http, endpoint.url, "a", ("s",), clock=FakeClock())
-        finally:
-            await http.aclose()
-
-    assert asyncio.run(main()).verification_uri_complete == complete
+    assert asyncio.run(_device_code(endpoint)).verification_uri_complete == complete
 
 
 @pytest.mark.parametrize(
@@ -262,22 +255,15 @@ def test_the_seconds_an_answer_may_give(
             "expires_in": 60, "interval": 5, field_name: value}  # fmt: skip
     endpoint.answers = [(200, body)]
 
-    async def main() -> DeviceCode:
-        http = Clients(deadline=5, connect_timeout=5, max_connections=1)
-        try:
-            return await request_device_code(http, endpoint.url, "a", ("s",), clock=FakeClock())
-        finally:
-            await http.aclose()
-
     if accepted is None:
         with pytest.raises(DeviceFlowError) as caught:
-            asyncio.run(main())
+            asyncio.run(_device_code(endpoint))
         assert str(caught.value) == (
             f"{endpoint.url}: the device code answer is unusable: {field_name} is missing or not"
             " a sane number of seconds"
         )
     else:
-        assert getattr(asyncio.run(main()), field_name) == accepted
+        assert getattr(asyncio.run(_device_code(endpoint)), field_name) == accepted
 
 
 def test_a_refused_device_code_is_one_line_with_the_time_of_the_clock(endpoint: Endpoint) -> None:
@@ -328,3 +314,12 @@ CODE_ANSWER = {
     "expires_in": 60,
     "interval": 1,
 }
+
+
+async def _device_code(endpoint: Endpoint) -> DeviceCode:
+    """One device code request to `endpoint`, with its own clients."""
+    http = Clients(deadline=5, connect_timeout=5, max_connections=1)
+    try:
+        return await request_device_code(http, endpoint.url, "a", ("s",), clock=FakeClock())
+    finally:
+        await http.aclose()
