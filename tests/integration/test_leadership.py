@@ -22,6 +22,7 @@ from tests.conftest import entra_identity
 from tests.support.harness import Harness, harness
 from tests.support.idp import CLIENT_SECRET, FakeIdp
 from tokend.config import validate_config
+from tokend.engine.outcome import Phase
 from tokend.metrics import Metrics
 from tokend.resources import RESOURCES, Environment, ResourceKind
 from tokend.sinks import SINKS, SinkContext, SinkOptionsBase, SinkType
@@ -106,7 +107,9 @@ def kinds() -> Iterator[None]:
     RESOURCES.unregister("toss")
 
 
-def config_for(idp: FakeIdp, tmp_path: Path, toss: dict[str, Any] | None = None) -> Any:
+def config_for(
+    idp: FakeIdp, tmp_path: Path, toss: dict[str, Any] | None = None, *, mixed: bool = True
+) -> Any:
     def token(*sinks: dict[str, Any]) -> dict[str, Any]:
         return {"identity": "app", "resource": "https://crm.example", "sinks": list(sinks)}
 
@@ -115,12 +118,18 @@ def config_for(idp: FakeIdp, tmp_path: Path, toss: dict[str, Any] | None = None)
             "identities": {"app": entra_identity(idp, CLIENT_SECRET)},
             "tokens": {
                 "shared": token({"type": "shelf", "key": "shared"}),
-                "mixed": token(
-                    {"type": "shelf", "key": "mixed"},
-                    {"type": "file", "path": str(tmp_path / "mixed")},
-                ),
                 "local": token({"type": "file", "path": str(tmp_path / "local")}),
-            },
+            }
+            | (
+                {
+                    "mixed": token(
+                        {"type": "shelf", "key": "mixed"},
+                        {"type": "file", "path": str(tmp_path / "mixed")},
+                    )
+                }
+                if mixed
+                else {}
+            ),
             "defaults": {"startup_spread": 0},
             "toss": {} if toss is None else toss,
         }
@@ -396,3 +405,30 @@ def test_a_follower_reloading_neither_withdraws_nor_starts_the_leaders_tokens(
             assert view is not None and view.standby and h.job("added").token is None
 
     asyncio.run(scenario())
+
+
+@pytest.mark.usefixtures("kinds")
+def test_without_mixed_tokens_the_line_names_only_the_leader_only_ones_and_a_follower_counts_them(
+    idp: FakeIdp, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The census of a follower counts the leader's tokens as standby, not by their phase."""
+
+    async def scenario() -> None:
+        async with harness(config_for(idp, tmp_path, mixed=False)) as h:
+            await h.start()
+            await settle(h)
+            census = h.engine.census(h.clock.now(), h.clock.now())
+            assert (census.states[Phase.STANDBY], census.states[Phase.FRESH]) == (1, 1)
+            caplog.clear()
+            toss(h).flip(True)
+            await launched(h)
+            await settle(h)
+            toss(h).flip(False)
+            lines = [r.getMessage() for r in caplog.records if "leading" in r.getMessage()]
+            assert lines == [
+                "leading: starting 1 tokens with only shared sinks",
+                "not leading: stopped 1 tokens with only shared sinks",
+            ]
+
+    with caplog.at_level("INFO", "tokend.engine"):
+        asyncio.run(scenario())

@@ -33,6 +33,7 @@ def _token(lifetime: timedelta, refresh_in: timedelta | None = None) -> Token:
         (H, 10 * M, None, 0.1, 1.0, T0 + 44 * M),  # jitter: up to 10 % of lifetime earlier
         (H, 10 * M, None, 0.1, 0.5, T0 + 47 * M),
         (20 * M, 10 * M, None, 0.0, 0.0, T0 + 10 * M),  # lifetime == 2x threshold: half-life
+        (25 * M, 10 * M, None, 0.0, 0.0, T0 + 15 * M),  # 2.5x threshold: threshold wins
         (60 * S, 10 * M, None, 0.0, 0.0, T0 + 30 * S),  # short-lived: half-life
         (60 * S, 10 * M, None, 0.1, 1.0, T0 + 24 * S),
         (24 * H, 10 * M, 12 * H, 0.0, 0.0, T0 + 12 * H),  # refresh_in sooner than threshold
