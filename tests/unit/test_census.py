@@ -68,7 +68,7 @@ class _Job:
 
 
 def _jobs() -> list[tuple[_Job, bool, bool]]:
-    """(job, dormant, standby) for a census of nine tokens."""
+    """(job, dormant, standby) for a census of ten tokens."""
     app = CredentialState("app", NOW + timedelta(days=90))
     return [
         (_Job("fresh", token=_token(50), refreshes=(3, 2, 1), credential=app,
@@ -80,6 +80,7 @@ def _jobs() -> list[tuple[_Job, bool, bool]]:
               slots=[_slot(5, 2, failures=2, standby=True)]), False, True),
         (_Job("dormant", Phase.PENDING, refreshes=(0, 7, 0), slots=[_slot(0, 3)],
               credential=CredentialState("asleep", NOW)), True, False),
+        (_Job("dormant-too", Phase.PENDING), True, False),
         (_Job("expired", Phase.EXPIRED, _token(-1), credential=CredentialState("other", None)),
          False, False),
         (_Job("overdue", token=_token(40), next_run=LATE - timedelta(seconds=1)), False, False),
@@ -109,7 +110,7 @@ def test_the_census_of_tokens_in_every_situation() -> None:
     }
     assert census == Census(
         states=states,
-        dormant=1,
+        dormant=2,
         refreshes={"success": 14, "transient_error": 30, "permanent_error": 31},
         publishes={"success": 53, "error": 57},
         earliest_expiry=NOW + timedelta(minutes=20),  # not the standby's, nor the expired one

@@ -98,3 +98,15 @@ def test_a_forgotten_sink_does_not_hold_up_another_due_at_the_same_instant() -> 
     first.stop()
     world.run_for(3 * GRANULARITY)
     assert other.asked == [start + GRANULARITY, start + 2 * GRANULARITY, start + 3 * GRANULARITY]
+
+
+def test_a_sink_stopped_and_opened_again_is_checked_again() -> None:
+    """Leadership lost, then regained: the shared sink's checks resume."""
+    world = World()
+    slot, store = world.slot("store", timedelta(minutes=1))
+    slot.stop()
+    world.run_for(timedelta(minutes=3))
+    assert store.asked == []
+    slot.open()
+    world.run_for(timedelta(minutes=3))
+    assert len(store.asked) >= 2
