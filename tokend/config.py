@@ -39,7 +39,7 @@ from tokend.engine.policy import DEFAULT_JITTER, DEFAULT_STARTUP_SPREAD, DEFAULT
 from tokend.errors import ConfigError
 from tokend.oauth.dialects import Endpoint, Target, endpoint_for
 from tokend.oauth.grants import CREDENTIALS, CredentialOptions
-from tokend.oauth.verify import VerifySetting
+from tokend.oauth.verify_options import VerifySetting
 from tokend.resources import RESOURCES
 from tokend.secrets import SecretRef
 from tokend.sinks import SINKS, SinkOptionsBase

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from tokend.oauth.verify import verify_problem
+from tokend.oauth.verify_options import verify_problem
 from tokend.resources import RESOURCES
 from tokend.secret_fields import secret_references
 from tokend.secrets import SecretReference

@@ -17,15 +17,8 @@ from tests.support.clock import EPOCH, FakeClock
 from tokend.errors import TokendError
 from tokend.oauth.errors import Peer, PermanentError, TokenError, TransientError
 from tokend.oauth.jwks import Connection, JwksError
-from tokend.oauth.verify import (
-    Check,
-    Expectation,
-    VerifyingAcquirer,
-    VerifyOptions,
-    default_audiences,
-    expectation,
-    verify_problem,
-)
+from tokend.oauth.verify import Check, Expectation, VerifyingAcquirer, expectation
+from tokend.oauth.verify_options import VerifyOptions, default_audiences, verify_problem
 from tokend.redaction import Redactor
 from tokend.token import Token
 

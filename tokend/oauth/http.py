@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpcore2
 import httpx2
 
+from tokend.oauth.network import AsyncioBackend
 from tokend.transport import USER_AGENT, is_on_this_machine, ssl_context, untrusting_context
 
 MAX_BODY = 1 << 20  # a token response or a key set is a few KiB; past 1 MiB it is not one
@@ -81,18 +83,36 @@ class Clients:
         client = self._clients.get(key)
         if client is None:
             verify = ssl_context(ca_bundle) if tls else untrusting_context()
+            limits = httpx2.Limits(
+                max_connections=self._max_connections,
+                max_keepalive_connections=self._max_connections,
+            )
             client = self._clients[key] = httpx2.AsyncClient(
                 verify=verify,
                 timeout=httpx2.Timeout(self.deadline, connect=self._connect_timeout),
-                limits=httpx2.Limits(
-                    max_connections=self._max_connections,
-                    max_keepalive_connections=self._max_connections,
-                ),
+                limits=limits,
+                transport=_transport(verify, limits),
                 follow_redirects=False,
                 trust_env=not direct,
                 headers={"User-Agent": USER_AGENT},
             )
         return client
+
+
+def _transport(verify: ssl.SSLContext, limits: httpx2.Limits) -> httpx2.AsyncHTTPTransport:
+    """httpx2's transport on a connection pool of asyncio streams (`tokend.oauth.network`).
+    httpx2 takes no network backend, so its pool is replaced by an equal one built with ours (a
+    test checks that the pool in use is this one). A proxy from the environment, for a peer not
+    on this machine, gets httpx2's own transport."""
+    transport = httpx2.AsyncHTTPTransport(verify=verify, limits=limits)
+    transport._pool = httpcore2.AsyncConnectionPool(
+        ssl_context=verify,
+        max_connections=limits.max_connections,
+        max_keepalive_connections=limits.max_keepalive_connections,
+        keepalive_expiry=limits.keepalive_expiry,
+        network_backend=AsyncioBackend(),
+    )
+    return transport
 
 
 def _transport_reason(exc: httpx2.TransportError) -> str:
