@@ -67,7 +67,12 @@ MODULES: dict[str, Module] = {
     ),
     "files": Module(
         ("tokend/files.py",),
-        ("tests/unit/test_files.py", "tests/unit/test_file_sink.py", "tests/unit/test_state.py"),
+        (
+            "tests/unit/test_files.py",
+            "tests/unit/test_writers.py",
+            "tests/unit/test_file_sink.py",
+            "tests/unit/test_state.py",
+        ),
         slow=(CONCURRENT_READER,),
     ),
     "oauth": Module(
@@ -140,6 +145,7 @@ MODULES: dict[str, Module] = {
         ("tokend/transport.py",),
         (
             "tests/unit/test_transport.py",
+            "tests/unit/test_listen_problem.py",
             "tests/unit/test_config.py",
             "tests/integration/test_client.py",
         ),
@@ -166,7 +172,7 @@ MODULES: dict[str, Module] = {
     ),
     "metrics": Module(
         ("tokend/metrics.py",),
-        ("tests/integration/test_metrics.py",),
+        ("tests/integration/test_metrics.py", "tests/integration/test_metrics_problems.py"),
     ),
     "sinks": Module(
         (

@@ -43,6 +43,20 @@ def test_calls_on_one_object_stay_on_one_thread_in_order() -> None:
     assert len({r.threads[0] for r in recorders}) > 1  # 32 objects: not all on one thread
 
 
+def test_a_plain_function_runs_on_the_first_writer_and_a_lane_on_its_own() -> None:
+    def where() -> str:
+        return threading.current_thread().name
+
+    async def run() -> tuple[set[str], set[str]]:
+        plain = {await files.in_writer_thread(where) for _ in range(3)}
+        lanes = {await files.in_writer_thread(where, lane=f"d{index}") for index in range(32)}
+        return plain, lanes
+
+    plain, lanes = asyncio.run(run())
+    assert plain == {"tokend-files0_0"}
+    assert len(lanes) > 1
+
+
 def test_file_sinks_write_into_one_directory_from_one_thread(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
