@@ -183,6 +183,7 @@ MODULES: dict[str, Module] = {
         ),
         (
             "tests/unit/test_file_sink.py",
+            "tests/unit/test_writers.py",  # each file sink's directory is its writer lane
             "tests/unit/test_sink_parts.py",
             "tests/unit/test_config.py",
             "tests/integration/test_plugins.py",

@@ -86,6 +86,34 @@ def test_file_sinks_write_into_one_directory_from_one_thread(
     assert all((directory / "t7.token").read_text() == TOKEN.value for directory in directories)
 
 
+def test_removals_run_in_their_directorys_lane_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A withdrawal lands in order with the other writes into its directory."""
+    threads: dict[str, set[str]] = defaultdict(set)
+    remove = files.remove
+
+    def recording(path: str | Path) -> None:
+        threads[os.path.dirname(path)].add(threading.current_thread().name)
+        remove(path)
+
+    monkeypatch.setattr(files, "remove", recording)
+    directories = [tmp_path / f"d{index}" for index in range(16)]
+    sinks = []
+    for directory in directories:
+        directory.mkdir()
+        sinks += [_sink(directory / f"t{index}.token") for index in range(8)]
+
+    async def publish_and_withdraw() -> None:
+        await asyncio.gather(*(sink.publish(TOKEN) for sink in sinks))
+        await asyncio.gather(*(sink.withdraw() for sink in sinks))
+
+    asyncio.run(publish_and_withdraw())
+    assert sorted(threads) == sorted(str(directory) for directory in directories)
+    assert all(len(names) == 1 for names in threads.values())
+    assert not any((directory / "t7.token").exists() for directory in directories)
+
+
 TOKEN = Token(
     value="eyJ.payload.sig",
     token_type="Bearer",
