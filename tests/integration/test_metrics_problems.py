@@ -1,6 +1,6 @@
 """`metrics.per_token` in-process (test_metrics_scope.py runs a real `tokend run` for the same,
 which mutation testing cannot see): by default every token has its own series; with `problems`
-only a token that needs attention, a token due within the minute not yet counted as late; the
+only a token that needs attention (no token, or a sink failing), a token due within the minute not yet counted as late; the
 scope switched at a reload (`configure`). And a token's sink another replica writes leaves the
 token's other sinks reported."""
 
@@ -60,11 +60,17 @@ def test_per_token_series_for_all_or_only_for_problems(idp: FakeIdp, tmp_path: P
                     "resource": resource,
                     "sinks": [{"type": "file", "path": str(tmp_path / f"{name}.token")}],
                 }
-                for name, resource in (("ok", "https://ok.example"), ("broken", BROKEN))
+                for name, resource in (
+                    ("ok", "https://ok.example"),
+                    ("broken", BROKEN),
+                    ("stuck", "https://stuck.example"),  # its file is a directory: cannot write
+                )
             },
             "defaults": {"startup_spread": 0},
         }
     )
+
+    (tmp_path / "stuck.token").mkdir()
 
     async def scenario() -> None:
         async with harness(config) as h:
@@ -73,13 +79,14 @@ def test_per_token_series_for_all_or_only_for_problems(idp: FakeIdp, tmp_path: P
             everything, problems = Metrics(h.clock), Metrics(h.clock, scope="problems")
             everything.watch(h.engine)
             problems.watch(h.engine)
-            assert (_tokens(everything), _tokens(problems)) == ({"ok", "broken"}, {"broken"})
+            assert _tokens(everything) == {"ok", "broken", "stuck"}
+            assert _tokens(problems) == {"broken", "stuck"}
             next_run = h.job("ok").next_run
             assert next_run is not None
             h.clock.set(next_run - timedelta(seconds=30))  # due soon, not late
-            assert _tokens(problems) == {"broken"}
+            assert _tokens(problems) == {"broken", "stuck"}
             problems.configure("all")
-            assert _tokens(problems) == {"ok", "broken"}
+            assert _tokens(problems) == {"ok", "broken", "stuck"}
 
     asyncio.run(scenario())
 
