@@ -118,6 +118,7 @@ MODULES: dict[str, Module] = {
             "tests/integration/test_client.py",
             "tests/integration/test_faults.py",
             "tests/integration/test_network.py",
+            "tests/integration/test_network_parts.py",
             f"{PROPERTIES}::test_error_responses_classify_cleanly",
             f"{PROPERTIES}::test_retry_after_never_raises",
         ),

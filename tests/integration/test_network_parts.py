@@ -1,0 +1,136 @@
+"""`tokend.oauth.network`, the parts test_network.py leaves out: what a connection reports about
+itself (addresses, socket, options set, a local address to bind), a write past the cork limit
+leaving at once, the timeouts of connecting and of the TLS handshake, a handshake refused, and
+the lines a failed connection reads."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+import time
+
+import httpcore2
+import pytest
+
+from tests.integration.test_network import in_a_loop, until
+from tokend.oauth.network import AsyncioBackend, _connect_failure
+
+
+@in_a_loop
+async def test_a_connection_reports_its_addresses_and_socket_and_binds_where_asked() -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    keepalive = (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    streams = [
+        await AsyncioBackend().connect_tcp(
+            "127.0.0.1", port, timeout=5, local_address="127.0.0.2", socket_options=[keepalive]
+        )
+        for _ in range(2)
+    ]
+    try:
+        for stream in streams:
+            client = stream.get_extra_info("client_addr")
+            assert client[0] == "127.0.0.2" and client[1] not in (0, 1)
+            assert stream.get_extra_info("server_addr") == ("127.0.0.1", port)
+            sock = stream.get_extra_info("socket")
+            assert sock.getsockname() == client
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+            assert stream.get_extra_info("ssl_object") is None  # plain TCP
+            assert stream.get_extra_info("compression") is None  # not asked of a socket
+    finally:
+        for stream in streams:
+            await stream.aclose()
+        listener.close()
+
+
+@in_a_loop
+async def test_a_write_past_the_cork_limit_leaves_without_waiting_for_a_read() -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    stream = await AsyncioBackend().connect_tcp("127.0.0.1", listener.getsockname()[1], timeout=5)
+    peer, _ = listener.accept()
+    peer.setblocking(False)
+    received = bytearray()
+
+    def arrived() -> bool:
+        with contextlib.suppress(BlockingIOError):
+            received.extend(peer.recv(1 << 20))
+        return len(received) == (1 << 16) + 1
+
+    try:
+        await stream.write(b"x" * (1 << 16), timeout=5)  # at the limit: held
+        await asyncio.sleep(0.05)
+        assert not arrived()
+        await stream.write(b"y", timeout=5)  # past it: sent
+        await until(arrived)
+        assert bytes(received) == b"x" * (1 << 16) + b"y"
+    finally:
+        await stream.aclose()
+        peer.close()
+        listener.close()
+
+
+@in_a_loop
+async def test_no_time_to_connect_or_to_shake_hands_is_a_connect_timeout() -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    try:
+        with pytest.raises(httpcore2.ConnectTimeout, match=r"^no connection within 0s$"):
+            await AsyncioBackend().connect_tcp("127.0.0.1", port, timeout=0)
+        stream = await AsyncioBackend().connect_tcp("127.0.0.1", port, timeout=5)
+        peer, _ = listener.accept()  # a peer that never answers the ClientHello
+        with pytest.raises(httpcore2.ConnectTimeout, match=r"^no TLS handshake within 0\.05s$"):
+            await stream.start_tls(ssl.create_default_context(), "localhost", timeout=0.05)
+        peer.setblocking(False)
+        await until(lambda: _ended(peer))  # the ClientHello, then the end: tokend closed its side
+        peer.close()
+    finally:
+        listener.close()
+
+
+@in_a_loop
+async def test_a_peer_that_does_not_speak_tls_is_a_connect_error() -> None:
+    async def plain(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1)
+        writer.write(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+        await writer.drain()
+
+    server = await asyncio.start_server(plain, "127.0.0.1", 0)
+    async with server:
+        port = server.sockets[0].getsockname()[1]
+        stream = await AsyncioBackend().connect_tcp("127.0.0.1", port, timeout=5)
+        with pytest.raises(httpcore2.ConnectError, match=r"WRONG_VERSION_NUMBER|wrong version"):
+            await stream.start_tls(ssl.create_default_context(), "localhost", timeout=5)
+
+
+@in_a_loop
+async def test_a_host_that_does_not_resolve_and_unix_sockets_read_as_they_are() -> None:
+    with pytest.raises(httpcore2.ConnectError, match=r"^\[Errno -2\] Name or service not known$"):
+        await AsyncioBackend().connect_tcp("no-such-host.invalid", 443, timeout=5)
+    with pytest.raises(httpcore2.ConnectError, match=r"^tokend's clients connect over TCP only$"):
+        await AsyncioBackend().connect_unix_socket("/tmp/none.sock")
+
+
+def test_a_failure_without_an_errno_reads_as_asyncio_put_it() -> None:
+    """asyncio raises an OSError without errno when every address of a host failed
+    differently; an errno of 1 is a real one (EPERM: a firewall rule)."""
+    several = OSError("Multiple exceptions: [Errno 111] a, [Errno 113] b")
+    assert _connect_failure(several, "idp", 443) == str(several)
+    assert _connect_failure(OSError(1, "x"), "idp", 443) == "Operation not permitted (idp:443)"
+
+
+@in_a_loop
+async def test_the_backend_sleeps_as_long_as_asked() -> None:
+    started = time.monotonic()
+    await AsyncioBackend().sleep(0.05)
+    assert time.monotonic() - started >= 0.05
+
+
+def _ended(sock: socket.socket) -> bool:
+    try:
+        while sock.recv(4096):
+            pass
+    except BlockingIOError:
+        return False
+    return True
