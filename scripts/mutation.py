@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from mutation_modules import MODULES
-from mutation_report import KILLED, Score, equivalents, report, statuses
+from mutation_report import KILLED, UNCHECKED, Score, equivalents, report, statuses
 from mutation_workspace import MutmutFailed, mutmut, prepare, servers
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -100,7 +100,9 @@ def run(name: str, source: Path, fresh: bool, jobs: int, *, timeouts: bool = Fal
     with servers(MODULES[name], source) as env:
         mutmut(workspace, ["run", "--max-children", str(jobs)], env)
         after = statuses(workspace)
-        again = [key for key, status in before.items() if status not in KILLED]
+        # Earlier verdicts only: a mutant never run before ("not checked", e.g. a run stopped
+        # half-way) got its first verdict just now, with the same tests.
+        again = [key for key, status in before.items() if status not in KILLED | {UNCHECKED}]
         again = [key for key in again if after.get(key, "killed") not in KILLED]
         if timeouts:
             again += [key for key, status in after.items() if status == "timeout"]

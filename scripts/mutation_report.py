@@ -12,6 +12,7 @@ from pathlib import Path
 from mutmut.stats import status_by_exit_code
 
 KILLED = {"killed", "timeout", "caught by type check"}
+UNCHECKED = "not checked"
 EQUIVALENT = re.compile(r"`(tokend\.[^`\s]+__mutmut_\d+)`")
 
 
