@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import socket
 import ssl
+import struct
 import time
 
 import httpcore2
@@ -134,3 +135,51 @@ def _ended(sock: socket.socket) -> bool:
     except BlockingIOError:
         return False
     return True
+
+
+@in_a_loop
+async def test_a_write_the_peer_never_takes_is_a_write_timeout() -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    stream = await AsyncioBackend().connect_tcp("127.0.0.1", listener.getsockname()[1], timeout=5)
+    peer, _ = listener.accept()  # never reads: the socket's buffers fill up
+    try:
+        with pytest.raises(httpcore2.WriteTimeout, match=r"^nothing sent within 0\.05s$"):
+            await stream.write(b"x" * (32 << 20), timeout=0.05)
+    finally:
+        await stream.aclose()
+        peer.close()
+        listener.close()
+
+
+@in_a_loop
+async def test_writing_into_a_reset_connection_says_it_is_closed() -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    stream = await AsyncioBackend().connect_tcp("127.0.0.1", listener.getsockname()[1], timeout=5)
+    peer, _ = listener.accept()
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    peer.close()
+    try:
+        with pytest.raises(httpcore2.ReadError):
+            await stream.read(1024, timeout=5)
+        await stream.write(b"GET / HTTP/1.1\r\n\r\n", timeout=5)
+        with pytest.raises(httpcore2.WriteError, match=r"^the connection is closed$"):
+            await stream.read(1024, timeout=5)
+    finally:
+        await stream.aclose()
+        listener.close()
+
+
+@in_a_loop
+async def test_an_idle_connection_with_unread_bytes_is_readable() -> None:
+    """A peer that sent something unasked on an idle keep-alive connection: the pool must not
+    reuse it (the bytes would be read as the next answer)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stream = await AsyncioBackend().connect_tcp("127.0.0.1", listener.getsockname()[1], timeout=5)
+    peer, _ = listener.accept()
+    try:
+        peer.sendall(b"HTTP/1.1 408 Request Timeout\r\n\r\n")
+        await until(lambda: stream.get_extra_info("is_readable") is True)
+    finally:
+        await stream.aclose()
+        peer.close()
+        listener.close()
