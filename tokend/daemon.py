@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import InitVar, dataclass
 from typing import TYPE_CHECKING
 
+from tokend import heap
 from tokend.assemble import Assembly, http_settings, run_limit
 from tokend.clock import SYSTEM_CLOCK, Clock
 from tokend.config import Config
@@ -74,6 +75,7 @@ class Daemon:
         self._reloading = asyncio.Lock()
         self._reload_pending = False
         self._reload_tasks: set[asyncio.Task[bool]] = set()
+        self._freezing: asyncio.Task[None] | None = None
 
     def stop(self) -> None:
         self._stopping.set()
@@ -89,6 +91,7 @@ class Daemon:
         endpoint = asyncio.create_task(self.endpoint.serve()) if self.endpoint else None
         self.scheduler.start()
         await self.engine.start()
+        self._freezing = asyncio.create_task(self._freeze_once_settled())
         serving = asyncio.create_task(self._serve(self.listener)) if self.listener else None
         self.service.start()
         log.info(
@@ -119,8 +122,17 @@ class Daemon:
         app = create_app(self.engine, self.metrics, self.clock, self.assembly.resources)
         await listener.serve(app)
 
+    async def _freeze_once_settled(self) -> None:
+        """Once the acquisitions due at start are done and delivered, what they built lives as
+        long as the config: out of the garbage collector's way (`tokend.heap`)."""
+        await self.scheduler.settle()
+        await self.engine.deliveries.idle()
+        heap.freeze_long_lived()
+
     async def _shut_down(self, serving: asyncio.Task[None] | None) -> int:
         log.info("stopping: letting refreshes in progress finish")
+        if self._freezing is not None:
+            self._freezing.cancel()
         # A reload that has begun finishes (it may be swapping jobs); one still waiting is
         # dropped. Both before the scheduler and the thread pool go away under them.
         await asyncio.gather(*self._reload_tasks, return_exceptions=True)
@@ -190,6 +202,8 @@ class Daemon:
             if getattr(loaded.config, key) != getattr(self.config, key):
                 log.warning("reload: changes to %s take effect at the next restart", key)
         summary = await self.assembly.reload(loaded.config)
+        if summary.added or summary.changed or summary.removed:
+            heap.freeze_long_lived()  # the tokens it replaced: their cycles are collected
         self.metrics.configure(loaded.config.metrics.per_token)
         if self.endpoint:
             self.endpoint.reconfigure(loaded.config)

@@ -37,6 +37,11 @@ def bench(script: str, *args: str) -> str:
             r"N=\s+50\s+wall: tokend\s+[\d.]+s\s+limit\s+[\d.]+s\s+ratio [\d.]+",
         ),
         (
+            "exchange.py",
+            ["--requests", "50", "--rounds", "1"],
+            r"tokend: [\d,]+ requests/s, [\d,]+ us CPU per request[\s\S]*tokend/httpx2 CPU",
+        ),
+        (
             "footprint.py",
             ["50", "--idle", "1"],
             r"N=\s+50\s+settled in\s+[\d.]+s\s+RSS\s+[\d.]+ MB",

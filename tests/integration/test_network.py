@@ -45,6 +45,21 @@ async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
             await asyncio.sleep(0.001)
 
 
+@asynccontextmanager
+async def connected() -> AsyncIterator[tuple[AsyncioStream, socket.socket]]:
+    """A stream from the backend and the peer's end of it, a plain blocking socket."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        stream = await AsyncioBackend().connect_tcp("127.0.0.1", port, timeout=5)
+        assert isinstance(stream, AsyncioStream)
+        peer, _ = listener.accept()
+        try:
+            yield stream, peer
+        finally:
+            await stream.aclose()
+            peer.close()
+
+
 async def read_request(reader: asyncio.StreamReader) -> bytes:
     head = await reader.readuntil(b"\r\n\r\n")
     length = next(
@@ -82,12 +97,8 @@ async def test_the_clients_pool_runs_on_the_asyncio_backend() -> None:
 
 @in_a_loop
 async def test_a_request_leaves_in_one_write_when_its_answer_is_read() -> None:
-    listener = socket.create_server(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
-    stream = await AsyncioBackend().connect_tcp("127.0.0.1", port, timeout=5)
-    peer, _ = listener.accept()
-    peer.setblocking(False)
-    try:
+    async with connected() as (stream, peer):
+        peer.setblocking(False)
         await stream.write(b"POST / HTTP/1.1\r\nContent-Length: 4\r\n\r\n", timeout=5)
         await stream.write(b"body", timeout=5)
         with pytest.raises(BlockingIOError):
@@ -97,10 +108,6 @@ async def test_a_request_leaves_in_one_write_when_its_answer_is_read() -> None:
         assert peer.recv(1024) == b"POST / HTTP/1.1\r\nContent-Length: 4\r\n\r\nbody"
         peer.sendall(ANSWER)
         assert await reading == ANSWER
-    finally:
-        await stream.aclose()
-        peer.close()
-        listener.close()
 
 
 @in_a_loop
@@ -129,17 +136,11 @@ async def test_an_idle_connection_whose_peer_hung_up_is_replaced() -> None:
 
 @in_a_loop
 async def test_an_idle_connection_is_not_expired_while_its_peer_keeps_it() -> None:
-    listener = socket.create_server(("127.0.0.1", 0))
-    stream = await AsyncioBackend().connect_tcp("127.0.0.1", listener.getsockname()[1], timeout=5)
-    peer, _ = listener.accept()
-    try:
+    async with connected() as (stream, peer):
         assert stream.get_extra_info("is_readable") is False
         peer.close()
         await until(lambda: stream.get_extra_info("is_readable") is True)
         assert await stream.read(1024, timeout=5) == b""
-    finally:
-        await stream.aclose()
-        listener.close()
 
 
 @in_a_loop
@@ -167,34 +168,21 @@ async def test_an_answer_larger_than_the_read_buffer_is_read_whole() -> None:
 
 @in_a_loop
 async def test_a_reset_connection_is_a_read_error() -> None:
-    listener = socket.create_server(("127.0.0.1", 0))
-    stream = await AsyncioBackend().connect_tcp("127.0.0.1", listener.getsockname()[1], timeout=5)
-    peer, _ = listener.accept()
-    peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    peer.close()  # with a zero linger: RST, not FIN
-    try:
+    async with connected() as (stream, peer):
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        peer.close()  # with a zero linger: RST, not FIN
         with pytest.raises(httpcore2.ReadError, match="reset"):
             await stream.read(1024, timeout=5)
         await stream.write(b"GET / HTTP/1.1\r\n\r\n", timeout=5)
         with pytest.raises(httpcore2.WriteError, match="the connection is closed"):
             await stream.read(1024, timeout=5)
-    finally:
-        await stream.aclose()
-        listener.close()
 
 
 @in_a_loop
 async def test_a_silent_peer_is_a_read_timeout() -> None:
-    listener = socket.create_server(("127.0.0.1", 0))
-    stream = await AsyncioBackend().connect_tcp("127.0.0.1", listener.getsockname()[1], timeout=5)
-    peer, _ = listener.accept()
-    try:
+    async with connected() as (stream, _):
         with pytest.raises(httpcore2.ReadTimeout, match=r"nothing received within 0\.05s"):
             await stream.read(1024, timeout=0.05)
-    finally:
-        await stream.aclose()
-        peer.close()
-        listener.close()
 
 
 @in_a_loop

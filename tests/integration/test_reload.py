@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import re
 import signal
 from datetime import timedelta
 from pathlib import Path
@@ -231,3 +232,31 @@ def test_a_job_stopped_while_its_request_is_in_flight_plans_no_more_runs(
             await h.stop()
 
     asyncio.run(scenario())
+
+
+def test_the_heap_is_frozen_once_settled_and_again_after_a_reload_that_replaced_tokens(
+    idp: FakeIdp, tmp_path: Path
+) -> None:
+    """`tokend.heap`: the first freeze comes once start-up has settled; an unchanged reload
+    leaves the frozen objects alone; a reload that adds a token collects and freezes again."""
+    config, log = tmp_path / "config.yaml", tmp_path / "tokend.log"
+    settings = {"defaults": {"startup_spread": 0}, "listen": None}
+    write_config(config, _document(idp, {"crm": _token(tmp_path, "crm")}, **settings))
+    process = start_tokend("--log-level", "debug", "run", "-c", str(config), log=log)
+
+    def freezes() -> int:
+        return log.read_text().count("garbage collector: ")
+
+    try:
+        wait_for(lambda: freezes() == 1, what="the freeze after start-up")
+        process.send_signal(signal.SIGHUP)
+        wait_for(lambda: "reloaded: 0 added, 0 changed" in log.read_text(), what="a reload")
+        tokens = {"crm": _token(tmp_path, "crm"), "graph": _token(tmp_path, "graph")}
+        write_config(config, _document(idp, tokens, **settings))
+        process.send_signal(signal.SIGHUP)
+        wait_for(lambda: "reloaded: 1 added" in log.read_text(), what="the second reload")
+        assert freezes() == 2
+        assert re.search(r"garbage collector: \d+ objects frozen in [\d.]+s", log.read_text())
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(15) == 0

@@ -301,3 +301,13 @@ def test_the_lowest_mode_bits_are_allowed_and_sink_errors_default_to_permanent()
     assert _options(path="/run/t", mode="0601").mode == 0o601
     error = SinkError("x")
     assert (error.code, error.transient) == ("sink_error", False)
+
+
+def test_file_sinks_in_one_directory_share_its_name(tmp_path: Path) -> None:
+    """One string per directory, not one per sink (100,000 sinks in 100 directories)."""
+    first, second = (
+        FileSink(_options(path=str(tmp_path / name)), SinkContext(name, "file"))
+        for name in ("a.token", "b.token")
+    )
+    assert first._directory == str(tmp_path)
+    assert first._directory is second._directory

@@ -161,3 +161,14 @@ def test_a_refresh_token_in_the_response_never_enters_the_token() -> None:
     body = {"access_token": "a.b.c", "expires_in": 60, "refresh_token": "CANARY-refresh"}
     token = parse_token_response(body, sent_at=SENT)
     assert "CANARY" not in repr(dataclasses.astuple(token))
+
+
+def test_a_resource_the_answer_repeats_is_the_one_asked_for_not_a_copy() -> None:
+    """100,000 Entra ID v1 tokens would each keep their own copy of the same text."""
+    asked = "".join(["https://", "crm.example"])  # built at run time: not a shared constant
+    body = {"access_token": "a", "expires_in": "60", "resource": "https://crm.example"}
+    assert parse_token_response(body, sent_at=SENT, resource=asked).resource is asked
+    other = parse_token_response(
+        {**body, "resource": "https://other"}, sent_at=SENT, resource=asked
+    )
+    assert other.resource == "https://other"

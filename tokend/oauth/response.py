@@ -53,7 +53,7 @@ def parse_token_response(
         expires_at=expires_at,
         obtained_at=sent_at,
         refresh_on=refresh_on if refresh_on and refresh_on < expires_at else None,
-        resource=_printable(body, "resource") or resource,
+        resource=_granted_resource(body, resource),
         scopes=tuple(granted.split()) if granted else scopes,
     )
 
@@ -65,6 +65,13 @@ end a header line, a shell word or an env file value."""
 _TOKEN_TYPE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 """RFC 6749 section 11.1: a token type name is letters, digits, `-`, `.` and `_`."""
 _PRINTABLE = re.compile(r"[\x21-\x7e]+(?: [\x21-\x7e]+)*")
+
+
+def _granted_resource(body: Mapping[str, Any], asked: str | None) -> str | None:
+    """The resource the answer names (Entra ID v1), else the one asked for; the one asked for
+    when they are equal, so that 100,000 tokens do not each keep a copy of the same text."""
+    granted = _printable(body, "resource")
+    return asked if granted is None or granted == asked else granted
 
 
 def _printable(body: Mapping[str, Any], key: str) -> str | None:

@@ -14,6 +14,7 @@ import json
 import os
 import pwd
 import re
+import sys
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -111,7 +112,7 @@ class FileSink:
         self.name = context.sink_name
         self._options = options
         self._path = options.path
-        self._directory = os.path.dirname(options.path)
+        self._directory = sys.intern(os.path.dirname(options.path))  # one per directory
 
     async def publish(self, token: Token) -> None:
         data = render(token, self._options)
