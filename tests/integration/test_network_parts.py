@@ -16,6 +16,7 @@ import httpcore2
 import pytest
 
 from tests.integration.test_network import in_a_loop, until
+from tokend.oauth.http import Clients
 from tokend.oauth.network import AsyncioBackend, _connect_failure
 
 
@@ -183,3 +184,16 @@ async def test_an_idle_connection_with_unread_bytes_is_readable() -> None:
         await stream.aclose()
         peer.close()
         listener.close()
+
+
+def test_the_pool_keeps_httpx2s_limits_and_the_clients_tls_context() -> None:
+    """The pool that replaces httpx2's keeps what `Clients` asked of httpx2: at most
+    `max_connections` open and kept, idle ones expired after httpx2's 5 s (a peer or a NAT
+    that drops idle connections silently), certificates checked with the client's context."""
+    clients = Clients(deadline=5, connect_timeout=5, max_connections=4)
+    client = clients._client(None, direct=True, tls=True)
+    pool = client._transport._pool  # type: ignore[attr-defined]
+    limits = (pool._max_connections, pool._max_keepalive_connections, pool._keepalive_expiry)
+    assert limits == (4, 4, 5.0)
+    assert pool._ssl_context is not None and pool._ssl_context.verify_mode == ssl.CERT_REQUIRED
+    asyncio.run(clients.aclose())
