@@ -1,7 +1,7 @@
 """`tokend.oauth.network`, the parts test_network.py leaves out: what a connection reports about
 itself (addresses, socket, options set, a local address to bind), a write past the cork limit
-leaving at once, the timeouts of connecting and of the TLS handshake, a handshake refused, and
-the lines a failed connection reads."""
+leaving at once, the timeouts of connecting, of the TLS handshake and of a write, TLS checking
+the name it was given, a handshake refused, and the lines a failed connection reads."""
 
 from __future__ import annotations
 
@@ -11,11 +11,13 @@ import socket
 import ssl
 import struct
 import time
+from pathlib import Path
 
 import httpcore2
 import pytest
 
 from tests.integration.test_network import in_a_loop, until
+from tests.support.pki import CertificateAuthority
 from tokend.oauth.http import Clients
 from tokend.oauth.network import AsyncioBackend, _connect_failure
 
@@ -197,3 +199,33 @@ def test_the_pool_keeps_httpx2s_limits_and_the_clients_tls_context() -> None:
     assert limits == (4, 4, 5.0)
     assert pool._ssl_context is not None and pool._ssl_context.verify_mode == ssl.CERT_REQUIRED
     asyncio.run(clients.aclose())
+
+
+def test_tls_checks_the_name_it_was_given(tmp_path: Path) -> None:
+    asyncio.run(_tls_checks_the_name_it_was_given(tmp_path))
+
+
+async def _tls_checks_the_name_it_was_given(tmp_path: Path) -> None:
+    authority = CertificateAuthority(tmp_path, "network test CA")
+    server_pair = authority.issue("server", "127.0.0.1", server_ips=("127.0.0.1",))
+    serving = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    serving.load_cert_chain(server_pair.cert, server_pair.key)
+    trusting = ssl.create_default_context(cafile=str(authority.cert))
+
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, ssl.SSLError):
+            writer.write(await reader.read(5))
+            await writer.drain()
+
+    server = await asyncio.start_server(echo, "127.0.0.1", 0, ssl=serving)
+    async with server:
+        port = server.sockets[0].getsockname()[1]
+        plain = await AsyncioBackend().connect_tcp("127.0.0.1", port, timeout=5)
+        stream = await plain.start_tls(trusting, "127.0.0.1", timeout=5)
+        assert stream.get_extra_info("ssl_object").server_hostname == "127.0.0.1"
+        await stream.write(b"hello", timeout=5)
+        assert await stream.read(5, timeout=5) == b"hello"
+        await stream.aclose()
+        other = await AsyncioBackend().connect_tcp("127.0.0.1", port, timeout=5)
+        with pytest.raises(httpcore2.ConnectError, match=r"match|mismatch"):
+            await other.start_tls(trusting, "idp.example", timeout=5)
