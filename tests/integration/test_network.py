@@ -17,16 +17,18 @@ import httpcore2
 import pytest
 
 from tokend.oauth.http import Clients
-from tokend.oauth.network import AsyncioBackend, AsyncioStream
+from tokend.oauth.network import HAPPY_EYEBALLS_DELAY, AsyncioBackend, AsyncioStream
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok"
 
 
-def in_a_loop(test: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[], None]:
+def in_a_loop(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
+    """A coroutine test run in a fresh event loop (fixtures passed through)."""
+
     @functools.wraps(test)
-    def run() -> None:
-        asyncio.run(test())
+    def run(**fixtures: Any) -> None:
+        asyncio.run(test(**fixtures))
 
     return run
 
@@ -207,3 +209,24 @@ def _readable(sock: socket.socket) -> bool:
         return bool(sock.recv(1, socket.MSG_PEEK))
     except BlockingIOError:
         return False
+
+
+@in_a_loop
+async def test_resolved_addresses_are_raced_happy_eyeballs_style(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A black-holed IPv6 route must not hold the connection until it times out: the next
+    address is tried after `HAPPY_EYEBALLS_DELAY` (asyncio's own implementation, switched on)."""
+    loop = asyncio.get_running_loop()
+    asked: dict[str, Any] = {}
+    original = loop.create_connection
+
+    async def create_connection(*args: Any, **kwargs: Any) -> Any:
+        asked.update(kwargs)
+        return await original(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "create_connection", create_connection)
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        stream = await AsyncioBackend().connect_tcp("127.0.0.1", listener.getsockname()[1])
+        await stream.aclose()
+    assert asked["happy_eyeballs_delay"] == HAPPY_EYEBALLS_DELAY == 0.25

@@ -24,13 +24,16 @@ import httpcore2
 
 _CORK_LIMIT = 1 << 16
 """Written bytes held for the next read at most: a token request is well under a kilobyte."""
+HAPPY_EYEBALLS_DELAY = 0.25
+"""Seconds before the next resolved address is tried beside a connection attempt still pending
+(RFC 8305, as anyio did): a host whose IPv6 route is black-holed still reaches the IdP's IPv4."""
 _READ_LIMIT = 1 << 18
 """Received bytes buffered before the socket stops being read (flow control)."""
 
 
 class AsyncioBackend(httpcore2.AsyncNetworkBackend):
-    """Opens TCP connections with `loop.create_connection` (every resolved address is tried,
-    `TCP_NODELAY` set) and upgrades them with `loop.start_tls`."""
+    """Opens TCP connections with `loop.create_connection` (resolved addresses raced Happy
+    Eyeballs style, `TCP_NODELAY` set) and upgrades them with `loop.start_tls`."""
 
     async def connect_tcp(
         self,
@@ -45,7 +48,11 @@ class AsyncioBackend(httpcore2.AsyncNetworkBackend):
         try:
             async with asyncio.timeout(timeout):
                 transport, protocol = await loop.create_connection(
-                    _Receiver, host, port, local_addr=local
+                    _Receiver,
+                    host,
+                    port,
+                    local_addr=local,
+                    happy_eyeballs_delay=HAPPY_EYEBALLS_DELAY,
                 )
         except TimeoutError:
             raise httpcore2.ConnectTimeout(f"no connection within {timeout:g}s") from None
