@@ -16,7 +16,7 @@ from pathlib import Path
 import httpcore2
 import pytest
 
-from tests.integration.test_network import in_a_loop, until
+from tests.integration.test_network import ANSWER, in_a_loop, read_request, until
 from tests.support.pki import CertificateAuthority
 from tokend.oauth.http import Clients
 from tokend.oauth.network import AsyncioBackend, _connect_failure
@@ -229,3 +229,75 @@ async def _tls_checks_the_name_it_was_given(tmp_path: Path) -> None:
         other = await AsyncioBackend().connect_tcp("127.0.0.1", port, timeout=5)
         with pytest.raises(httpcore2.ConnectError, match=r"match|mismatch"):
             await other.start_tls(trusting, "idp.example", timeout=5)
+
+
+REMOTE_IDP = "10.255.255.1"  # not on this machine, so the proxy is used; never dialled itself
+
+
+class TunnelProxy:
+    """An HTTP CONNECT proxy on loopback that sends every tunnel to one local port, counting
+    the tunnels open at once and where each was asked to go."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.open = 0
+        self.most = 0
+        self.asked: list[str] = []
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        self.asked.append(head.split(b" ")[1].decode())
+        upstream_reader, upstream_writer = await asyncio.open_connection(
+            "127.0.0.1", self.target_port
+        )
+        writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        self.open += 1
+        self.most = max(self.most, self.open)
+        try:
+            await asyncio.gather(_pipe(reader, upstream_writer), _pipe(upstream_reader, writer))
+        finally:
+            self.open -= 1
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(ConnectionError):
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    writer.close()
+
+
+@in_a_loop
+async def test_a_peer_behind_a_proxy_gets_the_configured_trust_and_connection_cap(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A remote IdP through `HTTPS_PROXY` goes through httpx2's own proxy transport, which must
+    still trust the configured CA bundle and keep to the connection cap."""
+    authority = CertificateAuthority(tmp_path, "proxy test CA")
+    pair = authority.issue("idp", REMOTE_IDP, server_ips=(REMOTE_IDP,))
+    serving = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    serving.load_cert_chain(pair.cert, pair.key)
+
+    async def idp(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
+            while await read_request(reader):
+                await asyncio.sleep(0.05)  # answers overlap, so a cap can show
+                writer.write(ANSWER)
+                await writer.drain()
+
+    server = await asyncio.start_server(idp, "127.0.0.1", 0, ssl=serving)
+    proxy = TunnelProxy(server.sockets[0].getsockname()[1])
+    tunnels = await asyncio.start_server(proxy.handle, "127.0.0.1", 0)
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{tunnels.sockets[0].getsockname()[1]}")
+    clients = Clients(deadline=10, connect_timeout=5, max_connections=2)
+    async with server, tunnels:
+        url = f"https://{REMOTE_IDP}/token"
+        answers = await asyncio.gather(
+            *(clients.exchange("POST", url, ca_bundle=authority.cert) for _ in range(6))
+        )
+        await clients.aclose()
+    assert [answer.body for answer in answers] == [b"ok"] * 6
+    assert proxy.asked[0] == f"{REMOTE_IDP}:443"
+    assert proxy.most == 2

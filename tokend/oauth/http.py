@@ -91,19 +91,21 @@ class Clients:
                 verify=verify,
                 timeout=httpx2.Timeout(self.deadline, connect=self._connect_timeout),
                 limits=limits,
-                transport=_transport(verify, limits),
                 follow_redirects=False,
                 trust_env=not direct,
                 headers={"User-Agent": USER_AGENT},
             )
+            # Swapped after construction: given a `transport=`, httpx2 would ignore the
+            # environment's proxies (it builds its proxy transports only without one).
+            client._transport = _transport(verify, limits)
         return client
 
 
 def _transport(verify: ssl.SSLContext, limits: httpx2.Limits) -> httpx2.AsyncHTTPTransport:
-    """httpx2's transport on a connection pool of asyncio streams (`tokend.oauth.network`).
-    httpx2 takes no network backend, so its pool is replaced by an equal one built with ours (a
-    test checks that the pool in use is this one). A proxy from the environment, for a peer not
-    on this machine, gets httpx2's own transport."""
+    """httpx2's transport on a connection pool of asyncio streams (`tokend.oauth.network`),
+    for peers reached directly. httpx2 takes no network backend, so its pool is replaced by an
+    equal one built with ours (tests check that the pool in use is this one, and that a proxy
+    from the environment still gets httpx2's own proxy transport, with the same trust and cap)."""
     transport = httpx2.AsyncHTTPTransport(verify=verify, limits=limits)
     transport._pool = httpcore2.AsyncConnectionPool(
         ssl_context=verify,
