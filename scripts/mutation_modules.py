@@ -119,6 +119,7 @@ MODULES: dict[str, Module] = {
             "tests/integration/test_faults.py",
             "tests/integration/test_network.py",
             "tests/integration/test_network_parts.py",
+            "tests/unit/test_network_receiver.py",
             f"{PROPERTIES}::test_error_responses_classify_cleanly",
             f"{PROPERTIES}::test_retry_after_never_raises",
         ),

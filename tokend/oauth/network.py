@@ -183,10 +183,9 @@ class AsyncioStream(httpcore2.AsyncNetworkStream):
         except OSError as exc:  # ssl.SSLError, a refused certificate among them
             self._transport.close()
             raise httpcore2.ConnectError(str(exc)) from exc
-        if transport is None:  # closed during the handshake
-            raise httpcore2.ConnectError("the connection closed during the TLS handshake")
-        self._receiver.transport = transport
-        return AsyncioStream(transport, self._receiver)
+        tls = cast(asyncio.Transport, transport)  # typeshed allows None; CPython never returns it
+        self._receiver.transport = tls
+        return AsyncioStream(tls, self._receiver)
 
     def get_extra_info(self, info: str) -> Any:
         if info == "is_readable":  # asked of idle connections: has the peer hung up?
