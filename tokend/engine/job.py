@@ -110,14 +110,6 @@ class TokenJob:
             return Phase.FRESH
         return Phase.SINK_FAILING if self.publisher.last_error() else Phase.PUBLISHING
 
-    def is_published(self, now: datetime) -> bool:
-        """A valid token is held and every sink has been given a valid one."""
-        return (
-            self.token is not None
-            and self.token.is_valid(now)
-            and self.publisher.all_hold_valid_token(now)
-        )
-
     def start(self, at: datetime) -> None:
         self._stopped = False
         self.publisher.open()
