@@ -9,14 +9,13 @@ import asyncio
 import contextlib
 import socket
 import ssl
-import struct
 import time
 from pathlib import Path
 
 import httpcore2
 import pytest
 
-from tests.integration.test_network import ANSWER, in_a_loop, read_request, until
+from tests.integration.test_network import ANSWER, connected, in_a_loop, read_request, until
 from tests.support.pki import CertificateAuthority
 from tokend.oauth.http import Clients
 from tokend.oauth.network import AsyncioBackend, _connect_failure
@@ -51,28 +50,21 @@ async def test_a_connection_reports_its_addresses_and_socket_and_binds_where_ask
 
 @in_a_loop
 async def test_a_write_past_the_cork_limit_leaves_without_waiting_for_a_read() -> None:
-    listener = socket.create_server(("127.0.0.1", 0))
-    stream = await AsyncioBackend().connect_tcp("127.0.0.1", listener.getsockname()[1], timeout=5)
-    peer, _ = listener.accept()
-    peer.setblocking(False)
-    received = bytearray()
+    async with connected() as (stream, peer):
+        peer.setblocking(False)
+        received = bytearray()
 
-    def arrived() -> bool:
-        with contextlib.suppress(BlockingIOError):
-            received.extend(peer.recv(1 << 20))
-        return len(received) == (1 << 16) + 1
+        def arrived() -> bool:
+            with contextlib.suppress(BlockingIOError):
+                received.extend(peer.recv(1 << 20))
+            return len(received) == (1 << 16) + 1
 
-    try:
         await stream.write(b"x" * (1 << 16), timeout=5)  # at the limit: held
         await asyncio.sleep(0.05)
         assert not arrived()
         await stream.write(b"y", timeout=5)  # past it: sent
         await until(arrived)
         assert bytes(received) == b"x" * (1 << 16) + b"y"
-    finally:
-        await stream.aclose()
-        peer.close()
-        listener.close()
 
 
 @in_a_loop
@@ -142,50 +134,18 @@ def _ended(sock: socket.socket) -> bool:
 
 @in_a_loop
 async def test_a_write_the_peer_never_takes_is_a_write_timeout() -> None:
-    listener = socket.create_server(("127.0.0.1", 0))
-    stream = await AsyncioBackend().connect_tcp("127.0.0.1", listener.getsockname()[1], timeout=5)
-    peer, _ = listener.accept()  # never reads: the socket's buffers fill up
-    try:
+    async with connected() as (stream, _):  # the peer never reads: the socket's buffers fill up
         with pytest.raises(httpcore2.WriteTimeout, match=r"^nothing sent within 0\.05s$"):
             await stream.write(b"x" * (32 << 20), timeout=0.05)
-    finally:
-        await stream.aclose()
-        peer.close()
-        listener.close()
-
-
-@in_a_loop
-async def test_writing_into_a_reset_connection_says_it_is_closed() -> None:
-    listener = socket.create_server(("127.0.0.1", 0))
-    stream = await AsyncioBackend().connect_tcp("127.0.0.1", listener.getsockname()[1], timeout=5)
-    peer, _ = listener.accept()
-    peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    peer.close()
-    try:
-        with pytest.raises(httpcore2.ReadError):
-            await stream.read(1024, timeout=5)
-        await stream.write(b"GET / HTTP/1.1\r\n\r\n", timeout=5)
-        with pytest.raises(httpcore2.WriteError, match=r"^the connection is closed$"):
-            await stream.read(1024, timeout=5)
-    finally:
-        await stream.aclose()
-        listener.close()
 
 
 @in_a_loop
 async def test_an_idle_connection_with_unread_bytes_is_readable() -> None:
     """A peer that sent something unasked on an idle keep-alive connection: the pool must not
     reuse it (the bytes would be read as the next answer)."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    stream = await AsyncioBackend().connect_tcp("127.0.0.1", listener.getsockname()[1], timeout=5)
-    peer, _ = listener.accept()
-    try:
+    async with connected() as (stream, peer):
         peer.sendall(b"HTTP/1.1 408 Request Timeout\r\n\r\n")
         await until(lambda: stream.get_extra_info("is_readable") is True)
-    finally:
-        await stream.aclose()
-        peer.close()
-        listener.close()
 
 
 def test_the_pool_keeps_httpx2s_limits_and_the_clients_tls_context() -> None:
