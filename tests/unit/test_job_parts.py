@@ -253,3 +253,18 @@ def test_once_says_no_next_refresh_or_next_try(caplog: pytest.LogCaptureFixture)
     assert failed == "refresh failed (needs operator action, attempt 1): idp down; no valid token"
     assert recovered == "recovered after 1 failed attempts"
     assert refreshed.startswith(REFRESHED)
+
+
+def test_a_job_waiting_for_its_endpoint_to_recover_is_forgotten_once_it_succeeds() -> None:
+    """The outage's probe is for the jobs still waiting: a job that got its token by its own
+    retry leaves the endpoint's waiting list (and the probe is cancelled with the last one)."""
+    setup = Setup(_down(), recovery=True)
+    assert setup.recovery is not None
+    outages, endpoint = setup.recovery.outages, "https://idp.example/token"
+    setup.job.start(setup.clock.now())
+    setup.run_for(timedelta(seconds=1))
+    assert outages.waiting(endpoint) == 1
+    setup.job.wake()  # its own retry, before the probe: the endpoint answers again
+    setup.run_for(timedelta(seconds=1))
+    assert setup.job.failures == 0
+    assert outages.waiting(endpoint) == 0
