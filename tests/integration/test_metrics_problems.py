@@ -11,20 +11,18 @@ import dataclasses
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import entra_identity
 from tests.integration.test_metrics import ViewsOnly, _view
+from tests.integration.test_metrics_scope import BROKEN, _refuse_broken
 from tests.support.clock import FakeClock
 from tests.support.harness import harness
-from tests.support.idp import CLIENT_SECRET, FakeIdp, RecordedRequest, entra_error, running_idp
+from tests.support.idp import CLIENT_SECRET, FakeIdp, running_idp
 from tokend.config import validate_config
 from tokend.metrics import Metrics
-
-BROKEN = "https://broken.example"
 
 
 @pytest.fixture(scope="module")
@@ -32,12 +30,6 @@ def idp() -> Iterator[FakeIdp]:
     with running_idp() as idp:
         idp.policy = _refuse_broken
         yield idp
-
-
-def _refuse_broken(request: RecordedRequest) -> Any:
-    if BROKEN in request.form.get("resource", ""):
-        return entra_error(401, "invalid_client", 7000215, "Invalid client secret provided.")
-    return None
 
 
 def _tokens(metrics: Metrics, family: str = "tokend_token_valid") -> set[str]:
