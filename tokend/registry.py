@@ -115,8 +115,9 @@ class Registry(Generic[E]):
         if cached is not None and cached[0] is self._entries.get(tag):
             return cached[1]  # the fast path: once per sink of 100,000 tokens
         entry = self[tag]
-        self._validators[tag] = (entry, _validator_of(entry.options))
-        return self._validators[tag][1]
+        validate = _validator_of(entry.options)
+        self._validators[tag] = (entry, validate)
+        return validate
 
     def union(self, base: type) -> Any:
         """An annotation for a config field holding one of these kinds (typed as `base`, the
