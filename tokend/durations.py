@@ -13,6 +13,8 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BeforeValidator
 
+from tokend.redaction import redactor
+
 _DURATION = re.compile(r"(?P<number>\d+(?:\.\d+)?)\s*(?P<unit>ms|s|m|h|d)?")
 _LONGEST = 365 * 86400
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
@@ -29,7 +31,8 @@ def parse_duration(value: Any) -> timedelta:
     else:
         match = _DURATION.fullmatch(value.strip())
         if not match:
-            raise ValueError(f"'{value}' is not a duration such as 600, 600s, 10m or 1h")
+            shown = redactor.shown(value, 40)  # one line, whatever the config holds
+            raise ValueError(f"'{shown}' is not a duration such as 600, 600s, 10m or 1h")
         seconds = float(match["number"]) * _UNIT_SECONDS[match["unit"]]
     if not math.isfinite(seconds) or seconds > _LONGEST:
         raise ValueError("a duration must be finite and at most 365 days")
