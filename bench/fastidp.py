@@ -1,9 +1,10 @@
 """A deliberately cheap Entra-ID-shaped token endpoint for benchmarks, in its own process.
 
-Hand-written HTTP/1.1 on asyncio with keep-alive; every response is precomputed (one RS256 JWT
-signed at start per lifetime), so the provider costs as little CPU as possible and the client
-under test is what gets measured. v1 (`/oauth2/token`) answers with string numbers, v2 with
-integers. A resource or scope containing `/life-N` gets tokens living N seconds (default 3600).
+Hand-written HTTP/1.1 on asyncio with keep-alive; one RS256 JWT is signed per lifetime and reused
+(only the JSON around it is made per request), so the provider costs as little CPU as possible
+and the client under test is what gets measured. v1 (`/oauth2/token`) answers with string numbers and, as
+Entra ID does, names the resource asked for; v2 answers with integers. A resource or scope
+containing `/life-N` gets tokens living N seconds (default 3600).
 
     python bench/fastidp.py PORT        prints `READY http://127.0.0.1:PORT`; SIGTERM stops it
     python bench/fastidp.py PORT --spread DELAY PERIOD
@@ -33,23 +34,27 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 _KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 _LENGTH = re.compile(rb"(?i)\r\ncontent-length:\s*(\d+)")
 _LIFETIME = re.compile(rb"life-(\d+)")
+_RESOURCE = re.compile(rb"(?:^|&)resource=([^&]*)")
 
 
 @cache
-def response(version: int, lifetime: int) -> bytes:
+def signed(lifetime: int) -> tuple[str, int]:
+    """A token living `lifetime` seconds, and when it was issued."""
     now = int(time.time())
-    token = jwt.encode(
-        {"aud": "bench", "iss": "fastidp", "iat": now, "exp": now + lifetime, "sub": "bench"},
-        _KEY,
-        algorithm="RS256",
-    )
+    claims = {"aud": "bench", "iss": "fastidp", "iat": now, "exp": now + lifetime, "sub": "bench"}
+    return jwt.encode(claims, _KEY, algorithm="RS256"), now
+
+
+def response(version: int, lifetime: int, form: bytes) -> bytes:
+    token, now = signed(lifetime)
     if version == 1:
-        body = {
+        asked = _RESOURCE.search(form)
+        body: dict[str, object] = {
             "token_type": "Bearer",
             "expires_in": str(lifetime),
             "access_token": token,
             "expires_on": str(now + lifetime),
-            "resource": "bench",
+            "resource": unquote_plus(asked.group(1).decode()) if asked else "",
         }
     else:
         body = {
@@ -119,11 +124,13 @@ class TokenEndpoint(asyncio.Protocol):
                 continue
             REQUESTS[0] += 1
             version = 2 if b"/v2.0/" in line else 1
+            form = request[head_end + 4 :]
             if SPREAD:
-                self.transport.write(response(version, SPREAD[0].lifetime()))
+                self.transport.write(response(version, SPREAD[0].lifetime(), form))
                 continue
-            lifetime = _LIFETIME.search(unquote_plus(request[head_end:].decode()).encode())
-            self.transport.write(response(version, int(lifetime.group(1)) if lifetime else 3600))
+            lifetime = _LIFETIME.search(unquote_plus(form.decode()).encode())
+            seconds = int(lifetime.group(1)) if lifetime else 3600
+            self.transport.write(response(version, seconds, form))
 
 
 async def main(port: int) -> None:
