@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import heapq
-import itertools
 from datetime import UTC, datetime
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -22,12 +21,27 @@ from tokend.clock import Job
 from tokend.engine.scheduler import Runner
 
 
+class _Entry:
+    """One pending run, in the heap and (while it is the key's live one) in the key index. Ordered
+    by due time alone: runs due at the same moment may start in any order."""
+
+    __slots__ = ("due", "job", "key")
+
+    def __init__(self, due: datetime, key: str, job: Job) -> None:
+        self.due = due
+        self.key = key
+        self.job = job
+
+    def __lt__(self, other: _Entry) -> bool:
+        return self.due < other.due
+
+
 class ApsScheduler:
     """`Scheduler` on APScheduler 3.x, for any number of keys.
 
     APScheduler decides when to wake up: it holds one job, due at the earliest time any key is
-    due. The keys themselves live in a heap here: one tuple each rather than an APScheduler job
-    (a job, its trigger and its bookkeeping take about a kilobyte; at 100,000 tokens that is
+    due. The keys themselves live in a heap here: one small entry each rather than an APScheduler
+    job (a job, its trigger and its bookkeeping take about a kilobyte; at 100,000 tokens that is
     100 MB and seconds of start-up). A `Runner` bounds how many due jobs run at once and lets
     them finish at shutdown.
     """
@@ -37,9 +51,8 @@ class ApsScheduler:
     def __init__(self, concurrency: int = 32) -> None:
         self._aps = AsyncIOScheduler(timezone=UTC)
         self.runner = Runner(concurrency)
-        self._heap: list[tuple[datetime, int, str]] = []  # (due, sequence, key); stale ones too
-        self._pending: dict[str, tuple[int, Job]] = {}  # key -> (sequence, job): the live ones
-        self._sequence = itertools.count()
+        self._heap: list[_Entry] = []  # stale entries too: dropped when they surface
+        self._pending: dict[str, _Entry] = {}  # key -> its live entry
         self._wakeup_at: datetime | None = None
         self._woke = asyncio.Event()
 
@@ -47,9 +60,9 @@ class ApsScheduler:
         self._aps.start()
 
     def schedule(self, key: str, at: datetime, job: Job) -> None:
-        sequence = next(self._sequence)
-        self._pending[key] = (sequence, job)  # a key scheduled again: its older entry is stale
-        heapq.heappush(self._heap, (at, sequence, key))
+        entry = _Entry(at, key, job)
+        self._pending[key] = entry  # a key scheduled again: its older entry is stale
+        heapq.heappush(self._heap, entry)
         if self._wakeup_at is None or at < self._wakeup_at:
             self._wake_at(at)
 
@@ -64,7 +77,7 @@ class ApsScheduler:
         acquisitions is done (`tokend run` serves its listener after that)."""
         while True:
             self._drop_stale()
-            if self._heap and self._heap[0][0] <= datetime.now(UTC):
+            if self._heap and self._heap[0].due <= datetime.now(UTC):
                 self._woke.clear()
                 await self._woke.wait()
             elif self.runner.busy:
@@ -103,23 +116,23 @@ class ApsScheduler:
         now = datetime.now(UTC)
         self._wakeup_at = None
         heap = self._heap
-        while heap and heap[0][0] <= now:
-            _, sequence, key = heapq.heappop(heap)
-            entry = self._pending.get(key)
-            if entry is not None and entry[0] == sequence:
-                del self._pending[key]
-                self.runner.submit(entry[1])
+        pending = self._pending
+        while heap and heap[0].due <= now:
+            entry = heapq.heappop(heap)
+            if pending.get(entry.key) is entry:
+                del pending[entry.key]
+                self.runner.submit(entry.job)
         self._drop_stale()
-        if heap and (self._wakeup_at is None or heap[0][0] < self._wakeup_at):
-            self._wake_at(heap[0][0])
+        if heap and (self._wakeup_at is None or heap[0].due < self._wakeup_at):
+            self._wake_at(heap[0].due)
         self._woke.set()
 
     def _drop_stale(self) -> None:
         """Entries of keys since scheduled again or cancelled stay until they surface; when they
         outnumber the live ones, the heap is rebuilt from the live ones alone."""
         heap, pending = self._heap, self._pending
-        while heap and pending.get(heap[0][2], (None,))[0] != heap[0][1]:
+        while heap and pending.get(heap[0].key) is not heap[0]:
             heapq.heappop(heap)
         if len(heap) > 2 * len(pending) + 1024:
-            self._heap = [entry for entry in heap if pending.get(entry[2], (None,))[0] == entry[1]]
+            self._heap = list(pending.values())
             heapq.heapify(self._heap)

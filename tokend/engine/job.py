@@ -255,10 +255,12 @@ class TokenJob:
         if not self._stopped and not self._waiting and self._scheduled and self.next_run:
             self._plan(self.next_run)
 
+    __call__ = _run  # what the scheduler runs: the job itself, not a bound method per plan
+
     def _plan(self, at: datetime) -> None:
         self._scheduled = True
         self.next_run = at
-        self._scheduler.schedule(self.name, at, self._run)
+        self._scheduler.schedule(self.name, at, self)
 
     def _succeeded(self, token: Token, took: float) -> None:
         now = self._clock.now()
