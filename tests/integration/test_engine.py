@@ -290,7 +290,7 @@ def test_tokens_without_a_valid_token_wait_for_one_probe_of_their_endpoint(
         await h.run_for(again - h.clock.now())
         assert first.token is not None and second.token is not None
         assert len(idp.token_requests) == 5
-        counts = sorted(job.results.transient_error for job in (first, second))
+        counts = sorted(job.transient_errors for job in (first, second))
         assert counts == [1, 2]  # the one that probed failed twice
 
     _run(idp, tmp_path, scenario, tokens=2)

@@ -235,7 +235,7 @@ def test_losing_leadership_cancels_a_write_in_flight(idp: FakeIdp, tmp_path: Pat
             await asyncio.sleep(0.05)
             assert Shelf.values == {}
             slot = h.slot("shelf", "shared")
-            assert (slot.held, slot.results.success, slot.results.error) == (None, 0, 0)
+            assert (slot.held, slot.successes, slot.errors) == (None, 0, 0)
             assert h.job("shared").token is not None
 
     asyncio.run(scenario())

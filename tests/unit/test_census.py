@@ -10,7 +10,7 @@ from types import SimpleNamespace
 from typing import Any, cast
 
 from tokend.engine import TokenJob
-from tokend.engine.outcome import Phase, PublishCounts, RefreshCounts
+from tokend.engine.outcome import Phase
 from tokend.engine.query import Census, RetiredCounts, take_census, view_of
 from tokend.oauth.grants import CredentialState
 from tokend.token import Token
@@ -24,9 +24,13 @@ def _token(minutes: int) -> Token:
 
 
 def _slot(success: int = 0, error: int = 0, *, failures: int = 0, standby: bool = False) -> Any:
-    results = PublishCounts()
-    results.success, results.error = success, error
-    return SimpleNamespace(results=results, failures=failures, standby=standby)
+    return SimpleNamespace(
+        successes=success,
+        errors=error,
+        results={"success": success, "error": error},
+        failures=failures,
+        standby=standby,
+    )
 
 
 class _Grant:
@@ -53,9 +57,8 @@ class _Job:
     def __post_init__(self) -> None:
         self.last_success: datetime | None = None
         self.last_error = None
-        self.results = RefreshCounts()
-        counts = self.results
-        counts.success, counts.transient_error, counts.permanent_error = self.refreshes
+        self.successes, self.transient_errors, self.permanent_errors = self.refreshes
+        self.results = dict(zip(("success", "transient_error", "permanent_error"), self.refreshes))
         self.publisher = SimpleNamespace(slots=self.slots)
         self.request = SimpleNamespace(grant=_Grant(self.credential))
 

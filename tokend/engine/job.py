@@ -18,7 +18,6 @@ from tokend.backoff import Backoff
 from tokend.clock import Clock, Scheduler
 from tokend.engine.outcome import (
     Phase,
-    RefreshCounts,
     log_expired,
     log_failure,
     log_recovered,
@@ -50,8 +49,8 @@ class TokenJob:
     __slots__ = (  # one per configured token: 10,000 of them must stay small
         "_acquirer", "_clock", "_durations", "_expiry_reported", "_fingerprint", "_inflight",
         "_rand", "_recovery", "_scheduled", "_scheduler", "_state", "_stopped", "_waiting",
-        "backoff", "failures", "last_error", "last_success", "next_run", "policy", "publisher",
-        "request", "results", "token",
+        "backoff", "failures", "last_error", "last_success", "next_run", "permanent_errors",
+        "policy", "publisher", "request", "successes", "token", "transient_errors",
     )  # fmt: skip
 
     def __init__(
@@ -78,7 +77,8 @@ class TokenJob:
         self.last_success: datetime | None = None
         self.last_error: TokendError | None = None
         self.failures = 0
-        self.results = RefreshCounts()
+        self.successes = self.transient_errors = self.permanent_errors = 0
+        """Attempts by outcome, since the job was built (ints in slots: 100,000 of them)."""
         self._acquirer = acquirer
         self._clock = clock
         self._scheduler = scheduler
@@ -96,6 +96,15 @@ class TokenJob:
     @property
     def name(self) -> str:
         return self.request.name
+
+    @property
+    def results(self) -> dict[str, int]:
+        """Attempts by outcome, by the names metrics and status give them."""
+        return {
+            "success": self.successes,
+            "transient_error": self.transient_errors,
+            "permanent_error": self.permanent_errors,
+        }
 
     def phase(self, now: datetime) -> Phase:
         if self._inflight is not None:
@@ -273,7 +282,7 @@ class TokenJob:
         self.failures = 0
         self.last_error = None
         self.last_success = now
-        self.results.count(None)
+        self.successes += 1
         self.next_run = self.policy.refresh_at(token, self._rand.random())
         scheduled = self.next_run if self._scheduled else None
         log_success(self.name, token, now, next_run=scheduled, took=took)
@@ -282,7 +291,10 @@ class TokenJob:
         now = self._clock.now()
         permanent = not error.transient
         self.failures += 1
-        self.results.count(error)
+        if permanent:
+            self.permanent_errors += 1
+        else:
+            self.transient_errors += 1
         holding = self.token if self.token and self.token.is_valid(now) else None
         if holding is None and not permanent and self._recovery is not None and self._scheduled:
             # No valid token to protect: wait for the endpoint's probe with every other token

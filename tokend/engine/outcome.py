@@ -31,39 +31,6 @@ class Phase(StrEnum):
     STANDBY = "standby"  # leader election: the leader runs this token, this replica does not
 
 
-class RefreshCounts:
-    """Attempts by outcome: three ints (a dict per token would be several times larger)."""
-
-    __slots__ = ("permanent_error", "success", "transient_error")
-
-    def __init__(self) -> None:
-        self.success = self.transient_error = self.permanent_error = 0
-
-    def __getitem__(self, result: str) -> int:
-        return int(getattr(self, result))
-
-    def count(self, error: TokendError | None) -> None:
-        """One more attempt, that ended in `error` (None: a success)."""
-        if error is None:
-            self.success += 1
-        elif error.transient:
-            self.transient_error += 1
-        else:
-            self.permanent_error += 1
-
-
-class PublishCounts:
-    """Publish attempts by outcome, as two ints."""
-
-    __slots__ = ("error", "success")
-
-    def __init__(self) -> None:
-        self.success = self.error = 0
-
-    def __getitem__(self, result: str) -> int:
-        return int(getattr(self, result))
-
-
 async def settle(
     action: Awaitable[T], logger: logging.Logger, failing: str, token_name: str
 ) -> T | TokendError:

@@ -98,11 +98,7 @@ def view_of(
         last_success=job.last_success,
         failures=job.failures,
         last_error=job.last_error,
-        refreshes={
-            "success": job.results.success,
-            "transient_error": job.results.transient_error,
-            "permanent_error": job.results.permanent_error,
-        },
+        refreshes=job.results,
         sinks=sinks,
         credential=credential_state(job.request.grant),
         dormant=dormant,
@@ -139,8 +135,8 @@ def _sink_view(slot: SinkSlot, now: datetime) -> SinkView:
         last_success=slot.last_success,
         failures=slot.failures,
         last_error=slot.last_error,
-        published=slot.results.success,
-        errors=slot.results.error,
+        published=slot.successes,
+        errors=slot.errors,
         notifications=dict(getattr(slot.observer, "results", {})) if slot.observer else None,
         standby=slot.standby,
     )
@@ -183,14 +179,13 @@ class Census:
     def count(
         self, job: TokenJob, now: datetime, late: datetime, *, dormant: bool, standby: bool
     ) -> None:
-        results = job.results
-        self.refreshes["success"] += results.success
-        self.refreshes["transient_error"] += results.transient_error
-        self.refreshes["permanent_error"] += results.permanent_error
+        self.refreshes["success"] += job.successes
+        self.refreshes["transient_error"] += job.transient_errors
+        self.refreshes["permanent_error"] += job.permanent_errors
         sink_failing = False
         for slot in job.publisher.slots:
-            self.publishes["success"] += slot.results.success
-            self.publishes["error"] += slot.results.error
+            self.publishes["success"] += slot.successes
+            self.publishes["error"] += slot.errors
             sink_failing = sink_failing or (slot.failures > 0 and not slot.standby)
         if dormant:
             self.dormant += 1
@@ -230,11 +225,11 @@ class RetiredCounts:
     publishes: dict[str, int] = field(default_factory=lambda: {"success": 0, "error": 0})
 
     def add(self, job: TokenJob) -> None:
-        for result in self.refreshes:
-            self.refreshes[result] += job.results[result]
+        for result, count in job.results.items():
+            self.refreshes[result] += count
         for slot in job.publisher.slots:
-            for result in self.publishes:
-                self.publishes[result] += slot.results[result]
+            for result, count in slot.results.items():
+                self.publishes[result] += count
 
 
 def take_census(

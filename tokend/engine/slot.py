@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from tokend.backoff import Backoff
 from tokend.clock import Clock, Job, Scheduler
-from tokend.engine.outcome import PublishCounts, same_failure, settle
+from tokend.engine.outcome import same_failure, settle
 from tokend.engine.policy import retry_at
 from tokend.engine.verifier import Verifier, verified
 from tokend.errors import TokendError
@@ -40,9 +40,9 @@ class SinkSlot:
 
     __slots__ = (  # one per sink of each token: 100,000 of them must stay small
         "_backoff", "_clock", "_halting", "_lock", "_rand", "_retry_pending", "_scheduler",
-        "_stopped", "_verifier", "_writing", "failures", "held", "last_error", "last_success",
-        "observer", "required_for_ready", "results", "shared", "sink", "standby", "token_name",
-        "wanted", "withdraw_on_expiry",
+        "_stopped", "_verifier", "_writing", "errors", "failures", "held", "last_error",
+        "last_success", "observer", "required_for_ready", "shared", "sink", "standby",
+        "successes", "token_name", "wanted", "withdraw_on_expiry",
     )  # fmt: skip
 
     def __init__(
@@ -73,7 +73,8 @@ class SinkSlot:
         self.failures = 0
         self.last_success: datetime | None = None
         self.last_error: TokendError | None = None
-        self.results = PublishCounts()
+        self.successes = self.errors = 0
+        """Publish attempts by outcome, since the slot was built (`failures`: in a row, now)."""
         self._clock = clock
         self._scheduler = scheduler
         self._backoff = backoff
@@ -92,6 +93,11 @@ class SinkSlot:
     @property
     def name(self) -> str:
         return self.sink.name
+
+    @property
+    def results(self) -> dict[str, int]:
+        """Publish attempts by outcome, by the names metrics and status give them."""
+        return {"success": self.successes, "error": self.errors}
 
     @property
     def _retry_key(self) -> str:
@@ -289,14 +295,14 @@ class SinkSlot:
         self.failures = 0
         self.last_error = None
         self.last_success = self._clock.now()
-        self.results.success += 1
+        self.successes += 1
         self._cancel_retry()
         if self.observer is not None:
             self.observer.published(token)  # the write is durable: consumers may look now
 
     def _failed(self, token: Token, error: TokendError) -> None:
         self.failures += 1
-        self.results.error += 1
+        self.errors += 1
         now = self._clock.now()
         level = logging.DEBUG if same_failure(error, self.last_error) else logging.WARNING
         log.log(level, "sink %s: %s", self.name, error, extra=self._extra)  # repeats: DEBUG
