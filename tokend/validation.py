@@ -53,7 +53,10 @@ def _message(error: Any, model: type) -> str:
     if kind == "missing":
         return "required key is missing"
     if kind in ("extra_forbidden", "unexpected_keyword_argument"):
-        return "unknown key" + did_you_mean(str(error["loc"][-1]), _field_names(model, set()))
+        key, known = str(error["loc"][-1]), _field_names(model, set())
+        if key in known:
+            return f"unknown key here ('{key}' is a key of another block: check its indentation)"
+        return "unknown key" + did_you_mean(key, known)
     if kind == UNKNOWN_KIND:
         tag, known = ctx["discriminator"], ctx["known"]
         given = error["input"].get(tag) if isinstance(error["input"], dict) else None

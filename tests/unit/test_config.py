@@ -494,6 +494,16 @@ def test_did_you_mean_knows_every_key_of_every_registered_kind() -> None:
     assert _field_names(Config, {Config}) == set()  # a model already walked is not walked again
 
 
+def test_a_key_of_another_block_is_not_offered_as_its_own_correction() -> None:
+    """`secret:` one level too high: "did you mean 'secret'" would send the user in circles."""
+    credential = "    credential: {type: client_secret, secret: {env: CRM_SECRET}}\n"
+    text = _with({credential: credential + "    secret: {env: CRM_SECRET}\n"})
+    assert _lines(text) == [
+        "config.yaml: identities.crm-app.secret: unknown key here ('secret' is a key of another "
+        "block: check its indentation)"
+    ]
+
+
 def test_a_mistyped_key_deep_in_a_kind_gets_a_hint() -> None:
     line = "    resource: https://contoso.crm.dynamics.com\n"
     text = _with({line: line + "    verify: {leewey: 30s}\n"})
