@@ -2,9 +2,9 @@
 
 Hand-written HTTP/1.1 on asyncio with keep-alive; one RS256 JWT is signed per lifetime and reused
 (only the JSON around it is made per request), so the provider costs as little CPU as possible
-and the client under test is what gets measured. v1 (`/oauth2/token`) answers with string numbers and, as
-Entra ID does, names the resource asked for; v2 answers with integers. A resource or scope
-containing `/life-N` gets tokens living N seconds (default 3600).
+and the client under test is what gets measured. v1 (`/oauth2/token`) answers with string numbers
+and, as Entra ID does, names the resource asked for; v2 answers with integers. A resource or
+scope containing `/life-N` gets tokens living N seconds (default 3600).
 
     python bench/fastidp.py PORT        prints `READY http://127.0.0.1:PORT`; SIGTERM stops it
     python bench/fastidp.py PORT --spread DELAY PERIOD

@@ -16,7 +16,7 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 from tokend.backoff import Backoff
-from tokend.clock import SYSTEM_CLOCK, Clock, Scheduler
+from tokend.clock import SYSTEM_CLOCK, Clock, Scheduler, Timing
 from tokend.config import Config, TokenSpec
 from tokend.consumers import ConsumerNotifier
 from tokend.engine import (
@@ -77,10 +77,8 @@ class _Runtime:
     """What every job of a process is wired to."""
 
     acquirer: Acquirer
-    scheduler: Scheduler
+    timing: Timing
     durations: DurationObserver
-    clock: Clock
-    rand: random.Random
     resources: Resources
     deliveries: Deliveries
     recovery: Recovery
@@ -105,10 +103,8 @@ class Assembly:
         rand = rand or random.Random()  # noqa: S311 - jitter, not cryptography
         self._runtime = _Runtime(
             acquirer=acquirer,
-            scheduler=scheduler,
+            timing=Timing(clock, scheduler, rand),
             durations=durations,
-            clock=clock,
-            rand=rand,
             resources=self.resources,
             deliveries=self.engine.deliveries,
             recovery=Recovery(scheduler, clock, rand),
@@ -192,9 +188,7 @@ class _Parts:
             publisher=Publisher(self._slots(name, spec, backoff), runtime.deliveries),
             policy=policy,
             backoff=backoff,
-            clock=runtime.clock,
-            scheduler=runtime.scheduler,
-            rand=runtime.rand,
+            timing=runtime.timing,
             durations=runtime.durations,
             state=self._state,
             recovery=runtime.recovery,
@@ -214,7 +208,7 @@ class _Parts:
                 endpoint,
                 self._runtime.resources,
                 identity=spec.identity,
-                clock=self._runtime.clock,
+                clock=self._runtime.timing.clock,
                 entra_version=(1 if spec.resource else 2) if identity.is_entra else None,
                 kept=self._kept,
             )
@@ -240,7 +234,10 @@ class _Parts:
         )
         return self._once(
             VerifyingAcquirer(
-                runtime.acquirer, self._once(expected), runtime.resources.get(JWKS), runtime.clock
+                runtime.acquirer,
+                self._once(expected),
+                runtime.resources.get(JWKS),
+                runtime.timing.clock,
             )
         )
 
@@ -252,10 +249,8 @@ class _Parts:
             slot = SinkSlot(
                 name,
                 build_sink(options, SinkContext(name, labels[index], runtime.resources)),
-                clock=runtime.clock,
-                scheduler=runtime.scheduler,
+                timing=runtime.timing,
                 backoff=backoff,
-                rand=runtime.rand,
                 withdraw_on_expiry=options.on_expiry == "withdraw",
                 required_for_ready=options.waits_for_ready(),
                 verifier=runtime.verifier,

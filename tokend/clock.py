@@ -6,7 +6,9 @@ asks a `Scheduler`, so tests run hours of token lifetimes in milliseconds and ne
 
 from __future__ import annotations
 
+import random
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
@@ -39,6 +41,17 @@ class Scheduler(Protocol):
     def cancel(self, key: str) -> None:
         """Forget the pending run of `key`, if any. A run already in progress completes."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class Timing:
+    """When things happen, for every token job and sink slot of an engine: the time, what waits
+    for it, and the randomness that spreads runs out (jitter, backoff). One shared object rather
+    than three references in each of 100,000 jobs and slots."""
+
+    clock: Clock
+    scheduler: Scheduler
+    rand: random.Random
 
 
 def format_span(delta: timedelta) -> str:

@@ -58,7 +58,8 @@ class _Job:
         self.last_success: datetime | None = None
         self.last_error = None
         self.successes, self.transient_errors, self.permanent_errors = self.refreshes
-        self.results = dict(zip(("success", "transient_error", "permanent_error"), self.refreshes))
+        names = ("success", "transient_error", "permanent_error")
+        self.results = dict(zip(names, self.refreshes, strict=True))
         self.publisher = SimpleNamespace(slots=self.slots)
         self.request = SimpleNamespace(grant=_Grant(self.credential))
 

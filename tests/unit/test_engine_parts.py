@@ -21,6 +21,7 @@ from tests.support.idp import CLIENT_SECRET, FakeIdp
 from tests.support.requests import client_secret_request
 from tests.support.virtual import VirtualScheduler
 from tokend.backoff import Backoff
+from tokend.clock import Timing
 from tokend.config import Config
 from tokend.engine import ApsScheduler, RefreshPolicy, ReloadSummary, TokenJob
 from tokend.engine.once import refresh_once
@@ -75,10 +76,8 @@ def _slot(
     slot = SinkSlot(
         "crm",
         sink,
-        clock=clock,
-        scheduler=scheduler,
+        timing=Timing(clock, scheduler, random.Random(3)),
         backoff=BACKOFF,
-        rand=random.Random(3),
         withdraw_on_expiry=withdraw,
     )
     return slot, scheduler
@@ -288,9 +287,7 @@ def _once_job(clock: FakeClock, idp: ScriptedIdp, sink: TroubledSink) -> TokenJo
         publisher=Publisher([slot], Deliveries()),
         policy=RefreshPolicy(),
         backoff=JOB_BACKOFF,
-        clock=clock,
-        scheduler=scheduler,
-        rand=random.Random(5),
+        timing=Timing(clock, scheduler, random.Random(5)),
         durations=NoDurations(),
     )
 

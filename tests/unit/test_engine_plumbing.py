@@ -16,6 +16,7 @@ import pytest
 from tests.support.clock import FakeClock
 from tests.support.virtual import VirtualScheduler
 from tokend.backoff import Backoff
+from tokend.clock import Timing
 from tokend.engine import ApsScheduler
 from tokend.engine.outcome import log_expired
 from tokend.engine.publisher import Deliveries
@@ -86,10 +87,8 @@ def test_a_delivery_lane_runs_eight_at_a_time_and_idle_waits_for_all() -> None:
             slot = SinkSlot(
                 f"t{index}",
                 GatedSink(gate, running),
-                clock=clock,
-                scheduler=scheduler,
+                timing=Timing(clock, scheduler, random.Random(1)),
                 backoff=Backoff(),
-                rand=random.Random(1),
             )
             now = clock.now()
             slot.offer(Token("v", "Bearer", expires_at=now + timedelta(hours=1), obtained_at=now))

@@ -16,6 +16,7 @@ from tests.support.clock import FakeClock
 from tests.support.requests import client_secret_request
 from tests.support.virtual import VirtualScheduler
 from tokend.backoff import Backoff
+from tokend.clock import Timing
 from tokend.engine import RefreshPolicy, TokenJob
 from tokend.engine.once import refresh_once
 from tokend.engine.outcome import Phase
@@ -88,10 +89,8 @@ class Setup:
         self.slot = SinkSlot(
             "crm",
             self.sink,
-            clock=self.clock,
-            scheduler=self.scheduler,
+            timing=Timing(self.clock, self.scheduler, rand),
             backoff=BACKOFF,
-            rand=rand,
             withdraw_on_expiry=True,
         )
         self.recovery = Recovery(self.scheduler, self.clock, rand) if recovery else None
@@ -101,9 +100,7 @@ class Setup:
             publisher=Publisher([self.slot], Deliveries()),
             policy=RefreshPolicy(),
             backoff=BACKOFF,
-            clock=self.clock,
-            scheduler=self.scheduler,
-            rand=rand,
+            timing=Timing(self.clock, self.scheduler, rand),
             durations=self.durations,
             recovery=self.recovery,
         )

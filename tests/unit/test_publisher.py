@@ -12,6 +12,7 @@ import pytest
 from tests.support.clock import FakeClock
 from tests.support.virtual import VirtualScheduler
 from tokend.backoff import Backoff
+from tokend.clock import Timing
 from tokend.engine.publisher import Deliveries, Publisher
 from tokend.engine.slot import SinkSlot
 from tokend.sinks import SinkError
@@ -51,10 +52,8 @@ def test_a_sink_never_receives_a_token_expiring_sooner_than_the_one_it_holds() -
     slot = SinkSlot(
         "crm",
         sink,
-        clock=clock,
-        scheduler=VirtualScheduler(clock),
+        timing=Timing(clock, VirtualScheduler(clock), random.Random(1)),
         backoff=Backoff(),
-        rand=random.Random(1),
     )
     publisher = Publisher([slot], Deliveries())
     longer, shorter, same = _token(clock, "a", 60), _token(clock, "b", 30), _token(clock, "c", 60)
@@ -94,10 +93,8 @@ def test_a_failing_sink_keeps_wanting_the_newest_token_whatever_arrives_later() 
     slot = SinkSlot(
         "crm",
         sink,
-        clock=clock,
-        scheduler=VirtualScheduler(clock),
+        timing=Timing(clock, VirtualScheduler(clock), random.Random(1)),
         backoff=Backoff(),
-        rand=random.Random(1),
     )
     publisher = Publisher([slot], Deliveries())
     newer, older = _token(clock, "newer", 60), _token(clock, "older", 30)
@@ -143,10 +140,8 @@ def test_a_sink_failure_is_said_at_warning_and_its_repeats_at_debug(
     slot = SinkSlot(
         "crm",
         sink,
-        clock=clock,
-        scheduler=VirtualScheduler(clock),
+        timing=Timing(clock, VirtualScheduler(clock), random.Random(1)),
         backoff=Backoff(),
-        rand=random.Random(1),
         withdraw_on_expiry=True,
     )
     token = _token(clock, "a", 60)
@@ -188,10 +183,8 @@ def test_a_sink_that_fails_to_close_is_logged_with_its_token(
     slot = SinkSlot(
         "crm",
         BrokenCloseSink(),
-        clock=clock,
-        scheduler=VirtualScheduler(clock),
+        timing=Timing(clock, VirtualScheduler(clock), random.Random(1)),
         backoff=Backoff(),
-        rand=random.Random(1),
     )
     with caplog.at_level(logging.DEBUG, "tokend.publisher"):
         asyncio.run(slot.close())  # does not raise: the other sinks still close

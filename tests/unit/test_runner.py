@@ -12,6 +12,7 @@ import pytest
 from tests.support.clock import FakeClock
 from tests.support.requests import client_secret_request
 from tokend.backoff import Backoff
+from tokend.clock import Timing
 from tokend.engine import ApsScheduler, RefreshPolicy, TokenJob
 from tokend.engine.publisher import Deliveries, Publisher
 from tokend.engine.scheduler import Runner
@@ -65,7 +66,10 @@ def _job(
     name: str, sink: GatedSink, scheduler: ApsScheduler, deliveries: Deliveries, clock: FakeClock
 ) -> TokenJob:
     slot = SinkSlot(
-        name, sink, clock=clock, scheduler=scheduler, backoff=Backoff(), rand=random.Random(1)
+        name,
+        sink,
+        timing=Timing(clock, scheduler, random.Random(1)),
+        backoff=Backoff(),
     )
     return TokenJob(
         client_secret_request(Endpoint(token_url="https://idp.example/token"), name=name),
@@ -73,9 +77,7 @@ def _job(
         publisher=Publisher([slot], deliveries),
         policy=RefreshPolicy(),
         backoff=Backoff(),
-        clock=clock,
-        scheduler=scheduler,
-        rand=random.Random(1),
+        timing=Timing(clock, scheduler, random.Random(1)),
         durations=NoDurations(),
     )
 
@@ -155,10 +157,8 @@ def test_delivery_lanes_are_bounded_and_independent() -> None:
             slot = SinkSlot(
                 f"t{index}",
                 sink,
-                clock=clock,
-                scheduler=scheduler,
+                timing=Timing(clock, scheduler, random.Random(1)),
                 backoff=Backoff(),
-                rand=random.Random(1),
             )
             Publisher([slot], deliveries).publish_in_background(token)
         await asyncio.wait_for(other.reached.wait(), 5)
@@ -212,10 +212,8 @@ def test_drain_gives_up_on_a_stuck_lane_after_the_timeout_and_says_so() -> None:
             slot = SinkSlot(
                 f"t{index}",
                 sink,
-                clock=clock,
-                scheduler=ApsScheduler(),
+                timing=Timing(clock, ApsScheduler(), random.Random(1)),
                 backoff=Backoff(),
-                rand=random.Random(1),
             )
             Publisher([slot], deliveries).publish_in_background(token)
         await asyncio.wait_for(other.reached.wait(), 5)

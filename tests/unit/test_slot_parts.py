@@ -14,6 +14,7 @@ import pytest
 from tests.support.clock import FakeClock
 from tests.support.virtual import VirtualScheduler
 from tokend.backoff import Backoff
+from tokend.clock import Timing
 from tokend.engine.publisher import SinkSlot
 from tokend.sinks import SinkError
 from tokend.token import Token
@@ -69,7 +70,10 @@ class Observer:
 def _slot(clock: FakeClock, sink: Store) -> tuple[SinkSlot, VirtualScheduler]:
     scheduler = VirtualScheduler(clock)
     slot = SinkSlot(
-        "crm", sink, clock=clock, scheduler=scheduler, backoff=BACKOFF, rand=random.Random(3)
+        "crm",
+        sink,
+        timing=Timing(clock, scheduler, random.Random(3)),
+        backoff=BACKOFF,
     )
     return slot, scheduler
 

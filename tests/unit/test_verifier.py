@@ -15,6 +15,7 @@ import pytest
 from tests.support.clock import FakeClock
 from tests.support.virtual import VirtualScheduler
 from tokend.backoff import Backoff
+from tokend.clock import Timing
 from tokend.engine.publisher import Deliveries, Publisher
 from tokend.engine.slot import SinkSlot
 from tokend.engine.verifier import Verifier, verified
@@ -77,10 +78,8 @@ class World:
         return SinkSlot(
             name,
             sink,
-            clock=self.clock,
-            scheduler=self.scheduler,
+            timing=Timing(self.clock, self.scheduler, self.rand),
             backoff=Backoff(max=timedelta(minutes=5)),
-            rand=self.rand,
             verifier=self.verifier,
         )
 

@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from tests.support.clock import FakeClock
 from tests.support.virtual import VirtualScheduler
 from tokend.backoff import Backoff
+from tokend.clock import Timing
 from tokend.engine.publisher import Deliveries
 from tokend.engine.slot import SinkSlot
 from tokend.engine.verifier import GRANULARITY, Verifier
@@ -52,10 +53,8 @@ class World:
         slot = SinkSlot(
             "crm",
             store,
-            clock=self.clock,
-            scheduler=self.scheduler,
+            timing=Timing(self.clock, self.scheduler, random.Random(1)),
             backoff=Backoff(),
-            rand=random.Random(1),
             verifier=self.verifier,
         )
         now = self.clock.now()

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from datetime import datetime
 from typing import Protocol
 
 from tokend.backoff import Backoff
-from tokend.clock import Clock, Scheduler
+from tokend.clock import Timing
 from tokend.engine.outcome import (
     Phase,
     log_expired,
@@ -46,9 +45,9 @@ class DurationObserver(Protocol):
 
 
 class TokenJob:
-    __slots__ = (  # one per configured token: 10,000 of them must stay small
-        "_acquirer", "_clock", "_durations", "_expiry_reported", "_fingerprint", "_inflight",
-        "_rand", "_recovery", "_scheduled", "_scheduler", "_state", "_stopped", "_waiting",
+    __slots__ = (  # one per configured token: 100,000 of them must stay small
+        "_acquirer", "_durations", "_expiry_reported", "_fingerprint", "_inflight", "_recovery",
+        "_scheduled", "_state", "_stopped", "_timing", "_waiting",
         "backoff", "failures", "last_error", "last_success", "next_run", "permanent_errors",
         "policy", "publisher", "request", "successes", "token", "transient_errors",
     )  # fmt: skip
@@ -61,9 +60,7 @@ class TokenJob:
         publisher: Publisher,
         policy: RefreshPolicy,
         backoff: Backoff,
-        clock: Clock,
-        scheduler: Scheduler,
-        rand: random.Random,
+        timing: Timing,
         durations: DurationObserver,
         state: StateStore | None = None,
         recovery: Recovery | None = None,
@@ -80,9 +77,7 @@ class TokenJob:
         self.successes = self.transient_errors = self.permanent_errors = 0
         """Attempts by outcome, since the job was built (ints in slots: 100,000 of them)."""
         self._acquirer = acquirer
-        self._clock = clock
-        self._scheduler = scheduler
-        self._rand = rand
+        self._timing = timing
         self._durations = durations
         self._state = state
         self._fingerprint = fingerprint(request) if state else ""
@@ -137,7 +132,7 @@ class TokenJob:
         self._hold(token)
         self.last_success = token.obtained_at
         log_resumed(self.name, token)
-        self._plan(self.policy.refresh_at(token, self._rand.random()))
+        self._plan(self.policy.refresh_at(token, self._timing.rand.random()))
         await self.publisher.publish(token)
 
     def _hold(self, token: Token) -> None:
@@ -149,7 +144,7 @@ class TokenJob:
 
     def stop(self) -> None:
         self._stopped = True
-        self._scheduler.cancel(self.name)
+        self._timing.scheduler.cancel(self.name)
         self.publisher.stop()
         self._stop_waiting()
 
@@ -159,7 +154,7 @@ class TokenJob:
         if self._stopped:
             return
         self._stop_waiting()
-        self._plan(self._clock.now())
+        self._plan(self._timing.clock.now())
 
     async def settled(self) -> None:
         """Wait for the acquisition in flight, if any (a reader with no token to serve yet)."""
@@ -191,7 +186,7 @@ class TokenJob:
 
     def retry_delay(self, attempt: int, error: TokendError) -> float:
         """Seconds to wait before the `attempt`+1st try after `error` (`tokend once`)."""
-        delay = self.backoff.delay(attempt, self._rand.random()).total_seconds()
+        delay = self.backoff.delay(attempt, self._timing.rand.random()).total_seconds()
         return max(delay, error.retry_after or 0.0)
 
     def wind_down(self) -> None:
@@ -244,7 +239,7 @@ class TokenJob:
 
         No timer is needed for this: while a valid token is held, the next try is never planned
         after its expiry, so after the last-chance try fails a run comes right at the expiry."""
-        now = self._clock.now()
+        now = self._timing.clock.now()
         token = self.token
         if token is None or token.is_valid(now) or self._expiry_reported:
             return
@@ -269,10 +264,10 @@ class TokenJob:
     def _plan(self, at: datetime) -> None:
         self._scheduled = True
         self.next_run = at
-        self._scheduler.schedule(self.name, at, self)
+        self._timing.scheduler.schedule(self.name, at, self)
 
     def _succeeded(self, token: Token, took: float) -> None:
-        now = self._clock.now()
+        now = self._timing.clock.now()
         self._stop_waiting()
         if self.failures:
             log_recovered(self.name, self.failures)
@@ -283,12 +278,12 @@ class TokenJob:
         self.last_error = None
         self.last_success = now
         self.successes += 1
-        self.next_run = self.policy.refresh_at(token, self._rand.random())
+        self.next_run = self.policy.refresh_at(token, self._timing.rand.random())
         scheduled = self.next_run if self._scheduled else None
         log_success(self.name, token, now, next_run=scheduled, took=took)
 
     def _failed(self, error: TokendError) -> None:
-        now = self._clock.now()
+        now = self._timing.clock.now()
         permanent = not error.transient
         self.failures += 1
         if permanent:
@@ -307,7 +302,7 @@ class TokenJob:
                 now=now,
                 attempt=self.failures,
                 backoff=self.backoff,
-                rand=self._rand.random(),
+                rand=self._timing.rand.random(),
                 hard=permanent or error.back_off_hard,
                 retry_after=error.retry_after,
                 holding=holding,

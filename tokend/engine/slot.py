@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from datetime import datetime
 from typing import Any, Protocol
 
 from tokend.backoff import Backoff
-from tokend.clock import Clock, Job, Scheduler
+from tokend.clock import Job, Timing
 from tokend.engine.outcome import same_failure, settle
 from tokend.engine.policy import retry_at
 from tokend.engine.verifier import Verifier, verified
@@ -39,8 +38,8 @@ class SinkSlot:
     """One sink of one token: what it holds, what it should hold, and how delivery is going."""
 
     __slots__ = (  # one per sink of each token: 100,000 of them must stay small
-        "_backoff", "_clock", "_halting", "_lock", "_rand", "_retry_pending", "_scheduler",
-        "_stopped", "_verifier", "_writing", "errors", "failures", "held", "last_error",
+        "_backoff", "_halting", "_lock", "_retry_pending", "_stopped", "_timing", "_verifier",
+        "_writing", "errors", "failures", "held", "last_error",
         "last_success", "observer", "required_for_ready", "shared", "sink", "standby",
         "successes", "token_name", "wanted", "withdraw_on_expiry",
     )  # fmt: skip
@@ -50,10 +49,8 @@ class SinkSlot:
         token_name: str,
         sink: Sink,
         *,
-        clock: Clock,
-        scheduler: Scheduler,
+        timing: Timing,
         backoff: Backoff,
-        rand: random.Random,
         withdraw_on_expiry: bool = False,
         required_for_ready: bool = True,
         verifier: Verifier | None = None,
@@ -75,10 +72,8 @@ class SinkSlot:
         self.last_error: TokendError | None = None
         self.successes = self.errors = 0
         """Publish attempts by outcome, since the slot was built (`failures`: in a row, now)."""
-        self._clock = clock
-        self._scheduler = scheduler
+        self._timing = timing
         self._backoff = backoff
-        self._rand = rand
         self._lock = asyncio.Lock()
         self._retry_pending = False
         self._stopped = False
@@ -105,12 +100,12 @@ class SinkSlot:
 
     def _plan_retry(self, at: datetime, job: Job) -> None:
         self._retry_pending = True
-        self._scheduler.schedule(self._retry_key, at, job)
+        self._timing.scheduler.schedule(self._retry_key, at, job)
 
     def _cancel_retry(self) -> None:
         if self._retry_pending:
             self._retry_pending = False
-            self._scheduler.cancel(self._retry_key)
+            self._timing.scheduler.cancel(self._retry_key)
 
     def offer(self, token: Token) -> None:
         """Make `token` the one to deliver, unless something newer is already wanted."""
@@ -225,7 +220,7 @@ class SinkSlot:
                 held is None
                 or self.failures
                 or self._stopped
-                or not held.is_valid(self._clock.now())
+                or not held.is_valid(self._timing.clock.now())
             ):
                 return
             if await verified(self, held):
@@ -272,14 +267,14 @@ class SinkSlot:
         level = logging.DEBUG if same_failure(error, self.last_error) else logging.WARNING
         log.log(level, "sink %s: cannot withdraw: %s", self.name, error, extra=self._extra)
         self.last_error = error
-        now = self._clock.now()
+        now = self._timing.clock.now()
         at = retry_at(
-            now=now, attempt=self.failures, backoff=self._backoff, rand=self._rand.random()
+            now=now, attempt=self.failures, backoff=self._backoff, rand=self._timing.rand.random()
         )
         self._plan_retry(at, self._retry_withdrawal)
 
     async def _retry_withdrawal(self) -> None:
-        await self.expire(self._clock.now())
+        await self.expire(self._timing.clock.now())
 
     def _succeeded(self, token: Token) -> None:
         if self.failures:
@@ -294,7 +289,7 @@ class SinkSlot:
         self.held = token
         self.failures = 0
         self.last_error = None
-        self.last_success = self._clock.now()
+        self.last_success = self._timing.clock.now()
         self.successes += 1
         self._cancel_retry()
         if self.observer is not None:
@@ -303,13 +298,13 @@ class SinkSlot:
     def _failed(self, token: Token, error: TokendError) -> None:
         self.failures += 1
         self.errors += 1
-        now = self._clock.now()
+        now = self._timing.clock.now()
         level = logging.DEBUG if same_failure(error, self.last_error) else logging.WARNING
         log.log(level, "sink %s: %s", self.name, error, extra=self._extra)  # repeats: DEBUG
         self.last_error = error
         if not token.is_valid(now):
             return  # nothing worth retrying; the next refresh offers a new token
-        rand = self._rand.random()
+        rand = self._timing.rand.random()
         at = retry_at(now=now, attempt=self.failures, backoff=self._backoff, rand=rand)
         self._plan_retry(at, self._retry)
 
