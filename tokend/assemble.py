@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -147,19 +148,22 @@ class Assembly:
         await self.engine.stop(timeout)
         await self.resources.close()
 
-    def blueprints(self, config: Config) -> dict[str, Blueprint]:
+    def blueprints(self, config: Config) -> Iterator[tuple[str, Blueprint]]:
+        """One token's blueprint at a time: the engine builds its job before the next is made,
+        so 100,000 of them never exist at once (they would leave that much memory behind)."""
         parts = _Parts(self._runtime, config)
         old = self._config
         same_common = old is not None and _common_inputs(old) == _common_inputs(config)
-        return {
-            name: Blueprint(
-                functools.partial(parts.job, name),
-                unchanged=same_common and _own_inputs(old, name) == _own_inputs(config, name),
-                on_demand=config.tokens[name].on_demand,
-                leader_only=all(is_shared(sink) for sink in spec.sinks),
+        for name, spec in config.tokens.items():
+            yield (
+                name,
+                Blueprint(
+                    functools.partial(parts.job, name),
+                    unchanged=same_common and _own_inputs(old, name) == _own_inputs(config, name),
+                    on_demand=spec.on_demand,
+                    leader_only=all(is_shared(sink) for sink in spec.sinks),
+                ),
             )
-            for name, spec in config.tokens.items()
-        }
 
 
 class _Parts:

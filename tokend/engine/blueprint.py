@@ -3,7 +3,7 @@ settings. The engine compares nothing itself: a `Blueprint` says whether a job i
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING
@@ -29,6 +29,10 @@ class Blueprint:
     """Every sink writes to a store shared between replicas: with leader election, only the
     leader runs it (see `Engine.lead_with`). A token with local sinks too runs everywhere,
     its shared sinks written by the leader only (`Publisher.follow`)."""
+
+
+Blueprints = Iterable[tuple[str, "Blueprint"]]
+"""Each token's name and blueprint, taken one at a time (see `Assembly.blueprints`)."""
 
 
 @dataclass(frozen=True)

@@ -11,13 +11,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
 
 from tokend.clock import SYSTEM_CLOCK, Clock
-from tokend.engine.blueprint import Blueprint, EngineSettings
+from tokend.engine.blueprint import Blueprint, Blueprints, EngineSettings
 from tokend.engine.job import TokenJob
 from tokend.engine.once import refresh_once
 from tokend.engine.policy import startup_at
@@ -81,7 +81,7 @@ class Engine:
         self._leadership: Leadership | None = None
         self._leading = True  # without leader election every job runs
         self._transitions = 0
-        self._leader_only: frozenset[str] = frozenset()
+        self._leader_only: set[str] = set()
         self._stopped = False
         self._launches: set[asyncio.Task[None]] = set()
         self.retired = RetiredCounts()
@@ -92,12 +92,20 @@ class Engine:
         any write in flight can land (`TokenJob.halt`). Other jobs run on every replica."""
         self._leadership = leadership
 
-    def build(self, blueprints: Mapping[str, Blueprint], settings: EngineSettings) -> None:
+    def build(self, blueprints: Blueprints, settings: EngineSettings) -> None:
         """Build every job; `start()` (a daemon) or `refresh_all()` (`tokend once`) runs them."""
         self.settings = settings
-        self.jobs = {name: blueprint.build() for name, blueprint in blueprints.items()}
-        self._on_demand = {name for name, blueprint in blueprints.items() if blueprint.on_demand}
-        self._leader_only = frozenset(name for name, bp in blueprints.items() if bp.leader_only)
+        self.jobs, self._on_demand, self._leader_only = {}, set(), set()
+        for name, blueprint in blueprints:
+            self.jobs[name] = blueprint.build()
+            self._mark(name, blueprint, self._on_demand, self._leader_only)
+
+    @staticmethod
+    def _mark(name: str, blueprint: Blueprint, on_demand: set[str], leader_only: set[str]) -> None:
+        if blueprint.on_demand:
+            on_demand.add(name)
+        if blueprint.leader_only:
+            leader_only.add(name)
 
     async def start(self) -> None:
         """Resume stored tokens that are still valid; plan every other token's first
@@ -145,9 +153,7 @@ class Engine:
             return None
         return LeadershipView(self._leading, self._transitions)
 
-    async def reload(
-        self, blueprints: Mapping[str, Blueprint], settings: EngineSettings
-    ) -> ReloadSummary:
+    async def reload(self, blueprints: Blueprints, settings: EngineSettings) -> ReloadSummary:
         """Switch to `blueprints`. Tokens whose inputs are unchanged keep their job: state,
         token and schedule. Changed tokens get a new job, which keeps the current token if it is
         still valid for the same request. Removed tokens stop."""
@@ -155,10 +161,12 @@ class Engine:
         old_jobs = self.jobs
         summary = ReloadSummary()
         standby = {name for name in old_jobs if not self._runs(name)}  # the leader's to retire
-        self._leader_only = frozenset(name for name, bp in blueprints.items() if bp.leader_only)
         jobs: dict[str, TokenJob] = {}
         carried: dict[str, Token] = {}
-        for name, blueprint in blueprints.items():
+        on_demand: set[str] = set()
+        self._leader_only = set()
+        for name, blueprint in blueprints:
+            self._mark(name, blueprint, on_demand, self._leader_only)
             old = old_jobs.get(name)
             if old is not None and blueprint.unchanged:
                 jobs[name] = old
@@ -182,7 +190,7 @@ class Engine:
                 await old.publisher.retire()
         self.settings = settings
         self.jobs = jobs
-        self._on_demand = {name for name, blueprint in blueprints.items() if blueprint.on_demand}
+        self._on_demand = on_demand
         self._dormant &= set(summary.unchanged)
         started = [name for name in summary.added + summary.changed if self._runs(name)]
         await self._launch([jobs[name] for name in started], carried)
