@@ -102,14 +102,15 @@ class Assembly:
         self.engine = Engine(clock=clock)
         self._config: Config | None = None  # the config the running jobs were built from
         rand = rand or random.Random()  # noqa: S311 - jitter, not cryptography
+        timing = Timing(clock, scheduler, rand)
         self._runtime = _Runtime(
             acquirer=acquirer,
-            timing=Timing(clock, scheduler, rand),
+            timing=timing,
             durations=durations,
             resources=self.resources,
             deliveries=self.engine.deliveries,
-            recovery=Recovery(scheduler, clock, rand),
-            verifier=Verifier(clock, scheduler, rand, self.engine.deliveries),
+            recovery=Recovery(timing),
+            verifier=Verifier(timing, self.engine.deliveries),
         )
 
     def build(self, config: Config) -> None:

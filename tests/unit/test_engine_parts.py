@@ -632,7 +632,7 @@ def _outage(message: str = "down", **attributes: Any) -> TokendError:
 def test_one_probe_per_endpoint_at_a_jittered_ten_seconds_or_as_asked() -> None:
     clock, backoff = FakeClock(), Backoff()
     scheduler = VirtualScheduler(clock)
-    outages = Outages(scheduler, clock, random.Random(7))
+    outages = Outages(Timing(clock, scheduler, random.Random(7)))
     rand = random.Random(7)
     now = clock.now()
     first = outages.wait(ProbeWaiter("a"), "idp", _outage(), backoff)
@@ -651,7 +651,7 @@ def test_one_probe_per_endpoint_at_a_jittered_ten_seconds_or_as_asked() -> None:
 def test_a_successful_probe_wakes_every_other_waiter_and_a_failed_one_keeps_them() -> None:
     clock, backoff = FakeClock(), Backoff()
     scheduler = VirtualScheduler(clock)
-    outages = Outages(scheduler, clock, random.Random(7))
+    outages = Outages(Timing(clock, scheduler, random.Random(7)))
     failing, waiting = ProbeWaiter("a", answers=False), ProbeWaiter("b")
     outages.wait(failing, "idp", _outage(), backoff)
     outages.wait(waiting, "idp", _outage(), backoff)
@@ -676,7 +676,7 @@ def test_a_changed_cause_wakes_every_token_of_that_grant_once() -> None:
     grant; when it reads differently every token of that grant runs, others wait on."""
     clock = FakeClock()
     scheduler = VirtualScheduler(clock)
-    causes = Causes(scheduler, clock, random.Random(3))
+    causes = Causes(Timing(clock, scheduler, random.Random(3)))
     rand = random.Random(3)
     versions = {"grant": "v1", "other": "w1"}
     grant, other = object(), object()
@@ -710,7 +710,7 @@ def test_a_changed_cause_wakes_every_token_of_that_grant_once() -> None:
 def test_a_waiter_that_stops_waiting_is_forgotten_and_the_last_one_cancels_the_probe() -> None:
     clock, backoff = FakeClock(), Backoff()
     scheduler = VirtualScheduler(clock)
-    outages = Outages(scheduler, clock, random.Random(7))
+    outages = Outages(Timing(clock, scheduler, random.Random(7)))
     a, b, namesake = ProbeWaiter("a"), ProbeWaiter("b"), ProbeWaiter("a")
     outages.wait(a, "idp", _outage(), backoff)
     outages.wait(b, "idp", _outage(), backoff)
@@ -727,7 +727,7 @@ def test_a_waiter_that_stops_waiting_is_forgotten_and_the_last_one_cancels_the_p
 def test_a_token_no_longer_failing_permanently_is_no_longer_watched() -> None:
     clock = FakeClock()
     scheduler = VirtualScheduler(clock)
-    causes = Causes(scheduler, clock, random.Random(3))
+    causes = Causes(Timing(clock, scheduler, random.Random(3)))
     grant = object()
     a, b, namesake = ProbeWaiter("a"), ProbeWaiter("b"), ProbeWaiter("a")
 

@@ -93,7 +93,7 @@ class Setup:
             backoff=BACKOFF,
             withdraw_on_expiry=True,
         )
-        self.recovery = Recovery(self.scheduler, self.clock, rand) if recovery else None
+        self.recovery = Recovery(Timing(self.clock, self.scheduler, rand)) if recovery else None
         self.job = TokenJob(
             client_secret_request(Endpoint(token_url="https://idp.example/token")),
             acquirer=self.idp,

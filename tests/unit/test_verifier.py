@@ -72,7 +72,7 @@ class World:
         self.scheduler = VirtualScheduler(self.clock)
         self.deliveries = Deliveries()
         self.rand = random.Random(3)
-        self.verifier = Verifier(self.clock, self.scheduler, self.rand, self.deliveries)
+        self.verifier = Verifier(Timing(self.clock, self.scheduler, self.rand), self.deliveries)
 
     def slot(self, sink: PlainSink, name: str = "crm") -> SinkSlot:
         return SinkSlot(

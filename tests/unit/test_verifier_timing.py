@@ -46,7 +46,9 @@ class World:
     def __init__(self) -> None:
         self.clock = FakeClock()
         self.scheduler = VirtualScheduler(self.clock)
-        self.verifier = Verifier(self.clock, self.scheduler, random.Random(SEED), Deliveries())
+        self.verifier = Verifier(
+            Timing(self.clock, self.scheduler, random.Random(SEED)), Deliveries()
+        )
 
     def slot(self, name: str, interval: timedelta) -> tuple[SinkSlot, Store]:
         store = Store(self.clock, name, interval)

@@ -14,13 +14,12 @@
 
 from __future__ import annotations
 
-import random
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Protocol
 
 from tokend.backoff import Backoff
-from tokend.clock import Clock, Scheduler
+from tokend.clock import Timing
 from tokend.errors import TokendError
 
 PROBE_INTERVAL = timedelta(seconds=10)
@@ -43,10 +42,8 @@ class Waiter(Protocol):
 
 
 class Outages:
-    def __init__(self, scheduler: Scheduler, clock: Clock, rand: random.Random) -> None:
-        self._scheduler = scheduler
-        self._clock = clock
-        self._rand = rand
+    def __init__(self, timing: Timing) -> None:
+        self._timing = timing
         self._waiting: dict[str, dict[str, Waiter]] = {}  # endpoint -> waiting jobs, oldest first
         self._planned: dict[str, datetime] = {}
 
@@ -57,7 +54,7 @@ class Outages:
         planned = self._planned.get(endpoint)
         if planned is None:
             planned = self._planned[endpoint] = self._probe_time(error, backoff)
-            self._scheduler.schedule(_key(endpoint), planned, lambda: self._probe(endpoint))
+            self._timing.scheduler.schedule(_key(endpoint), planned, lambda: self._probe(endpoint))
         return planned
 
     def forget(self, job: Waiter, endpoint: str) -> None:
@@ -68,16 +65,16 @@ class Outages:
         if not waiting and endpoint in self._planned:
             self._waiting.pop(endpoint, None)
             del self._planned[endpoint]
-            self._scheduler.cancel(_key(endpoint))
+            self._timing.scheduler.cancel(_key(endpoint))
 
     def waiting(self, endpoint: str) -> int:
         return len(self._waiting.get(endpoint, ()))
 
     def _probe_time(self, error: TokendError, backoff: Backoff) -> datetime:
-        now = self._clock.now()
+        now = self._timing.clock.now()
         if error.back_off_hard:  # the peer asked for a long pause (loop detection)
-            return now + backoff.longest(self._rand.random())
-        delay = PROBE_INTERVAL * (1 - 0.25 * self._rand.random())
+            return now + backoff.longest(self._timing.rand.random())
+        delay = PROBE_INTERVAL * (1 - 0.25 * self._timing.rand.random())
         if error.retry_after is not None:
             delay = max(delay, timedelta(seconds=error.retry_after))
         return now + delay
@@ -106,10 +103,8 @@ SourceVersion = Callable[[], Awaitable[str]]
 
 
 class Causes:
-    def __init__(self, scheduler: Scheduler, clock: Clock, rand: random.Random) -> None:
-        self._scheduler = scheduler
-        self._clock = clock
-        self._rand = rand
+    def __init__(self, timing: Timing) -> None:
+        self._timing = timing
         # by id() of the source (a grant; tokens of one identity share it), which stays alive as
         # long as a job that uses it is watched
         self._watched: dict[int, tuple[SourceVersion, str, dict[str, Waiter]]] = {}
@@ -131,11 +126,11 @@ class Causes:
         del entry[2][job.name]
         if not entry[2]:
             del self._watched[key]
-            self._scheduler.cancel(_watch_key(key))
+            self._timing.scheduler.cancel(_watch_key(key))
 
     def _plan(self, key: int) -> None:
-        at = self._clock.now() + WATCH_INTERVAL * (1 - 0.25 * self._rand.random())
-        self._scheduler.schedule(_watch_key(key), at, lambda: self._look(key))
+        at = self._timing.clock.now() + WATCH_INTERVAL * (1 - 0.25 * self._timing.rand.random())
+        self._timing.scheduler.schedule(_watch_key(key), at, lambda: self._look(key))
 
     async def _look(self, key: int) -> None:
         entry = self._watched.get(key)
@@ -157,6 +152,6 @@ def _watch_key(key: int) -> str:
 class Recovery:
     """Both mechanisms, shared by every job of a process."""
 
-    def __init__(self, scheduler: Scheduler, clock: Clock, rand: random.Random) -> None:
-        self.outages = Outages(scheduler, clock, rand)
-        self.causes = Causes(scheduler, clock, rand)
+    def __init__(self, timing: Timing) -> None:
+        self.outages = Outages(timing)
+        self.causes = Causes(timing)

@@ -21,12 +21,11 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
-import random
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from tokend.clock import Clock, Scheduler
+from tokend.clock import Timing
 from tokend.errors import TokendError
 from tokend.sinks import can_verify
 from tokend.token import Token
@@ -58,12 +57,8 @@ class _Kind:
 class Verifier:
     """Plans `SinkSlot.check()` for every slot whose sink can verify. One per process."""
 
-    def __init__(
-        self, clock: Clock, scheduler: Scheduler, rand: random.Random, deliveries: Deliveries
-    ) -> None:
-        self._clock = clock
-        self._scheduler = scheduler
-        self._rand = rand
+    def __init__(self, timing: Timing, deliveries: Deliveries) -> None:
+        self._timing = timing
         self._deliveries = deliveries
         self._kinds: dict[type, _Kind] = {}
         self._sequence = itertools.count()
@@ -73,7 +68,7 @@ class Verifier:
         thousands of sinks registered together are spread out)."""
         kind = self._kind(slot)
         if slot not in kind.live:
-            self._plan(kind, slot, self._clock.now(), first=True)
+            self._plan(kind, slot, self._timing.clock.now(), first=True)
             self._arm(kind)
 
     def forget(self, slot: SinkSlot) -> None:
@@ -85,7 +80,7 @@ class Verifier:
         """`slot` was written again after failures: its store is back. Every other sink of the
         same type catches up now (see the module docstring)."""
         kind = self._kinds.get(type(slot.sink))
-        now = self._clock.now()
+        now = self._timing.clock.now()
         if kind is None or (kind.last_sweep is not None and now - kind.last_sweep < SWEEP_GAP):
             return
         kind.last_sweep = now
@@ -107,7 +102,7 @@ class Verifier:
         kind.live[slot] = sequence
         if interval <= timedelta(0):
             return  # only caught up after a recovery
-        spread = self._rand.random() if first else 0.75 + 0.5 * self._rand.random()
+        spread = self._timing.rand.random() if first else 0.75 + 0.5 * self._timing.rand.random()
         heapq.heappush(kind.heap, (now + max(interval * spread, GRANULARITY), sequence, slot))
 
     def _arm(self, kind: _Kind, not_before: datetime | None = None) -> None:
@@ -122,10 +117,10 @@ class Verifier:
         if kind.armed_at is not None and kind.armed_at <= at:
             return  # the timer fires earlier anyway
         kind.armed_at = at
-        self._scheduler.schedule(kind.key, at, lambda: self._tick(kind))
+        self._timing.scheduler.schedule(kind.key, at, lambda: self._tick(kind))
 
     async def _tick(self, kind: _Kind) -> None:
-        now = self._clock.now()
+        now = self._timing.clock.now()
         kind.armed_at = None
         heap = kind.heap
         while heap and heap[0][0] <= now:
