@@ -242,3 +242,31 @@ def test_halt_abandons_the_write_in_flight_each_time_and_a_cancel_from_outside_p
             await delivery
 
     asyncio.run(scenario())
+
+
+def test_one_operation_at_a_time_and_an_idle_slot_keeps_no_lock() -> None:
+    """A check waits for the write in flight; a waiter cancelled meanwhile leaves nothing
+    behind; once nobody holds or awaits it, the lock is gone (100,000 idle slots, 9 MB)."""
+    clock = FakeClock()
+    sink = Store()
+    slot, _ = _slot(clock, sink)
+
+    async def scenario() -> None:
+        sink.gate = asyncio.Event()
+        slot.offer(_token(clock))
+        writing = asyncio.create_task(slot.deliver())
+        await asyncio.sleep(0)
+        checking = asyncio.create_task(slot.check())
+        given_up = asyncio.create_task(slot.deliver())
+        await asyncio.sleep(0)
+        given_up.cancel()
+        await asyncio.sleep(0)
+        assert (sink.received, sink.verified, slot._lock is None) == ([], [], False)
+        sink.gate.set()
+        assert await writing is True
+        await checking
+        assert given_up.cancelled()
+        assert (len(sink.received), len(sink.verified)) == (1, 1)
+        assert (slot._lock, slot._lock_users) == (None, 0)
+
+    asyncio.run(scenario())

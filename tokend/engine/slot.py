@@ -10,7 +10,9 @@ tell whether what it holds is still tokend's (`verify()`) is asked now and then 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -38,10 +40,10 @@ class SinkSlot:
     """One sink of one token: what it holds, what it should hold, and how delivery is going."""
 
     __slots__ = (  # one per sink of each token: 100,000 of them must stay small
-        "_backoff", "_halting", "_lock", "_retry_pending", "_stopped", "_timing", "_verifier",
-        "_writing", "errors", "failures", "held", "last_error",
-        "last_success", "observer", "required_for_ready", "shared", "sink", "standby",
-        "successes", "token_name", "wanted", "withdraw_on_expiry",
+        "_backoff", "_halting", "_lock", "_lock_users", "_retry_pending", "_stopped", "_timing",
+        "_verifier", "_writing", "errors", "failures", "held", "last_error", "last_success",
+        "observer", "required_for_ready", "shared", "sink", "standby", "successes", "token_name",
+        "wanted", "withdraw_on_expiry",
     )  # fmt: skip
 
     def __init__(
@@ -74,7 +76,8 @@ class SinkSlot:
         """Publish attempts by outcome, since the slot was built (`failures`: in a row, now)."""
         self._timing = timing
         self._backoff = backoff
-        self._lock = asyncio.Lock()
+        self._lock: asyncio.Lock | None = None  # see `_exclusively`
+        self._lock_users = 0
         self._retry_pending = False
         self._stopped = False
         self.observer: PublishObserver | None = None
@@ -98,6 +101,22 @@ class SinkSlot:
     def _retry_key(self) -> str:
         return f"{self.token_name}/sink/{self.sink.name}"
 
+    @contextlib.asynccontextmanager
+    async def _exclusively(self) -> AsyncIterator[None]:
+        """One delivery, withdrawal or check at a time. The lock exists only while someone holds
+        or awaits it: 100,000 idle slots would otherwise keep 100,000 locks (about 9 MB)."""
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        lock = self._lock
+        self._lock_users += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            self._lock_users -= 1
+            if not self._lock_users:
+                self._lock = None
+
     def _plan_retry(self, at: datetime, job: Job) -> None:
         self._retry_pending = True
         self._timing.scheduler.schedule(self._retry_key, at, job)
@@ -117,7 +136,7 @@ class SinkSlot:
 
     async def deliver(self) -> bool:
         """Try to bring the sink up to date. True when it holds the newest token."""
-        async with self._lock:
+        async with self._exclusively():
             token = self.wanted
             if token is None or self._stopped:
                 return False
@@ -158,7 +177,7 @@ class SinkSlot:
         """The held token has expired unreplaced: withdraw it if this sink is configured to."""
         if not self.withdraw_on_expiry:
             return
-        async with self._lock:
+        async with self._exclusively():
             if self.held is None or self.held.is_valid(now) or self._stopped:
                 return  # already withdrawn, replaced meanwhile, or no longer this slot's
             error = await self._withdraw()
@@ -175,7 +194,7 @@ class SinkSlot:
         """Its token was removed from the config: stop, then apply the `on_expiry` rule to what
         the sink holds now (withdraw it, or leave it and say so), and close the sink."""
         self.stop()
-        async with self._lock:
+        async with self._exclusively():
             if self.held is None:
                 pass
             elif not self.withdraw_on_expiry:
@@ -214,7 +233,7 @@ class SinkSlot:
         """Ask a sink that can tell (`verify()`) whether it still holds the token it was given;
         if someone changed or deleted it, deliver again. Nothing to do while the sink is failing
         (its retries are planned) or holds no valid token."""
-        async with self._lock:
+        async with self._exclusively():
             held = self.held
             if (
                 held is None
@@ -253,7 +272,7 @@ class SinkSlot:
         """Stop, wait for a write already under way (so that nothing this slot started lands
         after its successor's writes), and close the sink."""
         self.stop()
-        async with self._lock:
+        async with self._exclusively():
             pass
         if self.observer is not None:
             await self.observer.close()
