@@ -47,6 +47,12 @@ def bench(script: str, *args: str) -> str:
             r"N=\s+50\s+settled in\s+[\d.]+s\s+RSS\s+[\d.]+ MB",
         ),
         (
+            "footprint.py",
+            ["50", "--idle", "1", "--dirs", "3", "--allocator"],
+            r"N=\s+50\s+settled in[^\n]+\n\s+pymalloc: [\d.]+ MB of arenas: [\d.]+ MB in objects, "
+            r"[\d.]+ MB free blocks  \|  malloc: [\d.]+ MB from the system, [\d.]+ MB in use",
+        ),
+        (
             "startup_ab.py",
             [str(BENCH.parent), "--pairs", "1"],
             r"new/old wall, median of 1 pairs: [\d.]+",
