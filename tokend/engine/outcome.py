@@ -1,6 +1,6 @@
 """How refresh and publish attempts show outside a job: its phase (as `/status` and metrics name
-it), attempts counted by result, an unexpected failure turned into an error, and the log line
-each outcome writes."""
+it), an unexpected failure turned into an error, and the log line each outcome writes. (Attempts
+are counted by the job and the slot themselves, in ints of their own.)"""
 
 from __future__ import annotations
 
