@@ -123,7 +123,7 @@ class ApsScheduler:
                 del pending[entry.key]
                 self.runner.submit(entry.job)
         self._drop_stale()
-        if heap and (self._wakeup_at is None or heap[0].due < self._wakeup_at):
+        if heap:  # nothing above planned a wake-up: the runner only creates tasks
             self._wake_at(heap[0].due)
         self._woke.set()
 
