@@ -246,7 +246,7 @@ def test_halt_abandons_the_write_in_flight_each_time_and_a_cancel_from_outside_p
 
 def test_one_operation_at_a_time_and_an_idle_slot_keeps_no_lock() -> None:
     """A check waits for the write in flight; a waiter cancelled meanwhile leaves nothing
-    behind; once nobody holds or awaits it, the lock is gone (100,000 idle slots, 9 MB)."""
+    behind; once nobody holds or awaits it, the lock is gone (100,000 idle slots, 8 MB)."""
     clock = FakeClock()
     sink = Store()
     slot, _ = _slot(clock, sink)
