@@ -118,11 +118,14 @@ def serve(config: Path, stats: Path) -> None:
     def dump(*_: object) -> None:
         partial = stats.with_suffix(".part")
         saved = os.dup(2)
-        with partial.open("w") as file:
-            os.dup2(file.fileno(), 2)
-            sys._debugmallocstats()
-            ctypes.CDLL("libc.so.6").malloc_stats()
+        try:
+            with partial.open("w") as file:
+                os.dup2(file.fileno(), 2)
+                sys._debugmallocstats()
+                ctypes.CDLL("libc.so.6").malloc_stats()
+        finally:
             os.dup2(saved, 2)
+            os.close(saved)
         partial.rename(stats)
 
     signal.signal(signal.SIGUSR1, dump)

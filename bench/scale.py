@@ -260,7 +260,7 @@ def serve(config: Path, out: Path) -> None:
     """`tokend run -c config`, recording how late each token's run planned from $SCALE_FROM on
     (the refresh phase) starts; written to `out` at exit. The hook wraps `TokenJob`'s run at
     the class, so it holds nothing per token (a closure per scheduled run held ~330 bytes a
-    token: 33 MB of the RSS this benchmark reported at 100,000 tokens until 2026-11-26)."""
+    token: ~35 MB of the RSS this benchmark reported at 100,000 tokens until 2026-11-26)."""
     from tokend.cli import main as tokend_main
     from tokend.engine.job import TokenJob
 
