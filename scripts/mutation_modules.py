@@ -66,7 +66,7 @@ MODULES: dict[str, Module] = {
         ),
     ),
     "files": Module(
-        ("tokend/files.py",),
+        ("tokend/files.py", "tokend/writers.py"),
         (
             "tests/unit/test_files.py",
             "tests/unit/test_writers.py",

@@ -19,8 +19,8 @@ from tokend.config import Config
 from tokend.configfile import LoadedConfig
 from tokend.endpoint.catalog import password_identities
 from tokend.endpoint.checks import endpoint_problems
-from tokend.engine.state import state_dir_problem
 from tokend.resources import RESOURCES, Environment, Resources
+from tokend.sealed import state_dir_problem
 from tokend.secret_fields import secret_references
 from tokend.secrets import SecretError
 from tokend.sinks import SinkContext, sink_labels

@@ -17,13 +17,9 @@ import contextlib
 import logging
 import os
 import signal
-from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-
-from tokend.durations import PositiveDuration
+from tokend.consumer_options import OnPublish, SignalOptions
 from tokend.redaction import redactor
 from tokend.token import Token
 
@@ -31,43 +27,6 @@ log = logging.getLogger("tokend.consumers")
 
 _OUTPUT_LIMIT = 4096
 _DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
-
-
-class SignalOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    pid_file: Path
-    name: str = "HUP"
-
-    @field_validator("name")
-    @classmethod
-    def _known(cls, name: str) -> str:
-        name = name.upper().removeprefix("SIG")
-        if (
-            name not in signal.Signals.__members__
-            and f"SIG{name}" not in signal.Signals.__members__
-        ):
-            raise ValueError(f"'{name}' is not a signal name such as HUP or USR1")
-        return name
-
-
-class OnPublish(BaseModel):
-    """`on_publish:` of a sink."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    command: tuple[str, ...] | None = Field(default=None, min_length=1)
-    """argv, run without a shell."""
-    timeout: PositiveDuration = timedelta(seconds=10)
-    env: bool = False
-    """Put the token itself in the command's environment (`TOKEND_ACCESS_TOKEN`)."""
-    signal: SignalOptions | None = None
-
-    @model_validator(mode="after")
-    def _something(self) -> OnPublish:
-        if self.command is None and self.signal is None:
-            raise ValueError("give a command, a signal, or both")
-        return self
 
 
 class ConsumerNotifier:

@@ -116,3 +116,18 @@ def make_private_directory(directory: Path) -> None:
         problem = private_problem(directory, directory=True)
     if problem:
         raise PermissionError(errno.EPERM, f"state_dir {directory}: {problem}")
+
+
+def state_dir_problem(directory: Path) -> str | None:
+    """Why `directory` cannot hold state (`state_dir`, for `tokend check`), or None."""
+    try:
+        if problem := private_problem(directory, directory=True):
+            return problem
+        if not os.access(directory, os.W_OK | os.X_OK):
+            return f"{directory} is not writable by this user"
+        return None
+    except FileNotFoundError:
+        existing = next((p for p in directory.parents if p.exists()), None)
+        if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+            return f"{directory} cannot be created: {existing} is not writable by this user"
+        return None

@@ -5,12 +5,10 @@ path held at that instant."""
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import os
 import re
 import stat
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,15 +168,6 @@ def test_directories_are_opened_for_sync_only_and_not_inherited(
     files.fsync_directory(tmp_path)
     wanted = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
     assert opened == [wanted]
-
-
-def test_file_work_runs_on_the_one_writer_thread() -> None:
-    def where(a: int, *, b: int) -> tuple[str, int]:
-        return threading.current_thread().name, a + b
-
-    name, total = asyncio.run(files.in_writer_thread(where, 1, b=2))
-    assert name.startswith("tokend-files")
-    assert total == 3
 
 
 def test_the_sweep_removes_dangling_temp_links_and_survives_a_race(

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tokend.engine.state import StateStore, state_dir_problem
+from tokend.engine.state import StateStore
 from tokend.seal import Sealer
+from tokend.sealed import state_dir_problem
 from tokend.token import Token
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)

@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 
 from tests.support.idp import FakeIdp
-from tokend.engine.state import StateStore, state_dir_problem
+from tokend.engine.state import StateStore
 from tokend.seal import Sealer
+from tokend.sealed import state_dir_problem
 from tokend.token import Token
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)

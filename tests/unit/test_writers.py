@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tokend import files
+from tokend import files, writers
 from tokend.sinks import SinkContext
 from tokend.sinks.file import FileSink, FileSinkOptions
 from tokend.token import Token
@@ -32,8 +32,8 @@ class Recorder:
 def test_calls_on_one_object_stay_on_one_thread_in_order() -> None:
     async def run() -> tuple[list[Recorder], list[int]]:
         recorders = [Recorder() for _ in range(32)]
-        order = [await files.in_writer_thread(recorders[0].write, index) for index in range(5)]
-        await asyncio.gather(*(files.in_writer_thread(r.write, 0) for r in recorders[1:]))
+        order = [await writers.in_writer_thread(recorders[0].write, index) for index in range(5)]
+        await asyncio.gather(*(writers.in_writer_thread(r.write, 0) for r in recorders[1:]))
         return recorders, order
 
     recorders, order = asyncio.run(run())
@@ -43,13 +43,22 @@ def test_calls_on_one_object_stay_on_one_thread_in_order() -> None:
     assert len({r.threads[0] for r in recorders}) > 1  # 32 objects: not all on one thread
 
 
+def test_arguments_reach_the_function_and_its_result_comes_back() -> None:
+    def where(a: int, *, b: int) -> tuple[str, int]:
+        return threading.current_thread().name, a + b
+
+    name, total = asyncio.run(writers.in_writer_thread(where, 1, b=2))
+    assert name.startswith("tokend-files")
+    assert total == 3
+
+
 def test_a_plain_function_runs_on_the_first_writer_and_a_lane_on_its_own() -> None:
     def where() -> str:
         return threading.current_thread().name
 
     async def run() -> tuple[set[str], set[str]]:
-        plain = {await files.in_writer_thread(where) for _ in range(3)}
-        lanes = {await files.in_writer_thread(where, lane=f"d{index}") for index in range(32)}
+        plain = {await writers.in_writer_thread(where) for _ in range(3)}
+        lanes = {await writers.in_writer_thread(where, lane=f"d{index}") for index in range(32)}
         return plain, lanes
 
     plain, lanes = asyncio.run(run())

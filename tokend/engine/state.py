@@ -17,7 +17,6 @@ import asyncio
 import hashlib
 import json
 import logging
-import os
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -135,21 +134,6 @@ class StateStore:
 
 def _associated(name: str, fingerprint: str) -> str:
     return f"tokend state\n{name}\n{fingerprint}"
-
-
-def state_dir_problem(directory: Path) -> str | None:
-    """Why `directory` cannot hold state (for `tokend check` and start-up), or None."""
-    try:
-        if problem := private_problem(directory, directory=True):
-            return problem
-        if not os.access(directory, os.W_OK | os.X_OK):
-            return f"{directory} is not writable by this user"
-        return None
-    except FileNotFoundError:
-        existing = next((p for p in directory.parents if p.exists()), None)
-        if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
-            return f"{directory} cannot be created: {existing} is not writable by this user"
-        return None
 
 
 _warned: set[Path] = set()

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, TypeGuard
 from pydantic import ConfigDict
 from pydantic import dataclasses as pydantic_dataclasses
 
-from tokend.consumers import OnPublish
+from tokend.consumer_options import OnPublish
 from tokend.errors import TokendError
 from tokend.registry import Registry
 from tokend.token import Token

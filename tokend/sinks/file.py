@@ -15,6 +15,7 @@ import os
 import pwd
 import re
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -115,11 +116,16 @@ class FileSink:
         self._directory = sys.intern(os.path.dirname(options.path))  # one per directory
 
     async def publish(self, token: Token) -> None:
-        data = render(token, self._options)
-        await files.in_writer_thread(self._write, data, lane=self._directory)
+        await self._in_lane(self._write, render(token, self._options))
 
     async def withdraw(self) -> None:
-        await files.in_writer_thread(self._remove, lane=self._directory)
+        await self._in_lane(self._remove)
+
+    async def _in_lane(self, function: Callable[..., None], *args: object) -> None:
+        """On the writer thread of this sink's directory (`tokend.writers`)."""
+        from tokend.writers import in_writer_thread  # noqa: PLC0415 - check runs no event loop
+
+        await in_writer_thread(function, *args, lane=self._directory)
 
     async def close(self) -> None:
         return None

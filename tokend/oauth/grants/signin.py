@@ -24,7 +24,7 @@ import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tokend import files
+from tokend import writers
 from tokend.oauth.errors import PermanentError
 from tokend.oauth.grants.base import GrantContext
 from tokend.redaction import redactor
@@ -150,7 +150,7 @@ class SignIn:
             return
         plain = json.dumps({"refresh_token": record.token, "subject": record.subject}).encode()
         try:
-            await files.in_writer_thread(self.kept.write, self.identity, self._binding, plain)
+            await writers.in_writer_thread(self.kept.write, self.identity, self._binding, plain)
         except OSError as exc:
             if not quiet:
                 raise
@@ -168,7 +168,7 @@ class SignIn:
         if kept.version(self.identity) != self._seen:
             return  # replaced meanwhile (tokend login): not the dead one
         try:
-            await files.in_writer_thread(kept.remove, self.identity)
+            await writers.in_writer_thread(kept.remove, self.identity)
         except OSError as exc:
             log.warning(
                 "identity %s: the dead refresh token could not be removed (%s)",
