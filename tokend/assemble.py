@@ -37,9 +37,6 @@ from tokend.engine.state import StateStore
 from tokend.engine.verifier import Verifier
 from tokend.oauth import GrantContext, HttpSettings, Target, TokenRequest, build_grant
 from tokend.oauth.dialects import DEFAULT_AUTHORITY_HOST
-from tokend.oauth.grants.signin import refresh_token_files
-from tokend.oauth.jwks import JWKS, Connection
-from tokend.oauth.verify import VerifyingAcquirer, expectation
 from tokend.resources import RESOURCES, Environment, Resources
 from tokend.seal import Sealer
 from tokend.sealed import SealedFiles
@@ -225,6 +222,10 @@ class _Parts:
         runtime = self._runtime
         if spec.verify is None:
             return runtime.acquirer
+        # Only for tokens with `verify:` (its key cache and JWT checks: ~10 ms of start-up).
+        from tokend.oauth.jwks import JWKS, Connection  # noqa: PLC0415
+        from tokend.oauth.verify import VerifyingAcquirer, expectation  # noqa: PLC0415
+
         identity = self._config.identity_for(spec)
         authority = (identity.authority_host or DEFAULT_AUTHORITY_HOST).rstrip("/")
         expected = expectation(
@@ -292,6 +293,8 @@ def _state_stores(
         log.error("state_key: %s; tokens and refresh tokens are not kept across restarts", exc)
         return None, None
     sealer = Sealer(key)
+    from tokend.oauth.grants.signin import refresh_token_files  # noqa: PLC0415 - only with a state_key
+
     return StateStore(config.state_dir, sealer), refresh_token_files(config.state_dir, sealer)
 
 

@@ -42,12 +42,17 @@ try:
     main(sys.argv[1:])
 except SystemExit:
     pass
-print(" ".join(sorted({name.split(".")[0] for name in sys.modules})))
+print(" ".join(sorted(sys.modules)))
 """
 
 
 def loaded_by(*args: str, env: dict[str, str] | None = None) -> set[str]:
     """Top-level packages in `sys.modules` after the command `tokend args...` has run."""
+    return {name.split(".")[0] for name in modules_after(*args, env=env)}
+
+
+def modules_after(*args: str, env: dict[str, str] | None = None) -> set[str]:
+    """Every module in `sys.modules` after the command `tokend args...` has run."""
     result = subprocess.run(
         [sys.executable, "-c", _SCRIPT, *args],
         capture_output=True,
@@ -164,11 +169,15 @@ def test_check_loads_the_config_model_only(config: Path) -> None:
 
 
 def test_once_loads_no_listener_metrics_or_scheduler(config: Path, tmp_path: Path) -> None:
-    loaded = loaded_by("once", "-c", str(config))
+    """Nor the modules of kinds the config does not name: no `verify:` (its key cache), no
+    `state_key` (the sign-in credentials' refresh-token store)."""
+    modules = modules_after("once", "-c", str(config))
+    loaded = {name.split(".")[0] for name in modules}
     assert (tmp_path / "crm.token").exists()  # it did obtain and publish the token
     assert "httpx2" in loaded
     assert loaded & SERVING == set()
     assert loaded & {"lightkube", "hvac"} == set()
+    assert other_kinds(modules) == set()
 
 
 def test_run_publishes_its_first_tokens_before_loading_the_web_stack(
