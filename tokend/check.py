@@ -13,12 +13,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from tokend import files
 from tokend.config import Config
 from tokend.configfile import LoadedConfig
-from tokend.endpoint.catalog import password_identities
-from tokend.endpoint.checks import endpoint_problems
 from tokend.resources import RESOURCES, Environment, Resources
 from tokend.sealed import state_dir_problem
 from tokend.secret_fields import secret_references
@@ -26,6 +25,9 @@ from tokend.secrets import SecretError
 from tokend.sinks import SinkContext, sink_labels
 from tokend.transport import ca_bundle_problem, is_loopback, listen_problem, split_listen
 from tokend.validation import SECTIONS
+
+if TYPE_CHECKING:
+    from tokend.endpoint.options import EndpointOptions
 
 
 def preflight(loaded: LoadedConfig) -> list[str]:
@@ -46,14 +48,23 @@ def local_problems(loaded: LoadedConfig, *, listen: bool) -> list[str]:
     if listen and config.listen and (problem := listen_problem(config.listen)):
         found.append(f"{source}: listen: {problem}")
     if config.endpoint is not None:
-        lines = endpoint_problems(config.endpoint, listen)
-        if config.endpoint.compat and not password_identities(config, config.endpoint):
-            lines.append(
-                "compat: requesttoken needs an identity whose credential has a username and "
-                "a password (type: password)"
-            )
+        lines = _endpoint_problems(config, config.endpoint, listen)
         found += [f"{source}: endpoint.{line}" for line in lines]
     return found
+
+
+def _endpoint_problems(config: Config, options: EndpointOptions, listen: bool) -> list[str]:
+    """The `endpoint:` block's problems. Its modules load only for a config that has one."""
+    from tokend.endpoint.catalog import password_identities  # noqa: PLC0415
+    from tokend.endpoint.checks import endpoint_problems  # noqa: PLC0415
+
+    lines = endpoint_problems(options, listen)
+    if options.compat and not password_identities(config, options):
+        lines.append(
+            "compat: requesttoken needs an identity whose credential has a username and "
+            "a password (type: password)"
+        )
+    return lines
 
 
 def warnings(loaded: LoadedConfig) -> list[str]:

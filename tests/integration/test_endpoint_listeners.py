@@ -147,6 +147,19 @@ def test_busy_or_unusable_addresses(idp: FakeIdp, tmp_path: Path) -> None:
     assert not_socket.read_text() == ""  # left alone
 
 
+def test_check_says_when_compat_has_no_password_identity(idp: FakeIdp, tmp_path: Path) -> None:
+    """The requesttoken compatibility route signs users in with a password: an identity with a
+    client secret cannot serve it, and `tokend check` says so before anything starts."""
+    endpoint = {"listen": f"127.0.0.1:{free_port()}", "protocols": [], "compat": "requesttoken"}
+    config = _config(idp, tmp_path, endpoint, free_port())
+    checked = tokend("check", "-c", str(config), env={"APP_SECRET": CLIENT_SECRET})
+    assert checked.returncode == 2
+    assert (
+        "endpoint.compat: requesttoken needs an identity whose credential has a username and "
+        "a password (type: password)"
+    ) in checked.stderr
+
+
 def test_a_reload_serves_the_tokens_it_adds(idp: FakeIdp, tmp_path: Path) -> None:
     port, metrics = free_port(), free_port()
     endpoint = {"listen": f"127.0.0.1:{port}", "header_secret": {"env": "HEADER"}}

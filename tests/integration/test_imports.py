@@ -162,10 +162,13 @@ def test_status_loads_neither_the_config_model_nor_an_http_client(config: Path) 
 
 
 def test_check_loads_the_config_model_only(config: Path) -> None:
-    """Nor an event loop: asyncio (with ssl and socket) is ~10 % of a check's start-up."""
-    loaded = loaded_by("check", "-c", str(config))
+    """Nor an event loop: asyncio (with ssl and socket) is ~10 % of a check's start-up. Nor,
+    without an `endpoint:` block, what checks one."""
+    modules = modules_after("check", "-c", str(config))
+    loaded = {name.split(".")[0] for name in modules}
     assert "pydantic" in loaded
     assert loaded & (SERVING | REMOTE | {"asyncio"}) == set()
+    assert {"tokend.endpoint.catalog", "tokend.endpoint.checks"} & modules == set()
 
 
 def test_once_loads_no_listener_metrics_or_scheduler(config: Path, tmp_path: Path) -> None:
