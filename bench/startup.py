@@ -143,7 +143,8 @@ def imports_of(name: str, command: list[str]) -> str:
 
 def _wall(command: list[str]) -> float:
     started = time.perf_counter()
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, env={**os.environ, **ENV})
+    quiet = subprocess.DEVNULL  # `once` logs its token's refresh
+    subprocess.run(command, check=True, env={**os.environ, **ENV}, stdout=quiet, stderr=quiet)
     return time.perf_counter() - started
 
 

@@ -58,6 +58,11 @@ def bench(script: str, *args: str) -> str:
             r"new/old wall, median of 1 pairs: [\d.]+",
         ),
         (
+            "startup_ab.py",
+            [str(BENCH.parent), "--pairs", "1", "--command", "check"],
+            r"new: check to exit median [\d.]+s wall, [\d.]+s CPU\nnew/old wall",
+        ),
+        (
             "startup.py",
             ["--runs", "2"],
             r"first token published \(run\): median [\d.]+s[\s\S]*imports of status: [\d.]+s",
