@@ -3,7 +3,8 @@ file sink's file appearing), against the fast local provider; then the short com
 run in scripts, init containers and `ExecStartPre=`, each start to exit; then what each one
 spends importing, with its heaviest packages (`python -X importtime`). For scale, the floors:
 the interpreter alone, and the libraries a command cannot do without (pydantic building and
-validating one model, PyYAML; for `run`, also asyncio, httpx2 and APScheduler).
+validating one model, PyYAML; for `run`, also asyncio, httpx2 and APScheduler); and what
+`tokend check` spends above its floor, with the dataclasses and pydantic models tokend makes.
 
     python bench/startup.py [--runs R]     default 10 runs of each
     targets: first token <= 0.3 s median; version, check, status <= 0.2 s
@@ -45,6 +46,38 @@ FLOORS = {
         "class M(pydantic.BaseModel):\n    x: int\nM(x=1)"
     ),
 }
+# tokend's own share of `tokend check`, in one process: the floor above first (so pydantic's and
+# PyYAML's imports are not counted), then tokend's imports, with the time spent making dataclasses
+# and completing pydantic models among them (both private hooks, timed by wrapping them), then
+# loading the config and checking it. Prints milliseconds: imports, dataclasses, models, check.
+SHARE = """
+import dataclasses, sys, time
+from pathlib import Path
+import yaml, pydantic
+class M(pydantic.BaseModel):
+    x: int
+M(x=1)
+from pydantic._internal import _model_construction
+spent = {"dataclasses": 0.0, "models": 0.0}
+def timed(owner, name, key):
+    original = getattr(owner, name)
+    def wrapper(*args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            spent[key] += time.perf_counter() - started
+    setattr(owner, name, wrapper)
+timed(dataclasses, "_process_class", "dataclasses")
+timed(_model_construction, "complete_model_class", "models")
+started = time.perf_counter()
+import tokend.check, tokend.cli, tokend.configfile
+imported = time.perf_counter()
+tokend.check.preflight(tokend.configfile.load_config(Path(sys.argv[1])))
+checked = time.perf_counter()
+figures = (imported - started, spent["dataclasses"], spent["models"], checked - imported)
+print(*(f"{seconds * 1000:.1f}" for seconds in figures))
+"""
 IMPORT_LINE = re.compile(r"import time:\s+(\d+) \|\s+(\d+) \| ( *)(\S+)$")
 
 
@@ -71,6 +104,7 @@ def main() -> None:
         commands = {"run": ["run", "-c", str(config)], **commands}
         for name, code in FLOORS.items():
             print(f"{name}: {median([_wall([PYTHON, '-c', code]) for _ in range(5)]):.3f}s")
+        print(share_of_check(config, args.runs))
         for name, command in commands.items():
             print(imports_of(name, command))
 
@@ -120,6 +154,24 @@ class running:
     def __exit__(self, *_: object) -> None:
         self.process.terminate()
         self.process.wait(30)
+
+
+def share_of_check(config: Path, runs: int) -> str:
+    """What `tokend check` spends on top of its floor (`SHARE`), median of `runs` processes."""
+    rows = [_share_figures(config) for _ in range(runs)]
+    columns = zip(*rows, strict=True)
+    imports, dataclasses, models, check = (median(list(column)) for column in columns)
+    return (
+        f"tokend's share of check: imports {imports:.0f} ms (making dataclasses {dataclasses:.0f} "
+        f"ms, completing pydantic models {models:.0f} ms), loading and checking {check:.0f} ms"
+    )
+
+
+def _share_figures(config: Path) -> list[float]:
+    argv = [PYTHON, "-c", SHARE, str(config)]
+    env = {**os.environ, **ENV}
+    output = subprocess.check_output(argv, env=env, cwd=tempfile.gettempdir(), text=True)
+    return [float(figure) for figure in output.split()]
 
 
 def imports_of(name: str, command: list[str]) -> str:
