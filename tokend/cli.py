@@ -10,7 +10,6 @@ import argparse
 import functools
 import logging
 import os
-import secrets
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -243,6 +242,8 @@ def _login(args: argparse.Namespace) -> int:
 
 
 def _dev(args: argparse.Namespace) -> int:
+    import secrets  # here, not at the top: `tokend version` then loads no hmac or hashlib
+
     from tokend.devidp import DEV_IDP_LISTEN, DEV_SECRET_ENV, dev_config_path
 
     os.environ.setdefault(DEV_SECRET_ENV, secrets.token_urlsafe(24))
