@@ -1,8 +1,9 @@
 """Atomic, private file writes: a reader sees the old file or the new one, never a partial one,
 and a crash (even `kill -9`) at any instant leaves one of the two.
 
-Everything here blocks; code on the event loop calls it through `tokend.writers`. (No asyncio
-here: `tokend check` uses these functions and loads no event loop.)
+Everything here blocks: code on the event loop runs it on another thread (file sinks and kept
+refresh tokens on `tokend.writers`' threads, saved access tokens on asyncio's default executor).
+No asyncio here: `tokend check` uses these functions and loads no event loop.
 """
 
 from __future__ import annotations

@@ -119,7 +119,7 @@ def make_private_directory(directory: Path) -> None:
 
 
 def state_dir_problem(directory: Path) -> str | None:
-    """Why `directory` cannot hold state (`state_dir`, for `tokend check`), or None."""
+    """Why `directory` cannot hold state (`state_dir`: `tokend check` and start-up), or None."""
     try:
         if problem := private_problem(directory, directory=True):
             return problem
