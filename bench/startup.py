@@ -45,6 +45,11 @@ FLOORS = {
         "import yaml, pydantic, asyncio, httpx2, apscheduler.schedulers.asyncio\n"
         "class M(pydantic.BaseModel):\n    x: int\nM(x=1)"
     ),
+    # ... and what a start path without pydantic could reach at best (a config checked by
+    # something else): the libraries a first token needs all the same.
+    "floor of run without pydantic (yaml, asyncio, httpx2, APScheduler)": (
+        "import yaml, asyncio, httpx2, apscheduler.schedulers.asyncio"
+    ),
 }
 # tokend's own share of `tokend check`, in one process: the floor above first (so pydantic's and
 # PyYAML's imports are not counted), then tokend's imports, with the time spent making dataclasses
