@@ -10,7 +10,8 @@ One run, in phases, against the fast local provider (`fastidp.py --spread`):
 5. refreshes: the provider hands out lifetimes that make refreshes fall uniformly at `--rate`
    a second; over `--window` seconds (scraped every 30 s, as Prometheus would), the lateness of
    each refresh against its plan, recorded by a scheduler hook in the daemon process as
-   bench/scheduling.py does.
+   bench/scheduling.py does; then RSS again (every token has been replaced once or twice, and
+   what replaced it is not in the frozen heap: the steady state a long-running daemon lives in).
 
     python bench/scale.py [--tokens N] [--window S] [--dirs D] [--rate R] [--idle S] [--lead S]
     default: 100,000 tokens, 600 s, 100 directories, 300/s, 60 s idle; `--lead` (seconds from
@@ -148,11 +149,13 @@ def measure(provider: Provider, tmp: Path, args: argparse.Namespace, lead: float
         time.sleep(args.window)  # the benchmark observes the refresh phase
         scrapes.stop()
         cpu = process_cpu(process.pid) - cpu
+        rss, peak = _memory_mb(process.pid)
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(120)
     report_lateness(lateness_file, args.window, scrapes.times)
     print(f"CPU during the refresh phase: {cpu / args.window:.1%} of one core  [{loadavg()}]")
+    print(f"after the refresh phase: RSS {rss:.1f} MB (peak {peak:.1f} MB)")
 
 
 READY_EVERY = 10.0
