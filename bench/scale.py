@@ -4,14 +4,17 @@ One run, in phases, against the fast local provider (`fastidp.py --spread`):
 1. config load: `tokend.configfile.load_config` in this process, and `tokend check` on the file;
 2. `tokend run` settles (`/readyz`): time, RSS (VmRSS, VmHWM), then CPU over an idle window
    (nothing is due until the refresh phase begins);
-3. `/metrics`: time and size of a scrape, `metrics.per_token: problems` and `all`;
+3. `/metrics`: time and size of a scrape, `metrics.per_token: problems`;
 4. SIGHUP with the config unchanged: time from the signal to the `reloaded:` log line, and the
    provider's token requests before and after (none may be made);
 5. refreshes: the provider hands out lifetimes that make refreshes fall uniformly at `--rate`
    a second; over `--window` seconds (scraped every 30 s, as Prometheus would), the lateness of
    each refresh against its plan, recorded by a scheduler hook in the daemon process as
    bench/scheduling.py does; then RSS again (every token has been replaced once or twice, and
-   what replaced it is not in the frozen heap: the steady state a long-running daemon lives in).
+   what replaced it is not in the frozen heap: the steady state a long-running daemon lives in);
+6. `/metrics` with `metrics.per_token: all` last, time, size and the peak RSS it leaves (over
+   twice the daemon's own at 100,000 tokens: measured last, so that nothing before it carries
+   what its 1.1 million series left behind).
 
     python bench/scale.py [--tokens N] [--window S] [--dirs D] [--rate R] [--idle S] [--lead S]
     default: 100,000 tokens, 600 s, 100 directories, 300/s, 60 s idle; `--lead` (seconds from
@@ -137,9 +140,6 @@ def measure(provider: Provider, tmp: Path, args: argparse.Namespace, lead: float
         )
         scrape(base, process.pid, "problems")
         reload_unchanged(process, log, provider)
-        switch(config, process, log, "all")
-        scrape(base, process.pid, "all")
-        switch(config, process, log, "problems")
         start = float(httpx2.get(f"{provider.url}/start").text)
         if time.time() > start:
             print(f"WARNING: the refresh phase began {time.time() - start:.0f}s ago: raise --lead")
@@ -149,13 +149,15 @@ def measure(provider: Provider, tmp: Path, args: argparse.Namespace, lead: float
         time.sleep(args.window)  # the benchmark observes the refresh phase
         scrapes.stop()
         cpu = process_cpu(process.pid) - cpu
+        report_lateness(lateness_file, process, args.window, scrapes.times)
+        print(f"CPU during the refresh phase: {cpu / args.window:.1%} of one core  [{loadavg()}]")
         rss, peak = _memory_mb(process.pid)
+        print(f"after the refresh phase: RSS {rss:.1f} MB (peak {peak:.1f} MB)")
+        switch(config, process, log, "all")
+        scrape(base, process.pid, "all")
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(120)
-    report_lateness(lateness_file, args.window, scrapes.times)
-    print(f"CPU during the refresh phase: {cpu / args.window:.1%} of one core  [{loadavg()}]")
-    print(f"after the refresh phase: RSS {rss:.1f} MB (peak {peak:.1f} MB)")
 
 
 READY_EVERY = 10.0
@@ -174,16 +176,18 @@ def wait_ready(base: str, process: subprocess.Popen[bytes], every: float) -> Non
 
 
 def scrape(base: str, pid: int, mode: str) -> None:
-    """Three scrapes: median wall time, the daemon's CPU for them, and the size."""
+    """Three scrapes: median wall time, the daemon's CPU for them, the size, and the daemon's
+    RSS after them (with its peak)."""
     times, cpu, size = [], process_cpu(pid), 0
     for _ in range(3):
         started = time.perf_counter()
         size = len(httpx2.get(f"{base}/metrics", timeout=300).content)
         times.append(time.perf_counter() - started)
     cpu = (process_cpu(pid) - cpu) / 3
+    rss, peak = _memory_mb(pid)
     print(
         f"/metrics per_token={mode}: {sorted(times)[1]:.3f}s median of 3, {cpu:.3f}s CPU each, "
-        f"{size / 2**20:.2f} MB  [{loadavg()}]"
+        f"{size / 2**20:.2f} MB; RSS after {rss:.1f} MB (peak {peak:.1f} MB)  [{loadavg()}]"
     )
 
 
@@ -245,9 +249,13 @@ class Scraper:
         self._thread.join()
 
 
-def report_lateness(path: Path, window: float, scrapes: list[float]) -> None:
+def report_lateness(
+    path: Path, process: subprocess.Popen[bytes], window: float, scrapes: list[float]
+) -> None:
+    """Ask the daemon for the lateness it recorded (SIGUSR1: it stops recording) and report."""
+    process.send_signal(signal.SIGUSR1)
     late = array("d")
-    late.frombytes(path.read_bytes())
+    late.frombytes(_wait_for(path, process))
     if not late:
         raise SystemExit("no refresh happened in the window: run longer")
     values = list(late)
@@ -259,29 +267,42 @@ def report_lateness(path: Path, window: float, scrapes: list[float]) -> None:
     )
 
 
+def _wait_for(path: Path, process: subprocess.Popen[bytes]) -> bytes:
+    while not path.exists():
+        if process.poll() is not None:
+            raise SystemExit(f"tokend exited with status {process.returncode}")
+        time.sleep(0.1)  # polling another process for a file
+    return path.read_bytes()
+
+
 def serve(config: Path, out: Path) -> None:
     """`tokend run -c config`, recording how late each token's run planned from $SCALE_FROM on
-    (the refresh phase) starts; written to `out` at exit. The hook wraps `TokenJob`'s run at
-    the class, so it holds nothing per token (a closure per scheduled run held ~330 bytes a
-    token: ~35 MB of the RSS this benchmark reported at 100,000 tokens until 2026-11-26)."""
+    (the refresh phase) starts, until SIGUSR1 asks for the figures (written to `out`). The hook
+    wraps `TokenJob`'s run at the class, so it holds nothing per token (a closure per scheduled
+    run held ~330 bytes a token: ~35 MB of the RSS this benchmark reported at 100,000 tokens
+    until 2026-11-26)."""
     from tokend.cli import main as tokend_main
     from tokend.engine.job import TokenJob
 
-    since = float(os.environ["SCALE_FROM"])
+    window = [float(os.environ["SCALE_FROM"]), float("inf")]  # planned runs recorded
     lateness = array("d")
     run = TokenJob.__call__
 
     async def timed(job: TokenJob) -> None:
         planned = job.next_run.timestamp() if job.next_run else 0.0
-        if planned >= since:  # not first acquisitions
+        if window[0] <= planned < window[1]:  # not first acquisitions
             lateness.append(time.time() - planned)
         await run(job)
 
+    def report(*_: object) -> None:
+        window[1] = 0.0
+        partial = out.with_suffix(".part")
+        partial.write_bytes(lateness.tobytes())
+        partial.rename(out)
+
     TokenJob.__call__ = timed  # type: ignore[method-assign]
-    try:
-        tokend_main(["run", "-c", str(config)])
-    finally:
-        out.write_bytes(lateness.tobytes())
+    signal.signal(signal.SIGUSR1, report)
+    tokend_main(["run", "-c", str(config)])
 
 
 if __name__ == "__main__":

@@ -78,9 +78,10 @@ def bench(script: str, *args: str) -> str:
         (
             "scale.py",
             ["--tokens", "200", "--window", "2", "--idle", "1", "--rate", "100", "--lead", "6"],
-            r"reload \(unchanged\): [\d.]+s to 'reloaded:'.*\n(.*\n)+refreshes: \d+ in 2s.*"
+            r"reload \(unchanged\): [\d.]+s to 'reloaded:'.*\n(.*\n)*refreshes: \d+ in 2s.*"
             r"lateness p50 [\d.]+ ms\s+p99 [\d.]+ ms[\s\S]*"
-            r"after the refresh phase: RSS [\d.]+ MB \(peak [\d.]+ MB\)",
+            r"after the refresh phase: RSS [\d.]+ MB \(peak [\d.]+ MB\)\n"
+            r"/metrics per_token=all: .*RSS after [\d.]+ MB",
         ),
         (
             "consumer_read.py",
