@@ -284,18 +284,18 @@ def serve(config: Path, out: Path) -> None:
     from tokend.cli import main as tokend_main
     from tokend.engine.job import TokenJob
 
-    window = [float(os.environ["SCALE_FROM"]), float("inf")]  # planned runs recorded
+    since, reported = float(os.environ["SCALE_FROM"]), threading.Event()
     lateness = array("d")
     run = TokenJob.__call__
 
     async def timed(job: TokenJob) -> None:
         planned = job.next_run.timestamp() if job.next_run else 0.0
-        if window[0] <= planned < window[1]:  # not first acquisitions
+        if planned >= since and not reported.is_set():  # not first acquisitions
             lateness.append(time.time() - planned)
         await run(job)
 
     def report(*_: object) -> None:
-        window[1] = 0.0
+        reported.set()  # the window is over: later runs are not measured
         partial = out.with_suffix(".part")
         partial.write_bytes(lateness.tobytes())
         partial.rename(out)
