@@ -16,12 +16,8 @@ malloc (objects over 512 bytes, such as the tokens themselves).
 from __future__ import annotations
 
 import argparse
-import ctypes
 import os
-import re
-import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -38,6 +34,7 @@ from common import (
     process_cpu,
     write_config,
 )
+from memory import allocators, memory_mb, report_allocators_on_signal
 
 
 def main() -> None:
@@ -83,15 +80,14 @@ def measure(provider: Provider, tmp: Path, count: int, args: argparse.Namespace)
         cpu_before = process_cpu(process.pid)
         time.sleep(idle)  # the benchmark observes an idle daemon; nothing here is waited for
         idle_cpu = process_cpu(process.pid) - cpu_before
-        rss, peak = _memory_mb(process.pid)
+        rss, peak = memory_mb(process.pid)
         print(
             f"N={count:>6}  settled in {settled:5.1f}s  RSS {rss:5.1f} MB (peak {peak:5.1f} MB)  "
             f"idle CPU {idle_cpu / idle:6.2%} of one core over {idle:.0f}s "
             f"({idle_cpu * 1000:.0f} ms)"
         )
         if args.allocator:
-            process.send_signal(signal.SIGUSR1)
-            print(_allocators(_wait_for(stats, process)))
+            print(allocators(stats, process))
     finally:
         process.terminate()
         process.wait(30)
@@ -112,62 +108,11 @@ def _wait_ready(port: int, process: subprocess.Popen[bytes], timeout: float) -> 
 
 
 def serve(config: Path, stats: Path) -> None:
-    """`tokend run -c config` in this process; on SIGUSR1, both allocators' statistics (which
-    they print to stderr) are written to `stats`."""
-
-    def dump(*_: object) -> None:
-        partial = stats.with_suffix(".part")
-        saved = os.dup(2)
-        try:
-            with partial.open("w") as file:
-                os.dup2(file.fileno(), 2)
-                sys._debugmallocstats()
-                ctypes.CDLL("libc.so.6").malloc_stats()
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-        partial.rename(stats)
-
-    signal.signal(signal.SIGUSR1, dump)
+    """`tokend run -c config` in this process, reporting its allocators on a signal."""
+    report_allocators_on_signal(stats)
     from tokend.cli import main as tokend_main
 
     tokend_main(["--log-level", "warning", "run", "-c", str(config)])
-
-
-def _wait_for(path: Path, process: subprocess.Popen[bytes]) -> str:
-    deadline = time.monotonic() + 60
-    while not path.exists():
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit("the daemon wrote no allocator statistics")
-        time.sleep(0.1)
-    return path.read_text()
-
-
-def _allocators(text: str) -> str:
-    """One line from the two allocators' statistics."""
-
-    def megabytes(pattern: str) -> float:
-        found = re.search(pattern, text)
-        return int(found.group(1).replace(",", "")) / 2**20 if found else float("nan")
-
-    arenas = megabytes(r"arenas \* \d+ bytes/arena\s*=\s*([\d,]+)")
-    in_objects = megabytes(r"bytes in allocated blocks\s*=\s*([\d,]+)")
-    free = megabytes(r"bytes in available blocks\s*=\s*([\d,]+)")
-    total = r"Total \(incl. mmap\):\s*system bytes\s*=\s*"
-    system = megabytes(total + r"(\d+)")
-    in_use = megabytes(total + r"\d+\s*in use bytes\s*=\s*(\d+)")
-    return (
-        f"         pymalloc: {arenas:.1f} MB of arenas: {in_objects:.1f} MB in objects, "
-        f"{free:.1f} MB free blocks  |  malloc: {system:.1f} MB from the system, "
-        f"{in_use:.1f} MB in use"
-    )
-
-
-def _memory_mb(pid: int) -> tuple[float, float]:
-    fields = dict(
-        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-    )
-    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
 
 
 if __name__ == "__main__":

@@ -17,8 +17,10 @@ One run, in phases, against the fast local provider (`fastidp.py --spread`):
    what its 1.1 million series left behind).
 
     python bench/scale.py [--tokens N] [--window S] [--dirs D] [--rate R] [--idle S] [--lead S]
+                          [--allocator]
     default: 100,000 tokens, 600 s, 100 directories, 300/s, 60 s idle; `--lead` (seconds from
-    the first token request to the refresh phase) defaults to enough for the phases before it.
+    the first token request to the refresh phase) defaults to enough for the phases before it;
+    `--allocator` adds, to both RSS figures, where the memory is (as bench/footprint.py does).
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ from common import (
     self_cpu,
     write_config,
 )
-from footprint import _memory_mb
+from memory import allocators, memory_mb, report_allocators_on_signal, wait_for_file
 
 from tokend.configfile import load_config
 
@@ -85,6 +87,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=300.0)
     parser.add_argument("--idle", type=float, default=60.0)
     parser.add_argument("--lead", type=float, default=None)
+    parser.add_argument("--allocator", action="store_true")
     parser.add_argument("--serve", nargs=2, help=argparse.SUPPRESS)  # the daemon process
     args = parser.parse_args()
     if args.serve:
@@ -117,11 +120,11 @@ def measure(provider: Provider, tmp: Path, args: argparse.Namespace, lead: float
         f"tokend check: {check.wall:.2f}s wall, {check.cpu:.2f}s CPU, exit {check.returncode}  "
         f"[{loadavg()}]"
     )
-    lateness_file, log = tmp / "lateness", tmp / "tokend.log"
+    lateness_file, stats, log = tmp / "lateness", tmp / "allocators", tmp / "tokend.log"
     begun = time.time()
     with log.open("w") as stderr:
         process = subprocess.Popen(
-            [PYTHON, __file__, "--serve", str(config), str(lateness_file)],
+            [PYTHON, __file__, "--serve", str(config), str(tmp)],
             env={**os.environ, "SCALE_FROM": str(begun + lead)},
             stderr=stderr,
         )
@@ -129,8 +132,10 @@ def measure(provider: Provider, tmp: Path, args: argparse.Namespace, lead: float
         base = f"http://127.0.0.1:{port}"
         wait_ready(base, process, every=READY_EVERY if args.tokens > 1000 else 0.2)
         settled = time.time() - begun
-        rss, peak = _memory_mb(process.pid)
+        rss, peak = memory_mb(process.pid)
         print(f"settled: {settled:.1f}s; RSS {rss:.1f} MB (peak {peak:.1f} MB)  [{loadavg()}]")
+        if args.allocator:
+            print(allocators(stats, process))
         before = process_cpu(process.pid)
         time.sleep(args.idle)  # the benchmark observes an idle daemon; nothing is waited for
         idle = process_cpu(process.pid) - before
@@ -151,8 +156,10 @@ def measure(provider: Provider, tmp: Path, args: argparse.Namespace, lead: float
         cpu = process_cpu(process.pid) - cpu
         report_lateness(lateness_file, process, args.window, scrapes.times)
         print(f"CPU during the refresh phase: {cpu / args.window:.1%} of one core  [{loadavg()}]")
-        rss, peak = _memory_mb(process.pid)
+        rss, peak = memory_mb(process.pid)
         print(f"after the refresh phase: RSS {rss:.1f} MB (peak {peak:.1f} MB)")
+        if args.allocator:
+            print(allocators(stats, process))
         switch(config, process, log, "all")
         scrape(base, process.pid, "all")
     finally:
@@ -184,7 +191,7 @@ def scrape(base: str, pid: int, mode: str) -> None:
         size = len(httpx2.get(f"{base}/metrics", timeout=300).content)
         times.append(time.perf_counter() - started)
     cpu = (process_cpu(pid) - cpu) / 3
-    rss, peak = _memory_mb(pid)
+    rss, peak = memory_mb(pid)
     print(
         f"/metrics per_token={mode}: {sorted(times)[1]:.3f}s median of 3, {cpu:.3f}s CPU each, "
         f"{size / 2**20:.2f} MB; RSS after {rss:.1f} MB (peak {peak:.1f} MB)  [{loadavg()}]"
@@ -255,7 +262,7 @@ def report_lateness(
     """Ask the daemon for the lateness it recorded (SIGUSR1: it stops recording) and report."""
     process.send_signal(signal.SIGUSR1)
     late = array("d")
-    late.frombytes(_wait_for(path, process))
+    late.frombytes(wait_for_file(path, process))
     if not late:
         raise SystemExit("no refresh happened in the window: run longer")
     values = list(late)
@@ -267,17 +274,10 @@ def report_lateness(
     )
 
 
-def _wait_for(path: Path, process: subprocess.Popen[bytes]) -> bytes:
-    while not path.exists():
-        if process.poll() is not None:
-            raise SystemExit(f"tokend exited with status {process.returncode}")
-        time.sleep(0.1)  # polling another process for a file
-    return path.read_bytes()
-
-
-def serve(config: Path, out: Path) -> None:
+def serve(config: Path, tmp: Path) -> None:
     """`tokend run -c config`, recording how late each token's run planned from $SCALE_FROM on
-    (the refresh phase) starts, until SIGUSR1 asks for the figures (written to `out`). The hook
+    (the refresh phase) starts, until SIGUSR1 asks for the figures (written to `lateness` in
+    `tmp`); reporting its allocators on a signal (to `allocators` in `tmp`). The hook
     wraps `TokenJob`'s run at the class, so it holds nothing per token (a closure per scheduled
     run held ~330 bytes a token: ~35 MB of the RSS this benchmark reported at 100,000 tokens
     until 2026-11-26)."""
@@ -296,12 +296,13 @@ def serve(config: Path, out: Path) -> None:
 
     def report(*_: object) -> None:
         reported.set()  # the window is over: later runs are not measured
-        partial = out.with_suffix(".part")
+        partial = tmp / "lateness.part"
         partial.write_bytes(lateness.tobytes())
-        partial.rename(out)
+        partial.rename(tmp / "lateness")
 
     TokenJob.__call__ = timed  # type: ignore[method-assign]
     signal.signal(signal.SIGUSR1, report)
+    report_allocators_on_signal(tmp / "allocators")
     tokend_main(["run", "-c", str(config)])
 
 
