@@ -221,9 +221,11 @@ def reload_unchanged(process: subprocess.Popen[bytes], log: Path, provider: Prov
     seen = _wait_log(log, offset, r"reloaded: ", timeout=300)
     cpu = process_cpu(process.pid) - cpu
     time.sleep(2)  # would-be re-acquisitions have had time to reach the provider
+    rss, peak = memory_mb(process.pid)
     print(
         f"reload (unchanged): {seen - started:.2f}s to 'reloaded:', {cpu:.2f}s CPU; token "
-        f"requests {_requests(provider) - requests} during it  [{loadavg()}]"
+        f"requests {_requests(provider) - requests} during it; RSS after {rss:.1f} MB (peak "
+        f"{peak:.1f} MB)  [{loadavg()}]"
     )
 
 

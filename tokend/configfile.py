@@ -54,6 +54,9 @@ def load_config(path: Path) -> LoadedConfig:
     except OSError as exc:
         reason = (exc.strerror or type(exc).__name__).lower()
         raise ConfigError([f"{path}: cannot read config: {reason}"]) from None
+    digest = _digest(raw)
+    if (last := _last.get(path)) is not None and last[0] == digest:
+        return last[1]  # not even decoded: a copy of the text (14 MB at 100,000 tokens) spared
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -61,9 +64,6 @@ def load_config(path: Path) -> LoadedConfig:
         byte = raw[exc.start]
         message = f"not UTF-8 (byte 0x{byte:02x}); save the file as UTF-8"
         raise ConfigError([f"{path}:{line}:{column}: {message}"]) from None
-    digest = _digest(raw)
-    if (last := _last.get(path)) is not None and last[0] == digest:
-        return last[1]
     loaded = parse_config(text, label=str(path), source=path)
     _last.clear()  # one file in use; a reload of a changed one frees the older config
     _last[path] = (digest, loaded)

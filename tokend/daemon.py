@@ -124,10 +124,12 @@ class Daemon:
 
     async def _freeze_once_settled(self) -> None:
         """Once the acquisitions due at start are done and delivered, what they built lives as
-        long as the config: out of the garbage collector's way (`tokend.heap`)."""
+        long as the config: out of the garbage collector's way, and what start-up freed back
+        to the system (`tokend.heap`), as it is from then on every `heap.TRIM_INTERVAL`."""
         await self.scheduler.settle()
         await self.engine.deliveries.idle()
         heap.freeze_long_lived()
+        heap.keep_releasing_free_memory(self.scheduler, self.clock)
 
     async def _shut_down(self, serving: asyncio.Task[None] | None) -> int:
         log.info("stopping: letting refreshes in progress finish")
@@ -204,6 +206,7 @@ class Daemon:
         summary = await self.assembly.reload(loaded.config)
         if summary.added or summary.changed or summary.removed:
             heap.freeze_long_lived()  # the tokens it replaced: their cycles are collected
+        heap.release_free_memory()  # what reading and comparing the config took
         self.metrics.configure(loaded.config.metrics.per_token)
         if self.endpoint:
             self.endpoint.reconfigure(loaded.config)

@@ -238,7 +238,8 @@ def test_the_heap_is_frozen_once_settled_and_again_after_a_reload_that_replaced_
     idp: FakeIdp, tmp_path: Path
 ) -> None:
     """`tokend.heap`: the first freeze comes once start-up has settled; an unchanged reload
-    leaves the frozen objects alone; a reload that adds a token collects and freezes again."""
+    leaves the frozen objects alone; a reload that adds a token collects and freezes again.
+    Free memory goes back to the system once settled and after every reload."""
     config, log = tmp_path / "config.yaml", tmp_path / "tokend.log"
     settings = {"defaults": {"startup_spread": 0}, "listen": None}
     write_config(config, _document(idp, {"crm": _token(tmp_path, "crm")}, **settings))
@@ -257,6 +258,7 @@ def test_the_heap_is_frozen_once_settled_and_again_after_a_reload_that_replaced_
         wait_for(lambda: "reloaded: 1 added" in log.read_text(), what="the second reload")
         assert freezes() == 2
         assert re.search(r"garbage collector: \d+ objects frozen in [\d.]+s", log.read_text())
+        assert len(re.findall(r"free memory handed back in [\d.]+s", log.read_text())) == 3
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(15) == 0
