@@ -188,6 +188,11 @@ class Daemon:
             return await self._reload_locked()
 
     async def _reload_locked(self) -> bool:
+        accepted = await self._read_and_apply()
+        heap.release_free_memory()  # what reading and comparing the config took, now dropped
+        return accepted
+
+    async def _read_and_apply(self) -> bool:
         if self.reload_config is None:
             log.warning("reload: this daemon has no config file to read again")
             return False
@@ -206,7 +211,6 @@ class Daemon:
         summary = await self.assembly.reload(loaded.config)
         if summary.added or summary.changed or summary.removed:
             heap.freeze_long_lived()  # the tokens it replaced: their cycles are collected
-        heap.release_free_memory()  # what reading and comparing the config took
         self.metrics.configure(loaded.config.metrics.per_token)
         if self.endpoint:
             self.endpoint.reconfigure(loaded.config)
