@@ -145,6 +145,8 @@ def measure(provider: Provider, tmp: Path, args: argparse.Namespace, lead: float
         )
         scrape(base, process.pid, "problems")
         reload_unchanged(process, log, provider)
+        if args.allocator:
+            print(allocators(stats, process))
         start = float(httpx2.get(f"{provider.url}/start").text)
         if time.time() > start:
             print(f"WARNING: the refresh phase began {time.time() - start:.0f}s ago: raise --lead")
