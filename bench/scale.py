@@ -6,7 +6,7 @@ One run, in phases, against the fast local provider (`fastidp.py --spread`):
    (nothing is due until the refresh phase begins);
 3. `/metrics`: time and size of a scrape, `metrics.per_token: problems`;
 4. SIGHUP with the config unchanged: time from the signal to the `reloaded:` log line, and the
-   provider's token requests before and after (none may be made);
+   provider's token requests before and after (none may be made), and RSS after it;
 5. refreshes: the provider hands out lifetimes that make refreshes fall uniformly at `--rate`
    a second; over `--window` seconds (scraped every 30 s, as Prometheus would), the lateness of
    each refresh against its plan, recorded by a scheduler hook in the daemon process as
@@ -20,7 +20,8 @@ One run, in phases, against the fast local provider (`fastidp.py --spread`):
                           [--allocator]
     default: 100,000 tokens, 600 s, 100 directories, 300/s, 60 s idle; `--lead` (seconds from
     the first token request to the refresh phase) defaults to enough for the phases before it;
-    `--allocator` adds, to both RSS figures, where the memory is (as bench/footprint.py does).
+    `--allocator` adds, to the RSS read after settling, the reload and the refresh phase, where
+    the memory is (as bench/footprint.py does).
 """
 
 from __future__ import annotations

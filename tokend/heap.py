@@ -48,7 +48,8 @@ def freeze_long_lived() -> None:
 
 
 def keep_releasing_free_memory(scheduler: Scheduler, clock: Clock) -> None:
-    """Release free memory now, and again every `TRIM_INTERVAL` (a few milliseconds each)."""
+    """Release free memory now, and again every `TRIM_INTERVAL` (each ~0.1 ms in a synthetic
+    heap the size of 100,000 tokens')."""
 
     async def again() -> None:
         keep_releasing_free_memory(scheduler, clock)
