@@ -121,7 +121,7 @@ def measure(provider: Provider, tmp: Path, args: argparse.Namespace, lead: float
         f"tokend check: {check.wall:.2f}s wall, {check.cpu:.2f}s CPU, exit {check.returncode}  "
         f"[{loadavg()}]"
     )
-    lateness_file, stats, log = tmp / "lateness", tmp / "allocators", tmp / "tokend.log"
+    lateness_file, stats, log = tmp / LATENESS, tmp / ALLOCATORS, tmp / "tokend.log"
     begun = time.time()
     with log.open("w") as stderr:
         process = subprocess.Popen(
@@ -170,6 +170,8 @@ def measure(provider: Provider, tmp: Path, args: argparse.Namespace, lead: float
         process.wait(120)
 
 
+LATENESS, ALLOCATORS = "lateness", "allocators"
+"""What the daemon process hands over, by file in the run's directory (`serve`)."""
 READY_EVERY = 10.0
 """Seconds between /readyz polls, as a Kubernetes readiness probe (each walks every token)."""
 
@@ -281,8 +283,8 @@ def report_lateness(
 
 def serve(config: Path, tmp: Path) -> None:
     """`tokend run -c config`, recording how late each token's run planned from $SCALE_FROM on
-    (the refresh phase) starts, until SIGUSR1 asks for the figures (written to `lateness` in
-    `tmp`); reporting its allocators on a signal (to `allocators` in `tmp`). The hook
+    (the refresh phase) starts, until SIGUSR1 asks for the figures (written to `LATENESS` in
+    `tmp`); reporting its allocators on a signal (to `ALLOCATORS` in `tmp`). The hook
     wraps `TokenJob`'s run at the class, so it holds nothing per token (a closure per scheduled
     run held ~330 bytes a token: ~35 MB of the RSS this benchmark reported at 100,000 tokens
     until 2026-11-26)."""
@@ -301,13 +303,13 @@ def serve(config: Path, tmp: Path) -> None:
 
     def report(*_: object) -> None:
         reported.set()  # the window is over: later runs are not measured
-        partial = tmp / "lateness.part"
+        partial = (tmp / LATENESS).with_suffix(".part")
         partial.write_bytes(lateness.tobytes())
-        partial.rename(tmp / "lateness")
+        partial.rename(tmp / LATENESS)
 
     TokenJob.__call__ = timed  # type: ignore[method-assign]
     signal.signal(signal.SIGUSR1, report)
-    report_allocators_on_signal(tmp / "allocators")
+    report_allocators_on_signal(tmp / ALLOCATORS)
     tokend_main(["run", "-c", str(config)])
 
 
