@@ -42,6 +42,8 @@ class ServiceReporter:
         self.notifier.reloading("reloading the config")
 
     def reloaded(self, accepted: bool) -> None:
+        if not self.notifier.enabled:
+            return  # no status line to build (a walk over every token)
         status = self.status_line()
         self.notifier.ready(status if accepted else f"reload rejected; {status}")
 
@@ -55,11 +57,12 @@ class ServiceReporter:
         self.notifier.close()
 
     def status_line(self) -> str:
+        """From the census, not a view per token: at 100,000 tokens, views took ~1.5 s of the
+        event loop and ~50 MB at their peak, after every reload and every `STATUS_INTERVAL`."""
         now = self._clock.now()
-        views = [view for view in self._engine.query(now) if not view.standby]
-        valid = sum(view.valid for view in views)
-        upcoming = [view.next_refresh for view in views if view.next_refresh is not None]
-        return format_status(valid, len(views), min(upcoming) - now if upcoming else None)
+        census = self._engine.census(now, late=now)
+        upcoming = census.next_refresh - now if census.next_refresh is not None else None
+        return format_status(census.valid, census.running, upcoming)
 
     async def _report(self) -> None:
         while not (self._ready_when_started or self._all_published(self._clock.now())):

@@ -81,9 +81,11 @@ def _jobs() -> list[tuple[_Job, bool, bool]]:
             "app", NOW + timedelta(days=10)), slots=[_slot(0, 1, failures=1), _slot(1)]),
          False, False),
         (_Job("standby", token=_token(10), failures=2, refreshes=(1, 0, 0),
-              slots=[_slot(5, 2, failures=2, standby=True)]), False, True),
+              next_run=LATE - timedelta(minutes=5), slots=[_slot(5, 2, failures=2, standby=True)]),
+         False, True),
         (_Job("dormant", Phase.PENDING, refreshes=(0, 7, 0), slots=[_slot(0, 3)],
-              credential=CredentialState("asleep", NOW)), True, False),
+              next_run=LATE - timedelta(minutes=9), credential=CredentialState("asleep", NOW)),
+         True, False),
         (_Job("dormant-too", Phase.PENDING), True, False),
         (_Job("expired", Phase.EXPIRED, _token(-1), credential=CredentialState("other", None)),
          False, False),
@@ -120,6 +122,9 @@ def test_the_census_of_tokens_in_every_situation() -> None:
         earliest_expiry=NOW + timedelta(minutes=20),  # not the standby's, nor the expired one
         attention=["sink-failing", "expired", "overdue", "failing"],
         credentials={"app": NOW + timedelta(days=90), "cert": NOW + timedelta(days=5)},
+        running=9,  # all but the standby, the dormant included
+        valid=6,  # not the standby's, the dormant's (none) nor the expired one
+        next_refresh=LATE - timedelta(seconds=1),  # the overdue's: not the standby's or dormant's
     )
     assert retired[0]["success"] == 10 and retired[1]["success"] == 40  # copied, not summed into
 

@@ -175,6 +175,12 @@ class Census:
     """Tokens running here that need attention (`needs_attention`)."""
     credentials: dict[str, datetime] = field(default_factory=dict)
     """Identity -> when its credential (a certificate) expires, where known."""
+    running: int = 0
+    """Tokens this replica runs (not standby), dormant ones included."""
+    valid: int = 0
+    """Tokens running here that hold a valid token."""
+    next_refresh: datetime | None = None
+    """The soonest planned refresh of a token running here."""
 
     def count(
         self, job: TokenJob, now: datetime, late: datetime, *, dormant: bool, standby: bool
@@ -187,20 +193,26 @@ class Census:
             self.publishes["success"] += slot.successes
             self.publishes["error"] += slot.errors
             sink_failing = sink_failing or (slot.failures > 0 and not slot.standby)
+        self.running += not standby
         if dormant:
             self.dormant += 1
             return
         self.states[Phase.STANDBY if standby else job.phase(now)] += 1
-        if standby:
-            return
+        if not standby:
+            self._count_running(job, now, late, sink_failing=sink_failing)
+
+    def _count_running(
+        self, job: TokenJob, now: datetime, late: datetime, *, sink_failing: bool
+    ) -> None:
+        """A token this replica runs (not standby), started (not dormant)."""
         token = job.token
         valid = token is not None and token.is_valid(now)
-        if (
-            valid
-            and token
-            and (self.earliest_expiry is None or token.expires_at < self.earliest_expiry)
-        ):
-            self.earliest_expiry = token.expires_at
+        if valid and token:
+            self.valid += 1
+            if self.earliest_expiry is None or token.expires_at < self.earliest_expiry:
+                self.earliest_expiry = token.expires_at
+        if job.next_run and (self.next_refresh is None or job.next_run < self.next_refresh):
+            self.next_refresh = job.next_run
         if needs_attention(
             valid=valid,
             failures=job.failures,
