@@ -25,10 +25,12 @@ from tokend.engine import (
     Deliveries,
     Engine,
     EngineSettings,
+    JobKit,
     Publisher,
     RefreshPolicy,
     ReloadSummary,
     SinkSlot,
+    SlotKit,
     TokenJob,
 )
 from tokend.engine.job import Acquirer, DurationObserver
@@ -184,17 +186,17 @@ class _Parts:
                 jitter=config.defaults.jitter if spec.jitter is None else spec.jitter,
             )
         )
-        return TokenJob(
-            self.request(name),
-            acquirer=self._acquirer(spec),
-            publisher=Publisher(self._slots(name, spec, backoff), runtime.deliveries),
-            policy=policy,
-            backoff=backoff,
-            timing=runtime.timing,
-            durations=runtime.durations,
+        kit = JobKit(
+            self._acquirer(spec),
+            policy,
+            backoff,
+            runtime.timing,
+            runtime.durations,
             state=self._state,
             recovery=runtime.recovery,
         )
+        publisher = Publisher(self._slots(name, spec, backoff), runtime.deliveries)
+        return TokenJob(self.request(name), self._once(kit), publisher)
 
     def request(self, name: str) -> TokenRequest:
         """What to send for token `name`: its identity's grant, and what the token is for."""
@@ -252,16 +254,16 @@ class _Parts:
         labels = sink_labels(spec.sinks)
         slots = []
         for index, options in enumerate(spec.sinks):
-            slot = SinkSlot(
-                name,
-                build_sink(options, SinkContext(name, labels[index], runtime.resources)),
-                timing=runtime.timing,
-                backoff=backoff,
+            kit = SlotKit(
+                runtime.timing,
+                backoff,
                 withdraw_on_expiry=options.on_expiry == "withdraw",
                 required_for_ready=options.waits_for_ready(),
-                verifier=runtime.verifier,
                 shared=is_shared(options),
+                verifier=runtime.verifier,
             )
+            sink = build_sink(options, SinkContext(name, labels[index], runtime.resources))
+            slot = SinkSlot(name, sink, self._once(kit))
             if options.on_publish is not None:
                 slot.observer = ConsumerNotifier(options.on_publish, name, labels[index])
             slots.append(slot)

@@ -396,7 +396,7 @@ def test_an_unexpected_error_while_acquiring_is_an_internal_error_that_may_pass(
 
     async def scenario(h: Harness) -> None:
         job = h.job()
-        job._acquirer = Broken()  # type: ignore[assignment]
+        job.kit = dataclasses.replace(job.kit, acquirer=Broken())
         await refresh_once(job)
         error = job.last_error
         assert error is not None
@@ -533,3 +533,36 @@ def test_refresh_times_are_jittered_when_acquired_and_when_resumed(
         assert len(set(jitter)) == 10
         assert max(jitter) - min(jitter) > 2 * M
     assert len(idp.token_requests) == 10  # the second life resumed every stored token
+
+
+def test_tokens_built_alike_share_one_job_kit_and_one_slot_kit(
+    idp: FakeIdp, tmp_path: Path
+) -> None:
+    """What jobs and sinks work with is one shared object per distinct combination, not a copy
+    each (at 100,000 tokens, ~5 MB a copy). A token with a backoff of its own gets its own."""
+
+    async def main() -> None:
+        def token(index: int, **options: Any) -> dict[str, Any]:
+            sink = {"type": "file", "path": str(tmp_path / f"{index}.token")}
+            return {
+                "identity": "app",
+                "resource": "https://crm.example",
+                "sinks": [sink],
+                **options,
+            }
+
+        tokens = {f"crm{index}": token(index) for index in range(3)}
+        tokens["own"] = token(3, backoff={"min": "2s", "max": "1m"})
+        identities = {"app": entra_identity(idp, CLIENT_SECRET)}
+        harness = Harness(Config.model_validate({"identities": identities, "tokens": tokens}))
+        try:
+            jobs = list(harness.engine.jobs.values())
+            slots = [job.publisher.slots[0] for job in jobs]
+            assert jobs[0].kit is jobs[1].kit is jobs[2].kit
+            assert slots[0].kit is slots[1].kit is slots[2].kit
+            assert jobs[3].kit is not jobs[0].kit and slots[3].kit is not slots[0].kit
+            assert jobs[3].kit.backoff.min == timedelta(seconds=2)
+        finally:
+            await harness.stop()
+
+    asyncio.run(main())

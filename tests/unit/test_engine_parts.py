@@ -23,10 +23,11 @@ from tests.support.virtual import VirtualScheduler
 from tokend.backoff import Backoff
 from tokend.clock import Timing
 from tokend.config import Config
-from tokend.engine import ApsScheduler, RefreshPolicy, ReloadSummary, TokenJob
+from tokend.engine import ApsScheduler, JobKit, RefreshPolicy, ReloadSummary, TokenJob
 from tokend.engine.once import refresh_once
-from tokend.engine.publisher import Deliveries, Publisher, SinkSlot
+from tokend.engine.publisher import Deliveries, Publisher
 from tokend.engine.recovery import PROBE_INTERVAL, WATCH_INTERVAL, Causes, Outages
+from tokend.engine.slot import SinkSlot, SlotKit
 from tokend.errors import TokendError
 from tokend.oauth import Endpoint, Peer, PermanentError, TokenRequest, TransientError
 from tokend.sinks import SinkError
@@ -76,9 +77,7 @@ def _slot(
     slot = SinkSlot(
         "crm",
         sink,
-        timing=Timing(clock, scheduler, random.Random(3)),
-        backoff=BACKOFF,
-        withdraw_on_expiry=withdraw,
+        SlotKit(Timing(clock, scheduler, random.Random(3)), BACKOFF, withdraw_on_expiry=withdraw),
     )
     return slot, scheduler
 
@@ -283,12 +282,14 @@ def _once_job(clock: FakeClock, idp: ScriptedIdp, sink: TroubledSink) -> TokenJo
     slot, scheduler = _slot(clock, sink)
     return TokenJob(
         client_secret_request(Endpoint(token_url="https://idp.example/token")),
-        acquirer=idp,
-        publisher=Publisher([slot], Deliveries()),
-        policy=RefreshPolicy(),
-        backoff=JOB_BACKOFF,
-        timing=Timing(clock, scheduler, random.Random(5)),
-        durations=NoDurations(),
+        JobKit(
+            idp,
+            RefreshPolicy(),
+            JOB_BACKOFF,
+            Timing(clock, scheduler, random.Random(5)),
+            NoDurations(),
+        ),
+        Publisher([slot], Deliveries()),
     )
 
 

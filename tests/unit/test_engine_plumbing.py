@@ -21,7 +21,7 @@ from tokend.engine import ApsScheduler
 from tokend.engine.outcome import log_expired
 from tokend.engine.publisher import Deliveries
 from tokend.engine.scheduler import Runner
-from tokend.engine.slot import SinkSlot
+from tokend.engine.slot import SinkSlot, SlotKit
 from tokend.engine.state import StateStore
 from tokend.token import Token
 
@@ -87,8 +87,7 @@ def test_a_delivery_lane_runs_eight_at_a_time_and_idle_waits_for_all() -> None:
             slot = SinkSlot(
                 f"t{index}",
                 GatedSink(gate, running),
-                timing=Timing(clock, scheduler, random.Random(1)),
-                backoff=Backoff(),
+                SlotKit(Timing(clock, scheduler, random.Random(1)), Backoff()),
             )
             now = clock.now()
             slot.offer(Token("v", "Bearer", expires_at=now + timedelta(hours=1), obtained_at=now))

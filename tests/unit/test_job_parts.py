@@ -17,12 +17,13 @@ from tests.support.requests import client_secret_request
 from tests.support.virtual import VirtualScheduler
 from tokend.backoff import Backoff
 from tokend.clock import Timing
-from tokend.engine import RefreshPolicy, TokenJob
+from tokend.engine import JobKit, RefreshPolicy, TokenJob
 from tokend.engine.once import refresh_once
 from tokend.engine.outcome import Phase
-from tokend.engine.publisher import Deliveries, Publisher, SinkSlot
+from tokend.engine.publisher import Deliveries, Publisher
 from tokend.engine.query import view_of
 from tokend.engine.recovery import Recovery
+from tokend.engine.slot import SinkSlot, SlotKit
 from tokend.errors import TokendError
 from tokend.oauth import Endpoint, TokenRequest
 from tokend.sinks import SinkError
@@ -89,20 +90,20 @@ class Setup:
         self.slot = SinkSlot(
             "crm",
             self.sink,
-            timing=Timing(self.clock, self.scheduler, rand),
-            backoff=BACKOFF,
-            withdraw_on_expiry=True,
+            SlotKit(Timing(self.clock, self.scheduler, rand), BACKOFF, withdraw_on_expiry=True),
         )
         self.recovery = Recovery(Timing(self.clock, self.scheduler, rand)) if recovery else None
         self.job = TokenJob(
             client_secret_request(Endpoint(token_url="https://idp.example/token")),
-            acquirer=self.idp,
-            publisher=Publisher([self.slot], Deliveries()),
-            policy=RefreshPolicy(),
-            backoff=BACKOFF,
-            timing=Timing(self.clock, self.scheduler, rand),
-            durations=self.durations,
-            recovery=self.recovery,
+            JobKit(
+                self.idp,
+                RefreshPolicy(),
+                BACKOFF,
+                Timing(self.clock, self.scheduler, rand),
+                self.durations,
+                recovery=self.recovery,
+            ),
+            Publisher([self.slot], Deliveries()),
         )
 
     def run_for(self, span: timedelta) -> None:

@@ -14,7 +14,7 @@ from tests.support.virtual import VirtualScheduler
 from tokend.backoff import Backoff
 from tokend.clock import Timing
 from tokend.engine.publisher import Deliveries, Publisher
-from tokend.engine.slot import SinkSlot
+from tokend.engine.slot import SinkSlot, SlotKit
 from tokend.sinks import SinkError
 from tokend.token import Token
 
@@ -50,10 +50,7 @@ def test_a_sink_never_receives_a_token_expiring_sooner_than_the_one_it_holds() -
     clock = FakeClock()
     sink = RecordingSink()
     slot = SinkSlot(
-        "crm",
-        sink,
-        timing=Timing(clock, VirtualScheduler(clock), random.Random(1)),
-        backoff=Backoff(),
+        "crm", sink, SlotKit(Timing(clock, VirtualScheduler(clock), random.Random(1)), Backoff())
     )
     publisher = Publisher([slot], Deliveries())
     longer, shorter, same = _token(clock, "a", 60), _token(clock, "b", 30), _token(clock, "c", 60)
@@ -91,10 +88,7 @@ def test_a_failing_sink_keeps_wanting_the_newest_token_whatever_arrives_later() 
     clock = FakeClock()
     sink = FlakySink(failures=1)
     slot = SinkSlot(
-        "crm",
-        sink,
-        timing=Timing(clock, VirtualScheduler(clock), random.Random(1)),
-        backoff=Backoff(),
+        "crm", sink, SlotKit(Timing(clock, VirtualScheduler(clock), random.Random(1)), Backoff())
     )
     publisher = Publisher([slot], Deliveries())
     newer, older = _token(clock, "newer", 60), _token(clock, "older", 30)
@@ -140,9 +134,11 @@ def test_a_sink_failure_is_said_at_warning_and_its_repeats_at_debug(
     slot = SinkSlot(
         "crm",
         sink,
-        timing=Timing(clock, VirtualScheduler(clock), random.Random(1)),
-        backoff=Backoff(),
-        withdraw_on_expiry=True,
+        SlotKit(
+            Timing(clock, VirtualScheduler(clock), random.Random(1)),
+            Backoff(),
+            withdraw_on_expiry=True,
+        ),
     )
     token = _token(clock, "a", 60)
 
@@ -183,8 +179,7 @@ def test_a_sink_that_fails_to_close_is_logged_with_its_token(
     slot = SinkSlot(
         "crm",
         BrokenCloseSink(),
-        timing=Timing(clock, VirtualScheduler(clock), random.Random(1)),
-        backoff=Backoff(),
+        SlotKit(Timing(clock, VirtualScheduler(clock), random.Random(1)), Backoff()),
     )
     with caplog.at_level(logging.DEBUG, "tokend.publisher"):
         asyncio.run(slot.close())  # does not raise: the other sinks still close

@@ -13,10 +13,10 @@ from tests.support.clock import FakeClock
 from tests.support.requests import client_secret_request
 from tokend.backoff import Backoff
 from tokend.clock import Timing
-from tokend.engine import ApsScheduler, RefreshPolicy, TokenJob
+from tokend.engine import ApsScheduler, JobKit, RefreshPolicy, TokenJob
 from tokend.engine.publisher import Deliveries, Publisher
 from tokend.engine.scheduler import Runner
-from tokend.engine.slot import SinkSlot
+from tokend.engine.slot import SinkSlot, SlotKit
 from tokend.oauth import Endpoint, TokenRequest
 from tokend.token import Token
 
@@ -65,20 +65,17 @@ class NoDurations:
 def _job(
     name: str, sink: GatedSink, scheduler: ApsScheduler, deliveries: Deliveries, clock: FakeClock
 ) -> TokenJob:
-    slot = SinkSlot(
-        name,
-        sink,
-        timing=Timing(clock, scheduler, random.Random(1)),
-        backoff=Backoff(),
-    )
+    slot = SinkSlot(name, sink, SlotKit(Timing(clock, scheduler, random.Random(1)), Backoff()))
     return TokenJob(
         client_secret_request(Endpoint(token_url="https://idp.example/token"), name=name),
-        acquirer=InstantIdp(clock),
-        publisher=Publisher([slot], deliveries),
-        policy=RefreshPolicy(),
-        backoff=Backoff(),
-        timing=Timing(clock, scheduler, random.Random(1)),
-        durations=NoDurations(),
+        JobKit(
+            InstantIdp(clock),
+            RefreshPolicy(),
+            Backoff(),
+            Timing(clock, scheduler, random.Random(1)),
+            NoDurations(),
+        ),
+        Publisher([slot], deliveries),
     )
 
 
@@ -155,10 +152,7 @@ def test_delivery_lanes_are_bounded_and_independent() -> None:
         )
         for index, sink in enumerate([*stuck, other]):
             slot = SinkSlot(
-                f"t{index}",
-                sink,
-                timing=Timing(clock, scheduler, random.Random(1)),
-                backoff=Backoff(),
+                f"t{index}", sink, SlotKit(Timing(clock, scheduler, random.Random(1)), Backoff())
             )
             Publisher([slot], deliveries).publish_in_background(token)
         await asyncio.wait_for(other.reached.wait(), 5)
@@ -212,8 +206,7 @@ def test_drain_gives_up_on_a_stuck_lane_after_the_timeout_and_says_so() -> None:
             slot = SinkSlot(
                 f"t{index}",
                 sink,
-                timing=Timing(clock, ApsScheduler(), random.Random(1)),
-                backoff=Backoff(),
+                SlotKit(Timing(clock, ApsScheduler(), random.Random(1)), Backoff()),
             )
             Publisher([slot], deliveries).publish_in_background(token)
         await asyncio.wait_for(other.reached.wait(), 5)

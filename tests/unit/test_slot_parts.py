@@ -15,7 +15,7 @@ from tests.support.clock import FakeClock
 from tests.support.virtual import VirtualScheduler
 from tokend.backoff import Backoff
 from tokend.clock import Timing
-from tokend.engine.publisher import SinkSlot
+from tokend.engine.slot import SinkSlot, SlotKit
 from tokend.sinks import SinkError
 from tokend.token import Token
 
@@ -69,12 +69,7 @@ class Observer:
 
 def _slot(clock: FakeClock, sink: Store) -> tuple[SinkSlot, VirtualScheduler]:
     scheduler = VirtualScheduler(clock)
-    slot = SinkSlot(
-        "crm",
-        sink,
-        timing=Timing(clock, scheduler, random.Random(3)),
-        backoff=BACKOFF,
-    )
+    slot = SinkSlot("crm", sink, SlotKit(Timing(clock, scheduler, random.Random(3)), BACKOFF))
     return slot, scheduler
 
 
@@ -87,7 +82,11 @@ def test_defaults_keep_an_expired_token_wait_for_readiness_and_are_not_shared() 
     clock = FakeClock()
     sink = Store()
     slot, _ = _slot(clock, sink)
-    assert (slot.withdraw_on_expiry, slot.required_for_ready, slot.shared) == (False, True, False)
+    assert (slot.kit.withdraw_on_expiry, slot.required_for_ready, slot.shared) == (
+        False,
+        True,
+        False,
+    )
 
     async def scenario() -> None:
         slot.offer(_token(clock, 1))

@@ -17,7 +17,7 @@ from tests.support.virtual import VirtualScheduler
 from tokend.backoff import Backoff
 from tokend.clock import Timing
 from tokend.engine.publisher import Deliveries, Publisher
-from tokend.engine.slot import SinkSlot
+from tokend.engine.slot import SinkSlot, SlotKit
 from tokend.engine.verifier import Verifier, verified
 from tokend.errors import TokendError
 from tokend.token import Token
@@ -78,9 +78,11 @@ class World:
         return SinkSlot(
             name,
             sink,
-            timing=Timing(self.clock, self.scheduler, self.rand),
-            backoff=Backoff(max=timedelta(minutes=5)),
-            verifier=self.verifier,
+            SlotKit(
+                Timing(self.clock, self.scheduler, self.rand),
+                Backoff(max=timedelta(minutes=5)),
+                verifier=self.verifier,
+            ),
         )
 
     def token(self) -> Token:

@@ -14,7 +14,7 @@ from tests.support.virtual import VirtualScheduler
 from tokend.backoff import Backoff
 from tokend.clock import Timing
 from tokend.engine.publisher import Deliveries
-from tokend.engine.slot import SinkSlot
+from tokend.engine.slot import SinkSlot, SlotKit
 from tokend.engine.verifier import GRANULARITY, Verifier
 from tokend.token import Token
 
@@ -55,9 +55,11 @@ class World:
         slot = SinkSlot(
             "crm",
             store,
-            timing=Timing(self.clock, self.scheduler, random.Random(1)),
-            backoff=Backoff(),
-            verifier=self.verifier,
+            SlotKit(
+                Timing(self.clock, self.scheduler, random.Random(1)),
+                Backoff(),
+                verifier=self.verifier,
+            ),
         )
         now = self.clock.now()
         slot.offer(Token("v", "Bearer", expires_at=now + timedelta(days=1), obtained_at=now))

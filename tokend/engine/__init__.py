@@ -9,13 +9,13 @@ if TYPE_CHECKING:
     from tokend.engine.aps import ApsScheduler
     from tokend.engine.blueprint import Blueprint, EngineSettings
     from tokend.engine.engine import Engine, ReloadSummary
-    from tokend.engine.job import TokenJob
+    from tokend.engine.job import JobKit, TokenJob
     from tokend.engine.outcome import Phase
     from tokend.engine.policy import RefreshPolicy, retry_at, startup_at
     from tokend.engine.publisher import Deliveries, Publisher
     from tokend.engine.query import SinkView, TokenView
     from tokend.engine.scheduler import Runner
-    from tokend.engine.slot import SinkSlot
+    from tokend.engine.slot import SinkSlot, SlotKit
 
 __all__ = [
     "ApsScheduler",
@@ -23,6 +23,7 @@ __all__ = [
     "Deliveries",
     "Engine",
     "EngineSettings",
+    "JobKit",
     "Phase",
     "Publisher",
     "RefreshPolicy",
@@ -30,6 +31,7 @@ __all__ = [
     "Runner",
     "SinkSlot",
     "SinkView",
+    "SlotKit",
     "TokenJob",
     "TokenView",
     "retry_at",
@@ -40,11 +42,11 @@ _MODULES = {
     "tokend.engine.aps": ("ApsScheduler",),
     "tokend.engine.blueprint": ("Blueprint", "EngineSettings"),
     "tokend.engine.engine": ("Engine", "ReloadSummary"),
-    "tokend.engine.job": ("TokenJob",),
+    "tokend.engine.job": ("JobKit", "TokenJob"),
     "tokend.engine.outcome": ("Phase",),
     "tokend.engine.policy": ("RefreshPolicy", "retry_at", "startup_at"),
     "tokend.engine.publisher": ("Deliveries", "Publisher"),
-    "tokend.engine.slot": ("SinkSlot",),
+    "tokend.engine.slot": ("SinkSlot", "SlotKit"),
     "tokend.engine.query": ("SinkView", "TokenView"),
     "tokend.engine.scheduler": ("Runner",),
 }

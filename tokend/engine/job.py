@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
@@ -44,31 +45,31 @@ class DurationObserver(Protocol):
     def observe(self, amount: float) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class JobKit:
+    """What a job works with besides its own request and sinks. Thousands of tokens share the
+    same few combinations, so the composition root makes one kit per distinct combination and
+    each job holds one reference rather than seven (48 bytes less a job: 4.8 MB at 100,000)."""
+
+    acquirer: Acquirer
+    policy: RefreshPolicy
+    backoff: Backoff
+    timing: Timing
+    durations: DurationObserver
+    state: StateStore | None = None
+    recovery: Recovery | None = None
+
+
 class TokenJob:
     __slots__ = (  # one per configured token: 100,000 of them must stay small
-        "_acquirer", "_durations", "_expiry_reported", "_fingerprint", "_inflight", "_recovery",
-        "_scheduled", "_state", "_stopped", "_timing", "_waiting",
-        "backoff", "failures", "last_error", "last_success", "next_run", "permanent_errors",
-        "policy", "publisher", "request", "successes", "token", "transient_errors",
+        "_expiry_reported", "_fingerprint", "_inflight", "_scheduled", "_stopped", "_waiting",
+        "failures", "kit", "last_error", "last_success", "next_run", "permanent_errors",
+        "publisher", "request", "successes", "token", "transient_errors",
     )  # fmt: skip
 
-    def __init__(
-        self,
-        request: TokenRequest,
-        *,
-        acquirer: Acquirer,
-        publisher: Publisher,
-        policy: RefreshPolicy,
-        backoff: Backoff,
-        timing: Timing,
-        durations: DurationObserver,
-        state: StateStore | None = None,
-        recovery: Recovery | None = None,
-    ) -> None:
+    def __init__(self, request: TokenRequest, kit: JobKit, publisher: Publisher) -> None:
         self.request = request
         self.publisher = publisher
-        self.policy = policy
-        self.backoff = backoff
         self.token: Token | None = None
         self.next_run: datetime | None = None
         self.last_success: datetime | None = None
@@ -76,15 +77,11 @@ class TokenJob:
         self.failures = 0
         self.successes = self.transient_errors = self.permanent_errors = 0
         """Attempts by outcome, since the job was built (ints in slots: 100,000 of them)."""
-        self._acquirer = acquirer
-        self._timing = timing
-        self._durations = durations
-        self._state = state
-        self._fingerprint = fingerprint(request) if state else ""
+        self.kit = kit
+        self._fingerprint = fingerprint(request) if kit.state else ""
         self._inflight: asyncio.Task[Token | None] | None = None
         self._scheduled = False  # False for `tokend once`: no next run to speak of
         self._stopped = False
-        self._recovery = recovery
         self._waiting = False  # waiting at its endpoint for an outage to end (no own schedule)
         self._expiry_reported = False
 
@@ -121,9 +118,9 @@ class TokenJob:
 
     def stored_token(self, now: datetime) -> Token | None:
         """The last good token from persisted state, if still valid for this same request."""
-        if self._state is None:
+        if self.kit.state is None:
             return None
-        return self._state.load(self.name, self._fingerprint, now)
+        return self.kit.state.load(self.name, self._fingerprint, now)
 
     async def resume(self, token: Token) -> None:
         """Carry on with a stored token: publish it and plan its refresh as if just obtained."""
@@ -132,7 +129,7 @@ class TokenJob:
         self._hold(token)
         self.last_success = token.obtained_at
         log_resumed(self.name, token)
-        self._plan(self.policy.refresh_at(token, self._timing.rand.random()))
+        self._plan(self.kit.policy.refresh_at(token, self.kit.timing.rand.random()))
         await self.publisher.publish(token)
 
     def _hold(self, token: Token) -> None:
@@ -144,7 +141,7 @@ class TokenJob:
 
     def stop(self) -> None:
         self._stopped = True
-        self._timing.scheduler.cancel(self.name)
+        self.kit.timing.scheduler.cancel(self.name)
         self.publisher.stop()
         self._stop_waiting()
 
@@ -154,7 +151,7 @@ class TokenJob:
         if self._stopped:
             return
         self._stop_waiting()
-        self._plan(self._timing.clock.now())
+        self._plan(self.kit.timing.clock.now())
 
     async def settled(self) -> None:
         """Wait for the acquisition in flight, if any (a reader with no token to serve yet)."""
@@ -180,13 +177,13 @@ class TokenJob:
 
     def _stop_waiting(self) -> None:
         self._waiting = False
-        if self._recovery is not None:
-            self._recovery.outages.forget(self, self.endpoint)
-            self._recovery.causes.forget(self, self.request.grant)
+        if (recovery := self.kit.recovery) is not None:
+            recovery.outages.forget(self, self.endpoint)
+            recovery.causes.forget(self, self.request.grant)
 
     def retry_delay(self, attempt: int, error: TokendError) -> float:
         """Seconds to wait before the `attempt`+1st try after `error` (`tokend once`)."""
-        delay = self.backoff.delay(attempt, self._timing.rand.random()).total_seconds()
+        delay = self.kit.backoff.delay(attempt, self.kit.timing.rand.random()).total_seconds()
         return max(delay, error.retry_after or 0.0)
 
     def wind_down(self) -> None:
@@ -215,23 +212,23 @@ class TokenJob:
 
     async def _acquire_and_record(self) -> Token | None:
         started = time.perf_counter()
-        acquiring = self._acquirer.acquire(self.request)
+        acquiring = self.kit.acquirer.acquire(self.request)
         outcome = await settle(acquiring, log, "unexpected error while acquiring", self.name)
         took = time.perf_counter() - started
-        self._durations.observe(took)
+        self.kit.durations.observe(took)
         if self._stopped:
             # Removed or replaced (a reload) while the request was in flight: whatever came
             # back is not this job's to publish, persist or report; its successor owns the token.
             return None
         if isinstance(outcome, TokendError):
             self._failed(outcome)
-            if self.failing_permanently and self._recovery is not None:
+            if self.failing_permanently and self.kit.recovery is not None:
                 grant = self.request.grant
-                await self._recovery.causes.watch(self, grant, grant.source_version)
+                await self.kit.recovery.causes.watch(self, grant, grant.source_version)
             return None
         self._succeeded(outcome, took)
-        if self._state is not None:
-            await self._state.persist(self.name, self._fingerprint, outcome)
+        if self.kit.state is not None:
+            await self.kit.state.persist(self.name, self._fingerprint, outcome)
         return outcome
 
     async def _expire_if_due(self) -> None:
@@ -239,7 +236,7 @@ class TokenJob:
 
         No timer is needed for this: while a valid token is held, the next try is never planned
         after its expiry, so after the last-chance try fails a run comes right at the expiry."""
-        now = self._timing.clock.now()
+        now = self.kit.timing.clock.now()
         token = self.token
         if token is None or token.is_valid(now) or self._expiry_reported:
             return
@@ -264,10 +261,10 @@ class TokenJob:
     def _plan(self, at: datetime) -> None:
         self._scheduled = True
         self.next_run = at
-        self._timing.scheduler.schedule(self.name, at, self)
+        self.kit.timing.scheduler.schedule(self.name, at, self)
 
     def _succeeded(self, token: Token, took: float) -> None:
-        now = self._timing.clock.now()
+        now = self.kit.timing.clock.now()
         self._stop_waiting()
         if self.failures:
             log_recovered(self.name, self.failures)
@@ -276,14 +273,14 @@ class TokenJob:
             self._expiry_reported = False
         self.failures = 0
         self.last_error = None
-        self.last_success = now
+        self.last_success = token.obtained_at  # when it was asked for; no datetime of its own
         self.successes += 1
-        self.next_run = self.policy.refresh_at(token, self._timing.rand.random())
+        self.next_run = self.kit.policy.refresh_at(token, self.kit.timing.rand.random())
         scheduled = self.next_run if self._scheduled else None
         log_success(self.name, token, now, next_run=scheduled, took=took)
 
     def _failed(self, error: TokendError) -> None:
-        now = self._timing.clock.now()
+        now = self.kit.timing.clock.now()
         permanent = not error.transient
         self.failures += 1
         if permanent:
@@ -291,18 +288,18 @@ class TokenJob:
         else:
             self.transient_errors += 1
         holding = self.token if self.token and self.token.is_valid(now) else None
-        if holding is None and not permanent and self._recovery is not None and self._scheduled:
+        recovery = self.kit.recovery
+        if holding is None and not permanent and recovery is not None and self._scheduled:
             # No valid token to protect: wait for the endpoint's probe with every other token
             # that has none either, rather than each backing off on its own.
-            outages = self._recovery.outages
-            self.next_run = outages.wait(self, self.endpoint, error, self.backoff)
+            self.next_run = recovery.outages.wait(self, self.endpoint, error, self.kit.backoff)
             self._waiting = True
         else:
             self.next_run = retry_at(
                 now=now,
                 attempt=self.failures,
-                backoff=self.backoff,
-                rand=self._timing.rand.random(),
+                backoff=self.kit.backoff,
+                rand=self.kit.timing.rand.random(),
                 hard=permanent or error.back_off_hard,
                 retry_after=error.retry_after,
                 holding=holding,
