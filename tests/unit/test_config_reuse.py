@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from tokend.configfile import load_config
+from tokend.errors import ConfigError
 
 DOCUMENT = {
     "identities": {
@@ -47,3 +48,12 @@ def test_unchanged_inputs_reuse_the_config(tmp_path: Path, monkeypatch: pytest.M
     path.write_text(path.read_text().replace("crm.example", "erp.example"))
     third = load_config(path)
     assert third.config.tokens["crm"].resource == "https://erp.example"
+
+
+def test_a_file_gone_since_the_last_load_is_an_error_not_the_old_config(tmp_path: Path) -> None:
+    path = _write(tmp_path / "config.yaml", tmp_path)
+    load_config(path)
+    path.unlink()
+    with pytest.raises(ConfigError) as raised:
+        load_config(path)
+    assert raised.value.lines == [f"{path}: config file not found"]
