@@ -57,7 +57,7 @@ class ServiceReporter:
         self.notifier.close()
 
     def status_line(self) -> str:
-        """From the census, not a view per token: at 100,000 tokens, views took ~1.5 s of the
+        """From the census, not a view per token: at 100,000 tokens, views took ~2 s of the
         event loop and ~50 MB at their peak, after every reload and every `STATUS_INTERVAL`."""
         now = self._clock.now()
         census = self._engine.census(now, late=now)
