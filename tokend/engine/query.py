@@ -193,7 +193,8 @@ class Census:
             self.publishes["success"] += slot.successes
             self.publishes["error"] += slot.errors
             sink_failing = sink_failing or (slot.failures > 0 and not slot.standby)
-        self.running += not standby
+        if not standby:
+            self.running += 1
         if dormant:
             self.dormant += 1
             return
