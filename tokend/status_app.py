@@ -5,16 +5,19 @@ Nothing served here contains a secret or a token value.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from tokend.clock import Clock
 from tokend.engine import Engine
 from tokend.metrics import Metrics
 from tokend.resources import Resources
-from tokend.status import engine_status
+from tokend.status import status_pieces
 
 _PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -36,7 +39,9 @@ def create_app(
         return PlainTextResponse("not ready: " + ", ".join(waiting) + "\n", status_code=503)
 
     async def status(request: Request) -> Response:
-        return JSONResponse(engine_status(engine, clock.now(), resources))
+        return StreamingResponse(
+            _yielding(status_pieces(engine, clock.now(), resources)), media_type="application/json"
+        )
 
     return Starlette(
         routes=[
@@ -46,3 +51,11 @@ def create_app(
             Route("/status", status),
         ]
     )
+
+
+async def _yielding(pieces: Iterator[str]) -> AsyncIterator[str]:
+    """`pieces`, handing the event loop back after each: refreshes and probes go on while a
+    large `/status` is taken."""
+    for piece in pieces:
+        yield piece
+        await asyncio.sleep(0)

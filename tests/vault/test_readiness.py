@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.asgi import asgi_get
 from tests.support.harness import Harness
 from tests.support.idp import FakeIdp
 from tests.support.openbao import Bao
@@ -21,30 +22,8 @@ from tokend.status_app import create_app
 
 
 async def get(app: Any, path: str) -> tuple[int, str]:
-    """One GET through the ASGI app, on this event loop (no server, no client library)."""
-    sent: list[dict[str, Any]] = []
-    scope = {
-        "type": "http",
-        "method": "GET",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "headers": [],
-        "scheme": "http",
-        "server": ("127.0.0.1", 9464),
-        "root_path": "",
-        "http_version": "1.1",
-    }
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    await app(scope, receive, send)
-    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
-    return sent[0]["status"], body.decode()
+    status, body = await asgi_get(app, path)
+    return status, body.decode()
 
 
 Case = tuple[dict[str, Any], dict[str, Any], int]

@@ -1,0 +1,132 @@
+"""`/status` at scale: served in pieces of `STATUS_BATCH` tokens with the event loop handed back
+between them (100,000 tokens in one go held refreshes, `/healthz` and `/readyz` up for seconds
+and built the whole document in memory); tokens a reload removes while it is taken are left out
+and the JSON stays whole; `tokend status` reads a document of any size tokend makes."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from tests.conftest import entra_identity
+from tests.support.asgi import asgi_get
+from tests.support.harness import harness
+from tests.support.idp import CLIENT_SECRET, FakeIdp
+from tests.support.servers import serve
+from tokend import status as status_module
+from tokend.config import Config, validate_config
+from tokend.metrics import Metrics
+from tokend.status import STATUS_BATCH, StatusUnavailable, fetch_status, status_pieces
+from tokend.status_app import create_app
+
+
+def _config(idp: FakeIdp, tmp_path: Path, names: list[str]) -> Config:
+    def token(name: str) -> dict[str, Any]:
+        sinks = [{"type": "file", "path": str(tmp_path / f"{name}.token")}]
+        return {"identity": "app", "resource": f"https://{name}.example", "sinks": sinks}
+
+    return validate_config(
+        {
+            "identities": {"app": entra_identity(idp, CLIENT_SECRET)},
+            "tokens": {name: token(name) for name in names},
+        }
+    )
+
+
+def test_the_event_loop_runs_between_the_pieces_of_status(idp: FakeIdp, tmp_path: Path) -> None:
+    names = [f"t{index}" for index in range(2 * STATUS_BATCH + 1)]
+
+    async def scenario() -> None:
+        async with harness(_config(idp, tmp_path, names)) as running:
+            app = create_app(running.engine, Metrics(running.clock), running.clock)
+            events: list[str] = []
+
+            async def other_work() -> None:  # a refresh or a probe waiting for its turn
+                while True:
+                    events.append("other")
+                    await asyncio.sleep(0)
+
+            other = asyncio.create_task(other_work())
+            await asyncio.sleep(0)
+            _, body = await asgi_get(app, "/status", lambda piece: events.append("piece"))
+            other.cancel()
+            document = json.loads(body)
+            assert list(document["tokens"]) == names
+            assert document["ready"] is False  # nothing acquired: every token is pending
+            assert {token["state"] for token in document["tokens"].values()} == {"pending"}
+            pieces = [index for index, event in enumerate(events) if event == "piece"]
+            assert len(pieces) == 3 + 3  # the head, three batches, `ready`, the end
+            assert all(second - first > 1 for first, second in itertools.pairwise(pieces))
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("taken_before", "removed", "left"),
+    [
+        (2, {"t2", "t3", "t5"}, ["t0", "t1", "t4"]),  # a whole batch gone, then a lone token
+        (1, {"t0", "t1", "t3"}, ["t2", "t4", "t5"]),  # the first batch gone
+        (1, {f"t{index}" for index in range(6)}, []),  # every token gone
+    ],
+)
+def test_tokens_a_reload_removes_while_status_is_taken_are_left_out(
+    idp: FakeIdp, tmp_path: Path, taken_before: int, removed: set[str], left: list[str]
+) -> None:
+    names = [f"t{index}" for index in range(6)]
+
+    async def scenario() -> None:
+        async with harness(_config(idp, tmp_path, names)) as running:
+            pieces = status_pieces(running.engine, running.clock.now(), batch=2)
+            taken = [next(pieces) for _ in range(taken_before)]
+            kept = [name for name in names if name not in removed] or ["other"]
+            summary = await running.reload(_config(idp, tmp_path, kept))
+            assert sorted(summary.removed) == sorted(removed)
+            document = json.loads("".join(taken + list(pieces)))
+            assert list(document["tokens"]) == left
+
+    asyncio.run(scenario())
+
+
+def _tokend_status(tokens: int) -> dict[str, Any]:
+    token = {
+        "state": "fresh",
+        "expires_at": None,
+        "next_refresh": None,
+        "consecutive_failures": 0,
+        "last_error": None,
+        "sinks": {"file": {"last_error": "x" * 200}},
+    }
+    return {"time": "2026-11-26T00:00:00Z", "tokens": {f"t{i}": token for i in range(tokens)}}
+
+
+def _serving(document: dict[str, Any]) -> Starlette:
+    body = json.dumps({**document, "ready": True}).encode()
+
+    async def status(request: Request) -> Response:
+        return Response(body, media_type="application/json")
+
+    return Starlette(routes=[Route("/status", status)])
+
+
+def test_tokend_status_reads_a_status_larger_than_16_mib(tmp_path: Path) -> None:
+    """~60 MB at 100,000 tokens: `tokend status` once read 16 MiB and failed on the rest."""
+    document = _tokend_status(80_000)  # ~24 MB
+    with serve(_serving(document)) as url:
+        status = fetch_status(url)
+    assert len(status["tokens"]) == 80_000
+
+
+def test_a_status_beyond_the_limit_is_one_clear_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(status_module, "STATUS_LIMIT", 1 << 20)
+    with serve(_serving(_tokend_status(5_000))) as url, pytest.raises(StatusUnavailable) as caught:
+        fetch_status(url)  # ~1.5 MB
+    assert str(caught.value) == "/status is larger than 1 MiB"

@@ -1,0 +1,45 @@
+"""A GET through an ASGI app on the test's own event loop: no server, no client library."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+
+async def asgi_get(
+    app: Any, path: str, on_piece: Callable[[bytes], None] | None = None
+) -> tuple[int, bytes]:
+    """The status and body of GET `path`; `on_piece` sees each piece of the body as it is sent.
+    The client stays connected until the answer is whole, as a real one does: after the
+    request, `receive` waits (a streamed answer listens for a disconnect meanwhile)."""
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "headers": [],
+        "scheme": "http",
+        "server": ("127.0.0.1", 9464),
+        "root_path": "",
+        "http_version": "1.1",
+    }
+    requested = False
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        nonlocal requested
+        if requested:
+            await asyncio.Event().wait()  # connected until the app is done with us
+        requested = True
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+        if message["type"] == "http.response.body" and message.get("body") and on_piece:
+            on_piece(message["body"])
+
+    await app(scope, receive, send)
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return sent[0]["status"], body
