@@ -12,7 +12,9 @@ One run, in phases, against the fast local provider (`fastidp.py --spread`):
    each refresh against its plan, recorded by a scheduler hook in the daemon process as
    bench/scheduling.py does; then RSS again (every token has been replaced once or twice, and
    what replaced it is not in the frozen heap: the steady state a long-running daemon lives in);
-6. `/metrics` with `metrics.per_token: all` last, time, size and the peak RSS it leaves (over
+6. `/status`: time and size of three, the slowest `/healthz` answer meanwhile (polled from a
+   thread: what a liveness probe would see), RSS after (with its peak);
+7. `/metrics` with `metrics.per_token: all` last, time, size and the peak RSS it leaves (over
    twice the daemon's own at 100,000 tokens: measured last, so that nothing before it carries
    what its 1.1 million series left behind).
 
@@ -153,7 +155,7 @@ def measure(provider: Provider, tmp: Path, args: argparse.Namespace, lead: float
             print(f"WARNING: the refresh phase began {time.time() - start:.0f}s ago: raise --lead")
         time.sleep(max(0.0, start - time.time()))  # the benchmark observes; it waits for nothing
         cpu = process_cpu(process.pid)
-        scrapes = Scraper(base, every=30.0)
+        scrapes = Poller(f"{base}/metrics", every=30.0)
         time.sleep(args.window)  # the benchmark observes the refresh phase
         scrapes.stop()
         cpu = process_cpu(process.pid) - cpu
@@ -163,6 +165,7 @@ def measure(provider: Provider, tmp: Path, args: argparse.Namespace, lead: float
         print(f"after the refresh phase: RSS {rss:.1f} MB (peak {peak:.1f} MB)")
         if args.allocator:
             print(allocators(stats, process))
+        status(base, process.pid)
         switch(config, process, log, "all")
         scrape(base, process.pid, "all")
     finally:
@@ -203,6 +206,46 @@ def scrape(base: str, pid: int, mode: str) -> None:
     )
 
 
+def status(base: str, pid: int) -> None:
+    """Three `/status` requests with `/healthz` asked meanwhile: median wall time, size, the
+    slowest probe answer, and the daemon's RSS after them (with its peak)."""
+    times, size = [], 0
+    probes = Poller(f"{base}/healthz", every=0.01)
+    for _ in range(3):
+        started = time.perf_counter()
+        size = len(httpx2.get(f"{base}/status", timeout=300).content)
+        times.append(time.perf_counter() - started)
+    probes.stop()
+    rss, peak = memory_mb(pid)
+    print(
+        f"/status: {sorted(times)[1]:.3f}s median of 3, {size / 2**20:.2f} MB; /healthz "
+        f"meanwhile: slowest {max(probes.times) * 1000:.0f} ms of {len(probes.times)}; "
+        f"RSS after {rss:.1f} MB (peak {peak:.1f} MB)  [{loadavg()}]"
+    )
+
+
+class Poller:
+    """GETs `url` in a thread every `every` seconds (Prometheus scraping `/metrics`, a probe
+    asking `/healthz`); the time of each answer."""
+
+    def __init__(self, url: str, every: float) -> None:
+        self.times: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(url, every), daemon=True)
+        self._thread.start()
+
+    def _run(self, url: str, every: float) -> None:
+        with httpx2.Client(timeout=300) as client:
+            while not self._stop.wait(every):
+                started = time.perf_counter()
+                client.get(url)
+                self.times.append(time.perf_counter() - started)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def _wait_log(log: Path, offset: int, pattern: str, timeout: float) -> float:
     """Poll the daemon's log from `offset` for `pattern`: when it was seen (perf_counter)."""
     deadline = time.monotonic() + timeout
@@ -241,26 +284,6 @@ def switch(config: Path, process: subprocess.Popen[bytes], log: Path, mode: str)
     offset = log.stat().st_size
     process.send_signal(signal.SIGHUP)
     _wait_log(log, offset, r"reloaded: ", timeout=300)
-
-
-class Scraper:
-    """Scrapes /metrics every `every` seconds in a thread, as Prometheus would."""
-
-    def __init__(self, base: str, every: float) -> None:
-        self.times: list[float] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(base, every), daemon=True)
-        self._thread.start()
-
-    def _run(self, base: str, every: float) -> None:
-        while not self._stop.wait(every):
-            started = time.perf_counter()
-            httpx2.get(f"{base}/metrics", timeout=60)
-            self.times.append(time.perf_counter() - started)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def report_lateness(

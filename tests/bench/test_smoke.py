@@ -81,7 +81,8 @@ def bench(script: str, *args: str) -> str:
             r"reload \(unchanged\): [\d.]+s to 'reloaded:'.*\n(.*\n)*refreshes: \d+ in 2s.*"
             r"lateness p50 [\d.]+ ms\s+p99 [\d.]+ ms[\s\S]*"
             r"after the refresh phase: RSS [\d.]+ MB \(peak [\d.]+ MB\)\n"
-            r"/metrics per_token=all: .*RSS after [\d.]+ MB",
+            r"/status: [\d.]+s median of 3, [\d.]+ MB; /healthz meanwhile: slowest \d+ ms of \d+;"
+            r".*\n/metrics per_token=all: .*RSS after [\d.]+ MB",
         ),
         (
             "consumer_read.py",
