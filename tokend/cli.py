@@ -97,6 +97,12 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument(
         "--url", help="tokend's listener, e.g. http://127.0.0.1:9464 (overrides -c)"
     )
+    status.add_argument(
+        "--problems",
+        action="store_true",
+        help="only the tokens that need attention: no valid token, failed attempts, a sink "
+        "failing, or a refresh a minute overdue",
+    )
     status.add_argument("--json", action="store_true", help="print the raw /status JSON")
     endpoint = command(
         "endpoint", _endpoint, "the local token endpoint: `env` prints the variables to export"
@@ -280,7 +286,7 @@ def _status(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return EXIT_USAGE
     try:
-        status = fetch_status(url)
+        status = fetch_status(url, problems=args.problems)
     except StatusUnavailable as exc:
         print(f"cannot read tokend's status from {url}: {exc}", file=sys.stderr)
         return EXIT_FAILED

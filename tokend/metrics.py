@@ -11,7 +11,7 @@ Metric names are an interface: dashboards and alerts depend on them.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -21,7 +21,7 @@ from prometheus_client.registry import Collector
 from tokend import __version__
 from tokend.clock import SYSTEM_CLOCK, Clock
 from tokend.engine import Engine, TokenView
-from tokend.engine.query import Census
+from tokend.engine.query import OVERDUE, Census
 from tokend.resources import ResourceKind, Resources
 from tokend.status import ON_DEMAND
 
@@ -107,7 +107,7 @@ class EngineCollector(Collector):
         if engine is None:
             return
         now = self._clock.now()
-        census = engine.census(now, late=now - LATE)
+        census = engine.census(now, late=now - OVERDUE)
         tokens = TokenFamilies()
         if self.scope == "all":
             views: Iterable[TokenView | None] = engine.query(now)
@@ -119,11 +119,6 @@ class EngineCollector(Collector):
         yield from tokens.families()
         yield from _totals(census)
         yield from _leadership(engine)
-
-
-LATE = timedelta(seconds=60)
-"""A token whose planned refresh is this far in the past needs attention (as the alert
-TokendTokenRefreshStuck reads it)."""
 
 
 class TokenFamilies:

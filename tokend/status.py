@@ -29,26 +29,37 @@ refreshes, `/healthz` and `/readyz` for seconds (and build the whole document in
 
 
 def status_pieces(
-    engine: Engine, now: datetime, resources: Resources | None = None, batch: int = STATUS_BATCH
+    engine: Engine,
+    now: datetime,
+    resources: Resources | None = None,
+    *,
+    problems: bool = False,
+    batch: int = STATUS_BATCH,
 ) -> Iterator[str]:
-    """`/status` as JSON text in pieces of `batch` tokens: per token (as `token_status` says),
-    then whether all are ready, then a section per shared client in use (`vault`), as its kind
-    reports it. Tokens a reload removes while the pieces are taken are left out."""
-    names = list(engine.jobs)
-    ready, first = True, True
+    """`/status` as JSON text in pieces of `batch` tokens: per token (as `token_status` says;
+    with `problems`, only those that need attention, as `metrics.per_token: problems` picks
+    them), then whether all are ready and how many there are, then a section per shared client
+    in use (`vault`), as its kind reports it. Tokens a reload removes meanwhile are left out."""
+    from tokend.engine.query import OVERDUE  # noqa: PLC0415 - the daemon's side only
+
+    names, late = list(engine.jobs), now - OVERDUE
+    ready, first, total = True, True, 0
     yield f'{{"time":{_json(_iso(now))},"tokens":{{'
     for start in range(0, len(names), batch):
         entries = []
         for name in names[start : start + batch]:
             view = engine.view(name, now)
-            if view is not None:
-                token = token_status(view, now)
-                ready = ready and token["ready"]
-                entries.append(f"{_json(name)}:{_json(token)}")
+            if view is None:
+                continue
+            total += 1
+            ready = ready and view.ready
+            if not problems or view.needs_attention(late):
+                entries.append(f"{_json(name)}:{_json(token_status(view, now))}")
         if entries:
             yield ("" if first else ",") + ",".join(entries)
             first = False
-    yield f'}},"ready":{_json(ready)}'
+    shown = "problems" if problems else "all"
+    yield f'}},"ready":{_json(ready)},"tokens_shown":"{shown}","tokens_total":{total}'
     for kind, client in resources.in_use() if resources is not None else ():
         if kind.status is not None:
             yield f",{_json(kind.section)}:{_json(kind.status(client, now))}"
@@ -56,10 +67,11 @@ def status_pieces(
 
 
 def engine_status(
-    engine: Engine, now: datetime, resources: Resources | None = None
+    engine: Engine, now: datetime, resources: Resources | None = None, *, problems: bool = False
 ) -> dict[str, Any]:
     """The whole `/status` document at once (what the listener serves in pieces)."""
-    document: dict[str, Any] = json.loads("".join(status_pieces(engine, now, resources)))
+    pieces = status_pieces(engine, now, resources, problems=problems)
+    document: dict[str, Any] = json.loads("".join(pieces))
     return document
 
 
@@ -138,12 +150,14 @@ def listener_url(config: str | None) -> str:
     return f"http://{listen}"
 
 
+PROBLEMS_QUERY = "?tokens=problems"
+"""`/status` with only the tokens that need attention."""
 STATUS_LIMIT = 512 << 20
 """The most of `/status` that `tokend status` reads: tokend's takes ~600 bytes a token with one
 sink (~60 MB at 100,000 tokens); what is larger is not tokend's."""
 
 
-def fetch_status(url: str) -> dict[str, Any]:
+def fetch_status(url: str, *, problems: bool = False) -> dict[str, Any]:
     """tokend's `/status` at `url` (its listener's base URL), with the standard library only, so
     `tokend status` starts in a blink. Raises `StatusUnavailable`."""
     host = urllib.parse.urlsplit(url).hostname or ""
@@ -151,7 +165,8 @@ def fetch_status(url: str) -> dict[str, Any]:
     if is_loopback(host):
         handlers.append(urllib.request.ProxyHandler({}))  # loopback never through a proxy
     request = urllib.request.Request(  # noqa: S310 - the scheme is checked by the caller
-        f"{url.rstrip('/')}/status", headers={"User-Agent": USER_AGENT}
+        f"{url.rstrip('/')}/status{PROBLEMS_QUERY if problems else ''}",
+        headers={"User-Agent": USER_AGENT},
     )
     try:
         with urllib.request.build_opener(*handlers).open(request, timeout=5) as response:
@@ -186,6 +201,8 @@ def is_status(document: Any) -> bool:
         return False
     if not isinstance(document.get("time"), str) or not isinstance(document.get("ready"), bool):
         return False
+    if document.get("tokens_shown") == "problems" and type(document.get("tokens_total")) is not int:
+        return False
     return all(
         isinstance(token, dict) and token.keys() >= _TOKEN_KEYS and isinstance(token["sinks"], dict)
         for token in document["tokens"].values()
@@ -196,7 +213,26 @@ _TOKEN_KEYS = {"state", "expires_at", "next_refresh", "consecutive_failures", "l
 
 
 def render_table(status: dict[str, Any]) -> str:
-    """`tokend status` output: one line per token, one indented line per sink."""
+    """`tokend status` output: one line per token, one indented line per sink; then, if only
+    the tokens that need attention were asked for, how many of all they are."""
+    problems_only = status.get("tokens_shown") == "problems"
+    lines = _token_lines(status) if status["tokens"] or not problems_only else []
+    for key, section in status.items():
+        if isinstance(section, dict) and isinstance(section.get("summary"), str):
+            lines.append(f"{key} {section['summary']}")
+    if problems_only:
+        shown, total = len(status["tokens"]), status["tokens_total"]
+        lines.append(f"tokens that need attention: {shown} of {total}")
+    lines.append(
+        "ready"
+        if status["ready"]
+        else "NOT READY: some token is not valid in every sink that readiness waits for"
+    )
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _token_lines(status: dict[str, Any]) -> list[str]:
+    """The table: a header, a line per token and an indented line per sink."""
     now = datetime.fromisoformat(status["time"])
     rows = [("TOKEN", "STATE", "EXPIRES IN", "NEXT TRY", "FAILURES", "LAST ERROR")]
     sink_lines: dict[str, list[str]] = {}
@@ -221,15 +257,7 @@ def render_table(status: dict[str, Any]) -> str:
             + row[5]
         )
         lines += [f"    {line}" for line in sink_lines.get(row[0], [])]
-    for key, section in status.items():
-        if isinstance(section, dict) and isinstance(section.get("summary"), str):
-            lines.append(f"{key} {section['summary']}")
-    lines.append(
-        "ready"
-        if status["ready"]
-        else "NOT READY: some token is not valid in every sink that readiness waits for"
-    )
-    return "\n".join(line.rstrip() for line in lines)
+    return lines
 
 
 def _sink_line(name: str, sink: dict[str, Any], now: datetime) -> str:

@@ -39,9 +39,11 @@ def create_app(
         return PlainTextResponse("not ready: " + ", ".join(waiting) + "\n", status_code=503)
 
     async def status(request: Request) -> Response:
-        return StreamingResponse(
-            _yielding(status_pieces(engine, clock.now(), resources)), media_type="application/json"
-        )
+        shown = request.query_params.get("tokens", "all")
+        if shown not in ("all", "problems"):
+            return PlainTextResponse("tokens must be all or problems\n", status_code=400)
+        pieces = status_pieces(engine, clock.now(), resources, problems=shown == "problems")
+        return StreamingResponse(_yielding(pieces), media_type="application/json")
 
     return Starlette(
         routes=[

@@ -1,13 +1,16 @@
 """`/status` at scale: served in pieces of `STATUS_BATCH` tokens with the event loop handed back
 between them (100,000 tokens in one go held refreshes, `/healthz` and `/readyz` up for seconds
 and built the whole document in memory); tokens a reload removes while it is taken are left out
-and the JSON stays whole; `tokend status` reads a document of any size tokend makes."""
+and the JSON stays whole; `tokend status` reads a document of any size tokend makes; and
+`?tokens=problems` (`tokend status --problems`) shows only the tokens that need attention."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
 import json
+import signal
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,19 +20,32 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from tests.conftest import entra_identity
+from tests.conftest import entra_identity, write_config
+from tests.support import idp as faults
 from tests.support.asgi import asgi_get
 from tests.support.harness import harness
 from tests.support.idp import CLIENT_SECRET, FakeIdp
-from tests.support.servers import serve
+from tests.support.processes import start_tokend, tokend, wait_for
+from tests.support.servers import free_port, serve
 from tokend import status as status_module
 from tokend.config import Config, validate_config
+from tokend.engine.query import OVERDUE
 from tokend.metrics import Metrics
-from tokend.status import STATUS_BATCH, StatusUnavailable, fetch_status, status_pieces
+from tokend.status import (
+    STATUS_BATCH,
+    StatusUnavailable,
+    engine_status,
+    fetch_status,
+    is_status,
+    render_table,
+    status_pieces,
+)
 from tokend.status_app import create_app
 
 
-def _config(idp: FakeIdp, tmp_path: Path, names: list[str]) -> Config:
+def _config(idp: FakeIdp, tmp_path: Path, names: list[str], **tokens: dict[str, Any]) -> Config:
+    """A token per name with a file sink; `tokens`: more, as given."""
+
     def token(name: str) -> dict[str, Any]:
         sinks = [{"type": "file", "path": str(tmp_path / f"{name}.token")}]
         return {"identity": "app", "resource": f"https://{name}.example", "sinks": sinks}
@@ -37,7 +53,9 @@ def _config(idp: FakeIdp, tmp_path: Path, names: list[str]) -> Config:
     return validate_config(
         {
             "identities": {"app": entra_identity(idp, CLIENT_SECRET)},
-            "tokens": {name: token(name) for name in names},
+            "tokens": {name: token(name) for name in names} | tokens,
+            "defaults": {"startup_spread": 0},
+            "endpoint": {"header_secret": "x-secret"},
         }
     )
 
@@ -130,3 +148,127 @@ def test_a_status_beyond_the_limit_is_one_clear_line(monkeypatch: pytest.MonkeyP
     with serve(_serving(_tokend_status(5_000))) as url, pytest.raises(StatusUnavailable) as caught:
         fetch_status(url)  # ~1.5 MB
     assert str(caught.value) == "/status is larger than 1 MiB"
+
+
+def _with_problems(idp: FakeIdp, tmp_path: Path) -> Config:
+    """`fine`; `refused` (the provider refuses its resource); `unwritable` (its only sink
+    fails); `lazy` (on demand, nobody asked: never a problem)."""
+    idp.policy = lambda request: (
+        faults.entra_error(400, "invalid_resource", 500011)
+        if request.form.get("resource") == "https://refused.example"
+        else None
+    )
+    unwritable = {
+        "identity": "app",
+        "resource": "https://unwritable.example",
+        "sinks": [{"type": "file", "path": "/proc/self/nothing"}],
+    }
+    lazy = {
+        "identity": "app",
+        "resource": "https://lazy.example",
+        "on_demand": True,
+        "sinks": [{"type": "file", "path": str(tmp_path / "lazy.token")}],
+    }
+    return _config(idp, tmp_path, ["fine", "refused"], unwritable=unwritable, lazy=lazy)
+
+
+def test_only_the_tokens_that_need_attention_as_metrics_picks_them(
+    idp: FakeIdp, tmp_path: Path
+) -> None:
+    async def scenario() -> None:
+        async with harness(_with_problems(idp, tmp_path)) as running:
+            await running.start()
+            await running.run_for(timedelta(seconds=5))
+            engine, now = running.engine, running.clock.now()
+            app = create_app(engine, Metrics(running.clock), running.clock)
+            status, body = await asgi_get(app, "/status?tokens=problems")
+            assert status == 200
+            problems = json.loads(body)
+            assert list(problems["tokens"]) == ["refused", "unwritable"]
+            assert set(problems["tokens"]) == set(engine.census(now, now - OVERDUE).attention)
+            assert problems["tokens"]["refused"]["state"] == "failing"
+            assert problems["tokens"]["unwritable"]["state"] == "sink_failing"
+            assert problems["ready"] is False  # over every token, not only those shown
+            assert (problems["tokens_shown"], problems["tokens_total"]) == ("problems", 4)
+            every = json.loads((await asgi_get(app, "/status"))[1])
+            assert list(every["tokens"]) == ["fine", "refused", "unwritable", "lazy"]
+            assert (every["tokens_shown"], every["tokens_total"]) == ("all", 4)
+            assert every["tokens"]["refused"] == problems["tokens"]["refused"]
+            table = render_table(problems).splitlines()
+            assert [line.split()[0] for line in table[1:4:2]] == ["refused", "unwritable"]
+            assert table[-2:] == [
+                "tokens that need attention: 2 of 4",
+                "NOT READY: some token is not valid in every sink that readiness waits for",
+            ]
+
+    asyncio.run(scenario())
+
+
+def test_no_problems_is_one_line_and_ready(idp: FakeIdp, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with harness(_config(idp, tmp_path, ["a", "b"])) as running:
+            await running.start()
+            await running.run_for(timedelta(seconds=5))
+            problems = engine_status(running.engine, running.clock.now(), problems=True)
+            assert problems["tokens"] == {} and problems["ready"] is True
+            assert render_table(problems).splitlines() == [
+                "tokens that need attention: 0 of 2",
+                "ready",
+            ]
+
+    asyncio.run(scenario())
+
+
+def test_an_unknown_tokens_filter_is_a_clear_400(idp: FakeIdp, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with harness(_config(idp, tmp_path, ["a"])) as running:
+            app = create_app(running.engine, Metrics(running.clock), running.clock)
+            answer = await asgi_get(app, "/status?tokens=failing")
+            assert answer == (400, b"tokens must be all or problems\n")
+
+    asyncio.run(scenario())
+
+
+def test_a_problems_status_without_its_total_is_not_tokend_s() -> None:
+    document = _tokend_status(1) | {"ready": True, "tokens_shown": "problems"}
+    assert not is_status(document)
+    assert not is_status(document | {"tokens_total": "2"})
+    assert is_status(document | {"tokens_total": 2})
+
+
+def test_tokend_status_problems_against_a_running_daemon(idp: FakeIdp, tmp_path: Path) -> None:
+    config = _with_problems(idp, tmp_path)  # sets the provider's refusal
+    port = free_port()
+    document = {
+        "identities": {"app": entra_identity(idp, CLIENT_SECRET)},
+        "tokens": {
+            name: {
+                "identity": "app",
+                "resource": f"https://{name}.example",
+                "sinks": [{"type": "file", "path": str(tmp_path / f"{name}.token")}],
+            }
+            for name in ("fine", "refused")
+        },
+        "listen": f"127.0.0.1:{port}",
+    }
+    assert set(config.tokens) > set(document["tokens"])
+    process = start_tokend("run", "-c", str(write_config(tmp_path / "c.yaml", document)))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for((tmp_path / "fine.token").exists, what="the fine token")
+        result = wait_for(
+            lambda: (shown := tokend("status", "--problems", "--url", url)).stdout and shown,
+            what="tokend status to answer",
+        )
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(20)
+    lines = result.stdout.splitlines()
+    assert result.returncode == 1, result.stderr  # not ready: `refused` has no token
+    assert lines[0].split()[:2] == ["TOKEN", "STATE"]
+    assert lines[1].split()[:2] == ["refused", "failing"]
+    assert "fine" not in result.stdout
+    assert lines[-2:] == [
+        "tokens that need attention: 1 of 2",
+        "NOT READY: some token is not valid in every sink that readiness waits for",
+    ]

@@ -10,15 +10,16 @@ from typing import Any
 async def asgi_get(
     app: Any, path: str, on_piece: Callable[[bytes], None] | None = None
 ) -> tuple[int, bytes]:
-    """The status and body of GET `path`; `on_piece` sees each piece of the body as it is sent.
+    """The status and body of GET `path` (with its query, if any); `on_piece` sees each piece of the body as it is sent.
     The client stays connected until the answer is whole, as a real one does: after the
     request, `receive` waits (a streamed answer listens for a disconnect meanwhile)."""
+    path, _, query = path.partition("?")
     scope = {
         "type": "http",
         "method": "GET",
         "path": path,
         "raw_path": path.encode(),
-        "query_string": b"",
+        "query_string": query.encode(),
         "headers": [],
         "scheme": "http",
         "server": ("127.0.0.1", 9464),

@@ -7,8 +7,7 @@ from typing import Any
 
 import pytest
 
-from tokend.engine.query import needs_attention
-from tokend.metrics import LATE
+from tokend.engine.query import OVERDUE, needs_attention
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -20,7 +19,7 @@ def _attention(**changes: Any) -> bool:
         "sink_failing": False,
         "next_refresh": NOW + timedelta(minutes=50),
     }
-    return needs_attention(**(token | changes), late=NOW - LATE)
+    return needs_attention(**(token | changes), late=NOW - OVERDUE)
 
 
 @pytest.mark.parametrize(
@@ -28,8 +27,8 @@ def _attention(**changes: Any) -> bool:
     [
         ({}, False),
         ({"next_refresh": None}, False),
-        ({"next_refresh": NOW - LATE + timedelta(seconds=1)}, False),  # due, not a minute late
-        ({"next_refresh": NOW - LATE - timedelta(seconds=1)}, True),
+        ({"next_refresh": NOW - OVERDUE + timedelta(seconds=1)}, False),  # due, not a minute late
+        ({"next_refresh": NOW - OVERDUE - timedelta(seconds=1)}, True),
         ({"valid": False}, True),  # never acquired, or expired
         ({"failures": 1}, True),
         ({"sink_failing": True}, True),

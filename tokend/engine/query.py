@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from tokend.engine.outcome import Phase
@@ -78,6 +78,16 @@ class TokenView:
     def expires_at(self) -> datetime | None:
         return self.token.expires_at if self.token is not None else None
 
+    def needs_attention(self, late: datetime) -> bool:
+        """As the census counts it (`needs_attention`); never a dormant or standby token."""
+        return not (self.dormant or self.standby) and needs_attention(
+            valid=self.valid,
+            failures=self.failures,
+            sink_failing=any(sink.failures > 0 and not sink.standby for sink in self.sinks),
+            next_refresh=self.next_refresh,
+            late=late,
+        )
+
 
 def view_of(
     job: TokenJob, now: datetime, *, dormant: bool = False, standby: bool = False
@@ -140,6 +150,11 @@ def _sink_view(slot: SinkSlot, now: datetime) -> SinkView:
         notifications=dict(getattr(slot.observer, "results", {})) if slot.observer else None,
         standby=slot.standby,
     )
+
+
+OVERDUE = timedelta(seconds=60)
+"""A token whose planned refresh is this far in the past needs attention (as the alert
+TokendTokenRefreshStuck reads it)."""
 
 
 def needs_attention(
