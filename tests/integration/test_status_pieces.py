@@ -43,20 +43,34 @@ from tokend.status import (
 from tokend.status_app import create_app
 
 
-def _config(idp: FakeIdp, tmp_path: Path, names: list[str], **tokens: dict[str, Any]) -> Config:
+def _document(
+    idp: FakeIdp, tmp_path: Path, names: list[str], **tokens: dict[str, Any]
+) -> dict[str, Any]:
     """A token per name with a file sink; `tokens`: more, as given."""
 
     def token(name: str) -> dict[str, Any]:
         sinks = [{"type": "file", "path": str(tmp_path / f"{name}.token")}]
         return {"identity": "app", "resource": f"https://{name}.example", "sinks": sinks}
 
-    return validate_config(
-        {
-            "identities": {"app": entra_identity(idp, CLIENT_SECRET)},
-            "tokens": {name: token(name) for name in names} | tokens,
-            "defaults": {"startup_spread": 0},
-            "endpoint": {"header_secret": "x-secret"},
-        }
+    return {
+        "identities": {"app": entra_identity(idp, CLIENT_SECRET)},
+        "tokens": {name: token(name) for name in names} | tokens,
+        "defaults": {"startup_spread": 0},
+    }
+
+
+def _config(idp: FakeIdp, tmp_path: Path, names: list[str], **tokens: dict[str, Any]) -> Config:
+    """`_document` with the local endpoint on (an on-demand token needs what asks for it)."""
+    endpoint = {"endpoint": {"header_secret": "x-secret"}}
+    return validate_config(_document(idp, tmp_path, names, **tokens) | endpoint)
+
+
+def _refuse(idp: FakeIdp, name: str) -> None:
+    """The provider refuses token `name`'s resource from now on."""
+    idp.policy = lambda request: (
+        faults.entra_error(400, "invalid_resource", 500011)
+        if request.form.get("resource") == f"https://{name}.example"
+        else None
     )
 
 
@@ -153,11 +167,7 @@ def test_a_status_beyond_the_limit_is_one_clear_line(monkeypatch: pytest.MonkeyP
 def _with_problems(idp: FakeIdp, tmp_path: Path) -> Config:
     """`fine`; `refused` (the provider refuses its resource); `unwritable` (its only sink
     fails); `lazy` (on demand, nobody asked: never a problem)."""
-    idp.policy = lambda request: (
-        faults.entra_error(400, "invalid_resource", 500011)
-        if request.form.get("resource") == "https://refused.example"
-        else None
-    )
+    _refuse(idp, "refused")
     unwritable = {
         "identity": "app",
         "resource": "https://unwritable.example",
@@ -237,21 +247,9 @@ def test_a_problems_status_without_its_total_is_not_tokend_s() -> None:
 
 
 def test_tokend_status_problems_against_a_running_daemon(idp: FakeIdp, tmp_path: Path) -> None:
-    config = _with_problems(idp, tmp_path)  # sets the provider's refusal
+    _refuse(idp, "refused")
     port = free_port()
-    document = {
-        "identities": {"app": entra_identity(idp, CLIENT_SECRET)},
-        "tokens": {
-            name: {
-                "identity": "app",
-                "resource": f"https://{name}.example",
-                "sinks": [{"type": "file", "path": str(tmp_path / f"{name}.token")}],
-            }
-            for name in ("fine", "refused")
-        },
-        "listen": f"127.0.0.1:{port}",
-    }
-    assert set(config.tokens) > set(document["tokens"])
+    document = _document(idp, tmp_path, ["fine", "refused"]) | {"listen": f"127.0.0.1:{port}"}
     process = start_tokend("run", "-c", str(write_config(tmp_path / "c.yaml", document)))
     url = f"http://127.0.0.1:{port}"
     try:
