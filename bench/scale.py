@@ -13,7 +13,8 @@ One run, in phases, against the fast local provider (`fastidp.py --spread`):
    bench/scheduling.py does; then RSS again (every token has been replaced once or twice, and
    what replaced it is not in the frozen heap: the steady state a long-running daemon lives in);
 6. `/status`: time and size of three, the slowest `/healthz` answer meanwhile (polled from a
-   thread: what a liveness probe would see), RSS after (with its peak);
+   thread: what a liveness probe would see), RSS after (with its peak); the same for
+   `/status?tokens=problems`;
 7. `/metrics` with `metrics.per_token: all` last, time, size and the peak RSS it leaves (over
    twice the daemon's own at 100,000 tokens: measured last, so that nothing before it carries
    what its 1.1 million series left behind).
@@ -208,20 +209,22 @@ def scrape(base: str, pid: int, mode: str) -> None:
 
 def status(base: str, pid: int) -> None:
     """Three `/status` requests with `/healthz` asked meanwhile: median wall time, size, the
-    slowest probe answer, and the daemon's RSS after them (with its peak)."""
-    times, size = [], 0
-    probes = Poller(f"{base}/healthz", every=0.01)
-    for _ in range(3):
-        started = time.perf_counter()
-        size = len(httpx2.get(f"{base}/status", timeout=300).content)
-        times.append(time.perf_counter() - started)
-    probes.stop()
-    rss, peak = memory_mb(pid)
-    print(
-        f"/status: {sorted(times)[1]:.3f}s median of 3, {size / 2**20:.2f} MB; /healthz "
-        f"meanwhile: slowest {max(probes.times) * 1000:.0f} ms of {len(probes.times)}; "
-        f"RSS after {rss:.1f} MB (peak {peak:.1f} MB)  [{loadavg()}]"
-    )
+    slowest probe answer, and the daemon's RSS after them (with its peak); then the same for
+    `/status?tokens=problems` (`tokend status --problems`)."""
+    for query in ("", "?tokens=problems"):
+        times, size = [], 0
+        probes = Poller(f"{base}/healthz", every=0.01)
+        for _ in range(3):
+            started = time.perf_counter()
+            size = len(httpx2.get(f"{base}/status{query}", timeout=300).content)
+            times.append(time.perf_counter() - started)
+        probes.stop()
+        rss, peak = memory_mb(pid)
+        print(
+            f"/status{query}: {sorted(times)[1]:.3f}s median of 3, {size / 2**20:.2f} MB; "
+            f"/healthz meanwhile: slowest {max(probes.times) * 1000:.0f} ms of "
+            f"{len(probes.times)}; RSS after {rss:.1f} MB (peak {peak:.1f} MB)  [{loadavg()}]"
+        )
 
 
 class Poller:

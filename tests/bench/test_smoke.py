@@ -82,7 +82,7 @@ def bench(script: str, *args: str) -> str:
             r"lateness p50 [\d.]+ ms\s+p99 [\d.]+ ms[\s\S]*"
             r"after the refresh phase: RSS [\d.]+ MB \(peak [\d.]+ MB\)\n"
             r"/status: [\d.]+s median of 3, [\d.]+ MB; /healthz meanwhile: slowest \d+ ms of \d+;"
-            r".*\n/metrics per_token=all: .*RSS after [\d.]+ MB",
+            r".*\n/status\?tokens=problems: [\d.]+s .*\n/metrics per_token=all: .*RSS after [\d.]+ MB",
         ),
         (
             "consumer_read.py",
