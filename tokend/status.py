@@ -39,7 +39,9 @@ def status_pieces(
     """`/status` as JSON text in pieces of `batch` tokens: per token (as `token_status` says;
     with `problems`, only those that need attention, as `metrics.per_token: problems` picks
     them), then whether all are ready and how many there are, then a section per shared client
-    in use (`vault`), as its kind reports it. Tokens a reload removes meanwhile are left out."""
+    in use (`vault`), as its kind reports it. Tokens a reload removes meanwhile are left out.
+    Every batch is a piece, empty if it shows no token: the listener hands the event loop back
+    after each piece, however few tokens are shown."""
     from tokend.engine.query import OVERDUE  # noqa: PLC0415 - the daemon's side only
 
     names, late = list(engine.jobs), now - OVERDUE
@@ -55,9 +57,8 @@ def status_pieces(
             ready = ready and view.ready
             if not problems or view.needs_attention(late):
                 entries.append(f"{_json(name)}:{_json(token_status(view, now))}")
-        if entries:
-            yield ("" if first else ",") + ",".join(entries)
-            first = False
+        yield ("" if first or not entries else ",") + ",".join(entries)
+        first = first and not entries
     shown = "problems" if problems else "all"
     yield f'}},"ready":{_json(ready)},"tokens_shown":"{shown}","tokens_total":{total}'
     for kind, client in resources.in_use() if resources is not None else ():

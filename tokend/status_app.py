@@ -56,8 +56,9 @@ def create_app(
 
 
 async def _yielding(pieces: Iterator[str]) -> AsyncIterator[str]:
-    """`pieces`, handing the event loop back after each: refreshes and probes go on while a
-    large `/status` is taken."""
+    """`pieces` (the empty ones not sent), handing the event loop back after each: refreshes
+    and probes go on while a large `/status` is taken."""
     for piece in pieces:
-        yield piece
+        if piece:
+            yield piece
         await asyncio.sleep(0)

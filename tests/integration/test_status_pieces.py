@@ -10,7 +10,7 @@ import asyncio
 import itertools
 import json
 import signal
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from tests.support.processes import start_tokend, tokend, wait_for
 from tests.support.servers import free_port, serve
 from tokend import status as status_module
 from tokend.config import Config, validate_config
+from tokend.engine import TokenView
 from tokend.engine.query import OVERDUE
 from tokend.metrics import Metrics
 from tokend.status import (
@@ -44,13 +45,19 @@ from tokend.status_app import create_app
 
 
 def _document(
-    idp: FakeIdp, tmp_path: Path, names: list[str], **tokens: dict[str, Any]
+    idp: FakeIdp,
+    tmp_path: Path,
+    names: list[str],
+    *,
+    on_demand: bool = False,
+    **tokens: dict[str, Any],
 ) -> dict[str, Any]:
     """A token per name with a file sink; `tokens`: more, as given."""
 
     def token(name: str) -> dict[str, Any]:
         sinks = [{"type": "file", "path": str(tmp_path / f"{name}.token")}]
-        return {"identity": "app", "resource": f"https://{name}.example", "sinks": sinks}
+        resource = f"https://{name}.example"
+        return {"identity": "app", "resource": resource, "sinks": sinks, "on_demand": on_demand}
 
     return {
         "identities": {"app": entra_identity(idp, CLIENT_SECRET)},
@@ -59,10 +66,13 @@ def _document(
     }
 
 
-def _config(idp: FakeIdp, tmp_path: Path, names: list[str], **tokens: dict[str, Any]) -> Config:
+def _config(
+    idp: FakeIdp, tmp_path: Path, names: list[str], *, on_demand: bool = False, **tokens: Any
+) -> Config:
     """`_document` with the local endpoint on (an on-demand token needs what asks for it)."""
     endpoint = {"endpoint": {"header_secret": "x-secret"}}
-    return validate_config(_document(idp, tmp_path, names, **tokens) | endpoint)
+    document = _document(idp, tmp_path, names, on_demand=on_demand, **tokens)
+    return validate_config(document | endpoint)
 
 
 def _refuse(idp: FakeIdp, name: str) -> None:
@@ -74,13 +84,34 @@ def _refuse(idp: FakeIdp, name: str) -> None:
     )
 
 
-def test_the_event_loop_runs_between_the_pieces_of_status(idp: FakeIdp, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("query", "on_demand", "shown"),
+    [
+        ("", False, 2 * STATUS_BATCH + 1),
+        # dormant tokens never need attention: no batch has anything to send, and the event
+        # loop must be handed back between them all the same
+        ("?tokens=problems", True, 0),
+    ],
+)
+def test_the_event_loop_runs_between_batches_of_status(
+    idp: FakeIdp, tmp_path: Path, query: str, on_demand: bool, shown: int
+) -> None:
     names = [f"t{index}" for index in range(2 * STATUS_BATCH + 1)]
 
     async def scenario() -> None:
-        async with harness(_config(idp, tmp_path, names)) as running:
-            app = create_app(running.engine, Metrics(running.clock), running.clock)
+        config = _config(idp, tmp_path, names, on_demand=on_demand)
+        async with harness(config) as running:
+            await running.start()  # nothing acquired yet: the virtual scheduler has not run
+            engine = running.engine
+            app = create_app(engine, Metrics(running.clock), running.clock)
             events: list[str] = []
+            view = engine.view
+
+            def recorded_view(name: str, now: datetime) -> TokenView | None:
+                events.append("view")
+                return view(name, now)
+
+            engine.view = recorded_view  # type: ignore[method-assign]
 
             async def other_work() -> None:  # a refresh or a probe waiting for its turn
                 while True:
@@ -89,15 +120,13 @@ def test_the_event_loop_runs_between_the_pieces_of_status(idp: FakeIdp, tmp_path
 
             other = asyncio.create_task(other_work())
             await asyncio.sleep(0)
-            _, body = await asgi_get(app, "/status", lambda piece: events.append("piece"))
+            _, body = await asgi_get(app, f"/status{query}")
             other.cancel()
             document = json.loads(body)
-            assert list(document["tokens"]) == names
-            assert document["ready"] is False  # nothing acquired: every token is pending
-            assert {token["state"] for token in document["tokens"].values()} == {"pending"}
-            pieces = [index for index, event in enumerate(events) if event == "piece"]
-            assert len(pieces) == 3 + 3  # the head, three batches, `ready`, the end
-            assert all(second - first > 1 for first, second in itertools.pairwise(pieces))
+            assert len(document["tokens"]) == shown and document["tokens_total"] == len(names)
+            runs = [len(list(run)) for event, run in itertools.groupby(events) if event == "view"]
+            assert sum(runs) == len(names)
+            assert max(runs) <= STATUS_BATCH  # never more than a batch without the others
 
     asyncio.run(scenario())
 
