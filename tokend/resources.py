@@ -148,12 +148,10 @@ class Resources:
 
     def in_use(self) -> list[tuple[ResourceKind[Any, Any], Any]]:
         """The clients the current config uses, with their kinds (for `/status` and
-        `/metrics`, which only read them)."""
-        return [
-            (RESOURCES[key[0]], client)
-            for key, client in self._clients.items()
-            if key in self._in_use
-        ]
+        `/metrics`, which only read them; `/metrics` from a worker thread, so the clients are
+        listed at once, before a reload on the event loop can add one)."""
+        clients = list(self._clients.items())
+        return [(RESOURCES[key[0]], client) for key, client in clients if key in self._in_use]
 
     def check(self) -> dict[str, list[str]]:
         """What each client in use finds wrong by trying (`tokend check`), by config section."""

@@ -26,7 +26,10 @@ def create_app(
     engine: Engine, metrics: Metrics, clock: Clock, resources: Resources | None = None
 ) -> Starlette:
     async def metrics_endpoint(request: Request) -> Response:
-        return Response(metrics.render(), media_type=_PROMETHEUS_TEXT)
+        # Off the event loop: with a series per token, 20,000 tokens take seconds to render,
+        # and refreshes and probes must not wait for them. Collectors only read.
+        body = await asyncio.to_thread(metrics.render)
+        return Response(body, media_type=_PROMETHEUS_TEXT)
 
     async def healthz(request: Request) -> Response:
         return PlainTextResponse("ok\n")
