@@ -4,7 +4,8 @@ One run, in phases, against the fast local provider (`fastidp.py --spread`):
 1. config load: `tokend.configfile.load_config` in this process, and `tokend check` on the file;
 2. `tokend run` settles (`/readyz`): time, RSS (VmRSS, VmHWM), then CPU over an idle window
    (nothing is due until the refresh phase begins);
-3. `/metrics`: time and size of a scrape, `metrics.per_token: problems`;
+3. `/metrics`: time and size of a scrape, `metrics.per_token: problems`, and the slowest
+   `/healthz` answer meanwhile (as in 6);
 4. SIGHUP with the config unchanged: time from the signal to the `reloaded:` log line, and the
    provider's token requests before and after (none may be made), and RSS after it;
 5. refreshes: the provider hands out lifetimes that make refreshes fall uniformly at `--rate`
@@ -192,18 +193,21 @@ def wait_ready(base: str, process: subprocess.Popen[bytes], every: float) -> Non
 
 
 def scrape(base: str, pid: int, mode: str) -> None:
-    """Three scrapes: median wall time, the daemon's CPU for them, the size, and the daemon's
-    RSS after them (with its peak)."""
+    """Three scrapes with `/healthz` asked meanwhile: median wall time, the daemon's CPU for
+    them, the size, the slowest probe answer, and the daemon's RSS after them (with its peak)."""
     times, cpu, size = [], process_cpu(pid), 0
+    probes = Poller(f"{base}/healthz", every=0.01)
     for _ in range(3):
         started = time.perf_counter()
         size = len(httpx2.get(f"{base}/metrics", timeout=300).content)
         times.append(time.perf_counter() - started)
+    probes.stop()
     cpu = (process_cpu(pid) - cpu) / 3
     rss, peak = memory_mb(pid)
     print(
         f"/metrics per_token={mode}: {sorted(times)[1]:.3f}s median of 3, {cpu:.3f}s CPU each, "
-        f"{size / 2**20:.2f} MB; RSS after {rss:.1f} MB (peak {peak:.1f} MB)  [{loadavg()}]"
+        f"{size / 2**20:.2f} MB; /healthz meanwhile: slowest {max(probes.times) * 1000:.0f} ms; "
+        f"RSS after {rss:.1f} MB (peak {peak:.1f} MB)  [{loadavg()}]"
     )
 
 
