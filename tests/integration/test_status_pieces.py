@@ -283,9 +283,12 @@ def test_tokend_status_problems_against_a_running_daemon(idp: FakeIdp, tmp_path:
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for((tmp_path / "fine.token").exists, what="the fine token")
-        result = wait_for(
-            lambda: (shown := tokend("status", "--problems", "--url", url)).stdout and shown,
-            what="tokend status to answer",
+        result = wait_for(  # until the refusal has come back: the token is failing
+            lambda: (
+                "failing" in (shown := tokend("status", "--problems", "--url", url)).stdout
+                and shown
+            ),
+            what="tokend status to show the failing token",
         )
     finally:
         process.send_signal(signal.SIGTERM)
