@@ -40,6 +40,7 @@ import tempfile
 import threading
 import time
 from array import array
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx2
@@ -195,40 +196,48 @@ def wait_ready(base: str, process: subprocess.Popen[bytes], every: float) -> Non
 def scrape(base: str, pid: int, mode: str) -> None:
     """Three scrapes with `/healthz` asked meanwhile: median wall time, the daemon's CPU for
     them, the size, the slowest probe answer, and the daemon's RSS after them (with its peak)."""
-    times, cpu, size = [], process_cpu(pid), 0
-    probes = Poller(f"{base}/healthz", every=0.01)
-    for _ in range(3):
-        started = time.perf_counter()
-        size = len(httpx2.get(f"{base}/metrics", timeout=300).content)
-        times.append(time.perf_counter() - started)
-    probes.stop()
+    cpu = process_cpu(pid)
+    answers = three_gets(base, "/metrics")
     cpu = (process_cpu(pid) - cpu) / 3
-    rss, peak = memory_mb(pid)
     print(
-        f"/metrics per_token={mode}: {sorted(times)[1]:.3f}s median of 3, {cpu:.3f}s CPU each, "
-        f"{size / 2**20:.2f} MB; /healthz meanwhile: slowest {max(probes.times) * 1000:.0f} ms; "
-        f"RSS after {rss:.1f} MB (peak {peak:.1f} MB)  [{loadavg()}]"
+        f"/metrics per_token={mode}: {answers.median:.3f}s median of 3, {cpu:.3f}s CPU each, "
+        f"{answers.describe(pid)}"
     )
 
 
 def status(base: str, pid: int) -> None:
-    """Three `/status` requests with `/healthz` asked meanwhile: median wall time, size, the
-    slowest probe answer, and the daemon's RSS after them (with its peak); then the same for
-    `/status?tokens=problems` (`tokend status --problems`)."""
+    """The same for `/status`, then for `/status?tokens=problems` (`tokend status --problems`)."""
     for query in ("", "?tokens=problems"):
-        times, size = [], 0
-        probes = Poller(f"{base}/healthz", every=0.01)
-        for _ in range(3):
-            started = time.perf_counter()
-            size = len(httpx2.get(f"{base}/status{query}", timeout=300).content)
-            times.append(time.perf_counter() - started)
-        probes.stop()
+        answers = three_gets(base, f"/status{query}")
+        print(f"/status{query}: {answers.median:.3f}s median of 3, {answers.describe(pid)}")
+
+
+@dataclass(frozen=True)
+class Answers:
+    median: float
+    size: int
+    probes: list[float]
+    """How long each `/healthz` asked meanwhile took to answer."""
+
+    def describe(self, pid: int) -> str:
         rss, peak = memory_mb(pid)
-        print(
-            f"/status{query}: {sorted(times)[1]:.3f}s median of 3, {size / 2**20:.2f} MB; "
-            f"/healthz meanwhile: slowest {max(probes.times) * 1000:.0f} ms of "
-            f"{len(probes.times)}; RSS after {rss:.1f} MB (peak {peak:.1f} MB)  [{loadavg()}]"
+        return (
+            f"{self.size / 2**20:.2f} MB; /healthz meanwhile: slowest "
+            f"{max(self.probes) * 1000:.0f} ms of {len(self.probes)}; "
+            f"RSS after {rss:.1f} MB (peak {peak:.1f} MB)  [{loadavg()}]"
         )
+
+
+def three_gets(base: str, path: str) -> Answers:
+    """GET `path` three times, one after the other, with `/healthz` asked every 10 ms meanwhile."""
+    times, size = [], 0
+    probes = Poller(f"{base}/healthz", every=0.01)
+    for _ in range(3):
+        started = time.perf_counter()
+        size = len(httpx2.get(f"{base}{path}", timeout=300).content)
+        times.append(time.perf_counter() - started)
+    probes.stop()
+    return Answers(sorted(times)[1], size, probes.times)
 
 
 class Poller:

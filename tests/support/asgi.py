@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import Any
 
 
-async def asgi_get(
-    app: Any, path: str, on_piece: Callable[[bytes], None] | None = None
-) -> tuple[int, bytes]:
-    """The status and body of GET `path` (with its query, if any); `on_piece` sees each piece of the body as it is sent.
-    The client stays connected until the answer is whole, as a real one does: after the
-    request, `receive` waits (a streamed answer listens for a disconnect meanwhile)."""
+async def asgi_get(app: Any, path: str) -> tuple[int, bytes]:
+    """The status and body of GET `path` (with its query, if any). The client stays connected
+    until the answer is whole, as a real one does: after the request, `receive` waits (a
+    streamed answer listens for a disconnect meanwhile)."""
     path, _, query = path.partition("?")
     scope = {
         "type": "http",
@@ -38,8 +35,6 @@ async def asgi_get(
 
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
-        if message["type"] == "http.response.body" and message.get("body") and on_piece:
-            on_piece(message["body"])
 
     await app(scope, receive, send)
     body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
