@@ -178,7 +178,7 @@ def _serving(document: dict[str, Any]) -> Starlette:
     return Starlette(routes=[Route("/status", status)])
 
 
-def test_tokend_status_reads_a_status_larger_than_16_mib(tmp_path: Path) -> None:
+def test_tokend_status_reads_a_status_larger_than_16_mib() -> None:
     """~60 MB at 100,000 tokens: `tokend status` once read 16 MiB and failed on the rest."""
     document = _tokend_status(80_000)  # ~24 MB
     with serve(_serving(document)) as url:
