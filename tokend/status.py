@@ -67,15 +67,6 @@ def status_pieces(
     yield "}"
 
 
-def engine_status(
-    engine: Engine, now: datetime, resources: Resources | None = None, *, problems: bool = False
-) -> dict[str, Any]:
-    """The whole `/status` document at once (what the listener serves in pieces)."""
-    pieces = status_pieces(engine, now, resources, problems=problems)
-    document: dict[str, Any] = json.loads("".join(pieces))
-    return document
-
-
 def _json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 

@@ -21,12 +21,13 @@ from pydantic import dataclasses as pydantic_dataclasses
 from tests.conftest import entra_identity
 from tests.support.harness import Harness, harness
 from tests.support.idp import CLIENT_SECRET, FakeIdp
+from tests.support.status import engine_status
 from tokend.config import validate_config
 from tokend.engine.outcome import Phase
 from tokend.metrics import Metrics
 from tokend.resources import RESOURCES, Environment, ResourceKind
 from tokend.sinks import SINKS, SinkContext, SinkOptionsBase, SinkType
-from tokend.status import engine_status, render_table
+from tokend.status import render_table
 from tokend.token import Token
 
 

@@ -12,8 +12,8 @@ from typing import Any
 from tests.conftest import entra_identity
 from tests.support.harness import harness
 from tests.support.idp import CLIENT_SECRET, FakeIdp
+from tests.support.status import engine_status
 from tokend.config import validate_config
-from tokend.status import engine_status
 
 
 def _config(idp: FakeIdp, tmp_path: Path, **lazy: Any) -> Any:

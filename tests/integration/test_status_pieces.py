@@ -27,6 +27,7 @@ from tests.support.harness import harness
 from tests.support.idp import CLIENT_SECRET, FakeIdp
 from tests.support.processes import start_tokend, tokend, wait_for
 from tests.support.servers import free_port, serve
+from tests.support.status import engine_status
 from tokend import status as status_module
 from tokend.config import Config, validate_config
 from tokend.engine import TokenView
@@ -35,7 +36,6 @@ from tokend.metrics import Metrics
 from tokend.status import (
     STATUS_BATCH,
     StatusUnavailable,
-    engine_status,
     fetch_status,
     is_status,
     render_table,

@@ -17,10 +17,11 @@ from tests.support.harness import Harness
 from tests.support.idp import FakeIdp
 from tests.support.openbao import Bao, PersistentServer
 from tests.support.processes import wait_for
+from tests.support.status import engine_status
 from tests.support.vault import H, M, config_for, run, writer_policy
 from tests.vault.test_check import role
 from tokend.metrics import Metrics
-from tokend.status import engine_status, render_table
+from tokend.status import render_table
 from tokend.vault import VAULT
 
 

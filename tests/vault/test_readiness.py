@@ -15,9 +15,10 @@ from tests.support.asgi import asgi_get
 from tests.support.harness import Harness
 from tests.support.idp import FakeIdp
 from tests.support.openbao import Bao
+from tests.support.status import engine_status
 from tests.support.vault import config_for, run
 from tokend.metrics import Metrics
-from tokend.status import engine_status, render_table
+from tokend.status import render_table
 from tokend.status_app import create_app
 
 
