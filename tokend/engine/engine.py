@@ -248,16 +248,18 @@ class Engine:
             await job.publisher.close()
 
     def is_ready(self, now: datetime) -> bool:
-        """Every token this replica runs holds a valid value and every sink has been given one."""
-        return not self.unready(now)
+        """Every token this replica runs holds a valid value and every sink has been given one.
+        Stops at the first token that is not ready (while starting, that is early)."""
+        return next(self._waiting_for(now), None) is None
 
     def unready(self, now: datetime) -> list[str]:
         """The tokens readiness waits for (`TokenView.ready` is False), without building views."""
-        return [
-            name
-            for name, job in self.jobs.items()
-            if not is_ready(job, now, dormant=name in self._dormant, standby=not self._runs(name))
-        ]
+        return list(self._waiting_for(now))
+
+    def _waiting_for(self, now: datetime) -> Iterator[str]:
+        for name, job in self.jobs.items():
+            if not is_ready(job, now, dormant=name in self._dormant, standby=not self._runs(name)):
+                yield name
 
     def query(self, now: datetime) -> Iterator[TokenView]:
         """A read-only view of every token, for metrics, status and the local endpoint."""
