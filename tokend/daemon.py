@@ -10,7 +10,6 @@ that does not load is rejected with its error lines and tokend carries on with t
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 from collections.abc import Callable
@@ -75,6 +74,7 @@ class Daemon:
         self._reloading = asyncio.Lock()
         self._reload_pending = False
         self._reload_tasks: set[asyncio.Task[bool]] = set()
+        self._first_round: asyncio.Task[None] | None = None
         self._freezing: asyncio.Task[None] | None = None
 
     def stop(self) -> None:
@@ -91,9 +91,12 @@ class Daemon:
         endpoint = asyncio.create_task(self.endpoint.serve()) if self.endpoint else None
         self.scheduler.start()
         await self.engine.start()
-        self._freezing = asyncio.create_task(self._freeze_once_settled())
-        serving = asyncio.create_task(self._serve(self.listener)) if self.listener else None
-        self.service.start()
+        self._first_round = asyncio.create_task(self._first_round_done())
+        self._freezing = asyncio.create_task(self._freeze_once_settled(self._first_round))
+        serving = None
+        if self.listener:
+            serving = asyncio.create_task(self._serve(self.listener, self._first_round))
+        self.service.start(self._first_round)
         log.info(
             "started: %d tokens, %d identities%s",
             len(self.config.tokens),
@@ -108,33 +111,35 @@ class Daemon:
             await endpoint
         return await self._shut_down(serving)
 
-    async def _serve(self, listener: HttpListener) -> None:
-        """Serve /metrics, /status and the probes once the acquisitions due at start are done,
-        or after `FIRST_ROUND_WAIT`: loading the web stack blocks the event loop for tens of
+    async def _first_round_done(self) -> None:
+        """Returns once the acquisitions due at start are done and their tokens delivered."""
+        await self.scheduler.settle()
+        await self.engine.deliveries.idle()
+
+    async def _serve(self, listener: HttpListener, first_round: asyncio.Task[None]) -> None:
+        """Serve /metrics, /status and the probes once the first round is done, or after
+        `FIRST_ROUND_WAIT`: loading the web stack blocks the event loop for tens of
         milliseconds, which the first tokens need not wait for. Probes that connect meanwhile
         wait in the bound socket's backlog."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(FIRST_ROUND_WAIT):
-                await self.scheduler.settle()
-                await self.engine.deliveries.idle()
+        await asyncio.wait({first_round}, timeout=FIRST_ROUND_WAIT)
         from tokend.status_app import create_app  # noqa: PLC0415 - see above
 
         app = create_app(self.engine, self.metrics, self.clock, self.assembly.resources)
         await listener.serve(app)
 
-    async def _freeze_once_settled(self) -> None:
-        """Once the acquisitions due at start are done and delivered, what they built lives as
-        long as the config: out of the garbage collector's way, and what start-up freed back
-        to the system (`tokend.heap`), as it is from then on every `heap.TRIM_INTERVAL`."""
-        await self.scheduler.settle()
-        await self.engine.deliveries.idle()
+    async def _freeze_once_settled(self, first_round: asyncio.Task[None]) -> None:
+        """Once the first round is done, what it built lives as long as the config: out of the
+        garbage collector's way, and what start-up freed back to the system (`tokend.heap`), as
+        it is from then on every `heap.TRIM_INTERVAL`."""
+        await asyncio.wait({first_round})
         heap.freeze_long_lived()
         heap.keep_releasing_free_memory(self.scheduler, self.clock)
 
     async def _shut_down(self, serving: asyncio.Task[None] | None) -> int:
         log.info("stopping: letting refreshes in progress finish")
-        if self._freezing is not None:
-            self._freezing.cancel()
+        for task in (self._first_round, self._freezing):
+            if task is not None:
+                task.cancel()
         # A reload that has begun finishes (it may be swapping jobs); one still waiting is
         # dropped. Both before the scheduler and the thread pool go away under them.
         await asyncio.gather(*self._reload_tasks, return_exceptions=True)
