@@ -53,6 +53,12 @@ def bench(script: str, *args: str) -> str:
             r"[\d.]+ MB free blocks  \|  malloc: [\d.]+ MB from the system, [\d.]+ MB in use",
         ),
         (
+            "footprint.py",
+            ["50", "--idle", "1", "--systemd"],
+            r"N=\s+50\s+settled in[^\n]+\n\s+systemd: \d+ messages before READY=1 \(\d+ extending "
+            r"the start timeout\), \d+ over the idle window",
+        ),
+        (
             "startup_ab.py",
             [str(BENCH.parent), "--pairs", "1"],
             r"new/old wall, median of 1 pairs: [\d.]+",
