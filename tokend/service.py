@@ -3,7 +3,7 @@ once started, with `systemd_ready: started`), a STATUS line that `systemctl stat
 RELOADING/READY around a reload, STOPPING, and watchdog pings from the event loop.
 
 A reader of the engine's query API; a no-op when tokend does not run under systemd. Each status
-line and readiness check walks every token (~5 us a token: ~0.5 s at 100,000), so the pauses
+line and readiness check walks every token (~0.4-0.5 s at 100,000 tokens), so the pauses
 between them grow with the token count: see `pause_after`.
 """
 
