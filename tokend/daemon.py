@@ -137,9 +137,8 @@ class Daemon:
 
     async def _shut_down(self, serving: asyncio.Task[None] | None) -> int:
         log.info("stopping: letting refreshes in progress finish")
-        for task in (self._first_round, self._freezing):
-            if task is not None:
-                task.cancel()
+        if self._freezing is not None:
+            self._freezing.cancel()
         # A reload that has begun finishes (it may be swapping jobs); one still waiting is
         # dropped. Both before the scheduler and the thread pool go away under them.
         await asyncio.gather(*self._reload_tasks, return_exceptions=True)
@@ -155,6 +154,10 @@ class Daemon:
                 serving.cancel()  # still waiting for the first round: nothing to wind down
             self.listener.stop()
             await asyncio.gather(serving, return_exceptions=True)
+        if self._first_round is not None:
+            # Last: what waits for it (the listener, systemd's readiness check) has been
+            # stopped, so nothing takes its end for a finished start and begins serving.
+            self._first_round.cancel()
         log.info("stopped")
         return 0
 

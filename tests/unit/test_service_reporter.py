@@ -7,7 +7,7 @@ What a walk costs is read from an injected timer, never from real time."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import timedelta
 from typing import Any, cast
 
@@ -104,7 +104,11 @@ def _sent(reporter: ServiceReporter) -> list[list[str]]:
     return cast(RecordingNotifier, reporter.notifier).sent
 
 
-def _report(reporter: ServiceReporter, first_round_over: bool, then: Any = None) -> None:
+def _report(
+    reporter: ServiceReporter,
+    first_round_over: bool,
+    then: Callable[[asyncio.Future[None]], None] | None = None,
+) -> None:
     """Run the report until the injected sleep ends it. `then`, if given, runs on the loop
     once the report has begun, with the first round's future."""
 
