@@ -124,15 +124,12 @@ def is_ready(job: TokenJob, now: datetime, *, dormant: bool, standby: bool) -> b
     if dormant or standby:
         return True
     token = job.token
-    return (
-        token is not None
-        and token.is_valid(now)
-        and all(
-            slot.holds_valid_token(now)
-            for slot in job.publisher.slots
-            if slot.required_for_ready and not slot.standby
-        )
-    )
+    if token is None or not token.is_valid(now):
+        return False
+    for slot in job.publisher.slots:  # a loop, not all(...): no generator per token
+        if slot.required_for_ready and not slot.standby and not slot.holds_valid_token(now):
+            return False
+    return True
 
 
 def _sink_view(slot: SinkSlot, now: datetime) -> SinkView:
