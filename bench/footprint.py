@@ -143,7 +143,7 @@ class NotifySocket:
 
     def wait_ready(self, process: subprocess.Popen[bytes], timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        while not any("READY=1" in message.split("\n") for message in self.received()):
+        while self._ready_at() is None:
             if process.poll() is not None:
                 raise SystemExit(f"tokend exited with status {process.returncode}")
             if time.monotonic() > deadline:
@@ -153,12 +153,17 @@ class NotifySocket:
     def summary(self, idle_from: int) -> str:
         """What tokend told systemd while starting and while idle."""
         messages = self.received()
-        starting = messages[: next(i for i, m in enumerate(messages) if "READY=1" in m)]
+        starting = messages[: self._ready_at()]
         extended = sum("EXTEND_TIMEOUT_USEC=" in message for message in starting)
         return (
             f"         systemd: {len(starting)} messages before READY=1 ({extended} extending "
             f"the start timeout), {len(messages) - idle_from} over the idle window"
         )
+
+    def _ready_at(self) -> int | None:
+        """Which message said READY=1 first, if one has."""
+        fields = (message.split("\n") for message in self.received())
+        return next((i for i, said in enumerate(fields) if "READY=1" in said), None)
 
     def close(self) -> None:
         self._socket.close()
