@@ -10,11 +10,23 @@ import yaml
 from hypothesis import settings
 
 from tests.support.idp import CLIENT_ID, TENANT, FakeIdp, running_idp
+from tokend.redaction import redactor
 
 # Property tests check correctness, not speed: on a loaded 2-core CI machine an example can take
 # longer than hypothesis's default 200 ms deadline, which would fail a test that is right.
 settings.register_profile("tokend", deadline=None)
 settings.load_profile("tokend")
+
+
+@pytest.fixture(autouse=True)
+def _own_redactor(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The process's redactor, empty for each test: every error's text is masked when it is
+    made, and a secret another test registered (one that is a plain word, `secret`) would mask
+    words in the texts a test compares."""
+    monkeypatch.setattr(redactor, "_secrets", set())
+    monkeypatch.setattr(redactor, "_pattern", None)
+    monkeypatch.setattr(redactor, "_edges", None)
+    monkeypatch.setattr(redactor, "_tokens", {})
 
 
 @pytest.fixture(scope="session")

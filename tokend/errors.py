@@ -4,11 +4,18 @@ Each carries a stable `code` (equal codes mean "the same problem again", whateve
 details in the text), whether trying again can help (`transient`), and a one-line message that
 never holds a secret or a token. Callers that retry (the engine, the publisher) decide by
 `transient` and `retry_after` alone; what went wrong is the subclass's business.
+
+Messages quote what peers said (an issuer, a key id, a library's reason), and an error's text
+goes everywhere (logs, `/status`, `tokend status`): it is masked and cut once, when the error
+is made, so no reader of it has to remember to.
 """
 
 from __future__ import annotations
 
-from tokend.redaction import one_line
+from tokend.redaction import one_line, redactor
+
+MESSAGE_LIMIT = 1000
+"""Characters of an error's text, at most: a peer's echo, however long, stays one readable line."""
 
 
 class TokendError(Exception):
@@ -22,7 +29,7 @@ class TokendError(Exception):
     """The peer asked for a long pause (e.g. Entra ID's loop detection): wait the maximum."""
 
     def __init__(self, message: str, *, code: str, transient: bool | None = None) -> None:
-        self.message = one_line(message)
+        self.message = redactor.shown(message, MESSAGE_LIMIT)
         super().__init__(self.message)
         self.code = one_line(code)
         if transient is not None:

@@ -1,7 +1,8 @@
 """Logging set-up: one line per event on stderr, as text or JSON, every line redacted.
 
 tokend never logs a secret or a token on purpose. The redacting formatters are the safety net for
-everything else (library messages, exception text): `tokend.redaction` masks the final line.
+everything else (library messages, exception text): `tokend.redaction` masks each line, or with
+JSON each field before it is encoded.
 """
 
 from __future__ import annotations
@@ -32,21 +33,23 @@ class TextFormatter(logging.Formatter):
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line, for log shippers; `token` is a field of its own."""
+    """One JSON object per line, for log shippers; `token` is a field of its own. Each field is
+    redacted before it is encoded: JSON escapes a secret's quotes and backslashes, so the
+    encoded line would no longer hold the secret as it was registered."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
             "time": _timestamp(record),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": redactor.redact(record.getMessage()),
         }
         token = getattr(record, "token", None)
         if token:
-            entry["token"] = token
+            entry["token"] = redactor.redact(str(token))
         if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return redactor.redact(json.dumps(entry, ensure_ascii=False))
+            entry["exception"] = redactor.redact(self.formatException(record.exc_info))
+        return json.dumps(entry, ensure_ascii=False)
 
 
 def _timestamp(record: logging.LogRecord) -> str:

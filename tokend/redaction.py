@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import re
 import threading
+from dataclasses import dataclass, field
 from urllib.parse import quote, quote_plus
 
 MASK = "***"
@@ -26,7 +27,9 @@ _SHAPES = re.compile(
     r"|(?<=[Bb]asic )[A-Za-z0-9+/=]{8,}"  # Authorization: Basic <id:secret>
 )
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]*")
-_TOKEN_RUN = re.compile(r"[A-Za-z0-9\-._~+/=]{" + str(_TOKEN_KEY) + ",}")
+_TOKEN_RUN = re.compile(r"[\x21-\x7e]{" + str(_TOKEN_KEY) + ",}")
+"""Where a held token may be: any run of visible ASCII, every character an access token or a
+refresh token may hold (opaque tokens are not all base64: `:`, `!`, `*`, `$` occur)."""
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -53,6 +56,7 @@ class Redactor:
         self._secrets: set[str] = set()
         self._lock = threading.Lock()
         self._pattern: re.Pattern[str] | None = None
+        self._edges: _Edges | None = None
         self._tokens: dict[str, set[str]] = {}  # first _TOKEN_KEY characters -> token values
 
     def add_secret(self, value: str) -> None:
@@ -61,7 +65,7 @@ class Redactor:
             return
         with self._lock:
             self._secrets |= {form for form in encodings(value) if len(form) >= _MIN_SECRET_LENGTH}
-            self._pattern = None
+            self._pattern = self._edges = None
 
     def add_token(self, value: str) -> None:
         """Mask the access token `value` (held now) wherever it appears. A JWT is masked by its
@@ -94,17 +98,31 @@ class Redactor:
         return line if len(line) <= limit else line[: limit - 3] + "..."
 
     def _mask_edges(self, text: str) -> str:
-        """A secret's first characters at the end of `text`, or its last at the start."""
-        for secret in self._secrets:
-            for length in range(len(secret) - 1, _MIN_PARTIAL - 1, -1):
-                if text.endswith(secret[:length]):
-                    text = text[:-length] + MASK
-                    break
-            for length in range(len(secret) - 1, _MIN_PARTIAL - 1, -1):
-                if text.startswith(secret[-length:]):
-                    text = MASK + text[length:]
-                    break
+        """A secret's first characters at the end of `text`, or its last at the start (the
+        longest such piece). Secrets are looked up by the piece's own first or last characters,
+        so the cost grows with the text's edges, not with the number of secrets."""
+        edges = self._edges or self._edge_index()
+        size = len(text)
+        for start in range(max(size - edges.longest, 0), size - _MIN_PARTIAL + 1):
+            heads = edges.by_head.get(text[start : start + _MIN_PARTIAL])
+            if heads and any(len(s) > size - start and s.startswith(text[start:]) for s in heads):
+                text = text[:start] + MASK
+                break
+        for end in range(min(len(text), edges.longest), _MIN_PARTIAL - 1, -1):
+            tails = edges.by_tail.get(text[end - _MIN_PARTIAL : end])
+            if tails and any(len(s) > end and s.endswith(text[:end]) for s in tails):
+                text = MASK + text[end:]
+                break
         return text
+
+    def _edge_index(self) -> _Edges:
+        with self._lock:
+            edges = _Edges(longest=max(map(len, self._secrets)))
+            for secret in self._secrets:
+                edges.by_head.setdefault(secret[:_MIN_PARTIAL], []).append(secret)
+                edges.by_tail.setdefault(secret[-_MIN_PARTIAL:], []).append(secret)
+            self._edges = edges
+        return edges
 
     def _mask_tokens(self, match: re.Match[str]) -> str:
         run = match.group()
@@ -124,6 +142,15 @@ class Redactor:
                 ordered = sorted(self._secrets, key=len, reverse=True)
                 pattern = self._pattern = re.compile("|".join(map(re.escape, ordered)))
         return pattern
+
+
+@dataclass
+class _Edges:
+    """The known secrets by their first and by their last `_MIN_PARTIAL` characters."""
+
+    longest: int
+    by_head: dict[str, list[str]] = field(default_factory=dict)
+    by_tail: dict[str, list[str]] = field(default_factory=dict)
 
 
 redactor = Redactor()

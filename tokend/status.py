@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from tokend.clock import format_span
 from tokend.transport import DEFAULT_LISTEN, USER_AGENT, is_loopback
+from tokend.untrusted import json_or_none
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -162,7 +163,7 @@ def fetch_status(url: str, *, problems: bool = False) -> dict[str, Any]:
     )
     try:
         with urllib.request.build_opener(*handlers).open(request, timeout=5) as response:
-            document = json.loads(_read_at_most(response, STATUS_LIMIT))
+            document = json_or_none(_read_at_most(response, STATUS_LIMIT))
     except urllib.error.HTTPError as exc:
         raise StatusUnavailable(f"HTTP {exc.code}") from None
     except urllib.error.URLError as exc:

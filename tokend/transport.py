@@ -42,23 +42,41 @@ def url_problem(url: str, *, allow_insecure_http: bool) -> str | None:
 
 
 def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
+    """`host` names this machine's loopback interface, however it is spelled: `localhost` (also
+    with the root's trailing dot), 127.0.0.0/8 and ::1, IPv4 inside IPv6 (`::ffff:127.0.0.1`)
+    and the short forms the resolver takes (`127.1`). Loopback traffic never goes through a
+    proxy: a spelling missed here would send it to one."""
+    address = _address(host)
+    if address is None:
+        return host.rstrip(".").lower() == "localhost"
+    return address.is_loopback
 
 
 def is_on_this_machine(host: str) -> bool:
     """Loopback, or link-local (the Azure IMDS at 169.254.169.254 answers on the host itself):
     no proxy elsewhere can reach it, so no request to it goes through one."""
-    if is_loopback(host):
-        return True
+    address = _address(host)
+    return is_loopback(host) or (address is not None and address.is_link_local)
+
+
+_NUMERIC_HOST = re.compile(r"[0-9a-fA-FxX.]+")
+
+
+def _address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """`host` as the IP address a connection to it reaches, or None if it is a name."""
+    text = host.strip("[]")
     try:
-        return ipaddress.ip_address(host.strip("[]")).is_link_local
+        address = ipaddress.ip_address(text)
     except ValueError:
-        return False
+        if not _NUMERIC_HOST.fullmatch(text):
+            return None
+        try:  # what getaddrinfo reads as an address too: 127.1, 0x7f.1, 2130706433
+            address = ipaddress.IPv4Address(socket.inet_aton(text))
+        except OSError:
+            return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
 
 
 class CaBundleError(TokendError):

@@ -230,11 +230,14 @@ def test_requests_say_who_sends_them(idp: FakeIdp) -> None:
     assert sent.headers["user-agent"] == f"tokend/{__version__}"
 
 
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.1", "[::ffff:127.0.0.1]"])
 def test_loopback_requests_never_go_through_a_proxy(
-    idp: FakeIdp, monkeypatch: pytest.MonkeyPatch
+    idp: FakeIdp, monkeypatch: pytest.MonkeyPatch, host: str
 ) -> None:
     """With HTTP_PROXY set and no NO_PROXY, a request to the loopback IdP (client secret and
-    all) goes straight there, not to the proxy."""
+    all) goes straight there, not to the proxy, however the address is spelled."""
+    url = idp.token_url(2).replace("127.0.0.1", host, 1)
+    request = _request(idp, endpoint=Endpoint(token_url=url, allow_insecure_http=True))
     with socket.socket() as proxy:
         proxy.bind(("127.0.0.1", 0))
         proxy.listen()
@@ -243,7 +246,7 @@ def test_loopback_requests_never_go_through_a_proxy(
             monkeypatch.setenv(name, f"http://127.0.0.1:{proxy.getsockname()[1]}")
         for name in ("NO_PROXY", "no_proxy"):
             monkeypatch.delenv(name, raising=False)
-        token = _acquire(_request(idp))
+        token = _acquire(request)
         with pytest.raises(BlockingIOError):
             proxy.accept()  # nobody connected to the proxy
     assert token.value.startswith("eyJ")

@@ -10,6 +10,7 @@ endpoint on a real socket.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -165,6 +166,19 @@ async def wrong_credentials(compat: Compat) -> None:
 def test_malformed_requests_are_a_400(run: Callable[[Scenario], None], body: object) -> None:
     async def scenario(compat: Compat) -> None:
         response = await compat.post(body)
+        assert response.status_code == 400
+        assert response.json()["error"] == "invalid_request"
+
+    run(scenario)
+
+
+def test_json_nested_past_the_stack_is_a_400(run: Callable[[Scenario], None]) -> None:
+    """A client's body that `json` answers with RecursionError, not ValueError."""
+
+    async def scenario(compat: Compat) -> None:
+        headers = {"Content-Type": "application/json"}
+        post = functools.partial(requests.post, data=b"[" * 5000, headers=headers, timeout=10)
+        response = await asyncio.to_thread(post, compat.url)
         assert response.status_code == 400
         assert response.json()["error"] == "invalid_request"
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import Response
 from starlette.routing import Route
 
 from tests.conftest import entra_identity, write_config
@@ -196,9 +196,17 @@ def test_a_failure_during_the_stop_claims_no_next_try(idp: FakeIdp, tmp_path: Pa
     assert "next try" not in failures[0]
 
 
-def test_status_from_something_that_is_not_tokend(tmp_path: Path) -> None:
-    async def status(request: Request) -> JSONResponse:
-        return JSONResponse({"tokens": ["not", "a", "mapping"]})
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"tokens": ["not", "a", "mapping"]}',
+        b"[" * 5000,  # nested past the stack: json raises RecursionError, not ValueError
+        b"not json",
+    ],
+)
+def test_status_from_something_that_is_not_tokend(body: bytes) -> None:
+    async def status(request: Request) -> Response:
+        return Response(body, media_type="application/json")
 
     with serve(Starlette(routes=[Route("/status", status)])) as url:
         result = tokend("status", "--url", url)

@@ -6,25 +6,18 @@ from datetime import UTC, datetime
 
 import pytest
 
+from tokend.errors import MESSAGE_LIMIT, TokendError
 from tokend.logs import redactor
 from tokend.oauth.errors import (
     Peer,
     PermanentError,
+    TokenError,
     TransientError,
     classify_error_response,
     parse_retry_after,
 )
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
-
-
-@pytest.fixture(autouse=True)
-def _own_redactor(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The process's redactor, empty for each test here: secrets other tests registered (a
-    secret that is a plain word) would mask words in the texts these tests compare."""
-    monkeypatch.setattr(redactor, "_secrets", set())
-    monkeypatch.setattr(redactor, "_pattern", None)
-    monkeypatch.setattr(redactor, "_tokens", {})
 
 
 PEER = Peer("crm", "login.microsoftonline.com")
@@ -196,3 +189,20 @@ def test_a_secret_cut_by_the_length_limit_is_still_masked(at: int) -> None:
     text = str(classify_error_response(PEER, 400, {}, body, NOW))
     assert ECHOED[:4] not in text
     assert f" - {'x' * 150}" in text
+
+
+def test_every_error_text_is_masked_and_cut_when_it_is_made() -> None:
+    """Whatever a peer put in a message (an issuer, a key id, a library's reason), the error's
+    text, read by logs and `/status` alike, holds no known secret or held token, and stays one
+    line of at most `MESSAGE_LIMIT` characters, the secret masked before the cut."""
+    redactor.add_secret("CANARY-secret-in-a-reason")
+    redactor.add_token("CANARY-held:token-0123456789")
+    error = TokendError(
+        "issuer 'https://idp/CANARY-secret-in-a-reason' and CANARY-held:token-0123456789\nsaid",
+        code="x",
+    )
+    assert str(error) == error.message == "issuer 'https://idp/***' and ***\\nsaid"
+    at_the_cut = "x" * (MESSAGE_LIMIT - 10) + "CANARY-secret-in-a-reason" + "y" * 10**6
+    long = TokenError(PEER, at_the_cut, code="x")
+    assert len(str(long)) == MESSAGE_LIMIT and "CANARY" not in str(long)
+    assert "-in-a-reason" not in str(long)  # the secret's tail, either side of the cut

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import sys
 from urllib.parse import quote, quote_plus
 
 import pytest
@@ -150,3 +151,53 @@ def test_shown_cuts_to_exactly_the_limit() -> None:
     masks = Redactor()
     assert masks.shown("x" * 20, 20) == "x" * 20
     assert masks.shown("x" * 21, 20) == "x" * 17 + "..."
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "CANARY-opaque-ABCDEFGH:qrstuvwxyz0123456789",  # access tokens may hold : ! * $ ...
+        "CANARY!opaque*token$with^punctuation|0123",
+        "M.C5_BAY.-CANARY!*$refresh-token-of-a-Microsoft-account",  # MSA refresh tokens
+    ],
+)
+def test_held_tokens_with_punctuation_are_masked(token: str) -> None:
+    """Every character a token may hold (not only base64's): the IdP echoing a token tokend
+    holds shows `***`, wherever the token sits in a word."""
+    masks = Redactor()
+    masks.add_token(token)
+    assert masks.redact(f"token {token} is not allowed here") == "token *** is not allowed here"
+    assert masks.redact(f"'{token}'") == "'***'"
+
+
+def test_json_lines_mask_secrets_that_json_escapes() -> None:
+    """A secret with a quote, a backslash or a control character is masked in JSON logs too:
+    each field is masked before encoding (which would turn `"` into `\\"`)."""
+    for secret in ('CANARY"quoted-secret', "CANARY\\back-slashed", "CANARY\tcontrol-secret"):
+        redactor.add_secret(secret)
+        line = JsonFormatter().format(_record("library says: %s", secret, token="crm"))
+        assert "CANARY" not in line, line
+        assert json.loads(line)["message"] == "library says: ***"
+        assert TextFormatter().format(_record("library says: %s", secret)).endswith("says: ***")
+
+
+def test_json_lines_mask_exception_text() -> None:
+    redactor.add_secret('CANARY"exception-secret')
+    try:
+        raise RuntimeError('failed with CANARY"exception-secret')
+    except RuntimeError:
+        record = logging.LogRecord("tokend", logging.ERROR, __file__, 1, "boom", (), sys.exc_info())
+    entry = json.loads(JsonFormatter().format(record))
+    assert "CANARY" not in entry["exception"] and "failed with ***" in entry["exception"]
+
+
+def test_partial_secrets_at_the_edges_among_many_secrets() -> None:
+    """The edges are matched against every secret, including ones added after a first use."""
+    masks = Redactor()
+    for number in range(50):
+        masks.add_secret(f"CANARY-many-{number:02d}-secret")
+    assert masks.redact("bad secret CANARY-many-37-se") == "bad secret ***"
+    assert masks.redact("y-42-secret was wrong") == "*** was wrong"
+    masks.add_secret("CANARY-added-later")
+    assert masks.redact("bad secret CANARY-added") == "bad secret ***"
+    assert masks.redact("bad secret CANARY-many-") == "bad secret ***"  # a start many share

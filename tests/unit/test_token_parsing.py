@@ -129,6 +129,15 @@ def test_target_and_type_come_from_response_else_request() -> None:
         ({"access_token": "a\r\nX-Evil: 1", "expires_in": 60}, "access_token has characters"),
         ({"access_token": "a'b", "expires_in": 60}, "access_token has characters"),
         ({"access_token": "t\u00e9", "expires_in": 60}, "access_token has characters"),
+        # A JWT's exp is the lifetime only when it is a plausible time; otherwise there is none.
+        ({"access_token": _jwt({"exp": 10**20})}, "no expires_in or expires_on"),
+        ({"access_token": _jwt({"exp": 10**12})}, "no expires_in or expires_on"),
+        ({"access_token": _jwt({"exp": 1.5e9})}, "no expires_in or expires_on"),
+        ({"access_token": f"{_jwt({})[:-4]}{'W' * 6000}.sig"}, "no expires_in or expires_on"),
+        (  # a payload nested past the interpreter's stack
+            {"access_token": "e30." + base64.urlsafe_b64encode(b"[" * 12000).decode() + ".sig"},
+            "no expires_in or expires_on",
+        ),
     ],
 )
 def test_malformed_responses(body: dict[str, object], message: str) -> None:

@@ -344,6 +344,9 @@ def test_a_long_claim_is_cut_and_a_secret_in_it_is_masked(monkeypatch: pytest.Mo
     assert f"iss {repr(long)[:77]}... is not" in str(error)
     error = refusal(signed(claims(aud="x-hunter2-hunter2-secret")))
     assert "hunter2-hunter2-secret" not in str(error) and "aud 'x-" in str(error)
+    straddling = "a" * 60 + "hunter2-hunter2-secret"  # the cut falls inside the secret
+    error = refusal(signed(claims(aud=straddling)))
+    assert "hunter2" not in str(error) and f"aud '{'a' * 60}***' is not" in str(error)
     edge = "b" * 78  # repr: 80 characters, shown whole
     assert f"iss {edge!r} is not" in str(refusal(signed(claims(iss=edge))))
     over = "b" * 79  # repr: 81 characters, cut

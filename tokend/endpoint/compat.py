@@ -18,11 +18,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import logging
 import time
 from collections import OrderedDict
-from typing import Any
 
 from tokend.config import Config
 from tokend.endpoint.app import Answer, Receive, Scope
@@ -30,6 +28,7 @@ from tokend.endpoint.catalog import PasswordIdentity, password_identities, resou
 from tokend.endpoint.options import EndpointOptions
 from tokend.endpoint.supply import Supply, Unavailable
 from tokend.secrets import SecretError, SecretReference
+from tokend.untrusted import json_or_none
 
 log = logging.getLogger("tokend.endpoint")
 Headers = tuple[tuple[bytes, bytes], ...]
@@ -134,10 +133,7 @@ async def _digest_of(reference: SecretReference, *, casefold: bool = False) -> b
 
 
 def _credentials(body: bytes) -> tuple[str, str, str | None] | None:
-    try:
-        document: Any = json.loads(body or b"null")
-    except (ValueError, UnicodeDecodeError):
-        return None
+    document = json_or_none(body or b"null")
     if not isinstance(document, dict):
         return None
     username, password, resource = (document.get(k) for k in ("username", "password", "resource"))

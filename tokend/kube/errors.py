@@ -135,8 +135,7 @@ def _status_code(exc: BaseException) -> int | None:
 
 def detail(text: str) -> str:
     """The API's message on one line, redacted and cut short."""
-    text = redactor.redact(" ".join(text.split()))
-    return text if len(text) <= _MAX_DETAIL else text[: _MAX_DETAIL - 3] + "..."
+    return redactor.shown(" ".join(text.split()), _MAX_DETAIL)
 
 
 def _details_kind(status: Any) -> str | None:

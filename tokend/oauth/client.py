@@ -8,7 +8,6 @@ the answer into a `Token` or a `TransientError` / `PermanentError`.
 from __future__ import annotations
 
 import asyncio
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +25,7 @@ from tokend.oauth.errors import (
 from tokend.oauth.grants import Grant, exchange_of
 from tokend.oauth.http import Clients, ExchangeFailed
 from tokend.oauth.response import MalformedResponse, parse_token_response
+from tokend.redaction import redactor
 from tokend.secrets import SecretError
 from tokend.token import Token
 from tokend.transport import (
@@ -34,6 +34,7 @@ from tokend.transport import (
     DEFAULT_READ_TIMEOUT,
     url_problem,
 )
+from tokend.untrusted import json_or_none
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,9 +160,10 @@ class TokenClient:
             raise classify_error_response(peer, status, headers, body, self._clock.now())
         document = body if isinstance(body, dict) else {}
         if document.get("issuer") != issuer:
+            named = redactor.shown(repr(document.get("issuer")), 200)  # the peer's, any length
             raise PermanentError(
                 peer,
-                f"discovery document {document_url} names issuer {document.get('issuer')!r}, "
+                f"discovery document {document_url} names issuer {named}, "
                 f"not the configured {issuer!r}; they must be identical (RFC 8414 section 3.3): "
                 "set issuer to the published value, or use token_endpoint",
                 code="issuer_mismatch",
@@ -187,7 +189,7 @@ class TokenClient:
             answer = await self._http.exchange(method, url, ca_bundle=endpoint.ca_bundle, **kwargs)
         except ExchangeFailed as exc:
             raise TransientError(peer, exc.reason, code=exc.code) from None
-        return answer.status, answer.headers, _json_or_none(answer.body)
+        return answer.status, answer.headers, json_or_none(answer.body)
 
 
 def _secret_unavailable(token: str, exc: SecretError) -> TokenError:
@@ -195,10 +197,3 @@ def _secret_unavailable(token: str, exc: SecretError) -> TokenError:
     if exc.transient:
         return TransientError(peer, str(exc), code=exc.code)
     return PermanentError(peer, str(exc), code=exc.code)
-
-
-def _json_or_none(raw: bytes) -> Any:
-    try:
-        return json.loads(raw)
-    except (ValueError, RecursionError):  # RecursionError: `[[[[...` nested past the stack
-        return None

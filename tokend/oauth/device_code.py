@@ -9,7 +9,6 @@ Time is injected (a clock and a sleep), so tests never wait.
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from tokend.oauth.errors import Peer, TokenError, classify_error_response
 from tokend.oauth.http import Clients, ExchangeFailed
 from tokend.oauth.response import MalformedResponse, parse_token_response
 from tokend.transport import CaBundleError
+from tokend.untrusted import json_or_none
 
 GRANT_TYPE = "urn:ietf:params:oauth:grant-type:device_code"
 SLOW_DOWN_STEP = 5  # seconds added to the interval at each slow_down (RFC 8628 section 3.5)
@@ -132,10 +132,7 @@ async def _post(
         answer = await http.exchange("POST", url, ca_bundle=ca_bundle, data=form, headers=headers)
     except (ExchangeFailed, CaBundleError) as exc:
         raise DeviceFlowError(f"{url}: {exc}") from None
-    try:
-        return answer.status, json.loads(answer.body)
-    except (ValueError, RecursionError):
-        return answer.status, None
+    return answer.status, json_or_none(answer.body)
 
 
 def _check_token(url: str, body: dict[str, Any], sent_at: datetime) -> None:

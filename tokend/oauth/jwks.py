@@ -11,7 +11,6 @@ lookups of the same URL share one fetch.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -22,8 +21,10 @@ from pydantic import BaseModel, ConfigDict
 
 from tokend.durations import PositiveDuration
 from tokend.errors import TokendError
+from tokend.redaction import redactor
 from tokend.resources import RESOURCES, Environment, ResourceKind
 from tokend.transport import url_problem
+from tokend.untrusted import json_or_none
 
 if TYPE_CHECKING:
     import jwt
@@ -99,9 +100,10 @@ class JwksCache:
             found = _pick(entry, kid)
             if found is None and not fetched:  # a newer set may hold it: try again later
                 age = self._clock.now() - entry.fetched_at
+                named = redactor.shown(repr(kid), 80)  # from the token's header: the peer's
                 raise JwksError(
                     jwks_uri,
-                    f"key {kid!r} is not in the set fetched {age.total_seconds():.0f}s ago; "
+                    f"key {named} is not in the set fetched {age.total_seconds():.0f}s ago; "
                     f"it is fetched again at most every {interval.total_seconds():.0f}s",
                     transient=True,
                     retry_after=(interval - age).total_seconds(),
@@ -143,10 +145,7 @@ class JwksCache:
         status = answer.status
         if not 200 <= status < 300:
             raise JwksError(url, f"HTTP {status}", transient=status >= 500 or status == 429)
-        try:
-            document = json.loads(answer.body)
-        except (ValueError, RecursionError):
-            document = None
+        document = json_or_none(answer.body)
         if not isinstance(document, dict):
             raise JwksError(
                 url, f"HTTP {status} with a body that is not a JSON object", transient=True

@@ -7,8 +7,6 @@ counted from when the request was *sent*, which is safe against clock skew and s
 
 from __future__ import annotations
 
-import base64
-import json
 import re
 import sys
 from collections.abc import Mapping
@@ -16,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from tokend.token import Token
+from tokend.untrusted import LATEST_EPOCH, unverified_exp
 
 _MAX_LIFETIME = timedelta(days=366)
 
@@ -87,7 +86,7 @@ def _expiry(body: Mapping[str, Any], sent_at: datetime, value: str) -> datetime:
         expires_at = sent_at + timedelta(seconds=expires_in)
     elif (expires_on := _seconds(body, "expires_on")) is not None:
         expires_at = datetime.fromtimestamp(expires_on, UTC)
-    elif (exp := _jwt_exp(value)) is not None:
+    elif (exp := unverified_exp(value)) is not None:
         expires_at = datetime.fromtimestamp(exp, UTC)
     else:
         raise MalformedResponse(
@@ -117,19 +116,6 @@ def _seconds(body: Mapping[str, Any], key: str) -> int | None:
         raise MalformedResponse(f"{key} is not a number")
     if number <= 0:
         raise MalformedResponse(f"{key} is not positive")
-    if number > 10**11:  # beyond datetime's range; no real lifetime or epoch is near
+    if number > LATEST_EPOCH:  # no real lifetime or expiry is near it
         raise MalformedResponse(f"{key} is out of range")
     return number
-
-
-def _jwt_exp(value: str) -> int | None:
-    """The `exp` claim of a JWT, read without verification: only as a lifetime hint."""
-    parts = value.split(".")
-    if len(parts) != 3:
-        return None
-    try:
-        payload = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
-    except ValueError:
-        return None
-    exp = payload.get("exp") if isinstance(payload, dict) else None
-    return exp if isinstance(exp, int) and not isinstance(exp, bool) and exp > 0 else None

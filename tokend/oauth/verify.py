@@ -209,7 +209,7 @@ class Check:
             raise PermanentError(peer, reason, code="verify_unavailable") from None
 
     def _fail(self, host: str, claim: str, reason: str) -> PermanentError:
-        reason = redactor.redact(f"self-check failed, not published: {reason}")
+        reason = f"self-check failed, not published: {reason}"
         return PermanentError(Peer(self.name, host), reason, code=f"verify_{claim}")
 
 
@@ -230,6 +230,6 @@ def _text(raw: Any) -> str | None:
 
 
 def _shown(value: Any) -> str:
-    """A claim for a message: short and on one line (claims are not secrets)."""
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
+    """A claim for a message: masked, on one line, then cut short. Claims are the issuer's
+    words: a hostile one can hold a secret, which must not be cut before it is masked."""
+    return redactor.shown(repr(value), 80)

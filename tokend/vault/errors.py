@@ -149,9 +149,7 @@ def vault_detail(exc: Any) -> str:
     errors = getattr(exc, "errors", None) or []
     text = str(errors[0]) if errors else ""
     text = re.sub(r"\d+ errors? occurred:", "", text)
-    text = " ".join(text.replace("*", " ").split())
-    text = redactor.redact(text)
-    return text if len(text) <= _MAX_DETAIL else text[: _MAX_DETAIL - 3] + "..."
+    return redactor.shown(" ".join(text.replace("*", " ").split()), _MAX_DETAIL)
 
 
 def _warnings(exc: Any) -> str:

@@ -16,9 +16,7 @@ and a variable is only required where the config leaves its key out.
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
-import json
 import os
 import shutil
 from collections.abc import Mapping
@@ -40,6 +38,7 @@ from tokend.oauth.grants.base import (
 )
 from tokend.oauth.grants.certificate import ASSERTION_TYPE
 from tokend.secrets import SecretError
+from tokend.untrusted import unverified_exp
 
 if TYPE_CHECKING:
     from tokend.resources import Resources
@@ -224,17 +223,8 @@ def _token(raw: bytes, what: str) -> str:
 
 def unverified_expiry(token: str) -> datetime | None:
     """The `exp` of a JWT, unverified (only to tell an operator that rotation stopped)."""
-    parts = token.split(".")
-    if len(parts) != 3:
-        return None
-    try:
-        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
-    except ValueError:
-        return None
-    exp = claims.get("exp") if isinstance(claims, dict) else None
-    if not isinstance(exp, int) or isinstance(exp, bool) or not 0 < exp < 10**11:
-        return None
-    return datetime.fromtimestamp(exp, UTC)
+    exp = unverified_exp(token)
+    return datetime.fromtimestamp(exp, UTC) if exp is not None else None
 
 
 CREDENTIALS.register("federated", CredentialType(FederatedOptions, FederatedGrant))
