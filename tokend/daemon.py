@@ -186,8 +186,11 @@ class Daemon:
             if self._stopping.is_set():
                 return False
             self.service.reloading()
-            accepted = await self._reload_locked()
-            self.service.reloaded(accepted)
+            accepted = False
+            try:
+                accepted = await self._reload_locked()
+            finally:  # systemd waits for READY=1 after RELOADING=1, whatever happened
+                self.service.reloaded(accepted)
             return accepted
 
     async def reload(self) -> bool:
@@ -210,6 +213,14 @@ class Daemon:
             for line in exc.lines:
                 log.error("reload rejected: %s", line)
             log.error("reload rejected: carrying on with the config loaded before")
+            return False
+        except Exception as exc:  # whatever reading failed on, the old config stays
+            log.error(
+                "reload rejected: reading the config failed (%s: %s); carrying on with the "
+                "config loaded before",
+                type(exc).__name__,
+                exc,
+            )
             return False
         for warning in loaded.warnings:
             log.warning("%s", warning)

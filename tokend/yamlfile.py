@@ -6,6 +6,12 @@ memory freed after a burst like that stays fragmented for the life of the proces
 are built straight from libyaml's event stream, so parsing holds only the values themselves.
 Resolution and scalar construction are PyYAML's own (YAML 1.1, safe types); anchors, aliases and
 merge keys (`<<: *base`) work as usual. A key given twice is an error (PyYAML keeps the last).
+
+Two departures, for a config's sake: every key is the text written (a config's keys are names,
+and an identity called `no` or a token called `2024-01-01` is not a boolean or a date), and a
+NUL character in a value is an error here, at its line, rather than deep in whatever opens a
+path. Errors never quote a tag or an alias: an unquoted value starting with `!` or `*` (read as
+a tag or an alias) is often a password.
 """
 
 from __future__ import annotations
@@ -16,9 +22,6 @@ import yaml
 
 _Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml, in PyYAML's wheels
 _MERGE = "tag:yaml.org,2002:merge"
-_VALUE = "="
-"""YAML 1.1's value key: a plain `=` resolves to a tag no safe constructor knows, but PyYAML
-reads it as the string "=" where it is a mapping's key."""
 _COLLECTION_TAGS = (None, "!", "tag:yaml.org,2002:map", "tag:yaml.org,2002:seq")
 
 
@@ -72,13 +75,17 @@ class _Builder:
     def _value(self, event: yaml.Event) -> Any:
         if isinstance(event, yaml.AliasEvent):
             if event.anchor not in self._anchors:
-                raise YamlError(f"alias *{event.anchor} names no anchor above it", event)
+                raise YamlError(
+                    "an alias (a value starting with '*') names no anchor above it; "
+                    "quote the value if it is not meant as an alias",
+                    event,
+                )
             return self._anchors[event.anchor]
         if isinstance(event, yaml.ScalarEvent):
             value = self._scalar(event)
         elif isinstance(event, yaml.SequenceStartEvent | yaml.MappingStartEvent):
             if event.tag not in _COLLECTION_TAGS:
-                raise YamlError(f"unsupported tag {event.tag}", event)
+                raise _unsupported_tag(event)
             if self._depth >= MAX_DEPTH:
                 raise YamlError(f"nested more than {MAX_DEPTH} levels deep", event)
             self._depth += 1
@@ -94,6 +101,8 @@ class _Builder:
 
     def _scalar(self, event: yaml.ScalarEvent) -> Any:
         text: str = event.value
+        if "\x00" in text:
+            raise YamlError("a value holds a NUL character (\\0), which no setting can", event)
         if event.tag is None and (not event.implicit[0] or (text and text[0] not in self._claimed)):
             # Quoted, or plain and starting with a character no resolver claims (names, paths,
             # URLs): a str as written, with no node built nor resolver asked (3x faster).
@@ -115,7 +124,7 @@ class _Builder:
         if construct is None or tag == _MERGE:
             if tag == _MERGE:
                 return _Merge()
-            raise YamlError(f"unsupported tag {tag}", event)
+            raise _unsupported_tag(event)
         return construct(loader, yaml.ScalarNode(tag, event.value, style=event.style))
 
     def _sequence(self) -> list[Any]:
@@ -126,16 +135,22 @@ class _Builder:
         return items
 
     def _key(self, event: yaml.Event) -> Any:
-        if (
-            isinstance(event, yaml.ScalarEvent)
-            and event.tag is None
-            and event.implicit[0]
-            and event.value == _VALUE
-        ):
-            if event.anchor:
-                self._anchors[event.anchor] = _VALUE
-            return _VALUE
-        return self._value(event)
+        """A key as written: the text of a plain or quoted scalar (`no`, `0x1F`, `null` and
+        `=` included), or `<<` for a merge. A collection as a key is refused by the caller."""
+        if not isinstance(event, yaml.ScalarEvent) or event.tag is not None:
+            return self._value(event)
+        if event.implicit[0] and event.value == "<<":
+            return _Merge()
+        key = self._scalar_text(event)
+        if event.anchor:
+            self._anchors[event.anchor] = key
+        return key
+
+    def _scalar_text(self, event: yaml.ScalarEvent) -> str:
+        text: str = event.value
+        if "\x00" in text:
+            raise YamlError("a key holds a NUL character (\\0)", event)
+        return self._strings.setdefault(text, text)
 
     def _mapping(self) -> dict[Any, Any]:
         mapping: dict[Any, Any] = {}
@@ -162,6 +177,16 @@ class _Builder:
 
 class _Merge:
     """The `<<` key of a merge."""
+
+
+def _unsupported_tag(event: yaml.Event) -> YamlError:
+    if getattr(event, "tag", None) in (None, "!"):  # resolved from a plain value, e.g. `=`
+        return YamlError("a value YAML reads as a type no setting has; quote it", event)
+    return YamlError(
+        "unsupported tag (a value starting with '!' is a YAML tag); quote the value if it is "
+        "not meant as one",
+        event,
+    )
 
 
 _IMMUTABLE = (str, int, float, bool, type(None))

@@ -10,9 +10,10 @@ import re
 import signal
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx2
+import pytest
 
 from tests.conftest import entra_identity, write_config
 from tests.support.clock import FakeClock
@@ -21,6 +22,7 @@ from tests.support.idp import CLIENT_SECRET, FakeIdp
 from tests.support.processes import start_tokend, wait_for
 from tests.support.servers import free_port
 from tokend.config import Config
+from tokend.daemon import Daemon
 from tokend.engine import ReloadSummary
 
 
@@ -262,3 +264,39 @@ def test_the_heap_is_frozen_once_settled_and_again_after_a_reload_that_replaced_
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(15) == 0
+
+
+def test_a_reload_failing_in_an_unforeseen_way_keeps_the_config_and_ends_the_reload(
+    idp: FakeIdp, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Whatever reading the config raises (here what `os` says of a NUL in a path), the reload
+    is rejected in one line and systemd hears the reload end (READY=1 follows RELOADING=1)."""
+    config = Config.model_validate(_document(idp, {"crm": _token(tmp_path, "crm")}))
+
+    def unreadable() -> Any:
+        raise ValueError("embedded null byte")
+
+    class Service:
+        said: ClassVar[list[str]] = []
+
+        def reloading(self) -> None:
+            self.said.append("reloading")
+
+        def reloaded(self, accepted: bool) -> None:
+            self.said.append(f"reloaded {accepted}")
+
+    async def scenario() -> bool:
+        daemon = Daemon(config, reload_config=unreadable)
+        daemon.service = Service()  # type: ignore[assignment]
+        try:
+            return await daemon._reload_for_signal()
+        finally:
+            await daemon.client.aclose()
+
+    assert asyncio.run(scenario()) is False
+    assert Service.said == ["reloading", "reloaded False"]
+    (line,) = [r.getMessage() for r in caplog.records if r.message.startswith("reload")]
+    assert line == (
+        "reload rejected: reading the config failed (ValueError: embedded null byte); "
+        "carrying on with the config loaded before"
+    )
