@@ -189,3 +189,22 @@ def test_a_reload_serves_the_tokens_it_adds(idp: FakeIdp, tmp_path: Path) -> Non
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(15) == 0
+
+
+def test_an_env_file_that_cannot_be_written_stops_the_start(idp: FakeIdp, tmp_path: Path) -> None:
+    """Not a daemon whose endpoint died quietly at start (it used to report it at the stop):
+    `tokend run` exits 2 with one line. Under /proc, where `check` sees a directory it may
+    write in (as root) and yet nothing can be created."""
+    endpoint = {"env_file": "/proc/tokend-test-endpoint.env"}
+    config = _config(idp, tmp_path, endpoint, free_port())
+    process = start_tokend(
+        "run", "-c", str(config), env={"APP_SECRET": CLIENT_SECRET}, log=tmp_path / "tokend.log"
+    )
+    try:
+        assert process.wait(20) == 2
+    finally:
+        if process.poll() is None:
+            process.kill()
+    text = (tmp_path / "tokend.log").read_text()
+    assert "Traceback" not in text
+    assert "env_file" in text and "/proc/tokend-test-endpoint.env" in text, text

@@ -14,7 +14,7 @@ from tokend.endpoint.app import Query
 from tokend.endpoint.catalog import Catalog, NotServed, Selector, resource_key
 from tokend.endpoint.checks import endpoint_problems
 from tokend.endpoint.options import EndpointOptions
-from tokend.endpoint.service import env_lines
+from tokend.endpoint.service import EnvironmentUnknown, client_environment, env_lines
 
 CONFIG = """
 identities:
@@ -248,6 +248,38 @@ def test_check_finds_what_would_fail(tmp_path: Path, monkeypatch: pytest.MonkeyP
             },
             [],
         ),
+        ({"header_secret": {"env": "QUOTED"}}, [f"header_secret: {HEADER_SECRET_RULE}"]),
+        (
+            {"header_secret": {"env": "X"}, "env_file": str(tmp_path)},
+            [f"env_file: {tmp_path} is a directory"],
+        ),
     ]
+    monkeypatch.setenv("X", "a-header-secret")
+    monkeypatch.setenv("QUOTED", "abc'; touch /tmp/pwned; echo '")
     for options, lines in cases:
         assert endpoint_problems(EndpointOptions.model_validate(options), listen=False) == lines
+
+
+HEADER_SECRET_RULE = (
+    "must be printable ASCII without spaces, quotes or backslashes (it is an HTTP header value, "
+    "written into an env file)"
+)
+
+
+@pytest.mark.parametrize("secret", ["abc'; touch pwned; echo '", "a b", "a\nEVIL=1", 'a"b', "a\\b"])
+def test_endpoint_env_never_prints_a_header_secret_a_shell_would_split(
+    secret: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`eval "$(tokend endpoint env)"` runs what it prints: a header secret that would end its
+    quotes is refused, as `tokend run` and `tokend check` refuse it."""
+    monkeypatch.setenv("HEADER", secret)
+    options = EndpointOptions.model_validate({"header_secret": {"env": "HEADER"}})
+    with pytest.raises(EnvironmentUnknown, match=r"^endpoint\.header_secret: must be printable"):
+        client_environment(options)
+    assert endpoint_problems(options, listen=False) == [f"header_secret: {HEADER_SECRET_RULE}"]
+
+
+@pytest.mark.parametrize("path", ["/run/ep\n.sock", "/run/ep'.sock", "/run/ep\x1b[2J.sock"])
+def test_a_socket_path_that_would_break_the_env_file_is_refused(path: str) -> None:
+    with pytest.raises(ValueError, match="a Unix socket path must be printable, without quotes"):
+        EndpointOptions.model_validate({"listen": f"unix:{path}", "header_secret": {"env": "X"}})

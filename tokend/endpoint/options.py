@@ -82,8 +82,11 @@ class EndpointOptions(_Model):
     @classmethod
     def _address(cls, listen: str) -> str:
         if listen.startswith(UNIX_PREFIX):
-            if not listen[len(UNIX_PREFIX) :].startswith("/"):
+            path = listen[len(UNIX_PREFIX) :]
+            if not path.startswith("/"):
                 raise ValueError("a Unix socket needs an absolute path: unix:/run/tokend/ep.sock")
+            if not path.isprintable() or "'" in path:  # it is written into the env file
+                raise ValueError("a Unix socket path must be printable, without quotes")
         else:
             split_listen(listen)
         return listen

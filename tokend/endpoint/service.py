@@ -22,7 +22,7 @@ from tokend.clock import Clock
 from tokend.config import Config
 from tokend.endpoint.app import EndpointApp, Handler
 from tokend.endpoint.catalog import Catalog, password_identities
-from tokend.endpoint.checks import tls_problem
+from tokend.endpoint.checks import header_secret_problem, tls_problem
 from tokend.endpoint.compat import RequestToken
 from tokend.endpoint.http import HttpServer
 from tokend.endpoint.options import REQUESTTOKEN_PATH, EndpointOptions
@@ -66,11 +66,11 @@ class Endpoint:
             header_secret=self.header_secret,
             extra_routes=routes,
         )
+        if self.env_file is not None:  # now: a file that cannot be written stops the start
+            self._write_env_file(self.env_file)
         self.listener = HttpServer(self.app, _bind(options), _tls_context(options))
 
     async def serve(self) -> None:
-        if self.env_file is not None:
-            self._write_env_file(self.env_file)
         log.info("%s", self.announcement())
         await self.listener.serve()
 
@@ -146,8 +146,12 @@ def client_environment(options: EndpointOptions) -> str:
                 secret = options.header_secret.resolve().reveal()
             except SecretError as exc:
                 raise EnvironmentUnknown(f"endpoint.header_secret: {exc}") from None
+            where = "endpoint.header_secret"
         else:
             secret = _written_header(options.resolved_env_file())
+            where = f"IDENTITY_HEADER in {options.resolved_env_file()}"
+        if problem := header_secret_problem(secret):
+            raise EnvironmentUnknown(f"{where}: {problem}")
     return "".join(
         f"{line}\n" if line.startswith("#") else f"export {line}\n"
         for line in env_lines(options, secret).splitlines()
@@ -184,8 +188,8 @@ def _header_secret(options: EndpointOptions) -> tuple[str, bool]:
         value = options.header_secret.resolve().reveal()
     except SecretError as exc:
         raise ListenError(f"endpoint.header_secret: {exc}") from None
-    if "'" in value or "\n" in value:
-        raise ListenError("endpoint.header_secret: must not contain quotes or line breaks")
+    if problem := header_secret_problem(value):
+        raise ListenError(f"endpoint.header_secret: {problem}")
     return value, False
 
 
