@@ -27,12 +27,22 @@ DEFAULT_LISTEN = "127.0.0.1:9464"
 
 
 def url_problem(url: str, *, allow_insecure_http: bool) -> str | None:
-    """Why `url` may not be used, or None when it may."""
-    parts = urlsplit(url)
+    """Why `url` may not be used, or None when it may. Checked when the config loads, so that
+    a URL no HTTP client can use is a config error naming its key, not a failure at every
+    attempt."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # a port that is not a number, or over 65535, raises here
+    except ValueError:
+        return f"'{url}' is not a valid URL (its host or port)"
+    if parts.username or parts.password:  # before anything that would quote the URL
+        return "URL must not contain credentials"
     if parts.scheme not in ("https", "http") or not parts.hostname:
         return f"'{url}' is not an http(s) URL"
-    if parts.username or parts.password:
-        return "URL must not contain credentials"
+    if port == 0:
+        return f"'{url}' has port 0, which nothing listens on"
+    if problem := _host_problem(parts.hostname):
+        return f"'{url}' has {problem}"
     if parts.scheme == "http":
         if not is_loopback(parts.hostname):
             return f"'{url}' uses plain http; https is required except for loopback addresses"
@@ -60,6 +70,21 @@ def is_on_this_machine(host: str) -> bool:
 
 
 _NUMERIC_HOST = re.compile(r"[0-9a-fA-FxX.]+")
+_LABEL = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)")
+
+
+def _host_problem(host: str) -> str | None:
+    """What is wrong with a URL's host name (`urlsplit` lowercases it), or None. Names are ASCII
+    labels: an internationalized name is written in its xn-- form, as DNS knows it."""
+    if _address(host) is not None:
+        return None
+    name = host.removesuffix(".")
+    if len(name) > 253 or not all(_LABEL.fullmatch(label) for label in name.split(".")):
+        return (
+            "no valid host name (ASCII letters, digits, '-' and '_' in dot-separated labels of "
+            "1 to 63; an internationalized name in its xn-- form)"
+        )
+    return None
 
 
 def _address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:

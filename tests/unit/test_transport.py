@@ -21,6 +21,10 @@ from tokend.transport import (
 
 PLAIN_REMOTE = "uses plain http; https is required except for loopback addresses"
 PLAIN_LOOPBACK = "uses plain http; set allow_insecure_http: true to allow it on loopback"
+NO_HOST = (
+    "no valid host name (ASCII letters, digits, '-' and '_' in dot-separated labels of 1 to 63; "
+    "an internationalized name in its xn-- form)"
+)
 
 
 @pytest.mark.parametrize(
@@ -42,6 +46,32 @@ PLAIN_LOOPBACK = "uses plain http; set allow_insecure_http: true to allow it on 
         ("https://user:pw@idp.example/", False, "URL must not contain credentials"),
         ("https://user@idp.example/", False, "URL must not contain credentials"),
         ("https://:pw@idp.example/", False, "URL must not contain credentials"),
+        ("ftp://user:CANARY-pw@idp.example/", False, "URL must not contain credentials"),
+        # What no HTTP client can use: refused when the config loads, not at every attempt.
+        (
+            "http://127.0.0.1:99999/t",
+            True,
+            "'http://127.0.0.1:99999/t' is not a valid URL (its host or port)",
+        ),
+        (
+            "http://127.0.0.1:abc/t",
+            True,
+            "'http://127.0.0.1:abc/t' is not a valid URL (its host or port)",
+        ),
+        ("https://[::1/t", False, "'https://[::1/t' is not a valid URL (its host or port)"),
+        (
+            "https://idp.example:0/t",
+            False,
+            "'https://idp.example:0/t' has port 0, which nothing listens on",
+        ),
+        ("https://a..b.example/", False, f"'https://a..b.example/' has {NO_HOST}"),
+        ("https://-a.example/", False, f"'https://-a.example/' has {NO_HOST}"),
+        (f"https://{'a' * 64}.example/", False, f"'https://{'a' * 64}.example/' has {NO_HOST}"),
+        ("https://ex\u00e4mple.example/", False, f"'https://ex\u00e4mple.example/' has {NO_HOST}"),
+        ("https://xn--exmple-cua.example/", False, None),
+        ("https://login.example./t", False, None),
+        ("https://vault_1.internal:8200/", False, None),
+        ("https://[::1]:8443/t", False, None),
     ],
 )
 def test_which_urls_may_be_used(url: str, allow: bool, problem: str | None) -> None:
