@@ -101,7 +101,7 @@ _memo: ContextVar[dict[tuple[str, str], Any] | None] = ContextVar("directory_mem
 
 @contextmanager
 def remembered_directories() -> Iterator[None]:
-    """While active, `is_directory` and `real_directory` answer each directory once: a check of
+    """While active, `directory_problem` and `real_directory` answer each directory once: a check of
     100,000 sinks in 100 directories asks 100 questions, not 200,000. Outside, every call asks
     (a reload after an operator created a directory must see it)."""
     token = _memo.set({})
@@ -111,8 +111,27 @@ def remembered_directories() -> Iterator[None]:
         _memo.reset(token)
 
 
-def is_directory(path: str) -> bool:
-    return bool(_remembered("isdir", path, os.path.isdir))
+def directory_problem(directory: str, *, create: bool) -> str | None:
+    """Why files cannot be created in `directory` (made first, with `create`), as far as this
+    machine says without writing; None if they can. Answered once per directory while
+    `remembered_directories` is active."""
+    problem: str | None = _remembered(
+        f"problem {create}", directory, lambda path: _directory_problem(path, create)
+    )
+    return problem
+
+
+def _directory_problem(directory: str, create: bool) -> str | None:
+    existing = directory
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if existing != directory and not create:
+        return f"directory {directory} does not exist (create it, or set create_dirs: true)"
+    if not os.path.isdir(existing):
+        return f"{existing} is not a directory"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"cannot create files in {existing} (permissions, or a read-only file system)"
+    return None
 
 
 def real_directory(path: str) -> str:

@@ -65,11 +65,16 @@ def _message(error: Any, model: type) -> str:
         return f"unknown {tag} '{given}' (known: {known})"
     if kind == "literal_error":
         return f"must be one of {ctx.get('expected')}"
-    if kind == "string_pattern_mismatch" and error["loc"][:1] in (("identities",), ("tokens",)):
+    if kind == "string_pattern_mismatch" and _is_name(error["loc"]):
         return "names may use letters, digits, '.', '_' and '-' (at most 64, not starting with '.')"
     message = str(error["msg"])
     message = message.removeprefix("Value error, ").removeprefix("Assertion failed, ")
     return message[:1].lower() + message[1:]
+
+
+def _is_name(loc: tuple[Any, ...]) -> bool:
+    """The error is about an identity's or a token's name (a key), not a value inside it."""
+    return len(loc) == 3 and loc[0] in ("identities", "tokens") and loc[2] == "[key]"
 
 
 def _field_names(model: type, seen: set[type]) -> set[str]:

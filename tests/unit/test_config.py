@@ -422,6 +422,17 @@ def test_identity_names_follow_the_same_rule_as_token_names() -> None:
     ]
 
 
+def test_the_name_rule_is_given_for_names_only() -> None:
+    """A value with a pattern of its own, inside a token, is not told the rule for names."""
+    lines = _lines(
+        _with(
+            {"{type: file, path: /run/tokend/crm.token}": "{type: file, path: /x, env_prefix: a b}"}
+        )
+    )
+    assert len(lines) == 1 and lines[0].startswith("config.yaml: tokens.crm.sinks.0.env_prefix: ")
+    assert "names may use" not in lines[0]
+
+
 def test_validate_config_names_the_config_when_given_no_label() -> None:
     from tokend.config import validate_config
 

@@ -242,27 +242,46 @@ def test_directories_are_looked_at_once_while_remembered(
     """`tokend check` of many sinks in few directories asks about each directory once; outside
     a check every call asks again (a directory created since must be seen)."""
     asked: list[tuple[str, str]] = []
-    isdir, realpath = os.path.isdir, os.path.realpath
-    monkeypatch.setattr(os.path, "isdir", lambda path: asked.append(("isdir", path)) or isdir(path))
+    access, realpath = os.access, os.path.realpath
+    monkeypatch.setattr(
+        os, "access", lambda path, mode: asked.append(("access", path)) or access(path, mode)
+    )
     monkeypatch.setattr(
         os.path, "realpath", lambda path: asked.append(("realpath", path)) or realpath(path)
     )
     (tmp_path / "real").mkdir()
     (tmp_path / "link").symlink_to(tmp_path / "real")
     here, link, missing = str(tmp_path), str(tmp_path / "link"), str(tmp_path / "missing")
-    assert files.is_directory(here) and files.is_directory(here)
-    assert asked == [("isdir", here)] * 2
+    absent = f"directory {missing} does not exist (create it, or set create_dirs: true)"
+    assert files.directory_problem(here, create=False) is None
+    assert files.directory_problem(here, create=False) is None
+    assert asked == [("access", here)] * 2
     asked.clear()
     with files.remembered_directories():
-        assert [files.is_directory(path) for path in (here, here, missing, missing)] == [
-            True,
-            True,
-            False,
-            False,
-        ]
-        assert files.is_directory(link)  # the same path, another question
+        answers = [files.directory_problem(path, create=False) for path in (here, here, missing)]
+        assert answers == [None, None, absent]
+        assert files.directory_problem(missing, create=True) is None  # another question
+        assert files.directory_problem(link, create=False) is None  # the same path, too
         assert files.real_directory(link) == files.real_directory(link) == str(tmp_path / "real")
-    assert asked == [("isdir", here), ("isdir", missing), ("isdir", link), ("realpath", link)]
+    assert asked == [("access", here), ("access", here), ("access", link), ("realpath", link)]
     asked.clear()
     assert files.real_directory(link) == str(tmp_path / "real")
     assert asked == [("realpath", link)]  # forgotten after the check
+
+
+def test_what_stops_files_being_created_in_a_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What `tokend check` says of a file sink's directory, before anything is written."""
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert files.directory_problem(str(tmp_path), create=False) is None
+    assert files.directory_problem(str(tmp_path / "new" / "deeper"), create=True) is None
+    assert files.directory_problem(str(afile), create=False) == f"{afile} is not a directory"
+    assert files.directory_problem(str(afile / "sub"), create=True) == f"{afile} is not a directory"
+    # What the kernel says of a directory this user may not write in (root may write anywhere,
+    # so the answer is given here rather than found).
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+    assert files.directory_problem(str(tmp_path / "new"), create=True) == (
+        f"cannot create files in {tmp_path} (permissions, or a read-only file system)"
+    )

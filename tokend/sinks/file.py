@@ -92,10 +92,8 @@ class FileSinkOptions(SinkOptionsBase):
         except SinkError as exc:
             problems.append(str(exc))
         directory = os.path.dirname(self.path)
-        if not self.create_dirs and not files.is_directory(directory):
-            problems.append(
-                f"directory {directory} does not exist (create it, or set create_dirs: true)"
-            )
+        if problem := files.directory_problem(directory, create=self.create_dirs):
+            problems.append(problem)
         if os.path.isdir(self.path):
             problems.append(f"{self.path} is a directory, not a file")
         return problems
