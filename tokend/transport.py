@@ -9,6 +9,7 @@ import ipaddress
 import re
 import socket
 import ssl
+from errno import EADDRINUSE
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -180,5 +181,8 @@ def listen_problem(listen: str) -> str | None:
         try:
             probe.bind(address)
         except OSError as exc:
-            return f"cannot listen on {listen}: {exc.strerror}"
+            busy = (
+                " (is tokend already running with this config?)" if exc.errno == EADDRINUSE else ""
+            )
+            return f"cannot listen on {listen}: {exc.strerror}{busy}"
     return None

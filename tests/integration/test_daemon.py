@@ -195,6 +195,7 @@ def test_busy_listen_port_is_a_clear_error(short_idp: FakeIdp, tmp_path: Path) -
     assert checked.returncode == 2
     assert checked.stderr.strip().endswith(
         f"listen: cannot listen on 127.0.0.1:{port}: Address already in use"
+        " (is tokend already running with this config?)"
     )
 
 

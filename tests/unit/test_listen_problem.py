@@ -22,6 +22,7 @@ def test_a_port_another_listener_holds_is_named_with_the_reason() -> None:
         port = holder.getsockname()[1]
         assert listen_problem(f"127.0.0.1:{port}") == (
             f"cannot listen on 127.0.0.1:{port}: Address already in use"
+            " (is tokend already running with this config?)"
         )
 
 
