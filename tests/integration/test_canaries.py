@@ -53,9 +53,9 @@ def _config(
                     "sinks": [
                         {"type": "file", "path": str(tmp_path / "crm.token")},
                         {"type": "file", "path": str(tmp_path / "crm.env"), "format": "env"},
-                        # Fails only when written (a directory in which nothing can be created),
+                        # Fails only when written (a name longer than the file system takes),
                         # so start-up checks let it through and the failure paths run.
-                        {"type": "file", "path": "/proc/self/tokend-canary"},
+                        {"type": "file", "path": str(tmp_path / ("n" * 256))},
                     ],
                 }
             },
