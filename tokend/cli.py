@@ -278,11 +278,12 @@ def _status(args: argparse.Namespace) -> int:
     """Standard library and YAML only: scripts and probes call this often."""
     import json
 
+    from tokend.errors import ConfigError
     from tokend.status import StatusUnavailable, fetch_status, listener_url, render_table
 
     try:
         url = args.url or listener_url(args.config)
-    except ValueError as exc:
+    except ConfigError as exc:
         print(exc, file=sys.stderr)
         return EXIT_USAGE
     try:

@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from tokend.clock import format_span
+from tokend.errors import ConfigError
 from tokend.transport import DEFAULT_LISTEN, USER_AGENT, is_loopback
 from tokend.untrusted import json_or_none
 
@@ -131,7 +132,7 @@ class _NoRedirects(urllib.request.HTTPRedirectHandler):
 def listener_url(config: str | None) -> str:
     """The listener the config names (its `listen:` alone is read: the rest of the config is not
     this command's business); the default address when no config file is named or found.
-    Raises ValueError saying why there is none."""
+    Raises `ConfigError` saying why there is none, in one line naming the file."""
     from tokend.configfile import config_path, listen_of  # noqa: PLC0415 - `tokend status` only
 
     path = config_path(config)
@@ -139,7 +140,7 @@ def listener_url(config: str | None) -> str:
         return f"http://{DEFAULT_LISTEN}"
     listen = listen_of(path)
     if listen is None:
-        raise ValueError(f"{path}: listen is off: tokend serves no status (use --url)")
+        raise ConfigError([f"{path}: listen is off: tokend serves no status (use --url)"])
     return f"http://{listen}"
 
 

@@ -1,0 +1,104 @@
+"""`tokend status` against bad input and, as later steps add, a hostile or broken peer: here a
+config that cannot be read. Each is one line on stderr naming the file, a non-zero exit, never a
+traceback. Real processes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from tests.support.processes import tokend
+from tests.support.servers import serve
+
+NOT_TOKEND = "it does not answer like tokend: /status is not tokend's"
+
+
+def _sink(**changes: Any) -> dict[str, Any]:
+    return {
+        "holds_expires_at": "2026-11-26T01:00:00Z",
+        "holds_valid_token": True,
+        "required_for_ready": True,
+        "standby": False,
+        "last_success": "2026-11-25T23:59:00Z",
+        "consecutive_failures": 0,
+        "last_error": None,
+        **changes,
+    }
+
+
+def _token(**changes: Any) -> dict[str, Any]:
+    return {
+        "state": "fresh",
+        "published": True,
+        "ready": True,
+        "expires_at": "2026-11-26T01:00:00Z",
+        "expires_in_seconds": 3600,
+        "next_refresh": "2026-11-26T00:45:00Z",
+        "last_success": "2026-11-25T23:59:00Z",
+        "consecutive_failures": 0,
+        "last_error": None,
+        "sinks": {"file": _sink()},
+        **changes,
+    }
+
+
+def _status(**changes: Any) -> dict[str, Any]:
+    """A `/status` as tokend sends it, with `changes`."""
+    return {
+        "time": "2026-11-26T00:00:00Z",
+        "tokens": {"crm": _token()},
+        "ready": True,
+        "tokens_shown": "all",
+        "tokens_total": 1,
+        **changes,
+    }
+
+
+@contextmanager
+def _serving(document: Any) -> Iterator[str]:
+    body = json.dumps(document).encode()
+
+    async def status(request: Request) -> Response:
+        return Response(body, media_type="application/json")
+
+    with serve(Starlette(routes=[Route("/status", status)])) as url:
+        yield url
+
+
+def _one_line_error(result: Any, peer: str, returncode: int = 1) -> str:
+    """The one line `tokend status` printed on stderr, naming `peer`, after failing as it should."""
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == returncode, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert peer in lines[0]
+    line: str = lines[0]
+    return line
+
+
+@pytest.mark.parametrize(
+    ("make", "problem"),
+    [
+        (lambda path: path.write_text("listen: [\n"), ":2:1: "),
+        (lambda path: None, ": config file not found"),
+        (lambda path: path.mkdir(), ": cannot read config: is a directory"),
+    ],
+    ids=["yaml", "missing", "directory"],
+)
+def test_a_config_that_cannot_be_read(
+    tmp_path: Path, make: Callable[[Path], object], problem: str
+) -> None:
+    """As `tokend check` says it: the file, where, what; not an exception's class name."""
+    config = tmp_path / "c.yaml"
+    make(config)
+    line = _one_line_error(tokend("status", "-c", str(config)), str(config), returncode=2)
+    assert line.startswith(f"{config}{problem}")
