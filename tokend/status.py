@@ -124,6 +124,16 @@ class StatusUnavailable(Exception):
     """No status could be read; the text says why in one line."""
 
 
+def printable(text: str) -> str:
+    """`text` with every character a terminal would not show as itself escaped (`\\n`,
+    `\\x1b`, `\\x9b`, `\\u202e`): what a server sends stays on its line and cannot clear the
+    screen, reorder text or forge a line such as `ready`. `one_line` escapes only C0 controls;
+    C1 controls and Unicode format characters act on terminals too."""
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
+
+
 class _NoRedirects(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, *args: Any, **kwargs: Any) -> None:
         return None  # no HTTP client in tokend follows a redirect: the 3xx is the answer
@@ -190,30 +200,75 @@ def _read_at_most(response: Any, limit: int) -> bytes:
 
 
 def is_status(document: Any) -> bool:
-    """`document` has the shape of tokend's `/status` (what `render_table` reads)."""
+    """`document` has the shape of tokend's `/status`: every field `render_table` reads, with
+    its type, and times that are ISO 8601 with a time zone. A server that is not tokend (or a
+    broken one) is told apart here, in one line, rather than by a traceback in the table."""
     if not isinstance(document, dict) or not isinstance(document.get("tokens"), dict):
         return False
-    if not isinstance(document.get("time"), str) or not isinstance(document.get("ready"), bool):
+    if _moment(document.get("time")) is None or not isinstance(document.get("ready"), bool):
         return False
-    if document.get("tokens_shown") == "problems" and type(document.get("tokens_total")) is not int:
+    if document.get("tokens_shown") == "problems" and not _is_count(document.get("tokens_total")):
         return False
-    return all(
-        isinstance(token, dict) and token.keys() >= _TOKEN_KEYS and isinstance(token["sinks"], dict)
-        for token in document["tokens"].values()
+    return all(_is_token(token) for token in document["tokens"].values())
+
+
+def _is_token(token: Any) -> bool:
+    return (
+        isinstance(token, dict)
+        and isinstance(token.get("state"), str)
+        and _is_moment_or_none(token, "expires_at")
+        and _is_moment_or_none(token, "next_refresh")
+        and _is_count(token.get("consecutive_failures"))
+        and _is_text_or_none(token, "last_error")
+        and isinstance(token.get("sinks"), dict)
+        and all(_is_sink(sink) for sink in token["sinks"].values())
     )
 
 
-_TOKEN_KEYS = {"state", "expires_at", "next_refresh", "consecutive_failures", "last_error", "sinks"}
+def _is_sink(sink: Any) -> bool:
+    return (
+        isinstance(sink, dict)
+        and isinstance(sink.get("standby", False), bool)
+        and isinstance(sink.get("required_for_ready", True), bool)
+        and _is_moment_or_none(sink, "last_success")
+        and _is_count(sink.get("consecutive_failures"))
+        and _is_text_or_none(sink, "last_error")
+    )
+
+
+def _is_count(value: Any) -> bool:
+    return type(value) is int and value >= 0
+
+
+def _is_text_or_none(mapping: dict[str, Any], key: str) -> bool:
+    return key in mapping and (mapping[key] is None or isinstance(mapping[key], str))
+
+
+def _is_moment_or_none(mapping: dict[str, Any], key: str) -> bool:
+    return key in mapping and (mapping[key] is None or _moment(mapping[key]) is not None)
+
+
+def _moment(value: Any) -> datetime | None:
+    """`value` as a time, if it is ISO 8601 text with a time zone (tokend's times all have one:
+    a naive time cannot be compared with them)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return moment if moment.utcoffset() is not None else None
 
 
 def render_table(status: dict[str, Any]) -> str:
     """`tokend status` output: one line per token, one indented line per sink; then, if only
-    the tokens that need attention were asked for, how many of all they are."""
+    the tokens that need attention were asked for, how many of all they are. Every string the
+    server sent is shown `printable`."""
     problems_only = status.get("tokens_shown") == "problems"
     lines = _token_lines(status) if status["tokens"] or not problems_only else []
     for key, section in status.items():
         if isinstance(section, dict) and isinstance(section.get("summary"), str):
-            lines.append(f"{key} {section['summary']}")
+            lines.append(f"{printable(key)} {printable(section['summary'])}")
     if problems_only:
         shown, total = len(status["tokens"]), status["tokens_total"]
         lines.append(f"tokens that need attention: {shown} of {total}")
@@ -228,33 +283,35 @@ def render_table(status: dict[str, Any]) -> str:
 def _token_lines(status: dict[str, Any]) -> list[str]:
     """The table: a header, a line per token and an indented line per sink."""
     now = datetime.fromisoformat(status["time"])
-    rows = [("TOKEN", "STATE", "EXPIRES IN", "NEXT TRY", "FAILURES", "LAST ERROR")]
-    sink_lines: dict[str, list[str]] = {}
-    for name, token in status["tokens"].items():
-        rows.append(
-            (
-                name,
-                token["state"],
-                _until(token["expires_at"], now, past="expired"),
-                _until(token["next_refresh"], now, past="now"),
-                str(token["consecutive_failures"]),
-                token["last_error"] or "-",
-            )
-        )
-        sink_lines[name] = [_sink_line(sink, info, now) for sink, info in token["sinks"].items()]
+    tokens = status["tokens"]
+    rows: list[tuple[str, ...]] = [
+        ("TOKEN", "STATE", "EXPIRES IN", "NEXT TRY", "FAILURES", "LAST ERROR")
+    ]
+    rows += [_token_row(name, token, now) for name, token in tokens.items()]
+    sinks: list[list[str]] = [[]]  # the header's
+    sinks += [[_sink_line(n, sink, now) for n, sink in t["sinks"].items()] for t in tokens.values()]
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
     lines = []
-    for row in rows:
-        lines.append(
-            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False))
-            + "  "
-            + row[5]
-        )
-        lines += [f"    {line}" for line in sink_lines.get(row[0], [])]
+    for row, sink_lines in zip(rows, sinks, strict=True):
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        lines.append("  ".join([*cells, row[5]]))
+        lines += [f"    {line}" for line in sink_lines]
     return lines
 
 
+def _token_row(name: str, token: dict[str, Any], now: datetime) -> tuple[str, ...]:
+    return (
+        printable(name),
+        printable(token["state"]),
+        _until(token["expires_at"], now, past="expired"),
+        _until(token["next_refresh"], now, past="now"),
+        str(token["consecutive_failures"]),
+        printable(token["last_error"] or "-"),
+    )
+
+
 def _sink_line(name: str, sink: dict[str, Any], now: datetime) -> str:
+    name = printable(name)
     if sink.get("standby"):
         return f"sink {name}: standby (the leader writes it)"
     if not sink.get("required_for_ready", True):
@@ -265,9 +322,8 @@ def _sink_line(name: str, sink: dict[str, Any], now: datetime) -> str:
         else "never written"
     )
     if sink["last_error"]:
-        return (
-            f"sink {name}: failing ({sink['consecutive_failures']}x, {when}): {sink['last_error']}"
-        )
+        failures, error = sink["consecutive_failures"], printable(sink["last_error"])
+        return f"sink {name}: failing ({failures}x, {when}): {error}"
     return f"sink {name}: ok, {when}"
 
 

@@ -1,6 +1,7 @@
-"""`tokend status` against bad input and, as later steps add, a hostile or broken peer: here a
-config that cannot be read. Each is one line on stderr naming the file, a non-zero exit, never a
-traceback. Real processes."""
+"""`tokend status` against a hostile or broken peer, and bad input: a document that looks like
+tokend's but is not, strings meant to forge lines on the terminal, a config that cannot be read.
+Each is one line on stderr naming the peer (or the file), a non-zero exit, never a traceback.
+Real processes over real sockets on loopback."""
 
 from __future__ import annotations
 
@@ -102,3 +103,50 @@ def test_a_config_that_cannot_be_read(
     make(config)
     line = _one_line_error(tokend("status", "-c", str(config)), str(config), returncode=2)
     assert line.startswith(f"{config}{problem}")
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        _status(time="garbage"),
+        _status(tokens={"crm": _token(state=5)}),
+        _status(tokens={"crm": _token(last_error=5)}),
+        _status(tokens={"crm": _token(expires_at="2026-11-26T01:00:00")}),  # no timezone
+        _status(tokens={"crm": _token(sinks={"file": {}})}),
+        _status(tokens={"crm": _token(sinks={"file": _sink(last_success="yesterday")})}),
+        _status(tokens={"crm": _token(sinks={"file": _sink(last_error=["x"])})}),
+    ],
+    ids=["time", "state", "last_error", "naive_expiry", "empty_sink", "sink_time", "sink_error"],
+)
+def test_a_document_that_only_looks_like_tokend_s(document: dict[str, Any]) -> None:
+    """Each passed the old shape check and broke the table with a traceback."""
+    with _serving(document) as url:
+        result = tokend("status", "--url", url)
+    assert _one_line_error(result, url) == f"cannot read tokend's status from {url}: {NOT_TOKEND}"
+
+
+FORGED = "\x1b[2J\nready\r\u202e\x9b"
+"""Clears the screen, starts a line that says `ready`, and more a terminal would act on."""
+
+
+def test_a_server_cannot_forge_lines() -> None:
+    """Every string the server sent is shown escaped, on its own line: the output has exactly
+    its lines, and says NOT READY as `ready: false` does."""
+    sink = _sink(last_error=f"disk{FORGED}", consecutive_failures=2)
+    token = _token(state=f"fresh{FORGED}", last_error=f"err{FORGED}", sinks={f"f{FORGED}": sink})
+    document = _status(
+        tokens={f"crm{FORGED}": token}, ready=False, vault={"summary": f"up{FORGED}"}
+    )
+    with _serving(document) as url:
+        result = tokend("status", "--url", url)
+    assert result.returncode == 1 and result.stderr == "", result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 5, result.stdout  # header, token, sink, vault, NOT READY
+    assert lines[-1].startswith("NOT READY")
+    assert "ready" not in [line.strip() for line in lines]
+    assert all(line.isprintable() for line in lines)
+    escaped = "\\x1b[2J\\nready\\r\\u202e\\x9b"
+    assert lines[1].startswith(f"crm{escaped}  fresh{escaped}")
+    assert lines[1].endswith(f"err{escaped}")
+    assert lines[2] == f"    sink f{escaped}: failing (2x, last success 1m00s ago): disk{escaped}"
+    assert lines[3] == f"vault up{escaped}"
