@@ -4,7 +4,9 @@ client in use (Vault's health), as its resource kind reports it. No secret, no t
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import re
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -134,6 +136,53 @@ def printable(text: str) -> str:
     return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
 
 
+_HOST_NAME = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\.?")
+_URL_CHARACTERS = re.compile(r"[!-~]+")
+"""Visible ASCII: a space or a control character breaks the request line, and the standard
+library would raise on them rather than say so."""
+
+
+def url_problem(url: str) -> str | None:
+    """Why `url` cannot be tokend's listener, or None: http or https, a host that is a name or
+    an IP address, a port from 1 to 65535, nothing else. The standard library opens `file://`
+    URLs as gladly, and raises on a bad host or port mid-request."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:  # a `[` without its `]`, or no IP address between them
+        return "the host is neither a name nor an IP address"
+    if parts.scheme not in ("http", "https"):
+        return "not an http(s) URL"
+    host = parts.hostname
+    if not host:
+        return "no host"
+    if not (_HOST_NAME.fullmatch(host) or (":" in host and _is_address(host))):
+        return f"the host '{printable(host)}' is neither a name nor an IP address"
+    if not _has_usable_port(parts):
+        return "the port is not a number from 1 to 65535"
+    if not _URL_CHARACTERS.fullmatch(url):
+        return "a space, a control or a non-ASCII character in the URL"
+    if parts.username is not None:
+        return "a user or password in the URL: tokend's listener takes none"
+    if parts.query or parts.fragment:
+        return "a query or fragment in the URL: give the listener's base URL"
+    return None
+
+
+def _has_usable_port(parts: urllib.parse.SplitResult) -> bool:
+    try:
+        return parts.port != 0  # None: the scheme's own
+    except ValueError:  # not a number, or beyond 65535
+        return False
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 class _NoRedirects(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, *args: Any, **kwargs: Any) -> None:
         return None  # no HTTP client in tokend follows a redirect: the 3xx is the answer
@@ -151,7 +200,11 @@ def listener_url(config: str | None) -> str:
     listen = listen_of(path)
     if listen is None:
         raise ConfigError([f"{path}: listen is off: tokend serves no status (use --url)"])
-    return f"http://{listen}"
+    url = f"http://{listen}"
+    problem = url_problem(url)
+    if problem is not None:
+        raise ConfigError([f"{path}: listen: '{printable(listen)}': {problem}"])
+    return url
 
 
 PROBLEMS_QUERY = "?tokens=problems"
@@ -163,12 +216,16 @@ sink (~60 MB at 100,000 tokens); what is larger is not tokend's."""
 
 def fetch_status(url: str, *, problems: bool = False) -> dict[str, Any]:
     """tokend's `/status` at `url` (its listener's base URL), with the standard library only, so
-    `tokend status` starts in a blink. Raises `StatusUnavailable`."""
+    `tokend status` starts in a blink. Raises `StatusUnavailable`, also for a `url` that cannot
+    be a listener (`url_problem`)."""
+    problem = url_problem(url)
+    if problem is not None:
+        raise StatusUnavailable(problem)
     host = urllib.parse.urlsplit(url).hostname or ""
     handlers: list[urllib.request.BaseHandler] = [_NoRedirects()]
     if is_loopback(host):
         handlers.append(urllib.request.ProxyHandler({}))  # loopback never through a proxy
-    request = urllib.request.Request(  # noqa: S310 - the scheme is checked by the caller
+    request = urllib.request.Request(  # noqa: S310 - http(s) only: url_problem says so
         f"{url.rstrip('/')}/status{PROBLEMS_QUERY if problems else ''}",
         headers={"User-Agent": USER_AGENT},
     )

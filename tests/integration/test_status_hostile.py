@@ -1,7 +1,7 @@
 """`tokend status` against a hostile or broken peer, and bad input: a document that looks like
-tokend's but is not, strings meant to forge lines on the terminal, a config that cannot be read.
-Each is one line on stderr naming the peer (or the file), a non-zero exit, never a traceback.
-Real processes over real sockets on loopback."""
+tokend's but is not, strings meant to forge lines on the terminal, a URL that cannot be tokend's
+listener, a config that cannot be read. Each is one line on stderr naming the peer (or the
+file), a non-zero exit, never a traceback. Real processes over real sockets on loopback."""
 
 from __future__ import annotations
 
@@ -150,3 +150,27 @@ def test_a_server_cannot_forge_lines() -> None:
     assert lines[1].endswith(f"err{escaped}")
     assert lines[2] == f"    sink f{escaped}: failing (2x, last success 1m00s ago): disk{escaped}"
     assert lines[3] == f"vault up{escaped}"
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://127.0.0.1:abc", "http://exa mple", "http://[::1", "http://127.0.0.1:99999"],
+)
+def test_a_url_that_cannot_be_a_listener(url: str) -> None:
+    _one_line_error(tokend("status", "--url", url), url, returncode=2)
+
+
+def test_a_file_url_is_not_read(tmp_path: Path) -> None:
+    """Once read as /status, whatever local file it named."""
+    (tmp_path / "status").write_text(json.dumps(_status()))
+    url = f"file://{tmp_path}"
+    line = _one_line_error(tokend("status", "--url", url), url, returncode=2)
+    assert "not an http(s) URL" in line
+
+
+def test_a_listen_address_that_cannot_be_a_listener(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text('listen: "exa mple:9464"\n')
+    line = _one_line_error(tokend("status", "-c", str(config)), str(config), returncode=2)
+    assert line.startswith(f"{config}: listen: ")
+    assert "exa mple" in line
