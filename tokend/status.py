@@ -4,9 +4,12 @@ client in use (Vault's health), as its resource kind reports it. No secret, no t
 
 from __future__ import annotations
 
+import http.client
+import io
 import ipaddress
 import json
 import re
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -19,7 +22,10 @@ from tokend.transport import DEFAULT_LISTEN, USER_AGENT, is_loopback
 from tokend.untrusted import json_or_none
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    import socket
+    from collections.abc import Callable, Iterator
+
+    from _typeshed import WriteableBuffer
 
     from tokend.engine import Engine, SinkView, TokenView
     from tokend.errors import TokendError
@@ -212,37 +218,153 @@ PROBLEMS_QUERY = "?tokens=problems"
 STATUS_LIMIT = 512 << 20
 """The most of `/status` that `tokend status` reads: tokend's takes ~600 bytes a token with one
 sink (~60 MB at 100,000 tokens); what is larger is not tokend's."""
+STATUS_DEADLINE = 15.0
+"""Seconds for the whole exchange: connecting, asking, the whole answer. A socket's timeout
+counts for each read alone, so a server sending a byte a second held `tokend status` for as long
+as it liked. tokend's own `/status` at 100,000 tokens takes ~5 s (~12 s under heavy refreshing;
+`--problems` is far smaller)."""
+CONNECT_TIMEOUT = 5.0
+"""Seconds to connect (and to send the request), within `STATUS_DEADLINE`."""
 
 
-def fetch_status(url: str, *, problems: bool = False) -> dict[str, Any]:
+def fetch_status(
+    url: str, *, problems: bool = False, deadline: float = STATUS_DEADLINE
+) -> dict[str, Any]:
     """tokend's `/status` at `url` (its listener's base URL), with the standard library only, so
-    `tokend status` starts in a blink. Raises `StatusUnavailable`, also for a `url` that cannot
-    be a listener (`url_problem`)."""
+    `tokend status` starts in a blink; all of it within `deadline` seconds. Raises
+    `StatusUnavailable`, also for a `url` that cannot be a listener (`url_problem`)."""
     problem = url_problem(url)
     if problem is not None:
         raise StatusUnavailable(problem)
-    host = urllib.parse.urlsplit(url).hostname or ""
-    handlers: list[urllib.request.BaseHandler] = [_NoRedirects()]
-    if is_loopback(host):
-        handlers.append(urllib.request.ProxyHandler({}))  # loopback never through a proxy
     request = urllib.request.Request(  # noqa: S310 - http(s) only: url_problem says so
         f"{url.rstrip('/')}/status{PROBLEMS_QUERY if problems else ''}",
         headers={"User-Agent": USER_AGENT},
     )
+    host = urllib.parse.urlsplit(url).hostname or ""
     try:
-        with urllib.request.build_opener(*handlers).open(request, timeout=5) as response:
-            document = json_or_none(_read_at_most(response, STATUS_LIMIT))
-    except urllib.error.HTTPError as exc:
-        raise StatusUnavailable(f"HTTP {exc.code}") from None
-    except urllib.error.URLError as exc:
-        reason = exc.reason if isinstance(exc.reason, str) else getattr(exc.reason, "strerror", "")
-        raise StatusUnavailable(f"cannot connect: {reason or exc.reason}") from None
-    except (OSError, ValueError) as exc:
-        raise StatusUnavailable(str(exc) or type(exc).__name__) from None
+        document = _get(request, time.monotonic() + deadline, loopback=is_loopback(host))
+    except _Late:
+        raise StatusUnavailable(f"no whole answer within {deadline:g} s") from None
     if not is_status(document):
         raise StatusUnavailable("it does not answer like tokend: /status is not tokend's")
     result: dict[str, Any] = document
     return result
+
+
+def _get(request: urllib.request.Request, end: float, *, loopback: bool) -> Any:
+    """The JSON `request` is answered with (None if it is not JSON), all of it read by `end`
+    (`time.monotonic()`; else `_Late`). Raises `StatusUnavailable` saying what went wrong, in
+    words of its own: the standard library's texts may quote the server (a 64 KiB status line)."""
+    handlers: list[urllib.request.BaseHandler] = [_NoRedirects(), _HTTP(end), _HTTPS(end)]
+    if loopback:
+        handlers.append(urllib.request.ProxyHandler({}))  # loopback never through a proxy
+    try:
+        with urllib.request.build_opener(*handlers).open(request) as response:
+            return json_or_none(_read_at_most(response, STATUS_LIMIT))
+    except urllib.error.HTTPError as exc:
+        raise StatusUnavailable(f"HTTP {exc.code}") from None
+    except urllib.error.URLError as exc:
+        reason = exc.reason if isinstance(exc.reason, str) else getattr(exc.reason, "strerror", "")
+        raise StatusUnavailable(f"cannot connect: {printable(str(reason or exc.reason))}") from None
+    except http.client.HTTPException as exc:
+        raise StatusUnavailable(_http_problem(exc)) from None
+    except (OSError, ValueError) as exc:
+        raise StatusUnavailable(printable(str(exc))[:200] or type(exc).__name__) from None
+
+
+def _http_problem(exc: http.client.HTTPException) -> str:
+    """What was wrong with the server's HTTP: not what http.client says, which quotes it."""
+    if isinstance(exc, http.client.RemoteDisconnected):
+        return "the server closed the connection without answering"
+    if isinstance(exc, http.client.BadStatusLine):
+        return "not an HTTP answer: no valid status line"
+    if isinstance(exc, http.client.IncompleteRead):
+        return "the answer broke off, or its chunked encoding is broken"
+    return f"not a valid HTTP answer: {printable(str(exc))[:200]}"  # too many or long lines
+
+
+class _Late(Exception):
+    """The exchange's deadline passed before the answer was whole."""
+
+
+def _left(end: float) -> float:
+    """Seconds until `end` (`time.monotonic()`); `_Late` if none are left."""
+    left = end - time.monotonic()
+    if left <= 0:
+        raise _Late
+    return left
+
+
+class _HTTP(urllib.request.HTTPHandler):
+    """Plain HTTP, each connection held to the exchange's deadline."""
+
+    def __init__(self, end: float) -> None:
+        super().__init__()
+        self._end = end
+
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(_held_to(http.client.HTTPConnection, self._end), req)
+
+
+class _HTTPS(urllib.request.HTTPSHandler):
+    """HTTPS (the system's CAs), each connection held to the exchange's deadline."""
+
+    def __init__(self, end: float) -> None:
+        super().__init__()
+        self._end = end
+
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(_held_to(http.client.HTTPSConnection, self._end), req)
+
+
+def _held_to(
+    kind: type[http.client.HTTPConnection], end: float
+) -> Callable[..., http.client.HTTPConnection]:
+    """Makes connections of `kind` that connect (TLS included) and send within
+    `CONNECT_TIMEOUT` and what is left until `end`, and read their answer by `end`."""
+    response_class = _response_class(end)
+
+    def connection(host: str, /, **options: Any) -> http.client.HTTPConnection:
+        made = kind(host, **(options | {"timeout": min(CONNECT_TIMEOUT, _left(end))}))
+        made.response_class = response_class
+        return made
+
+    return connection
+
+
+def _response_class(end: float) -> type[http.client.HTTPResponse]:
+    """`HTTPResponse` reading through `_TimedReader` (headers and body alike)."""
+
+    class TimedResponse(http.client.HTTPResponse):
+        def __init__(self, sock: socket.socket, *args: Any, **kwargs: Any) -> None:
+            super().__init__(sock, *args, **kwargs)
+            self.fp.close()  # http.client's reader: the socket's timeout for each read alone
+            self.fp = io.BufferedReader(_TimedReader(sock, end))
+
+    return TimedResponse
+
+
+class _TimedReader(io.RawIOBase):
+    """A socket's bytes, each read given only the time left until `end` (`_Late` after)."""
+
+    def __init__(self, sock: socket.socket, end: float) -> None:
+        super().__init__()
+        self._sock, self._end = sock, end
+        self._raw = sock.makefile("rb", buffering=0)  # holds the socket open, as http.client's
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: WriteableBuffer, /) -> int | None:
+        self._sock.settimeout(_left(self._end))
+        try:
+            return self._raw.readinto(buffer)
+        except TimeoutError:
+            raise _Late from None
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
 
 
 def _read_at_most(response: Any, limit: int) -> bytes:

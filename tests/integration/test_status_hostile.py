@@ -1,11 +1,15 @@
 """`tokend status` against a hostile or broken peer, and bad input: a document that looks like
-tokend's but is not, strings meant to forge lines on the terminal, a URL that cannot be tokend's
-listener, a config that cannot be read. Each is one line on stderr naming the peer (or the
-file), a non-zero exit, never a traceback. Real processes over real sockets on loopback."""
+tokend's but is not, HTTP that is not HTTP, a URL that cannot be tokend's listener, a server that
+drips its answer, strings meant to forge lines on the terminal, a config that cannot be read.
+Each is one line on stderr naming the peer (or the file), a non-zero exit, never a traceback and
+never a hang. Real processes over real sockets on loopback."""
 
 from __future__ import annotations
 
 import json
+import socket
+import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +23,8 @@ from starlette.routing import Route
 
 from tests.support.processes import tokend
 from tests.support.servers import serve
+from tokend import status as status_module
+from tokend.status import StatusUnavailable, fetch_status
 
 NOT_TOKEND = "it does not answer like tokend: /status is not tokend's"
 
@@ -174,3 +180,114 @@ def test_a_listen_address_that_cannot_be_a_listener(tmp_path: Path) -> None:
     line = _one_line_error(tokend("status", "-c", str(config)), str(config), returncode=2)
     assert line.startswith(f"{config}: listen: ")
     assert "exa mple" in line
+
+
+@contextmanager
+def _raw_server(answer: Callable[[socket.socket, threading.Event], None]) -> Iterator[str]:
+    """A socket server on 127.0.0.1 that reads each request's head, then lets `answer` write
+    whatever it likes (it may stop early when the event is set: the server is closing)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.1)  # so the loop sees `closing` soon after the test ends
+    closing = threading.Event()
+
+    def run() -> None:
+        while not closing.is_set():
+            try:
+                connection, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with connection:
+                connection.settimeout(30)
+                try:
+                    _read_head(connection)
+                    answer(connection, closing)
+                    connection.shutdown(socket.SHUT_WR)
+                except OSError:
+                    pass  # the client gave up: what these servers are for
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        closing.set()
+        thread.join(10)
+        listener.close()
+
+
+def _read_head(connection: socket.socket) -> None:
+    head = b""
+    while b"\r\n\r\n" not in head:
+        piece = connection.recv(4096)
+        if not piece:
+            return
+        head += piece
+
+
+def _sending(data: bytes) -> Callable[[socket.socket, threading.Event], None]:
+    def answer(connection: socket.socket, closing: threading.Event) -> None:
+        connection.sendall(data)
+
+    return answer
+
+
+_OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"garbage\r\n\r\n",
+        _OK + b"X-Long: " + b"a" * 100_000 + b"\r\n\r\n",
+        _OK + b"".join(b"X-%d: y\r\n" % n for n in range(101)) + b"\r\n",
+        _OK + b"Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n",
+    ],
+    ids=["status_line", "long_header", "many_headers", "chunking"],
+)
+def test_http_that_is_not_http(answer: bytes) -> None:
+    """http.client's HTTPException family: neither OSError nor ValueError, once a traceback."""
+    with _raw_server(_sending(answer)) as url:
+        result = tokend("status", "--url", url)
+    line = _one_line_error(result, url)
+    assert line.startswith(f"cannot read tokend's status from {url}: ")
+    assert "garbage" not in line  # nothing the server sent is quoted
+
+
+def _dripping(data: bytes) -> Callable[[socket.socket, threading.Event], None]:
+    """An answer of `data`, one byte a second."""
+
+    def answer(connection: socket.socket, closing: threading.Event) -> None:
+        for byte in data:
+            if closing.wait(1):
+                return
+            connection.sendall(bytes([byte]))
+
+    return answer
+
+
+def _response(body: bytes) -> bytes:
+    return _OK + b"Content-Length: %d\r\n\r\n" % len(body) + body
+
+
+def test_a_dripping_server_meets_the_deadline() -> None:
+    """A byte a second from the status line on: each read is quick, the whole never ends (the
+    socket's timeout is per read). The deadline ends it; the test takes about that long."""
+    with _raw_server(_dripping(_response(json.dumps(_status()).encode()))) as url:
+        started = time.monotonic()
+        result = tokend("status", "--url", url)
+        took = time.monotonic() - started
+    line, deadline = _one_line_error(result, url), status_module.STATUS_DEADLINE
+    assert line == f"cannot read tokend's status from {url}: no whole answer within {deadline:g} s"
+    assert deadline <= took < deadline + 10
+
+
+def test_a_body_dripped_after_quick_headers_meets_the_deadline() -> None:
+    body = json.dumps(_status()).encode()
+
+    def answer(connection: socket.socket, closing: threading.Event) -> None:
+        connection.sendall(_response(body)[: -len(body)])
+        _dripping(body)(connection, closing)
+
+    with _raw_server(answer) as url, pytest.raises(StatusUnavailable) as caught:
+        fetch_status(url, deadline=2)
+    assert str(caught.value) == "no whole answer within 2 s"
