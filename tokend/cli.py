@@ -275,20 +275,34 @@ def _dev(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    """Standard library and YAML only: scripts and probes call this often."""
+    """Standard library and YAML only: scripts and probes call this often. Whatever the config,
+    the URL or the server, one line on stderr and a non-zero exit, never a traceback."""
     import json
 
-    from tokend.status import StatusUnavailable, fetch_status, listener_url, render_table
+    from tokend.errors import ConfigError
+    from tokend.status import (
+        StatusUnavailable,
+        fetch_status,
+        listener_url,
+        printable,
+        render_table,
+        url_problem,
+    )
 
     try:
         url = args.url or listener_url(args.config)
-    except ValueError as exc:
+    except ConfigError as exc:
         print(exc, file=sys.stderr)
+        return EXIT_USAGE
+    failing = f"cannot read tokend's status from {printable(url)}"
+    problem = url_problem(url)
+    if problem is not None:
+        print(f"{failing}: {problem}", file=sys.stderr)
         return EXIT_USAGE
     try:
         status = fetch_status(url, problems=args.problems)
     except StatusUnavailable as exc:
-        print(f"cannot read tokend's status from {url}: {exc}", file=sys.stderr)
+        print(f"{failing}: {exc}", file=sys.stderr)
         return EXIT_FAILED
     print(json.dumps(status, indent=2) if args.json else render_table(status))
     return EXIT_OK if status.get("ready") else EXIT_FAILED

@@ -64,22 +64,31 @@ def load_config(path: Path) -> LoadedConfig:
         if last is not None and _digest(_chunks(path)) == last[0]:
             return last[1]
         raw = path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError([f"{path}: config file not found"]) from None
     except OSError as exc:
-        reason = (exc.strerror or type(exc).__name__).lower()
-        raise ConfigError([f"{path}: cannot read config: {reason}"]) from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line, column = _position(raw, exc.start)
-        byte = raw[exc.start]
-        message = f"not UTF-8 (byte 0x{byte:02x}); save the file as UTF-8"
-        raise ConfigError([f"{path}:{line}:{column}: {message}"]) from None
+        raise _unreadable(path, exc) from None
+    text = _decoded(raw, path)
     loaded = parse_config(text, label=str(path), source=path)
     _last.clear()  # one file in use; a reload of a changed one frees the older config
     _last[path] = (_digest([raw]), loaded)  # of the bytes parsed, whatever the file holds now
     return loaded
+
+
+def _unreadable(path: Path, exc: OSError) -> ConfigError:
+    """A config file that cannot be read, in one line naming it and why (not the class name)."""
+    if isinstance(exc, FileNotFoundError):
+        return ConfigError([f"{path}: config file not found"])
+    reason = (exc.strerror or type(exc).__name__).lower()
+    return ConfigError([f"{path}: cannot read config: {reason}"])
+
+
+def _decoded(raw: bytes, path: Path) -> str:
+    """`raw` as text, or `ConfigError` saying where the first byte that is not UTF-8 is."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line, column = _position(raw, exc.start)
+        message = f"not UTF-8 (byte 0x{raw[exc.start]:02x}); save the file as UTF-8"
+        raise ConfigError([f"{path}:{line}:{column}: {message}"]) from None
 
 
 def _position(raw: bytes, offset: int) -> tuple[int, int]:
@@ -90,26 +99,27 @@ def _position(raw: bytes, offset: int) -> tuple[int, int]:
 
 def listen_of(path: Path) -> str | None:
     """The `listen:` of the config at `path`, read without validating the rest (for `tokend
-    status`, which must start fast and needs nothing else). Raises ValueError (one line)."""
+    status`, which must start fast and needs nothing else). Raises `ConfigError` (one line, as
+    `tokend check` would say it)."""
     try:
-        document = read_yaml(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise ValueError(f"{path}: cannot read config: {type(exc).__name__}") from None
-    listen = document.get("listen", DEFAULT_LISTEN) if isinstance(document, dict) else None
-    if listen is not None:
-        if not isinstance(listen, str):
-            raise ValueError(f"{path}: listen: not host:port")
-        try:
-            split_listen(listen)
-        except ValueError as exc:
-            raise ValueError(f"{path}: listen: {exc}") from None
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise _unreadable(path, exc) from None
+    document = _mapping(_read_yaml(_decoded(raw, path), str(path)), str(path))
+    listen = document.get("listen", DEFAULT_LISTEN)
+    if listen is None:
+        return None
+    if not isinstance(listen, str):
+        raise ConfigError([f"{path}: listen: not host:port"])
+    try:
+        split_listen(listen)
+    except ValueError as exc:
+        raise ConfigError([f"{path}: listen: {exc}"]) from None
     return listen
 
 
 def parse_config(text: str, *, label: str, source: Path | None = None) -> LoadedConfig:
-    document = _read_yaml(text, label)
-    if not isinstance(document, dict):
-        raise ConfigError([f"{label}: the config must be a mapping with identities and tokens"])
+    document = _mapping(_read_yaml(text, label), label)
     from tokend.config import validate_config  # pydantic and the kinds' schemas: not for status
     from tokend.secret_fields import secret_references
     from tokend.secrets import InlineSecret
@@ -122,6 +132,12 @@ def parse_config(text: str, *, label: str, source: Path | None = None) -> Loaded
         if isinstance(ref, InlineSecret)
     ]
     return LoadedConfig(config=config, source=source or Path(label), warnings=warnings)
+
+
+def _mapping(document: Any, label: str) -> dict[str, Any]:
+    if not isinstance(document, dict):
+        raise ConfigError([f"{label}: the config must be a mapping with identities and tokens"])
+    return document
 
 
 def _read_yaml(text: str, label: str) -> Any:

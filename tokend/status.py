@@ -4,7 +4,12 @@ client in use (Vault's health), as its resource kind reports it. No secret, no t
 
 from __future__ import annotations
 
+import http.client
+import io
+import ipaddress
 import json
+import re
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -12,11 +17,15 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from tokend.clock import format_span
+from tokend.errors import ConfigError
 from tokend.transport import DEFAULT_LISTEN, USER_AGENT, is_loopback
 from tokend.untrusted import json_or_none
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    import socket
+    from collections.abc import Callable, Iterator
+
+    from _typeshed import WriteableBuffer
 
     from tokend.engine import Engine, SinkView, TokenView
     from tokend.errors import TokendError
@@ -123,6 +132,63 @@ class StatusUnavailable(Exception):
     """No status could be read; the text says why in one line."""
 
 
+def printable(text: str) -> str:
+    """`text` with every character a terminal would not show as itself escaped (`\\n`,
+    `\\x1b`, `\\x9b`, `\\u202e`): what a server sends stays on its line and cannot clear the
+    screen, reorder text or forge a line such as `ready`. `one_line` escapes only C0 controls;
+    C1 controls and Unicode format characters act on terminals too."""
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
+
+
+_HOST_NAME = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\.?")
+_URL_CHARACTERS = re.compile(r"[!-~]+")
+"""Visible ASCII: a space or a control character breaks the request line, and the standard
+library would raise on them rather than say so."""
+
+
+def url_problem(url: str) -> str | None:
+    """Why `url` cannot be tokend's listener, or None: http or https, a host that is a name or
+    an IP address, a port from 1 to 65535, nothing else. The standard library opens `file://`
+    URLs as gladly, and raises on a bad host or port mid-request."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:  # a `[` without its `]`, or no IP address between them
+        return "the host is neither a name nor an IP address"
+    if parts.scheme not in ("http", "https"):
+        return "not an http(s) URL"
+    host = parts.hostname
+    if not host:
+        return "no host"
+    if not (_HOST_NAME.fullmatch(host) or (":" in host and _is_address(host))):
+        return f"the host '{printable(host)}' is neither a name nor an IP address"
+    if not _has_usable_port(parts):
+        return "the port is not a number from 1 to 65535"
+    if not _URL_CHARACTERS.fullmatch(url):
+        return "a space, a control or a non-ASCII character in the URL"
+    if parts.username is not None:
+        return "a user or password in the URL: tokend's listener takes none"
+    if parts.query or parts.fragment:
+        return "a query or fragment in the URL: give the listener's base URL"
+    return None
+
+
+def _has_usable_port(parts: urllib.parse.SplitResult) -> bool:
+    try:
+        return parts.port != 0  # None: the scheme's own
+    except ValueError:  # not a number, or beyond 65535
+        return False
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 class _NoRedirects(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, *args: Any, **kwargs: Any) -> None:
         return None  # no HTTP client in tokend follows a redirect: the 3xx is the answer
@@ -131,7 +197,7 @@ class _NoRedirects(urllib.request.HTTPRedirectHandler):
 def listener_url(config: str | None) -> str:
     """The listener the config names (its `listen:` alone is read: the rest of the config is not
     this command's business); the default address when no config file is named or found.
-    Raises ValueError saying why there is none."""
+    Raises `ConfigError` saying why there is none, in one line naming the file."""
     from tokend.configfile import config_path, listen_of  # noqa: PLC0415 - `tokend status` only
 
     path = config_path(config)
@@ -139,8 +205,12 @@ def listener_url(config: str | None) -> str:
         return f"http://{DEFAULT_LISTEN}"
     listen = listen_of(path)
     if listen is None:
-        raise ValueError(f"{path}: listen is off: tokend serves no status (use --url)")
-    return f"http://{listen}"
+        raise ConfigError([f"{path}: listen is off: tokend serves no status (use --url)"])
+    url = f"http://{listen}"
+    problem = url_problem(url)
+    if problem is not None:
+        raise ConfigError([f"{path}: listen: '{printable(listen)}': {problem}"])
+    return url
 
 
 PROBLEMS_QUERY = "?tokens=problems"
@@ -148,33 +218,153 @@ PROBLEMS_QUERY = "?tokens=problems"
 STATUS_LIMIT = 512 << 20
 """The most of `/status` that `tokend status` reads: tokend's takes ~600 bytes a token with one
 sink (~60 MB at 100,000 tokens); what is larger is not tokend's."""
+STATUS_DEADLINE = 15.0
+"""Seconds for the whole exchange: connecting, asking, the whole answer. A socket's timeout
+counts for each read alone, so a server sending a byte a second held `tokend status` for as long
+as it liked. tokend's own `/status` at 100,000 tokens takes ~5 s (~12 s under heavy refreshing;
+`--problems` is far smaller)."""
+CONNECT_TIMEOUT = 5.0
+"""Seconds to connect (and to send the request), within `STATUS_DEADLINE`."""
 
 
-def fetch_status(url: str, *, problems: bool = False) -> dict[str, Any]:
+def fetch_status(
+    url: str, *, problems: bool = False, deadline: float = STATUS_DEADLINE
+) -> dict[str, Any]:
     """tokend's `/status` at `url` (its listener's base URL), with the standard library only, so
-    `tokend status` starts in a blink. Raises `StatusUnavailable`."""
-    host = urllib.parse.urlsplit(url).hostname or ""
-    handlers: list[urllib.request.BaseHandler] = [_NoRedirects()]
-    if is_loopback(host):
-        handlers.append(urllib.request.ProxyHandler({}))  # loopback never through a proxy
-    request = urllib.request.Request(  # noqa: S310 - the scheme is checked by the caller
+    `tokend status` starts in a blink; all of it within `deadline` seconds. Raises
+    `StatusUnavailable`, also for a `url` that cannot be a listener (`url_problem`)."""
+    problem = url_problem(url)
+    if problem is not None:
+        raise StatusUnavailable(problem)
+    request = urllib.request.Request(  # noqa: S310 - http(s) only: url_problem says so
         f"{url.rstrip('/')}/status{PROBLEMS_QUERY if problems else ''}",
         headers={"User-Agent": USER_AGENT},
     )
+    host = urllib.parse.urlsplit(url).hostname or ""
     try:
-        with urllib.request.build_opener(*handlers).open(request, timeout=5) as response:
-            document = json_or_none(_read_at_most(response, STATUS_LIMIT))
-    except urllib.error.HTTPError as exc:
-        raise StatusUnavailable(f"HTTP {exc.code}") from None
-    except urllib.error.URLError as exc:
-        reason = exc.reason if isinstance(exc.reason, str) else getattr(exc.reason, "strerror", "")
-        raise StatusUnavailable(f"cannot connect: {reason or exc.reason}") from None
-    except (OSError, ValueError) as exc:
-        raise StatusUnavailable(str(exc) or type(exc).__name__) from None
+        document = _get(request, time.monotonic() + deadline, loopback=is_loopback(host))
+    except _Late:
+        raise StatusUnavailable(f"no whole answer within {deadline:g} s") from None
     if not is_status(document):
         raise StatusUnavailable("it does not answer like tokend: /status is not tokend's")
     result: dict[str, Any] = document
     return result
+
+
+def _get(request: urllib.request.Request, end: float, *, loopback: bool) -> Any:
+    """The JSON `request` is answered with (None if it is not JSON), all of it read by `end`
+    (`time.monotonic()`; else `_Late`). Raises `StatusUnavailable` saying what went wrong, in
+    words of its own: the standard library's texts may quote the server (a 64 KiB status line)."""
+    handlers: list[urllib.request.BaseHandler] = [_NoRedirects(), _HTTP(end), _HTTPS(end)]
+    if loopback:
+        handlers.append(urllib.request.ProxyHandler({}))  # loopback never through a proxy
+    try:
+        with urllib.request.build_opener(*handlers).open(request) as response:
+            return json_or_none(_read_at_most(response, STATUS_LIMIT))
+    except urllib.error.HTTPError as exc:
+        raise StatusUnavailable(f"HTTP {exc.code}") from None
+    except urllib.error.URLError as exc:
+        reason = exc.reason if isinstance(exc.reason, str) else getattr(exc.reason, "strerror", "")
+        raise StatusUnavailable(f"cannot connect: {printable(str(reason or exc.reason))}") from None
+    except http.client.HTTPException as exc:
+        raise StatusUnavailable(_http_problem(exc)) from None
+    except (OSError, ValueError) as exc:
+        raise StatusUnavailable(printable(str(exc))[:200] or type(exc).__name__) from None
+
+
+def _http_problem(exc: http.client.HTTPException) -> str:
+    """What was wrong with the server's HTTP: not what http.client says, which quotes it."""
+    if isinstance(exc, http.client.RemoteDisconnected):
+        return "the server closed the connection without answering"
+    if isinstance(exc, http.client.BadStatusLine):
+        return "not an HTTP answer: no valid status line"
+    if isinstance(exc, http.client.IncompleteRead):
+        return "the answer broke off, or its chunked encoding is broken"
+    return f"not a valid HTTP answer: {printable(str(exc))[:200]}"  # too many or long lines
+
+
+class _Late(Exception):
+    """The exchange's deadline passed before the answer was whole."""
+
+
+def _left(end: float) -> float:
+    """Seconds until `end` (`time.monotonic()`); `_Late` if none are left."""
+    left = end - time.monotonic()
+    if left <= 0:
+        raise _Late
+    return left
+
+
+class _HTTP(urllib.request.HTTPHandler):
+    """Plain HTTP, each connection held to the exchange's deadline."""
+
+    def __init__(self, end: float) -> None:
+        super().__init__()
+        self._end = end
+
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(_held_to(http.client.HTTPConnection, self._end), req)
+
+
+class _HTTPS(urllib.request.HTTPSHandler):
+    """HTTPS (the system's CAs), each connection held to the exchange's deadline."""
+
+    def __init__(self, end: float) -> None:
+        super().__init__()
+        self._end = end
+
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(_held_to(http.client.HTTPSConnection, self._end), req)
+
+
+def _held_to(
+    kind: type[http.client.HTTPConnection], end: float
+) -> Callable[..., http.client.HTTPConnection]:
+    """Makes connections of `kind` that connect (TLS included) and send within
+    `CONNECT_TIMEOUT` and what is left until `end`, and read their answer by `end`."""
+    response_class = _response_class(end)
+
+    def connection(host: str, /, **options: Any) -> http.client.HTTPConnection:
+        made = kind(host, **(options | {"timeout": min(CONNECT_TIMEOUT, _left(end))}))
+        made.response_class = response_class
+        return made
+
+    return connection
+
+
+def _response_class(end: float) -> type[http.client.HTTPResponse]:
+    """`HTTPResponse` reading through `_TimedReader` (headers and body alike)."""
+
+    class TimedResponse(http.client.HTTPResponse):
+        def __init__(self, sock: socket.socket, *args: Any, **kwargs: Any) -> None:
+            super().__init__(sock, *args, **kwargs)
+            self.fp.close()  # http.client's reader: the socket's timeout for each read alone
+            self.fp = io.BufferedReader(_TimedReader(sock, end))
+
+    return TimedResponse
+
+
+class _TimedReader(io.RawIOBase):
+    """A socket's bytes, each read given only the time left until `end` (`_Late` after)."""
+
+    def __init__(self, sock: socket.socket, end: float) -> None:
+        super().__init__()
+        self._sock, self._end = sock, end
+        self._raw = sock.makefile("rb", buffering=0)  # holds the socket open, as http.client's
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: WriteableBuffer, /) -> int | None:
+        self._sock.settimeout(_left(self._end))
+        try:
+            return self._raw.readinto(buffer)
+        except TimeoutError:
+            raise _Late from None
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
 
 
 def _read_at_most(response: Any, limit: int) -> bytes:
@@ -189,30 +379,75 @@ def _read_at_most(response: Any, limit: int) -> bytes:
 
 
 def is_status(document: Any) -> bool:
-    """`document` has the shape of tokend's `/status` (what `render_table` reads)."""
+    """`document` has the shape of tokend's `/status`: every field `render_table` reads, with
+    its type, and times that are ISO 8601 with a time zone. A server that is not tokend (or a
+    broken one) is told apart here, in one line, rather than by a traceback in the table."""
     if not isinstance(document, dict) or not isinstance(document.get("tokens"), dict):
         return False
-    if not isinstance(document.get("time"), str) or not isinstance(document.get("ready"), bool):
+    if _moment(document.get("time")) is None or not isinstance(document.get("ready"), bool):
         return False
-    if document.get("tokens_shown") == "problems" and type(document.get("tokens_total")) is not int:
+    if document.get("tokens_shown") == "problems" and not _is_count(document.get("tokens_total")):
         return False
-    return all(
-        isinstance(token, dict) and token.keys() >= _TOKEN_KEYS and isinstance(token["sinks"], dict)
-        for token in document["tokens"].values()
+    return all(_is_token(token) for token in document["tokens"].values())
+
+
+def _is_token(token: Any) -> bool:
+    return (
+        isinstance(token, dict)
+        and isinstance(token.get("state"), str)
+        and _is_moment_or_none(token, "expires_at")
+        and _is_moment_or_none(token, "next_refresh")
+        and _is_count(token.get("consecutive_failures"))
+        and _is_text_or_none(token, "last_error")
+        and isinstance(token.get("sinks"), dict)
+        and all(_is_sink(sink) for sink in token["sinks"].values())
     )
 
 
-_TOKEN_KEYS = {"state", "expires_at", "next_refresh", "consecutive_failures", "last_error", "sinks"}
+def _is_sink(sink: Any) -> bool:
+    return (
+        isinstance(sink, dict)
+        and isinstance(sink.get("standby", False), bool)
+        and isinstance(sink.get("required_for_ready", True), bool)
+        and _is_moment_or_none(sink, "last_success")
+        and _is_count(sink.get("consecutive_failures"))
+        and _is_text_or_none(sink, "last_error")
+    )
+
+
+def _is_count(value: Any) -> bool:
+    return type(value) is int and value >= 0
+
+
+def _is_text_or_none(mapping: dict[str, Any], key: str) -> bool:
+    return key in mapping and (mapping[key] is None or isinstance(mapping[key], str))
+
+
+def _is_moment_or_none(mapping: dict[str, Any], key: str) -> bool:
+    return key in mapping and (mapping[key] is None or _moment(mapping[key]) is not None)
+
+
+def _moment(value: Any) -> datetime | None:
+    """`value` as a time, if it is ISO 8601 text with a time zone (tokend's times all have one:
+    a naive time cannot be compared with them)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return moment if moment.utcoffset() is not None else None
 
 
 def render_table(status: dict[str, Any]) -> str:
     """`tokend status` output: one line per token, one indented line per sink; then, if only
-    the tokens that need attention were asked for, how many of all they are."""
+    the tokens that need attention were asked for, how many of all they are. Every string the
+    server sent is shown `printable`."""
     problems_only = status.get("tokens_shown") == "problems"
     lines = _token_lines(status) if status["tokens"] or not problems_only else []
     for key, section in status.items():
         if isinstance(section, dict) and isinstance(section.get("summary"), str):
-            lines.append(f"{key} {section['summary']}")
+            lines.append(f"{printable(key)} {printable(section['summary'])}")
     if problems_only:
         shown, total = len(status["tokens"]), status["tokens_total"]
         lines.append(f"tokens that need attention: {shown} of {total}")
@@ -227,33 +462,35 @@ def render_table(status: dict[str, Any]) -> str:
 def _token_lines(status: dict[str, Any]) -> list[str]:
     """The table: a header, a line per token and an indented line per sink."""
     now = datetime.fromisoformat(status["time"])
-    rows = [("TOKEN", "STATE", "EXPIRES IN", "NEXT TRY", "FAILURES", "LAST ERROR")]
-    sink_lines: dict[str, list[str]] = {}
-    for name, token in status["tokens"].items():
-        rows.append(
-            (
-                name,
-                token["state"],
-                _until(token["expires_at"], now, past="expired"),
-                _until(token["next_refresh"], now, past="now"),
-                str(token["consecutive_failures"]),
-                token["last_error"] or "-",
-            )
-        )
-        sink_lines[name] = [_sink_line(sink, info, now) for sink, info in token["sinks"].items()]
+    tokens = status["tokens"]
+    rows: list[tuple[str, ...]] = [
+        ("TOKEN", "STATE", "EXPIRES IN", "NEXT TRY", "FAILURES", "LAST ERROR")
+    ]
+    rows += [_token_row(name, token, now) for name, token in tokens.items()]
+    sinks: list[list[str]] = [[]]  # the header's
+    sinks += [[_sink_line(n, sink, now) for n, sink in t["sinks"].items()] for t in tokens.values()]
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
     lines = []
-    for row in rows:
-        lines.append(
-            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False))
-            + "  "
-            + row[5]
-        )
-        lines += [f"    {line}" for line in sink_lines.get(row[0], [])]
+    for row, sink_lines in zip(rows, sinks, strict=True):
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        lines.append("  ".join([*cells, row[5]]))
+        lines += [f"    {line}" for line in sink_lines]
     return lines
 
 
+def _token_row(name: str, token: dict[str, Any], now: datetime) -> tuple[str, ...]:
+    return (
+        printable(name),
+        printable(token["state"]),
+        _until(token["expires_at"], now, past="expired"),
+        _until(token["next_refresh"], now, past="now"),
+        str(token["consecutive_failures"]),
+        printable(token["last_error"] or "-"),
+    )
+
+
 def _sink_line(name: str, sink: dict[str, Any], now: datetime) -> str:
+    name = printable(name)
     if sink.get("standby"):
         return f"sink {name}: standby (the leader writes it)"
     if not sink.get("required_for_ready", True):
@@ -264,9 +501,8 @@ def _sink_line(name: str, sink: dict[str, Any], now: datetime) -> str:
         else "never written"
     )
     if sink["last_error"]:
-        return (
-            f"sink {name}: failing ({sink['consecutive_failures']}x, {when}): {sink['last_error']}"
-        )
+        failures, error = sink["consecutive_failures"], printable(sink["last_error"])
+        return f"sink {name}: failing ({failures}x, {when}): {error}"
     return f"sink {name}: ok, {when}"
 
 

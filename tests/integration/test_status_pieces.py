@@ -164,7 +164,9 @@ def _tokend_status(tokens: int) -> dict[str, Any]:
         "next_refresh": None,
         "consecutive_failures": 0,
         "last_error": None,
-        "sinks": {"file": {"last_error": "x" * 200}},
+        "sinks": {
+            "file": {"last_success": None, "consecutive_failures": 1, "last_error": "x" * 200}
+        },
     }
     return {"time": "2026-11-26T00:00:00Z", "tokens": {f"t{i}": token for i in range(tokens)}}
 
