@@ -104,6 +104,11 @@ def _parser() -> argparse.ArgumentParser:
         "failing, or a refresh a minute overdue",
     )
     status.add_argument("--json", action="store_true", help="print the raw /status JSON")
+    status.add_argument(
+        "--timeout",
+        type=_seconds,
+        help="give up when the whole answer has not come within this long, e.g. 5s (default: 15s)",
+    )
     endpoint = command(
         "endpoint", _endpoint, "the local token endpoint: `env` prints the variables to export"
     )
@@ -280,11 +285,12 @@ def _status(args: argparse.Namespace) -> int:
     import json
 
     from tokend.errors import ConfigError
+    from tokend.redaction import one_line
     from tokend.status import (
+        STATUS_DEADLINE,
         StatusUnavailable,
         fetch_status,
         listener_url,
-        printable,
         render_table,
         url_problem,
     )
@@ -294,13 +300,14 @@ def _status(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return EXIT_USAGE
-    failing = f"cannot read tokend's status from {printable(url)}"
+    failing = f"cannot read tokend's status from {one_line(url)}"
     problem = url_problem(url)
     if problem is not None:
         print(f"{failing}: {problem}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        status = fetch_status(url, problems=args.problems)
+        deadline = STATUS_DEADLINE if args.timeout is None else args.timeout
+        status = fetch_status(url, problems=args.problems, deadline=deadline)
     except StatusUnavailable as exc:
         print(f"{failing}: {exc}", file=sys.stderr)
         return EXIT_FAILED

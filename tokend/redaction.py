@@ -30,13 +30,16 @@ _JWT = re.compile(r"eyJ[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]*")
 _TOKEN_RUN = re.compile(r"[\x21-\x7e]{" + str(_TOKEN_KEY) + ",}")
 """Where a held token may be: any run of visible ASCII, every character an access token or a
 refresh token may hold (opaque tokens are not all base64: `:`, `!`, `*`, `$` occur)."""
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def one_line(text: str) -> str:
-    """`text` with control characters shown escaped: whatever a config key or an identity
-    provider's error field holds, a message about it stays one line."""
-    return _CONTROL.sub(lambda match: repr(match.group())[1:-1], text)
+    """`text` with every character a terminal would not show as itself escaped (`\\n`,
+    `\\x1b`, `\\x9b`, `\\u202e`): whatever a config key, an identity provider's error field
+    or a server's `/status` holds, a line about it stays one line, and cannot clear a screen,
+    reorder its text or forge another line."""
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
 
 
 def encodings(value: str) -> set[str]:

@@ -5,28 +5,24 @@ client in use (Vault's health), as its resource kind reports it. No secret, no t
 from __future__ import annotations
 
 import http.client
-import io
-import ipaddress
 import json
 import re
-import time
+import signal
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from tokend.clock import format_span
 from tokend.errors import ConfigError
-from tokend.transport import DEFAULT_LISTEN, USER_AGENT, is_loopback
+from tokend.redaction import one_line
+from tokend.transport import DEFAULT_LISTEN, USER_AGENT, is_loopback, url_shape_problem
 from tokend.untrusted import json_or_none
 
 if TYPE_CHECKING:
-    import socket
-    from collections.abc import Callable, Iterator
-
-    from _typeshed import WriteableBuffer
-
     from tokend.engine import Engine, SinkView, TokenView
     from tokend.errors import TokendError
     from tokend.resources import Resources
@@ -132,61 +128,23 @@ class StatusUnavailable(Exception):
     """No status could be read; the text says why in one line."""
 
 
-def printable(text: str) -> str:
-    """`text` with every character a terminal would not show as itself escaped (`\\n`,
-    `\\x1b`, `\\x9b`, `\\u202e`): what a server sends stays on its line and cannot clear the
-    screen, reorder text or forge a line such as `ready`. `one_line` escapes only C0 controls;
-    C1 controls and Unicode format characters act on terminals too."""
-    if text.isprintable():
-        return text
-    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
-
-
-_HOST_NAME = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\.?")
 _URL_CHARACTERS = re.compile(r"[!-~]+")
 """Visible ASCII: a space or a control character breaks the request line, and the standard
 library would raise on them rather than say so."""
 
 
 def url_problem(url: str) -> str | None:
-    """Why `url` cannot be tokend's listener, or None: http or https, a host that is a name or
-    an IP address, a port from 1 to 65535, nothing else. The standard library opens `file://`
-    URLs as gladly, and raises on a bad host or port mid-request."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-    except ValueError:  # a `[` without its `]`, or no IP address between them
-        return "the host is neither a name nor an IP address"
-    if parts.scheme not in ("http", "https"):
-        return "not an http(s) URL"
-    host = parts.hostname
-    if not host:
-        return "no host"
-    if not (_HOST_NAME.fullmatch(host) or (":" in host and _is_address(host))):
-        return f"the host '{printable(host)}' is neither a name nor an IP address"
-    if not _has_usable_port(parts):
-        return "the port is not a number from 1 to 65535"
+    """Why `url` cannot be tokend's listener, or None: the shape any HTTP client needs
+    (`url_shape_problem`: the standard library would open a `file://` URL as gladly, and raise
+    on a bad host or port mid-request), visible ASCII, and the listener's base URL alone."""
     if not _URL_CHARACTERS.fullmatch(url):
         return "a space, a control or a non-ASCII character in the URL"
-    if parts.username is not None:
-        return "a user or password in the URL: tokend's listener takes none"
+    if problem := url_shape_problem(url):
+        return problem
+    parts = urllib.parse.urlsplit(url)
     if parts.query or parts.fragment:
         return "a query or fragment in the URL: give the listener's base URL"
     return None
-
-
-def _has_usable_port(parts: urllib.parse.SplitResult) -> bool:
-    try:
-        return parts.port != 0  # None: the scheme's own
-    except ValueError:  # not a number, or beyond 65535
-        return False
-
-
-def _is_address(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 class _NoRedirects(urllib.request.HTTPRedirectHandler):
@@ -209,7 +167,7 @@ def listener_url(config: str | None) -> str:
     url = f"http://{listen}"
     problem = url_problem(url)
     if problem is not None:
-        raise ConfigError([f"{path}: listen: '{printable(listen)}': {problem}"])
+        raise ConfigError([f"{path}: listen: '{one_line(listen)}': {problem}"])
     return url
 
 
@@ -224,7 +182,7 @@ counts for each read alone, so a server sending a byte a second held `tokend sta
 as it liked. tokend's own `/status` at 100,000 tokens takes ~5 s (~12 s under heavy refreshing;
 `--problems` is far smaller)."""
 CONNECT_TIMEOUT = 5.0
-"""Seconds to connect (and to send the request), within `STATUS_DEADLINE`."""
+"""Seconds for each of connecting, sending and a read, within `STATUS_DEADLINE`."""
 
 
 def fetch_status(
@@ -242,7 +200,8 @@ def fetch_status(
     )
     host = urllib.parse.urlsplit(url).hostname or ""
     try:
-        document = _get(request, time.monotonic() + deadline, loopback=is_loopback(host))
+        with _deadline(deadline):
+            document = _get(request, loopback=is_loopback(host))
     except _Late:
         raise StatusUnavailable(f"no whole answer within {deadline:g} s") from None
     if not is_status(document):
@@ -251,25 +210,26 @@ def fetch_status(
     return result
 
 
-def _get(request: urllib.request.Request, end: float, *, loopback: bool) -> Any:
-    """The JSON `request` is answered with (None if it is not JSON), all of it read by `end`
-    (`time.monotonic()`; else `_Late`). Raises `StatusUnavailable` saying what went wrong, in
-    words of its own: the standard library's texts may quote the server (a 64 KiB status line)."""
-    handlers: list[urllib.request.BaseHandler] = [_NoRedirects(), _HTTP(end), _HTTPS(end)]
+def _get(request: urllib.request.Request, *, loopback: bool) -> Any:
+    """The JSON `request` is answered with (None if it is not JSON). Raises `StatusUnavailable`
+    saying what went wrong, in words of its own: the standard library's texts may quote the
+    server (a 64 KiB status line)."""
+    handlers: list[urllib.request.BaseHandler] = [_NoRedirects()]
     if loopback:
         handlers.append(urllib.request.ProxyHandler({}))  # loopback never through a proxy
     try:
-        with urllib.request.build_opener(*handlers).open(request) as response:
+        opener = urllib.request.build_opener(*handlers)
+        with opener.open(request, timeout=CONNECT_TIMEOUT) as response:
             return json_or_none(_read_at_most(response, STATUS_LIMIT))
     except urllib.error.HTTPError as exc:
         raise StatusUnavailable(f"HTTP {exc.code}") from None
     except urllib.error.URLError as exc:
         reason = exc.reason if isinstance(exc.reason, str) else getattr(exc.reason, "strerror", "")
-        raise StatusUnavailable(f"cannot connect: {printable(str(reason or exc.reason))}") from None
+        raise StatusUnavailable(f"cannot connect: {one_line(str(reason or exc.reason))}") from None
     except http.client.HTTPException as exc:
         raise StatusUnavailable(_http_problem(exc)) from None
     except (OSError, ValueError) as exc:
-        raise StatusUnavailable(printable(str(exc))[:200] or type(exc).__name__) from None
+        raise StatusUnavailable(one_line(str(exc))[:200] or type(exc).__name__) from None
 
 
 def _http_problem(exc: http.client.HTTPException) -> str:
@@ -280,91 +240,30 @@ def _http_problem(exc: http.client.HTTPException) -> str:
         return "not an HTTP answer: no valid status line"
     if isinstance(exc, http.client.IncompleteRead):
         return "the answer broke off, or its chunked encoding is broken"
-    return f"not a valid HTTP answer: {printable(str(exc))[:200]}"  # too many or long lines
+    return f"not a valid HTTP answer: {one_line(str(exc))[:200]}"  # too many or long lines
 
 
 class _Late(Exception):
     """The exchange's deadline passed before the answer was whole."""
 
 
-def _left(end: float) -> float:
-    """Seconds until `end` (`time.monotonic()`); `_Late` if none are left."""
-    left = end - time.monotonic()
-    if left <= 0:
+@contextmanager
+def _deadline(seconds: float) -> Iterator[None]:
+    """`_Late` in this thread once `seconds` have passed, whatever it is waiting for (connecting,
+    a read, a name lookup that returns). A socket's timeout counts for each read alone: a server
+    sending a byte a second held `tokend status` for as long as it liked. A timer signal, so the
+    main thread only: `tokend status` runs nothing else."""
+
+    def late(signum: int, frame: object) -> None:
         raise _Late
-    return left
 
-
-class _HTTP(urllib.request.HTTPHandler):
-    """Plain HTTP, each connection held to the exchange's deadline."""
-
-    def __init__(self, end: float) -> None:
-        super().__init__()
-        self._end = end
-
-    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
-        return self.do_open(_held_to(http.client.HTTPConnection, self._end), req)
-
-
-class _HTTPS(urllib.request.HTTPSHandler):
-    """HTTPS (the system's CAs), each connection held to the exchange's deadline."""
-
-    def __init__(self, end: float) -> None:
-        super().__init__()
-        self._end = end
-
-    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
-        return self.do_open(_held_to(http.client.HTTPSConnection, self._end), req)
-
-
-def _held_to(
-    kind: type[http.client.HTTPConnection], end: float
-) -> Callable[..., http.client.HTTPConnection]:
-    """Makes connections of `kind` that connect (TLS included) and send within
-    `CONNECT_TIMEOUT` and what is left until `end`, and read their answer by `end`."""
-    response_class = _response_class(end)
-
-    def connection(host: str, /, **options: Any) -> http.client.HTTPConnection:
-        made = kind(host, **(options | {"timeout": min(CONNECT_TIMEOUT, _left(end))}))
-        made.response_class = response_class
-        return made
-
-    return connection
-
-
-def _response_class(end: float) -> type[http.client.HTTPResponse]:
-    """`HTTPResponse` reading through `_TimedReader` (headers and body alike)."""
-
-    class TimedResponse(http.client.HTTPResponse):
-        def __init__(self, sock: socket.socket, *args: Any, **kwargs: Any) -> None:
-            super().__init__(sock, *args, **kwargs)
-            self.fp.close()  # http.client's reader: the socket's timeout for each read alone
-            self.fp = io.BufferedReader(_TimedReader(sock, end))
-
-    return TimedResponse
-
-
-class _TimedReader(io.RawIOBase):
-    """A socket's bytes, each read given only the time left until `end` (`_Late` after)."""
-
-    def __init__(self, sock: socket.socket, end: float) -> None:
-        super().__init__()
-        self._sock, self._end = sock, end
-        self._raw = sock.makefile("rb", buffering=0)  # holds the socket open, as http.client's
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: WriteableBuffer, /) -> int | None:
-        self._sock.settimeout(_left(self._end))
-        try:
-            return self._raw.readinto(buffer)
-        except TimeoutError:
-            raise _Late from None
-
-    def close(self) -> None:
-        self._raw.close()
-        super().close()
+    previous = signal.signal(signal.SIGALRM, late)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def _read_at_most(response: Any, limit: int) -> bytes:
@@ -442,12 +341,12 @@ def _moment(value: Any) -> datetime | None:
 def render_table(status: dict[str, Any]) -> str:
     """`tokend status` output: one line per token, one indented line per sink; then, if only
     the tokens that need attention were asked for, how many of all they are. Every string the
-    server sent is shown `printable`."""
+    server sent is shown `one_line`."""
     problems_only = status.get("tokens_shown") == "problems"
     lines = _token_lines(status) if status["tokens"] or not problems_only else []
     for key, section in status.items():
         if isinstance(section, dict) and isinstance(section.get("summary"), str):
-            lines.append(f"{printable(key)} {printable(section['summary'])}")
+            lines.append(f"{one_line(key)} {one_line(section['summary'])}")
     if problems_only:
         shown, total = len(status["tokens"]), status["tokens_total"]
         lines.append(f"tokens that need attention: {shown} of {total}")
@@ -480,17 +379,17 @@ def _token_lines(status: dict[str, Any]) -> list[str]:
 
 def _token_row(name: str, token: dict[str, Any], now: datetime) -> tuple[str, ...]:
     return (
-        printable(name),
-        printable(token["state"]),
+        one_line(name),
+        one_line(token["state"]),
         _until(token["expires_at"], now, past="expired"),
         _until(token["next_refresh"], now, past="now"),
         str(token["consecutive_failures"]),
-        printable(token["last_error"] or "-"),
+        one_line(token["last_error"] or "-"),
     )
 
 
 def _sink_line(name: str, sink: dict[str, Any], now: datetime) -> str:
-    name = printable(name)
+    name = one_line(name)
     if sink.get("standby"):
         return f"sink {name}: standby (the leader writes it)"
     if not sink.get("required_for_ready", True):
@@ -501,7 +400,7 @@ def _sink_line(name: str, sink: dict[str, Any], now: datetime) -> str:
         else "never written"
     )
     if sink["last_error"]:
-        failures, error = sink["consecutive_failures"], printable(sink["last_error"])
+        failures, error = sink["consecutive_failures"], one_line(sink["last_error"])
         return f"sink {name}: failing ({failures}x, {when}): {error}"
     return f"sink {name}: ok, {when}"
 

@@ -28,9 +28,23 @@ DEFAULT_LISTEN = "127.0.0.1:9464"
 
 
 def url_problem(url: str, *, allow_insecure_http: bool) -> str | None:
-    """Why `url` may not be used, or None when it may. Checked when the config loads, so that
-    a URL no HTTP client can use is a config error naming its key, not a failure at every
-    attempt."""
+    """Why `url` may not be used to reach an identity provider, Vault or Kubernetes, or None
+    when it may: `url_shape_problem`, and plain http only to loopback when allowed."""
+    if problem := url_shape_problem(url):
+        return problem
+    parts = urlsplit(url)
+    if parts.scheme == "http" and parts.hostname:
+        if not is_loopback(parts.hostname):
+            return f"'{url}' uses plain http; https is required except for loopback addresses"
+        if not allow_insecure_http:
+            return f"'{url}' uses plain http; set allow_insecure_http: true to allow it on loopback"
+    return None
+
+
+def url_shape_problem(url: str) -> str | None:
+    """Why no HTTP client could use `url`, or None: http(s), no credentials, a host that is an
+    IP address or an ASCII name, a port from 1 to 65535. Checked when the config loads, so such
+    a URL is a config error naming its key, not a failure at every attempt."""
     try:
         parts = urlsplit(url)
         port = parts.port  # a port that is not a number, or over 65535, raises here
@@ -44,11 +58,6 @@ def url_problem(url: str, *, allow_insecure_http: bool) -> str | None:
         return f"'{url}' has port 0, which nothing listens on"
     if problem := _host_problem(parts.hostname):
         return f"'{url}' has {problem}"
-    if parts.scheme == "http":
-        if not is_loopback(parts.hostname):
-            return f"'{url}' uses plain http; https is required except for loopback addresses"
-        if not allow_insecure_http:
-            return f"'{url}' uses plain http; set allow_insecure_http: true to allow it on loopback"
     return None
 
 
