@@ -100,9 +100,7 @@ class _Builder:
         return value
 
     def _scalar(self, event: yaml.ScalarEvent) -> Any:
-        text: str = event.value
-        if "\x00" in text:
-            raise YamlError("a value holds a NUL character (\\0), which no setting can", event)
+        text = _text(event, "value")
         if event.tag is None and (not event.implicit[0] or (text and text[0] not in self._claimed)):
             # Quoted, or plain and starting with a character no resolver claims (names, paths,
             # URLs): a str as written, with no node built nor resolver asked (3x faster).
@@ -141,16 +139,11 @@ class _Builder:
             return self._value(event)
         if event.implicit[0] and event.value == "<<":
             return _Merge()
-        key = self._scalar_text(event)
+        text = _text(event, "key")
+        key = self._strings.setdefault(text, text)
         if event.anchor:
             self._anchors[event.anchor] = key
         return key
-
-    def _scalar_text(self, event: yaml.ScalarEvent) -> str:
-        text: str = event.value
-        if "\x00" in text:
-            raise YamlError("a key holds a NUL character (\\0)", event)
-        return self._strings.setdefault(text, text)
 
     def _mapping(self) -> dict[Any, Any]:
         mapping: dict[Any, Any] = {}
@@ -177,6 +170,13 @@ class _Builder:
 
 class _Merge:
     """The `<<` key of a merge."""
+
+
+def _text(event: yaml.ScalarEvent, what: str) -> str:
+    text: str = event.value
+    if "\x00" in text:
+        raise YamlError(f"a {what} holds a NUL character (\\0), which no setting can", event)
+    return text
 
 
 def _unsupported_tag(event: yaml.Event) -> YamlError:

@@ -62,7 +62,7 @@ TAG = "unsupported tag (a value starting with '!' is a YAML tag); quote the valu
         ("a: !Tr0ub4dor {b: 1}\n", TAG, 1),  # an unquoted password is never quoted back
         ("a: =\n", "a value YAML reads as a type no setting has; quote it", 1),
         ('a: "x\\0y"\n', "a value holds a NUL character (\\0), which no setting can", 1),
-        ('a:\n  "k\\0": 1\n', "a key holds a NUL character (\\0)", 2),
+        ('a:\n  "k\\0": 1\n', "a key holds a NUL character (\\0), which no setting can", 2),
         ("a:\n  <<: [1, 2]\n", "<< takes a mapping or a list of mappings", 2),
     ],
 )
