@@ -31,6 +31,7 @@ from tokend.transport import split_listen
 
 if TYPE_CHECKING:
     from tokend.endpoint.service import Endpoint
+    from tokend.resources import Resources
 
 log = logging.getLogger("tokend")
 
@@ -66,7 +67,9 @@ class Daemon:
         self.listener: HttpListener | None = None
         if self.config.listen:
             self.listener = HttpListener(*split_listen(self.config.listen))  # binds now
-        self.endpoint = _endpoint(self.config, self.engine, self.metrics, self.clock)
+        self.endpoint = _endpoint(
+            self.config, self.engine, self.metrics, self.clock, self.assembly.resources
+        )
         self.service = ServiceReporter(
             self.engine, self.clock, ready_when_started=self.config.systemd_ready == "started"
         )
@@ -276,10 +279,19 @@ def _dev_idp() -> tuple[HttpListener, object]:
     return HttpListener(*split_listen(DEV_IDP_LISTEN)), dev_idp_app()
 
 
-def _endpoint(config: Config, engine: Engine, metrics: Metrics, clock: Clock) -> Endpoint | None:
+def _endpoint(
+    config: Config, engine: Engine, metrics: Metrics, clock: Clock, resources: Resources
+) -> Endpoint | None:
     """The local token endpoint, when configured (binds now: a busy port stops the start)."""
     if config.endpoint is None:
         return None
     from tokend.endpoint.service import Endpoint  # noqa: PLC0415 - only when configured
 
-    return Endpoint(config, config.endpoint, engine=engine, metrics=metrics, clock=clock)
+    return Endpoint(
+        config,
+        config.endpoint,
+        engine=engine,
+        metrics=metrics,
+        clock=clock,
+        resources=resources,
+    )

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import http.client
+import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -33,6 +36,7 @@ from tests.support.harness import Harness, harness
 from tests.support.idp import CLIENT_SECRET, FakeIdp
 from tests.support.servers import free_port
 from tokend.config import validate_config
+from tokend.endpoint.compat import FAILURES_ALLOWED
 from tokend.endpoint.service import Endpoint
 from tokend.metrics import Metrics
 
@@ -152,11 +156,55 @@ async def wrong_credentials(compat: Compat) -> None:
             "description": "wrong username or password",
         }
         assert WRONG not in response.text and PASSWORD not in response.text
-    await compat.post({"username": USERNAME, "password": WRONG})  # the fifth failure
+    # The unknown username's failure is not this identity's: its fifth is this one.
+    assert (await compat.post({"username": USERNAME, "password": WRONG})).status_code == 401
+    await compat.post({"username": USERNAME.upper(), "password": WRONG})  # the same identity
     limited = await compat.post({"username": USERNAME, "password": PASSWORD})
     assert limited.status_code == 429  # even right credentials, for the rest of the window
     assert int(limited.headers["Retry-After"]) >= 1
     assert "accesstoken" not in limited.text
+
+
+def test_the_budget_is_the_identitys_whatever_the_client_address(
+    run: Callable[[Scenario], None],
+) -> None:
+    """On loopback any of 127.0.0.0/8 reaches the listener: wrong passwords sent from five
+    addresses exhaust one budget (a per-address one would give each five). Wrong usernames do
+    not spend it: the identity's right password still works after them."""
+
+    async def scenario(compat: Compat) -> None:
+        for _ in range(FAILURES_ALLOWED):
+            refused = await _post_from(compat, "127.0.0.9", {"username": "x@y.z", "password": "p"})
+            assert refused == 401
+        assert (
+            await _post_from(compat, "127.0.0.2", {"username": USERNAME, "password": PASSWORD})
+            == 200
+        )
+        for source in range(3, 3 + FAILURES_ALLOWED):
+            wrong = {"username": USERNAME, "password": WRONG}
+            assert await _post_from(compat, f"127.0.0.{source}", wrong) == 401
+        right = {"username": USERNAME, "password": PASSWORD}
+        assert await _post_from(compat, "127.0.0.200", right) == 429
+
+    run(scenario)
+
+
+async def _post_from(compat: Compat, source: str, body: object) -> int:
+    """The status of a POST of `body` sent from the local address `source`."""
+    parts = urlsplit(compat.url)
+
+    def post() -> int:
+        connection = http.client.HTTPConnection(
+            parts.hostname or "", parts.port, timeout=10, source_address=(source, 0)
+        )
+        try:
+            headers = {"Content-Type": "application/json"}
+            connection.request("POST", parts.path, json.dumps(body), headers)
+            return connection.getresponse().status
+        finally:
+            connection.close()
+
+    return await asyncio.to_thread(post)
 
 
 @pytest.mark.parametrize(

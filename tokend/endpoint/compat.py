@@ -5,9 +5,12 @@ from tokend's cache.
 The username must be a configured password identity's and the password its configured password:
 both compared in constant time, and a password is compared even for an unknown username, so the
 answer's timing does not tell which usernames exist. Wrong credentials are a 401 with a JSON error
-(the original answered errors with HTTP 200), and a client that keeps sending them is refused with
-a 429 for a while (the original forwarded every bad password to Entra ID: account lockout). The
-credentials a client sends are never echoed, logged or kept.
+(the original answered errors with HTTP 200), and after a few for one identity within a minute,
+every request for it is refused with a 429 until the minute is over (the original forwarded every
+bad password to Entra ID: account lockout). The budget is the identity's, not a client address's:
+on loopback every client has the same address, and any of 127.0.0.0/8 reaches the listener, so a
+per-address budget would be shared by all and yet bypassed by any. The credentials a client sends
+are never echoed, logged or kept.
 
 A password identity is one whose credential has `username` and `password` secret references
 (the `password` credential type); its token is the one configured token of that identity the
@@ -20,7 +23,7 @@ import hashlib
 import hmac
 import logging
 import time
-from collections import OrderedDict
+from typing import TYPE_CHECKING
 
 from tokend.config import Config
 from tokend.endpoint.app import Answer, Receive, Scope
@@ -30,51 +33,55 @@ from tokend.endpoint.supply import Supply, Unavailable
 from tokend.secrets import SecretError, SecretReference
 from tokend.untrusted import json_or_none
 
+if TYPE_CHECKING:
+    from tokend.resources import Resources
+
 log = logging.getLogger("tokend.endpoint")
 Headers = tuple[tuple[bytes, bytes], ...]
 
 FAILURES_ALLOWED = 5
-"""Wrong credentials a client may send per `WINDOW` before it is refused for the rest of it."""
+"""Wrong passwords an identity may be sent per `WINDOW` before it is refused for the rest of it."""
 WINDOW = 60.0
-MAX_CLIENTS = 10_000
-"""Clients remembered for rate limiting (the oldest are forgotten first)."""
+UNKNOWN_USER = ""
+"""The budget that usernames no identity has share (guessing them gains nothing)."""
 
 
 class RateLimit:
-    """Failures per client in a sliding window, for a bounded number of clients."""
+    """Failures per key (an identity's name) in a sliding window. Keys are the configured
+    identities and `UNKNOWN_USER`: as many as the config has, whatever clients send."""
 
     def __init__(self) -> None:
-        self._failures: OrderedDict[str, list[float]] = OrderedDict()
+        self._failures: dict[str, list[float]] = {}
 
-    def retry_after(self, client: str, now: float) -> int:
-        """Seconds until `client` may try again (0: now)."""
-        recent = [t for t in self._failures.get(client, ()) if now - t < WINDOW]
+    def retry_after(self, key: str, now: float) -> int:
+        """Seconds until `key` may be tried again (0: now)."""
+        recent = [t for t in self._failures.get(key, ()) if now - t < WINDOW]
         if len(recent) < FAILURES_ALLOWED:
             return 0
         return max(int(WINDOW - (now - recent[0])) + 1, 1)
 
-    def failed(self, client: str, now: float) -> None:
-        recent = [t for t in self._failures.pop(client, []) if now - t < WINDOW]
-        self._failures[client] = [*recent, now][-FAILURES_ALLOWED:]
-        while len(self._failures) > MAX_CLIENTS:
-            self._failures.popitem(last=False)
+    def failed(self, key: str, now: float) -> None:
+        recent = [t for t in self._failures.get(key, []) if now - t < WINDOW]
+        self._failures[key] = [*recent, now][-FAILURES_ALLOWED:]
 
 
 class RequestToken:
-    def __init__(self, config: Config, options: EndpointOptions, supply: Supply) -> None:
+    def __init__(
+        self,
+        config: Config,
+        options: EndpointOptions,
+        supply: Supply,
+        resources: Resources | None = None,
+    ) -> None:
         self.identities = password_identities(config, options)
         self._supply = supply
+        self._resources = resources
+        """The daemon's shared clients: where a password kept in Vault is read."""
         self._limit = RateLimit()
 
     async def __call__(self, scope: Scope, receive: Receive) -> Answer:
         if scope["method"] not in ("POST", "GET"):
             return _error(405, "invalid_request", "POST a JSON body", "not_found")
-        client = scope["client"][0] if scope.get("client") else "local"
-        now = time.monotonic()
-        if wait := self._limit.retry_after(client, now):
-            message = "too many wrong credentials"
-            retry: Headers = ((b"retry-after", str(wait).encode()),)
-            return _error(429, "too_many_attempts", message, "rate_limited", retry)
         body = (await receive())["body"]
         credentials = _credentials(body)
         if credentials is None:
@@ -85,9 +92,16 @@ class RequestToken:
                 "bad_request",
             )
         username, password, resource = credentials
-        identity = await self._check(username, password)
+        named, identity = await self._check(username, password)
+        known = identity or named
+        key, now = known.name if known else UNKNOWN_USER, time.monotonic()
+        if wait := self._limit.retry_after(key, now):  # even the right password, meanwhile
+            message = "too many wrong credentials"
+            retry: Headers = ((b"retry-after", str(wait).encode()),)
+            return _error(429, "too_many_attempts", message, "rate_limited", retry)
         if identity is None:
-            self._limit.failed(client, now)
+            self._limit.failed(key, now)
+            client = scope["client"][0] if scope.get("client") else "local"
             log.debug("requesttoken refused: wrong username or password (client %s)", client)
             return _error(401, "invalid_credentials", "wrong username or password", "unauthorized")
         token_name = _token_for(identity, resource)
@@ -105,31 +119,35 @@ class RequestToken:
         expires_on = str(int(token.expires_at.timestamp()))
         return Answer(200, {"accesstoken": token.value, "expires_on": expires_on}, "success")
 
-    async def _check(self, username: str, password: str) -> PasswordIdentity | None:
-        """The identity these credentials are right for; every identity's password is compared
-        (or a dummy), so timing says nothing about which username exists."""
+    async def _check(
+        self, username: str, password: str
+    ) -> tuple[PasswordIdentity | None, PasswordIdentity | None]:
+        """The identity with this username, and the identity these credentials are right for
+        (the same one, or None). Every identity's username and password are compared, so timing
+        says nothing about which username exists."""
         # Usernames compare as Entra ID compares them: without regard to case.
         given_user, given_password = _digest(username.casefold()), _digest(password)
-        match = None
+        named = match = None
         for identity in self.identities:
             try:
-                user = await _digest_of(identity.username, casefold=True)
+                user = await self._digest_of(identity.username, casefold=True)
                 user_ok = hmac.compare_digest(given_user, user)
                 password_ok = hmac.compare_digest(
-                    given_password, await _digest_of(identity.password)
+                    given_password, await self._digest_of(identity.password)
                 )
             except SecretError as exc:
                 log.warning("requesttoken: identity %s: %s", identity.name, exc)
                 continue
+            if user_ok and named is None:
+                named = identity
             if user_ok and password_ok and match is None:
                 match = identity
-        return match
+        return named, match
 
-
-async def _digest_of(reference: SecretReference, *, casefold: bool = False) -> bytes:
-    """The configured value, read now (replacing the secret file takes effect at once)."""
-    value = (await reference.read()).reveal()
-    return _digest(value.casefold() if casefold else value)
+    async def _digest_of(self, reference: SecretReference, *, casefold: bool = False) -> bytes:
+        """The configured value, read now (replacing the secret file takes effect at once)."""
+        value = (await reference.read(self._resources)).reveal()
+        return _digest(value.casefold() if casefold else value)
 
 
 def _credentials(body: bytes) -> tuple[str, str, str | None] | None:

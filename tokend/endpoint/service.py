@@ -31,6 +31,7 @@ from tokend.engine import Engine
 from tokend.files import write_atomic
 from tokend.metrics import Metrics
 from tokend.redaction import redactor
+from tokend.resources import Resources
 from tokend.secrets import SecretError
 from tokend.server import ListenError, bind_tcp
 from tokend.transport import split_listen
@@ -49,12 +50,13 @@ class Endpoint:
         engine: Engine,
         metrics: Metrics,
         clock: Clock,
+        resources: Resources | None = None,
     ) -> None:
         self.options = options
         self.header_secret, self.generated = _header_secret(options)
         self.env_file = options.resolved_env_file()
         supply = Supply(engine, clock, options.wait)
-        self.compat = RequestToken(config, options, supply) if options.compat else None
+        self.compat = RequestToken(config, options, supply, resources) if options.compat else None
         routes: dict[str, tuple[str, Handler]] = {}
         if self.compat is not None:
             routes[REQUESTTOKEN_PATH] = ("requesttoken", self.compat)
