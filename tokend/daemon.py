@@ -10,7 +10,9 @@ that does not load is rejected with its error lines and tokend carries on with t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import resource
 import signal
 from collections.abc import Callable
 from dataclasses import InitVar, dataclass
@@ -250,7 +252,21 @@ def run_daemon(
 ) -> int:
     """Run tokend until a signal stops it (and, for `tokend dev`, the development identity
     provider beside it); `announce` is printed once started. Raises `ListenError`."""
+    _allow_many_open_files()
     return asyncio.run(_run_until_stopped(config, reload_config, announce, dev_idp))
+
+
+def _allow_many_open_files() -> None:
+    """The soft limit on open files raised to the hard one. systemd starts services at 1,024,
+    which the endpoint's clients (up to a thousand connections) could use up, leaving tokend none
+    for its own requests and files; the low default only matters to select(), and asyncio polls
+    with epoll."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = max(soft, 1 << 20)  # the kernel's usual ceiling (fs.nr_open)
+    if soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 async def _run_until_stopped(

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import re
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -19,7 +21,7 @@ import pytest
 
 from tests.conftest import entra_identity, write_config
 from tests.support.idp import CLIENT_SECRET, FakeIdp, running_idp
-from tests.support.processes import start_tokend, tokend, wait_for
+from tests.support.processes import TOKEND, start_tokend, tokend, wait_for
 from tests.support.servers import free_port, serve
 from tokend.devidp import DevIdentityProvider
 
@@ -212,3 +214,26 @@ def test_a_listen_host_that_does_not_resolve_is_a_clear_error(
     assert "Traceback" not in ran.stderr
     assert checked.returncode == 2
     assert checked.stderr.strip().endswith("listen: cannot resolve host 'nohost.invalid'")
+
+
+def test_the_open_file_limit_is_raised_to_the_hard_one(short_idp: FakeIdp, tmp_path: Path) -> None:
+    """systemd starts services with a soft limit of 1,024 open files, which a local endpoint's
+    clients alone could use up: tokend raises it to the hard limit at start."""
+    config = str(_config(short_idp, tmp_path, free_port()))
+    lower = (
+        "import os, resource, sys; resource.setrlimit(resource.RLIMIT_NOFILE, (256, 4096)); "
+        "os.execv(sys.argv[1], sys.argv[1:])"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", lower, TOKEND, "run", "-c", config],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for((tmp_path / "crm.token").exists, what="the first token")
+        limits = Path(f"/proc/{process.pid}/limits").read_text().splitlines()
+        (line,) = [line for line in limits if line.startswith("Max open files")]
+        assert line.split()[3:5] == ["4096", "4096"]  # soft, hard
+    finally:
+        process.terminate()
+        process.wait(20)
