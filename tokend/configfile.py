@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from tokend.errors import ConfigError
+from tokend.files import MiB, RefusedFile, open_regular_file, read_regular_file, size_text
 from tokend.transport import DEFAULT_LISTEN, split_listen
 from tokend.yamlfile import read_yaml
 
@@ -40,6 +41,10 @@ directory: secrets are read at use, not here)."""
 _CHUNK = 1 << 20
 """An unchanged file is hashed this many bytes at a time, never held whole (13.8 MB at 100,000
 tokens, most of what a reload added to the daemon's peak memory)."""
+MAX_CONFIG_SIZE = 256 * MiB
+"""No config is larger: 100,000 tokens take 13.8 MB, so this leaves room for 18 times that (or
+for generous comments) while a mistaken `-c /dev/zero`-like file stops here instead of
+reading until memory runs out."""
 
 
 def _digest(chunks: Iterable[bytes]) -> bytes:
@@ -51,8 +56,13 @@ def _digest(chunks: Iterable[bytes]) -> bytes:
 
 
 def _chunks(path: Path) -> Iterator[bytes]:
-    with path.open("rb") as file:
+    """The file's bytes, `_CHUNK` at a time; `RefusedFile` for what `load_config` would refuse."""
+    size = 0
+    with open_regular_file(path) as file:
         while chunk := file.read(_CHUNK):
+            size += len(chunk)
+            if size > MAX_CONFIG_SIZE:
+                raise RefusedFile(f"larger than {size_text(MAX_CONFIG_SIZE)}")
             yield chunk
 
 
@@ -63,9 +73,11 @@ def load_config(path: Path) -> LoadedConfig:
         last = _last.get(path)
         if last is not None and _digest(_chunks(path)) == last[0]:
             return last[1]
-        raw = path.read_bytes()
+        raw = read_regular_file(path, MAX_CONFIG_SIZE)
     except FileNotFoundError:
         raise ConfigError([f"{path}: config file not found"]) from None
+    except RefusedFile as exc:
+        raise ConfigError([f"{path}: {exc}"]) from None
     except OSError as exc:
         reason = (exc.strerror or type(exc).__name__).lower()
         raise ConfigError([f"{path}: cannot read config: {reason}"]) from None
@@ -92,7 +104,9 @@ def listen_of(path: Path) -> str | None:
     """The `listen:` of the config at `path`, read without validating the rest (for `tokend
     status`, which must start fast and needs nothing else). Raises ValueError (one line)."""
     try:
-        document = read_yaml(path.read_text(encoding="utf-8"))
+        document = read_yaml(read_regular_file(path, MAX_CONFIG_SIZE).decode("utf-8"))
+    except RefusedFile as exc:
+        raise ValueError(f"{path}: {exc}") from None
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise ValueError(f"{path}: cannot read config: {type(exc).__name__}") from None
     listen = document.get("listen", DEFAULT_LISTEN) if isinstance(document, dict) else None

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from tests.conftest import entra_identity, write_config
 from tests.support import idp as faults
@@ -150,6 +154,26 @@ def test_missing_config_is_a_clear_error(tmp_path: Path) -> None:
     result = tokend("run", "-c", str(tmp_path / "absent.yaml"))
     assert result.returncode == 2
     assert result.stderr == f"{tmp_path}/absent.yaml: config file not found\n"
+
+
+@pytest.mark.parametrize(
+    ("make", "kind"),
+    [
+        (lambda path: os.mkfifo(path) or path, "a FIFO"),
+        (lambda path: Path("/dev/zero"), "a character device"),
+        (lambda path: path.mkdir() or path, "a directory"),
+    ],
+)
+def test_a_config_that_is_not_a_regular_file_is_refused_at_once(
+    tmp_path: Path, make: Callable[[Path], Path], kind: str
+) -> None:
+    """A FIFO must not hang `check` (nor a `status` looking for `listen:`); /dev/zero must not be
+    read until memory runs out. The timeout and memory limit make a missing fix fail, not stall."""
+    config = make(tmp_path / "config.yaml")
+    for command in ("check", "status"):
+        result = tokend(command, "-c", str(config), timeout=20, memory_limit=2 << 30)
+        assert result.returncode == 2, (command, result.stderr)
+        assert result.stderr == f"{config}: not a regular file ({kind})\n"
 
 
 def test_tokend_dev_runs_its_identity_provider_and_publishes(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tokend import configfile
 from tokend.configfile import load_config, parse_config
 from tokend.durations import parse_duration
 from tokend.errors import ConfigError
@@ -370,6 +371,18 @@ def test_unreadable_files_say_what_and_where(tmp_path: Path, content: bytes, lin
     with pytest.raises(ConfigError) as caught:
         load_config(path)
     assert caught.value.lines == [line.replace("c.yaml", str(path))]
+
+
+def test_a_config_larger_than_the_limit_is_refused_unread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past `MAX_CONFIG_SIZE` (256 MiB, patched smaller here) a file is not a config."""
+    path = tmp_path / "c.yaml"
+    path.write_text(GOOD + "#" * 2048 + "\n")
+    monkeypatch.setattr(configfile, "MAX_CONFIG_SIZE", 2 << 10)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert caught.value.lines == [f"{path}: larger than 2 KiB"]
 
 
 def test_a_symbolic_link_loop_is_named(tmp_path: Path) -> None:
