@@ -176,6 +176,28 @@ def test_a_config_that_is_not_a_regular_file_is_refused_at_once(
         assert result.stderr == f"{config}: not a regular file ({kind})\n"
 
 
+@pytest.mark.parametrize(
+    ("make", "kind"),
+    [
+        (lambda path: os.mkfifo(path) or path, "a FIFO"),
+        (lambda path: "/dev/zero", "a character device"),
+    ],
+)
+def test_a_secret_file_that_is_not_a_regular_file_is_refused_at_once(
+    idp: FakeIdp, tmp_path: Path, make: Callable[[Path], Path | str], kind: str
+) -> None:
+    """A FIFO hung check; /dev/zero was read until memory ran out. The timeout and memory limit
+    make a missing fix fail, not stall."""
+    secret = make(tmp_path / "secret")
+    config = write_config(tmp_path / "config.yaml", _document(idp, tmp_path, {"file": str(secret)}))
+    result = tokend("check", "-c", str(config), timeout=20, memory_limit=2 << 30)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines() == [
+        f"{config}: identities.app.credential.secret: secret file {secret} is not a regular file "
+        f"({kind})"
+    ]
+
+
 def test_tokend_dev_runs_its_identity_provider_and_publishes(tmp_path: Path) -> None:
     """The README's first command: the built-in identity provider on loopback, three tokens
     under ./var/tokens, the listener answering, a clean stop."""
