@@ -121,6 +121,8 @@ class EnvSecret(SecretReference):
             raise SecretError(f"environment variable {self.env} is not set")
         if not value:
             raise SecretError(f"environment variable {self.env} is empty")
+        if not _is_utf8(value):
+            raise SecretError(f"environment variable {self.env} is not valid UTF-8")
         return Secret(value)
 
 
@@ -166,6 +168,16 @@ class CredentialSecret(SecretReference):
                 "(run under systemd with LoadCredential=)"
             )
         return Path(directory) / self.credential
+
+
+def _is_utf8(value: str) -> bool:
+    """False for the bytes that were not UTF-8 in the environment: Python keeps them as lone
+    surrogates (PEP 383), which no encoder, HTTP client or redactor can send on."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _read_secret_file(path: Path, what: str) -> str:

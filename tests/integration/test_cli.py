@@ -176,6 +176,21 @@ def test_a_config_that_is_not_a_regular_file_is_refused_at_once(
         assert result.stderr == f"{config}: not a regular file ({kind})\n"
 
 
+def test_a_secret_that_is_not_utf8_is_refused_by_name(idp: FakeIdp, tmp_path: Path) -> None:
+    """Bytes that are not UTF-8 in the environment crashed check, once and run (in the
+    redactor); now a config error naming the variable, its value never echoed."""
+    config = write_config(tmp_path / "config.yaml", _document(idp, tmp_path))
+    value = os.fsdecode(b"CANARY\xff\xfe-4b1d")
+    for command in ("check", "once", "run"):
+        result = tokend(command, "-c", str(config), env={"APP_SECRET": value}, timeout=20)
+        assert result.returncode == 2, (command, result.stderr)
+        assert result.stderr.splitlines() == [
+            f"{config}: identities.app.credential.secret: environment variable APP_SECRET is "
+            "not valid UTF-8"
+        ]
+        assert idp.token_requests == []
+
+
 @pytest.mark.parametrize(
     ("make", "kind"),
     [

@@ -88,6 +88,15 @@ def test_resolved_secret_hides_its_value() -> None:
         assert CANARY not in text
 
 
+def test_env_that_is_not_utf8_is_refused_without_its_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bytes that are not UTF-8 reach os.environ as lone surrogates (PEP 383): refused by name,
+    never echoed, never handed on to crash whatever encodes them next."""
+    monkeypatch.setenv("TOKEND_TEST_SECRET", os.fsdecode(b"CANARY\xff\xfe-4b1d"))
+    with pytest.raises(SecretError) as caught:
+        EnvSecret(env="TOKEND_TEST_SECRET").resolve()
+    assert str(caught.value) == "environment variable TOKEND_TEST_SECRET is not valid UTF-8"
+
+
 @pytest.mark.parametrize("resolve", [FileSecret.resolve, FileSecret.resolve_bytes])
 def test_a_secret_file_over_the_limit_is_refused_unread(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, resolve: Any
