@@ -213,6 +213,21 @@ def test_a_secret_file_that_is_not_a_regular_file_is_refused_at_once(
     ]
 
 
+def test_an_owner_out_of_range_is_a_config_error_not_a_traceback_at_each_write(
+    idp: FakeIdp, tmp_path: Path
+) -> None:
+    document = _document(idp, tmp_path)
+    document["tokens"]["crm"]["sinks"][0]["owner"] = 10**21  # type: ignore[index]
+    config = write_config(tmp_path / "config.yaml", document)
+    for args in (["check"], ["once", "--timeout", "2s"]):
+        result = tokend(*args, "-c", str(config), env={"APP_SECRET": CLIENT_SECRET})
+        assert result.returncode == 2, (args, result.stderr)
+        assert result.stderr.splitlines() == [
+            f"{config}: tokens.crm.sinks.0.owner: expected a user name or a user ID from 0 to "
+            "4294967294, not 1000000000000000000000"
+        ]
+
+
 def test_tokend_dev_runs_its_identity_provider_and_publishes(tmp_path: Path) -> None:
     """The README's first command: the built-in identity provider on loopback, three tokens
     under ./var/tokens, the listener answering, a clean stop."""

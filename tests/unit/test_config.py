@@ -200,6 +200,24 @@ BAD_CONFIGS = [
         {"{type: file, path: /run/tokend/crm.token}": "{type: file, path: /run/x, format: yaml}"},
         ["config.yaml: tokens.crm.sinks.0.format: must be one of 'raw', 'json' or 'env'"],
     ),
+    *(
+        (
+            {"path: /run/tokend/crm.token}": f"path: /run/tokend/crm.token, {key}: {value}}}"},
+            [
+                f"config.yaml: tokens.crm.sinks.0.{key}: expected a {kind} name or a {kind} ID "
+                f"from 0 to 4294967294, not {shown}"
+            ],
+        )
+        for key, kind in (("owner", "user"), ("group", "group"))
+        for value, shown in (
+            ("1000000000000000000000", "1000000000000000000000"),  # an OverflowError at each write
+            ("-5", "-5"),
+            ("4294967295", "4294967295"),  # chown's -1: "leave the owner as it is"
+            ("true", "true"),  # was ID 1
+            ("1.5", "1.5"),
+            ("[root]", "a list"),
+        )
+    ),
     (
         {"{type: file, path: /run/tokend/crm.token}": "{type: file}"},
         ["config.yaml: tokens.crm.sinks.0.path: required key is missing"],
