@@ -228,6 +228,18 @@ def test_an_owner_out_of_range_is_a_config_error_not_a_traceback_at_each_write(
         ]
 
 
+def test_an_empty_state_dir_is_a_config_error(idp: FakeIdp, tmp_path: Path) -> None:
+    """`state_dir: ""` passed check, then no state was ever saved (as root: temp files in /)."""
+    document = {**_document(idp, tmp_path), "state_dir": "", "endpoint": {"env_file": ""}}
+    config = write_config(tmp_path / "config.yaml", document)
+    result = tokend("check", "-c", str(config), env={"APP_SECRET": CLIENT_SECRET})
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines() == [
+        f"{config}: state_dir: must not be empty: give a path",
+        f"{config}: endpoint.env_file: must not be empty: give a path",
+    ]
+
+
 def test_tokend_dev_runs_its_identity_provider_and_publishes(tmp_path: Path) -> None:
     """The README's first command: the built-in identity provider on loopback, three tokens
     under ./var/tokens, the listener answering, a clean stop."""

@@ -307,6 +307,58 @@ def test_bad_config_lines(replacements: dict[str, str], lines: list[str]) -> Non
     assert caught.value.lines == lines
 
 
+_EMPTY = "must not be empty: give a path"
+
+
+@pytest.mark.parametrize(
+    ("replacements", "keys"),
+    [
+        ({"tokens:": 'state_dir: ""\ntokens:'}, ["state_dir"]),  # Path("") is the cwd: / as root
+        ({"tokens:": 'http: {ca_bundle: ""}\ntokens:'}, ["http.ca_bundle"]),
+        (
+            {
+                "tenant: contoso.onmicrosoft.com": 'tenant: contoso.onmicrosoft.com\n    ca_bundle: ""'
+            },
+            ["identities.crm-app.ca_bundle"],
+        ),
+        ({"path: /run/tokend/crm.token": 'path: ""'}, ["tokens.crm.sinks.0.path"]),
+        (
+            {"path: /run/tokend/crm.token}": 'path: /run/x, on_publish: {signal: {pid_file: ""}}}'},
+            ["tokens.crm.sinks.0.on_publish.signal.pid_file"],
+        ),
+        ({"tokens:": 'endpoint: {env_file: ""}\ntokens:'}, ["endpoint.env_file"]),
+        (
+            {"tokens:": 'endpoint: {tls: {certificate: "", key: ""}}\ntokens:'},
+            ["endpoint.tls.certificate", "endpoint.tls.key"],
+        ),
+        (
+            {
+                "tokens:": 'vault: {address: "https://vault.example", ca_bundle: "", auth: '
+                '{method: kubernetes, role: r, jwt_file: ""}}\ntokens:'
+            },
+            ["vault.auth.jwt_file", "vault.ca_bundle"],
+        ),
+        (
+            {"tokens:": 'kubernetes: {kubeconfig: "", service_account_dir: ""}\ntokens:'},
+            ["kubernetes.kubeconfig", "kubernetes.service_account_dir"],
+        ),
+        (
+            {
+                "{type: client_secret, secret: {env: CRM_SECRET}}": '{type: federated, token_file: ""}'
+            },
+            ["identities.crm-app.credential.token_file"],
+        ),
+    ],
+)
+def test_an_empty_path_is_an_error_naming_its_key(
+    replacements: dict[str, str], keys: list[str]
+) -> None:
+    """Every key that names a file or directory: "" would mean the working directory."""
+    with pytest.raises(ConfigError) as caught:
+        parse_config(_with(replacements), label="config.yaml")
+    assert caught.value.lines == [f"config.yaml: {key}: {_EMPTY}" for key in keys]
+
+
 def test_two_sinks_writing_one_file() -> None:
     text = GOOD + textwrap.indent(
         textwrap.dedent("""\

@@ -23,6 +23,7 @@ from pydantic import BeforeValidator, Field, field_validator
 from pydantic import dataclasses as pydantic_dataclasses
 
 from tokend import files
+from tokend.paths import EMPTY_PATH
 from tokend.sinks.base import (
     OPTIONS_CONFIG,
     SINKS,
@@ -95,6 +96,8 @@ class FileSinkOptions(SinkOptionsBase):
         which at 10,000 tokens is 4 MB)."""
         if isinstance(path, os.PathLike):
             path = os.fspath(path)
+        if path == "":
+            raise ValueError(EMPTY_PATH)
         if isinstance(path, str) and (
             path.endswith("/") or os.path.basename(path) in ("", ".", "..")
         ):

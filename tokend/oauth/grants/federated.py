@@ -37,6 +37,7 @@ from tokend.oauth.grants.base import (
     HttpRequest,
 )
 from tokend.oauth.grants.certificate import ASSERTION_TYPE
+from tokend.paths import ConfigPath
 from tokend.secrets import SecretError
 from tokend.untrusted import unverified_exp
 
@@ -49,7 +50,7 @@ _MAX_TOKEN = 64 * 1024  # a service-account token is about 1 KiB
 
 class FederatedOptions(CredentialOptions):
     type: Literal["federated"]
-    token_file: Path | None = None
+    token_file: ConfigPath | None = None
     command: list[str] | None = Field(default=None, min_length=1)
     command_timeout: PositiveDuration = timedelta(seconds=10)
     from_environment: bool = False
