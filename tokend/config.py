@@ -40,6 +40,7 @@ from tokend.errors import ConfigError
 from tokend.oauth.dialects import Endpoint, Target, endpoint_for
 from tokend.oauth.grants import CREDENTIALS, CredentialOptions
 from tokend.oauth.verify_options import VerifySetting
+from tokend.paths import ConfigPath
 from tokend.resources import RESOURCES
 from tokend.secrets import SecretRef
 from tokend.sinks import SINKS, SinkOptionsBase
@@ -91,7 +92,7 @@ class HttpOptions(_Model):
     max_concurrent_requests: int = Field(
         default=transport.DEFAULT_MAX_CONCURRENT_REQUESTS, ge=1, le=1024
     )
-    ca_bundle: Path | None = None
+    ca_bundle: ConfigPath | None = None
 
 
 class LogOptions(_Model):
@@ -124,7 +125,7 @@ class Identity(_Model):
     """Required (no default) except where the credential type knows its endpoint itself."""
     credential: Credential
     allow_insecure_http: bool = False
-    ca_bundle: Path | None = None
+    ca_bundle: ConfigPath | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -230,7 +231,7 @@ class Config(_Model):
     http: HttpOptions = HttpOptions()
     log: LogOptions = LogOptions()
     listen: str | None = DEFAULT_LISTEN
-    state_dir: Path | None = Field(default_factory=_systemd_state_directory)
+    state_dir: ConfigPath | None = Field(default_factory=_systemd_state_directory)
     state_key: SecretRef | None = None
     """Seals stored state (AES-256-GCM); without it, state is stored unencrypted (warned)."""
     systemd_ready: Literal["published", "started"] = "published"

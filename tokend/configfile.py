@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from tokend.errors import ConfigError
+from tokend.files import MiB, RefusedFile, open_regular_file, read_regular_file, size_text
 from tokend.transport import DEFAULT_LISTEN, split_listen
 from tokend.yamlfile import read_yaml
 
@@ -40,6 +42,10 @@ directory: secrets are read at use, not here)."""
 _CHUNK = 1 << 20
 """An unchanged file is hashed this many bytes at a time, never held whole (13.8 MB at 100,000
 tokens, most of what a reload added to the daemon's peak memory)."""
+MAX_CONFIG_SIZE = 256 * MiB
+"""No config is larger: 100,000 tokens take 13.8 MB, so this leaves room for 18 times that (or
+for generous comments) while a mistaken `-c /dev/zero`-like file stops here instead of
+reading until memory runs out."""
 
 
 def _digest(chunks: Iterable[bytes]) -> bytes:
@@ -51,21 +57,24 @@ def _digest(chunks: Iterable[bytes]) -> bytes:
 
 
 def _chunks(path: Path) -> Iterator[bytes]:
-    with path.open("rb") as file:
+    """The file's bytes, `_CHUNK` at a time; `RefusedFile` for what `load_config` would refuse."""
+    size = 0
+    with open_regular_file(path) as file:
         while chunk := file.read(_CHUNK):
+            size += len(chunk)
+            if size > MAX_CONFIG_SIZE:
+                raise RefusedFile(f"larger than {size_text(MAX_CONFIG_SIZE)}")
             yield chunk
 
 
 def load_config(path: Path) -> LoadedConfig:
     """Read and validate `path` (or reuse what the same inputs gave last time: see `_last`).
     Raises `ConfigError` listing every problem found."""
-    try:
+    with _reading(path):
         last = _last.get(path)
         if last is not None and _digest(_chunks(path)) == last[0]:
             return last[1]
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise _unreadable(path, exc) from None
+        raw = read_regular_file(path, MAX_CONFIG_SIZE)
     text = _decoded(raw, path)
     loaded = parse_config(text, label=str(path), source=path)
     _last.clear()  # one file in use; a reload of a changed one frees the older config
@@ -73,12 +82,19 @@ def load_config(path: Path) -> LoadedConfig:
     return loaded
 
 
-def _unreadable(path: Path, exc: OSError) -> ConfigError:
-    """A config file that cannot be read, in one line naming it and why (not the class name)."""
-    if isinstance(exc, FileNotFoundError):
-        return ConfigError([f"{path}: config file not found"])
-    reason = (exc.strerror or type(exc).__name__).lower()
-    return ConfigError([f"{path}: cannot read config: {reason}"])
+@contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """A config file that cannot be read, or that tokend will not read (a FIFO, a device, too
+    large), is `ConfigError`: one line naming it and why (not an exception's class name)."""
+    try:
+        yield
+    except RefusedFile as exc:
+        raise ConfigError([f"{path}: {exc}"]) from None
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: config file not found"]) from None
+    except OSError as exc:
+        reason = (exc.strerror or type(exc).__name__).lower()
+        raise ConfigError([f"{path}: cannot read config: {reason}"]) from None
 
 
 def _decoded(raw: bytes, path: Path) -> str:
@@ -101,10 +117,8 @@ def listen_of(path: Path) -> str | None:
     """The `listen:` of the config at `path`, read without validating the rest (for `tokend
     status`, which must start fast and needs nothing else). Raises `ConfigError` (one line, as
     `tokend check` would say it)."""
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise _unreadable(path, exc) from None
+    with _reading(path):
+        raw = read_regular_file(path, MAX_CONFIG_SIZE)
     document = _mapping(_read_yaml(_decoded(raw, path), str(path)), str(path))
     listen = document.get("listen", DEFAULT_LISTEN)
     if listen is None:

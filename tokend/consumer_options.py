@@ -5,17 +5,17 @@ from __future__ import annotations
 
 import signal
 from datetime import timedelta
-from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from tokend.durations import PositiveDuration
+from tokend.paths import ConfigPath
 
 
 class SignalOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    pid_file: Path
+    pid_file: ConfigPath
     name: str = "HUP"
 
     @field_validator("name")

@@ -1,5 +1,7 @@
 """Atomic, private file writes: a reader sees the old file or the new one, never a partial one,
-and a crash (even `kill -9`) at any instant leaves one of the two.
+and a crash (even `kill -9`) at any instant leaves one of the two. And bounded reads of files a
+user names (a config, a secret): a FIFO or a device given by mistake is refused, not waited on
+or read until memory runs out.
 
 Everything here blocks: code on the event loop runs it on another thread (file sinks and kept
 refresh tokens on `tokend.writers`' threads, saved access tokens on asyncio's default executor).
@@ -10,12 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 _TEMP_MARK = ".tokend-tmp-"
 
@@ -92,6 +95,70 @@ def fsync_directory(directory: str | Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+# --- reading files a user names --------------------------------------------------------------
+
+MiB = 1 << 20
+
+
+class RefusedFile(ValueError):
+    """A path names something tokend will not read. The text is the reason alone ("not a
+    regular file (a FIFO)", "larger than 1 MiB"): the caller names the file its own way."""
+
+
+_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+@contextmanager
+def open_regular_file(path: str | Path) -> Iterator[BinaryIO]:
+    """`path` opened for reading if it is a regular file (after symbolic links), else
+    `RefusedFile`. Opened with O_NONBLOCK, so a FIFO with no writer cannot block the open, and
+    the opened descriptor is the one looked at: nothing can be swapped in between. Raises
+    `OSError` as `open` does."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = next((name for test, name in _KINDS if test(mode)), "of an unknown kind")
+            raise RefusedFile(f"not a regular file ({kind})")
+        os.set_blocking(fd, True)  # a regular file ignores it; reads then behave as usual
+    except BaseException:
+        os.close(fd)
+        raise
+    with os.fdopen(fd, "rb") as file:
+        yield file
+
+
+def read_regular_file(path: str | Path, limit: int) -> bytes:
+    """The content of the regular file `path`, if it is at most `limit` bytes; else
+    `RefusedFile`. At most `limit + 1` bytes are read, whatever the file's size says (a file in
+    /proc says 0; a growing file says less than it holds). Raises `OSError` as `open` does."""
+    with open_regular_file(path) as file:
+        hint = min(os.fstat(file.fileno()).st_size, limit) + 1
+        data = file.read(hint)  # one read of the size the file claims, +1 to meet its end
+        if len(data) == hint:  # it holds more than it claimed: go on, a chunk at a time
+            more = bytearray(data)
+            while len(more) <= limit and (piece := file.read(min(MiB, limit + 1 - len(more)))):
+                more += piece
+            data = bytes(more)
+    if len(data) > limit:
+        raise RefusedFile(f"larger than {size_text(limit)}")
+    return data
+
+
+def size_text(size: int) -> str:
+    """`size` in the largest binary unit that divides it: "1 MiB", "64 KiB", "100 bytes"."""
+    for unit, name in ((MiB, "MiB"), (1 << 10, "KiB")):
+        if size % unit == 0:
+            return f"{size // unit} {name}"
+    return f"{size} bytes"
 
 
 # --- looking at directories during a check ----------------------------------------------------

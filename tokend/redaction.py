@@ -43,9 +43,11 @@ def one_line(text: str) -> str:
 
 
 def encodings(value: str) -> set[str]:
-    """How a secret may appear when someone echoes what tokend sent."""
-    raw = value.encode()
-    forms = {value, quote(value, safe=""), quote_plus(value)}
+    """How a secret may appear when someone echoes what tokend sent. Any str has its forms: lone
+    surrogates (bytes that were not UTF-8 in the environment, a `\\ud800` in JSON) are encoded
+    as they stand, since this last line of defence must not fail where a secret is refused."""
+    raw = value.encode("utf-8", "surrogatepass")
+    forms = {value, quote(raw, safe=""), quote_plus(raw)}
     for encoded in (base64.b64encode(raw), base64.urlsafe_b64encode(raw)):
         text = encoded.decode("ascii")
         forms |= {text, text.rstrip("=")}

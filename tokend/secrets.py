@@ -18,11 +18,16 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, PrivateAttr, ValidationError
 
 from tokend.errors import TokendError
+from tokend.files import MiB, RefusedFile, read_regular_file
 from tokend.redaction import redactor
 from tokend.registry import Registry
 
 if TYPE_CHECKING:
     from tokend.resources import Resources
+
+MAX_SECRET_FILE_SIZE = MiB
+"""No secret file is larger (a PEM chain or a PKCS#12 bundle is a few KiB): a path that names
+something bigger, such as a log or a disk image, is a mistake, and is not read whole."""
 
 
 class SecretError(TokendError):
@@ -116,6 +121,8 @@ class EnvSecret(SecretReference):
             raise SecretError(f"environment variable {self.env} is not set")
         if not value:
             raise SecretError(f"environment variable {self.env} is empty")
+        if not _is_utf8(value):
+            raise SecretError(f"environment variable {self.env} is not valid UTF-8")
         return Secret(value)
 
 
@@ -163,11 +170,21 @@ class CredentialSecret(SecretReference):
         return Path(directory) / self.credential
 
 
+def _is_utf8(value: str) -> bool:
+    """False for the bytes that were not UTF-8 in the environment: Python keeps them as lone
+    surrogates (PEP 383), which no encoder, HTTP client or redactor can send on."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _read_secret_file(path: Path, what: str) -> str:
     try:
         text = _read_secret_bytes(path, what).decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise SecretError(f"{what} {path} cannot be read: {type(exc).__name__}") from None
+    except UnicodeDecodeError:
+        raise SecretError(f"{what} {path} is not valid UTF-8") from None
     value = text.rstrip("\r\n")
     if not value:
         raise SecretError(f"{what} {path} is empty")
@@ -175,8 +192,12 @@ def _read_secret_file(path: Path, what: str) -> str:
 
 
 def _read_secret_bytes(path: Path, what: str) -> bytes:
+    """The file's bytes: only a regular file of at most `MAX_SECRET_FILE_SIZE` (a FIFO would
+    block every read, /dev/zero would fill memory)."""
     try:
-        data = path.read_bytes()
+        data = read_regular_file(path, MAX_SECRET_FILE_SIZE)
+    except RefusedFile as exc:
+        raise SecretError(f"{what} {path} is {exc}") from None
     except FileNotFoundError:
         raise SecretError(f"{what} {path} does not exist") from None
     except PermissionError:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from tests.conftest import entra_identity, write_config
 from tests.support import idp as faults
@@ -150,6 +154,90 @@ def test_missing_config_is_a_clear_error(tmp_path: Path) -> None:
     result = tokend("run", "-c", str(tmp_path / "absent.yaml"))
     assert result.returncode == 2
     assert result.stderr == f"{tmp_path}/absent.yaml: config file not found\n"
+
+
+@pytest.mark.parametrize(
+    ("make", "kind"),
+    [
+        (lambda path: os.mkfifo(path) or path, "a FIFO"),
+        (lambda path: Path("/dev/zero"), "a character device"),
+        (lambda path: path.mkdir() or path, "a directory"),
+    ],
+)
+def test_a_config_that_is_not_a_regular_file_is_refused_at_once(
+    tmp_path: Path, make: Callable[[Path], Path], kind: str
+) -> None:
+    """A FIFO must not hang `check` (nor a `status` looking for `listen:`); /dev/zero must not be
+    read until memory runs out. The timeout and memory limit make a missing fix fail, not stall."""
+    config = make(tmp_path / "config.yaml")
+    for command in ("check", "status"):
+        result = tokend(command, "-c", str(config), timeout=20, memory_limit=2 << 30)
+        assert result.returncode == 2, (command, result.stderr)
+        assert result.stderr == f"{config}: not a regular file ({kind})\n"
+
+
+def test_a_secret_that_is_not_utf8_is_refused_by_name(idp: FakeIdp, tmp_path: Path) -> None:
+    """Bytes that are not UTF-8 in the environment crashed check, once and run (in the
+    redactor); now a config error naming the variable, its value never echoed."""
+    config = write_config(tmp_path / "config.yaml", _document(idp, tmp_path))
+    value = os.fsdecode(b"CANARY\xff\xfe-4b1d")
+    for command in ("check", "once", "run"):
+        result = tokend(command, "-c", str(config), env={"APP_SECRET": value}, timeout=20)
+        assert result.returncode == 2, (command, result.stderr)
+        assert result.stderr.splitlines() == [
+            f"{config}: identities.app.credential.secret: environment variable APP_SECRET is "
+            "not valid UTF-8"
+        ]
+        assert idp.token_requests == []
+
+
+@pytest.mark.parametrize(
+    ("make", "kind"),
+    [
+        (lambda path: os.mkfifo(path) or path, "a FIFO"),
+        (lambda path: "/dev/zero", "a character device"),
+    ],
+)
+def test_a_secret_file_that_is_not_a_regular_file_is_refused_at_once(
+    idp: FakeIdp, tmp_path: Path, make: Callable[[Path], Path | str], kind: str
+) -> None:
+    """A FIFO hung check; /dev/zero was read until memory ran out. The timeout and memory limit
+    make a missing fix fail, not stall."""
+    secret = make(tmp_path / "secret")
+    config = write_config(tmp_path / "config.yaml", _document(idp, tmp_path, {"file": str(secret)}))
+    result = tokend("check", "-c", str(config), timeout=20, memory_limit=2 << 30)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines() == [
+        f"{config}: identities.app.credential.secret: secret file {secret} is not a regular file "
+        f"({kind})"
+    ]
+
+
+def test_an_owner_out_of_range_is_a_config_error_not_a_traceback_at_each_write(
+    idp: FakeIdp, tmp_path: Path
+) -> None:
+    document = _document(idp, tmp_path)
+    document["tokens"]["crm"]["sinks"][0]["owner"] = 10**21  # type: ignore[index]
+    config = write_config(tmp_path / "config.yaml", document)
+    for args in (["check"], ["once", "--timeout", "2s"]):
+        result = tokend(*args, "-c", str(config), env={"APP_SECRET": CLIENT_SECRET})
+        assert result.returncode == 2, (args, result.stderr)
+        assert result.stderr.splitlines() == [
+            f"{config}: tokens.crm.sinks.0.owner: expected a user name or a user ID from 0 to "
+            "4294967294, not 1000000000000000000000"
+        ]
+
+
+def test_an_empty_state_dir_is_a_config_error(idp: FakeIdp, tmp_path: Path) -> None:
+    """`state_dir: ""` passed check, then no state was ever saved (as root: temp files in /)."""
+    document = {**_document(idp, tmp_path), "state_dir": "", "endpoint": {"env_file": ""}}
+    config = write_config(tmp_path / "config.yaml", document)
+    result = tokend("check", "-c", str(config), env={"APP_SECRET": CLIENT_SECRET})
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines() == [
+        f"{config}: state_dir: must not be empty: give a path",
+        f"{config}: endpoint.env_file: must not be empty: give a path",
+    ]
 
 
 def test_tokend_dev_runs_its_identity_provider_and_publishes(tmp_path: Path) -> None:

@@ -96,7 +96,7 @@ def _one_line_error(result: Any, peer: str, returncode: int = 1) -> str:
     [
         (lambda path: path.write_text("listen: [\n"), ":2:1: "),
         (lambda path: None, ": config file not found"),
-        (lambda path: path.mkdir(), ": cannot read config: is a directory"),
+        (lambda path: path.mkdir(), ": not a regular file (a directory)"),
     ],
     ids=["yaml", "missing", "directory"],
 )

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -17,8 +19,14 @@ TOKEND = str(Path(sys.executable).with_name("tokend"))
 
 
 def tokend(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+    *args: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 60,
+    memory_limit: int | None = None,
 ) -> subprocess.CompletedProcess[str]:
+    """Run tokend to its end. `memory_limit` (bytes of address space) makes a tokend that would
+    read without end fail with a MemoryError instead of taking the test machine's memory."""
+    limit = None if memory_limit is None else functools.partial(_limit_memory, memory_limit)
     return subprocess.run(
         [TOKEND, *args],
         env={**os.environ, **(env or {})},
@@ -26,7 +34,12 @@ def tokend(
         text=True,
         timeout=timeout,
         check=False,
+        preexec_fn=limit,
     )
+
+
+def _limit_memory(size: int) -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (size, size))
 
 
 def start_tokend(

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tokend import configfile
 from tokend.configfile import load_config, parse_config
 from tokend.durations import parse_duration
 from tokend.errors import ConfigError
@@ -199,6 +200,24 @@ BAD_CONFIGS = [
         {"{type: file, path: /run/tokend/crm.token}": "{type: file, path: /run/x, format: yaml}"},
         ["config.yaml: tokens.crm.sinks.0.format: must be one of 'raw', 'json' or 'env'"],
     ),
+    *(
+        (
+            {"path: /run/tokend/crm.token}": f"path: /run/tokend/crm.token, {key}: {value}}}"},
+            [
+                f"config.yaml: tokens.crm.sinks.0.{key}: expected a {kind} name or a {kind} ID "
+                f"from 0 to 4294967294, not {shown}"
+            ],
+        )
+        for key, kind in (("owner", "user"), ("group", "group"))
+        for value, shown in (
+            ("1000000000000000000000", "1000000000000000000000"),  # an OverflowError at each write
+            ("-5", "-5"),
+            ("4294967295", "4294967295"),  # chown's -1: "leave the owner as it is"
+            ("true", "true"),  # was ID 1
+            ("1.5", "1.5"),
+            ("[root]", "a list"),
+        )
+    ),
     (
         {"{type: file, path: /run/tokend/crm.token}": "{type: file}"},
         ["config.yaml: tokens.crm.sinks.0.path: required key is missing"],
@@ -288,6 +307,58 @@ def test_bad_config_lines(replacements: dict[str, str], lines: list[str]) -> Non
     assert caught.value.lines == lines
 
 
+_EMPTY = "must not be empty: give a path"
+
+
+@pytest.mark.parametrize(
+    ("replacements", "keys"),
+    [
+        ({"tokens:": 'state_dir: ""\ntokens:'}, ["state_dir"]),  # Path("") is the cwd: / as root
+        ({"tokens:": 'http: {ca_bundle: ""}\ntokens:'}, ["http.ca_bundle"]),
+        (
+            {
+                "tenant: contoso.onmicrosoft.com": 'tenant: contoso.onmicrosoft.com\n    ca_bundle: ""'
+            },
+            ["identities.crm-app.ca_bundle"],
+        ),
+        ({"path: /run/tokend/crm.token": 'path: ""'}, ["tokens.crm.sinks.0.path"]),
+        (
+            {"path: /run/tokend/crm.token}": 'path: /run/x, on_publish: {signal: {pid_file: ""}}}'},
+            ["tokens.crm.sinks.0.on_publish.signal.pid_file"],
+        ),
+        ({"tokens:": 'endpoint: {env_file: ""}\ntokens:'}, ["endpoint.env_file"]),
+        (
+            {"tokens:": 'endpoint: {tls: {certificate: "", key: ""}}\ntokens:'},
+            ["endpoint.tls.certificate", "endpoint.tls.key"],
+        ),
+        (
+            {
+                "tokens:": 'vault: {address: "https://vault.example", ca_bundle: "", auth: '
+                '{method: kubernetes, role: r, jwt_file: ""}}\ntokens:'
+            },
+            ["vault.auth.jwt_file", "vault.ca_bundle"],
+        ),
+        (
+            {"tokens:": 'kubernetes: {kubeconfig: "", service_account_dir: ""}\ntokens:'},
+            ["kubernetes.kubeconfig", "kubernetes.service_account_dir"],
+        ),
+        (
+            {
+                "{type: client_secret, secret: {env: CRM_SECRET}}": '{type: federated, token_file: ""}'
+            },
+            ["identities.crm-app.credential.token_file"],
+        ),
+    ],
+)
+def test_an_empty_path_is_an_error_naming_its_key(
+    replacements: dict[str, str], keys: list[str]
+) -> None:
+    """Every key that names a file or directory: "" would mean the working directory."""
+    with pytest.raises(ConfigError) as caught:
+        parse_config(_with(replacements), label="config.yaml")
+    assert caught.value.lines == [f"config.yaml: {key}: {_EMPTY}" for key in keys]
+
+
 def test_two_sinks_writing_one_file() -> None:
     text = GOOD + textwrap.indent(
         textwrap.dedent("""\
@@ -370,6 +441,18 @@ def test_unreadable_files_say_what_and_where(tmp_path: Path, content: bytes, lin
     with pytest.raises(ConfigError) as caught:
         load_config(path)
     assert caught.value.lines == [line.replace("c.yaml", str(path))]
+
+
+def test_a_config_larger_than_the_limit_is_refused_unread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past `MAX_CONFIG_SIZE` (256 MiB, patched smaller here) a file is not a config."""
+    path = tmp_path / "c.yaml"
+    path.write_text(GOOD + "#" * 2048 + "\n")
+    monkeypatch.setattr(configfile, "MAX_CONFIG_SIZE", 2 << 10)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert caught.value.lines == [f"{path}: larger than 2 KiB"]
 
 
 def test_a_symbolic_link_loop_is_named(tmp_path: Path) -> None:

@@ -4,11 +4,15 @@ or the working directory loads it afresh."""
 
 from __future__ import annotations
 
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import yaml
 
+from tokend import configfile
 from tokend.configfile import load_config
 from tokend.errors import ConfigError
 
@@ -57,3 +61,38 @@ def test_a_file_gone_since_the_last_load_is_an_error_not_the_old_config(tmp_path
     with pytest.raises(ConfigError) as raised:
         load_config(path)
     assert raised.value.lines == [f"{path}: config file not found"]
+
+
+def test_a_file_replaced_by_a_fifo_is_an_error_not_a_hang(tmp_path: Path) -> None:
+    """A reload reads the file to see whether it changed: a FIFO there must not block it."""
+    path = _write(tmp_path / "config.yaml", tmp_path)
+    load_config(path)
+    path.unlink()
+    os.mkfifo(path)
+    with ThreadPoolExecutor(1) as pool:
+        reload = pool.submit(load_config, path)
+        try:
+            with pytest.raises(ConfigError) as raised:
+                reload.result(timeout=10)
+        except TimeoutError:
+            while not reload.done():  # each blocked open returns once a writer comes
+                _release(path)
+                time.sleep(0.01)
+            pytest.fail("loading a config that is a FIFO hung")
+    assert raised.value.lines == [f"{path}: not a regular file (a FIFO)"]
+
+
+def test_a_file_grown_past_the_limit_since_the_last_load_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = _write(tmp_path / "config.yaml", tmp_path)
+    load_config(path)
+    monkeypatch.setattr(configfile, "MAX_CONFIG_SIZE", path.stat().st_size - 1)
+    with pytest.raises(ConfigError) as raised:
+        load_config(path)
+    assert raised.value.lines == [f"{path}: larger than {path.stat().st_size - 1} bytes"]
+
+
+def _release(fifo: Path) -> None:
+    fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+    os.close(fd)

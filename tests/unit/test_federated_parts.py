@@ -11,6 +11,8 @@ import json
 import os
 import re
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from typing import Any
 import pytest
 
 from tokend.oauth.dialects import Endpoint, Target
+from tokend.oauth.grants import federated
 from tokend.oauth.grants.base import GrantContext, HttpRequest
 from tokend.oauth.grants.certificate import ASSERTION_TYPE
 from tokend.oauth.grants.federated import (
@@ -136,7 +139,24 @@ def test_a_token_file_that_cannot_be_read_says_why(tmp_path: Path) -> None:
     assert str(caught.value) == f"token_file {missing} does not exist"
     with pytest.raises(SecretError) as caught:
         read_token_file(tmp_path)
-    assert str(caught.value) == f"token_file {tmp_path} cannot be read: IsADirectoryError"
+    assert str(caught.value) == f"token_file {tmp_path}: not a regular file (a directory)"
+
+
+def test_a_token_file_that_is_a_fifo_is_refused_at_once(tmp_path: Path) -> None:
+    """A FIFO with no writer blocked the read (and the grant) for good."""
+    fifo = tmp_path / "token"
+    os.mkfifo(fifo)
+    with ThreadPoolExecutor(1) as pool:
+        reading = pool.submit(read_token_file, fifo)
+        try:
+            with pytest.raises(SecretError) as caught:
+                reading.result(timeout=10)
+        except TimeoutError:
+            while not reading.done():  # the blocked open returns once a writer comes
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+                time.sleep(0.01)
+            pytest.fail(f"reading {fifo} blocked")
+    assert str(caught.value) == f"token_file {fifo}: not a regular file (a FIFO)"
 
 
 # --- run_token_command
@@ -327,10 +347,10 @@ def test_a_token_file_this_user_may_not_read(
     """(As root nothing is unreadable: the refusal is made by hand.)"""
     path = tmp_path / "token"
 
-    def refuse(self: Path, *args: Any, **kwargs: Any) -> Any:
-        raise PermissionError(13, "Permission denied", str(self))
+    def refuse(path: Path) -> Any:
+        raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(Path, "open", refuse)
+    monkeypatch.setattr(federated, "open_regular_file", refuse)
     with pytest.raises(SecretError) as caught:
         read_token_file(path)
     assert str(caught.value) == f"token_file {path} is not readable by this user"

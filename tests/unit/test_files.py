@@ -12,6 +12,7 @@ import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -285,3 +286,62 @@ def test_what_stops_files_being_created_in_a_directory(
     assert files.directory_problem(str(tmp_path / "new"), create=True) == (
         f"cannot create files in {tmp_path} (permissions, or a read-only file system)"
     )
+
+
+# --- reading files a user names -----------------------------------------------------------------
+
+
+def test_a_regular_file_is_read_whole_up_to_its_limit(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"x" * 10)
+    assert files.read_regular_file(path, 10) == b"x" * 10
+    with pytest.raises(files.RefusedFile, match=r"^larger than 9 bytes$"):
+        files.read_regular_file(path, 9)
+
+
+def test_a_file_that_claims_no_size_is_still_read_and_still_capped() -> None:
+    """A file in /proc says it holds 0 bytes: its size is a hint, never the limit."""
+    status = files.read_regular_file("/proc/self/status", files.MiB)
+    assert b"Pid:" in status
+    with pytest.raises(files.RefusedFile, match=r"^larger than 1 KiB$"):
+        files.read_regular_file("/proc/self/maps", 1 << 10)  # usually 4 KiB or more
+
+
+def test_a_file_that_grew_past_its_limit_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"x" * (3 * files.MiB))
+    real_fstat = os.fstat
+    monkeypatch.setattr(os, "fstat", lambda fd: _claiming(real_fstat(fd), size=100))
+    with pytest.raises(files.RefusedFile, match=r"^larger than 2 MiB$"):
+        files.read_regular_file(path, 2 * files.MiB)
+    assert len(files.read_regular_file(path, 4 * files.MiB)) == 3 * files.MiB
+
+
+def _claiming(info: os.stat_result, size: int) -> os.stat_result:
+    fields = list(info)
+    fields[stat.ST_SIZE] = size
+    return os.stat_result(fields)
+
+
+@pytest.mark.parametrize(
+    ("make", "kind"),
+    [
+        (os.mkfifo, "a FIFO"),  # no writer: a blocking open would wait forever
+        (os.mkdir, "a directory"),
+        (lambda path: os.symlink("/dev/zero", path), "a character device"),
+    ],
+)
+def test_what_is_not_a_regular_file_is_refused_at_once(
+    tmp_path: Path, make: Any, kind: str
+) -> None:
+    path = tmp_path / "x"
+    make(path)
+    with pytest.raises(files.RefusedFile, match=rf"^not a regular file \({kind}\)$"):
+        files.read_regular_file(path, files.MiB)
+
+
+def test_sizes_are_named_in_the_largest_unit_that_divides_them() -> None:
+    sizes = [256 * files.MiB, files.MiB, 64 << 10, 1000]
+    assert [files.size_text(size) for size in sizes] == ["256 MiB", "1 MiB", "64 KiB", "1000 bytes"]

@@ -64,6 +64,22 @@ def test_encodings_of_a_secret_are_masked() -> None:
         assert masks.redact(f"echo: {form} end") == "echo: *** end", form
 
 
+@pytest.mark.parametrize(
+    "secret",
+    [
+        "CANARY\udcff\udcfe-env",  # bytes that were not UTF-8 in the environment (PEP 383)
+        "\ud800CANARY-lone\udfff",  # a JSON \\ud800 escape, from Vault or an IdP
+        "CANARY\x00nul\x7f",
+        "CANARY-\U0001f511-emoji",
+    ],
+)
+def test_any_str_can_be_added_and_is_masked(secret: str) -> None:
+    """The last line of defence never raises: a secret refused elsewhere may still reach it."""
+    masks = Redactor()
+    masks.add_secret(secret)
+    assert masks.redact(f"a {secret} b") == "a *** b"
+
+
 def test_partial_secrets_at_the_edges_are_masked() -> None:
     """An identity provider that cut its own echo short: the secret's start at the end of the
     text, or its end at the start, is masked too (six characters or more)."""

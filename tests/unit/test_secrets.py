@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from tokend import secrets
 from tokend.secrets import (
     CredentialSecret,
     EnvSecret,
@@ -80,3 +86,60 @@ def test_resolved_secret_hides_its_value() -> None:
     secret = InlineSecret(inline=CANARY).resolve()
     for text in (repr(secret), str(secret), f"{secret}", repr(InlineSecret(inline=CANARY))):
         assert CANARY not in text
+
+
+def test_env_that_is_not_utf8_is_refused_without_its_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bytes that are not UTF-8 reach os.environ as lone surrogates (PEP 383): refused by name,
+    never echoed, never handed on to crash whatever encodes them next."""
+    monkeypatch.setenv("TOKEND_TEST_SECRET", os.fsdecode(b"CANARY\xff\xfe-4b1d"))
+    with pytest.raises(SecretError) as caught:
+        EnvSecret(env="TOKEND_TEST_SECRET").resolve()
+    assert str(caught.value) == "environment variable TOKEND_TEST_SECRET is not valid UTF-8"
+
+
+@pytest.mark.parametrize("resolve", [FileSecret.resolve, FileSecret.resolve_bytes])
+def test_a_secret_file_over_the_limit_is_refused_unread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, resolve: Any
+) -> None:
+    """Past `MAX_SECRET_FILE_SIZE` (1 MiB, patched smaller here) a file is not a secret."""
+    path = tmp_path / "secret"
+    path.write_text(CANARY * 100)
+    monkeypatch.setattr(secrets, "MAX_SECRET_FILE_SIZE", 1 << 10)
+    with pytest.raises(SecretError) as caught:
+        resolve(FileSecret(file=path))
+    assert str(caught.value) == f"secret file {path} is larger than 1 KiB"
+
+
+def test_a_secret_file_that_is_not_utf8_says_so(tmp_path: Path) -> None:
+    path = tmp_path / "secret"
+    path.write_bytes(b"CANARY\xff\xfe-4b1d\n")
+    with pytest.raises(SecretError) as caught:
+        FileSecret(file=path).resolve()
+    assert str(caught.value) == f"secret file {path} is not valid UTF-8"
+    assert FileSecret(file=path).resolve_bytes() == b"CANARY\xff\xfe-4b1d\n"  # binary: as it is
+
+
+@pytest.mark.parametrize(("make", "kind"), [(os.mkdir, "a directory"), (os.mkfifo, "a FIFO")])
+def test_a_systemd_credential_that_is_not_a_regular_file_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make: Any, kind: str
+) -> None:
+    make(tmp_path / "crm-secret")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    with pytest.raises(SecretError) as caught:
+        _within(10, CredentialSecret(credential="crm-secret").resolve, tmp_path / "crm-secret")
+    assert str(caught.value) == (
+        f"systemd credential {tmp_path / 'crm-secret'} is not a regular file ({kind})"
+    )
+
+
+def _within(seconds: float, call: Callable[[], object], fifo: Path) -> object:
+    """`call()`, failing the test if it blocks (on opening `fifo`, when it is one)."""
+    with ThreadPoolExecutor(1) as pool:
+        future = pool.submit(call)
+        try:
+            return future.result(timeout=seconds)
+        except TimeoutError:
+            while not future.done():  # each blocked open returns once a writer comes
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+                time.sleep(0.01)
+            pytest.fail(f"reading {fifo} blocked")

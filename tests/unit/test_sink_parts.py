@@ -89,6 +89,7 @@ def test_preflight_finds_what_the_first_write_would_meet(tmp_path: Path) -> None
         ("root", None, (0, -1)),
         (None, "root", (-1, 0)),
         (1234, 5678, (1234, 5678)),
+        (0, 4294967294, (0, 4294967294)),  # the ends of the range (4294967295 is chown's -1)
     ],
 )
 def test_owner_and_group_by_name_or_number(

@@ -15,6 +15,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from tokend.durations import PositiveDuration
+from tokend.paths import ConfigPath
 from tokend.secrets import SecretRef
 from tokend.transport import is_loopback, split_listen
 
@@ -32,9 +33,9 @@ class _Model(BaseModel):
 
 
 class TlsOptions(_Model):
-    certificate: Path
+    certificate: ConfigPath
     """PEM certificate (chain) the endpoint presents."""
-    key: Path
+    key: ConfigPath
     """PEM private key of the certificate."""
 
 
@@ -63,7 +64,7 @@ class EndpointOptions(_Model):
     """Path of the App Service protocol (`IDENTITY_ENDPOINT` ends with it)."""
     header_secret: SecretRef | None = None
     """The `X-IDENTITY-HEADER` value; by default a new random one at every start."""
-    env_file: Path | None = None
+    env_file: ConfigPath | None = None
     """Where to write `IDENTITY_ENDPOINT` and `IDENTITY_HEADER` (mode 0600) for clients to source;
     default: `$RUNTIME_DIRECTORY/endpoint.env` under systemd. Required when the header secret
     is generated and there is no default."""

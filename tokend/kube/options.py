@@ -16,6 +16,7 @@ from typing import Annotated
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from tokend.durations import PositiveDuration
+from tokend.paths import ConfigPath
 
 FIELD_MANAGER = "tokend"
 """Server-side apply's field manager: the Secret's fields and the Lease that are tokend's."""
@@ -45,11 +46,11 @@ Namespace = Annotated[str, AfterValidator(_namespace)]
 class KubernetesOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    kubeconfig: Path | None = None
+    kubeconfig: ConfigPath | None = None
     """A kubeconfig file; None: in-cluster."""
     context: str | None = Field(default=None, min_length=1)
     """The kubeconfig context to use (default: its current-context)."""
-    service_account_dir: Path = SERVICE_ACCOUNT_DIR
+    service_account_dir: ConfigPath = SERVICE_ACCOUNT_DIR
     """In-cluster: where the kubelet mounts `token`, `ca.crt` and `namespace`."""
     timeout: PositiveDuration = timedelta(seconds=10)
     """For each request to the API server (connecting, and waiting for the answer)."""

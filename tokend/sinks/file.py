@@ -23,6 +23,7 @@ from pydantic import BeforeValidator, Field, field_validator
 from pydantic import dataclasses as pydantic_dataclasses
 
 from tokend import files
+from tokend.paths import EMPTY_PATH
 from tokend.sinks.base import (
     OPTIONS_CONFIG,
     SINKS,
@@ -53,14 +54,38 @@ def _parse_mode(value: Any) -> int:
 FileMode = Annotated[int, BeforeValidator(_parse_mode)]
 
 
+def _yaml_kind(value: Any) -> str:
+    return "a mapping" if isinstance(value, dict) else f"a {type(value).__name__}"
+
+
+MAX_ID = 2**32 - 2
+"""User and group IDs are 32 bits, and 2**32 - 1 is the -1 that tells chown "leave it": a
+larger or negative number failed every write with an OverflowError."""
+
+
+def _account(kind: str) -> Callable[[Any], Any]:
+    """A validator for `owner`/`group`: a name (looked up at check and at each write), or a
+    numeric ID in range. Not a bool: YAML's `true` would be ID 1."""
+
+    def check(value: Any) -> Any:
+        if value is None or isinstance(value, str):
+            return value
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_ID:
+            return value
+        shown = json.dumps(value) if isinstance(value, int | float) else _yaml_kind(value)
+        raise ValueError(f"expected a {kind} name or a {kind} ID from 0 to {MAX_ID}, not {shown}")
+
+    return check
+
+
 @pydantic_dataclasses.dataclass(config=OPTIONS_CONFIG, frozen=True, slots=True, kw_only=True)
 class FileSinkOptions(SinkOptionsBase):
     type: Literal["file"]
     path: str
     format: Literal["raw", "json", "env"] = "raw"
     mode: FileMode = 0o600
-    owner: str | int | None = None
-    group: str | int | None = None
+    owner: Annotated[str | int | None, BeforeValidator(_account("user"))] = None
+    group: Annotated[str | int | None, BeforeValidator(_account("group"))] = None
     create_dirs: bool = False
     env_prefix: Annotated[str, Field(pattern=r"^([A-Z_][A-Z0-9_]*)?$")] = ""
 
@@ -71,6 +96,8 @@ class FileSinkOptions(SinkOptionsBase):
         which at 10,000 tokens is 4 MB)."""
         if isinstance(path, os.PathLike):
             path = os.fspath(path)
+        if path == "":
+            raise ValueError(EMPTY_PATH)
         if isinstance(path, str) and (
             path.endswith("/") or os.path.basename(path) in ("", ".", "..")
         ):

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
+from tokend.paths import ConfigPath
 from tokend.registry import Registry
 from tokend.secrets import EnvSecret, Secret, SecretRef, SecretReference
 from tokend.vault.errors import Problem, VaultError, classify
@@ -158,7 +159,7 @@ class KubernetesAuth(AuthOptions):
     method: Literal["kubernetes"]
     mount: MountPath = "kubernetes"
     role: str = Field(min_length=1)
-    jwt_file: Path = SERVICE_ACCOUNT_TOKEN
+    jwt_file: ConfigPath = SERVICE_ACCOUNT_TOKEN
 
 
 def _kubernetes(

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from tokend.durations import PositiveDuration
+from tokend.paths import ConfigPath
 from tokend.transport import url_problem
 from tokend.vault.auth import AUTH_METHODS, AuthOptions, TokenAuth, strip_slashes
 
@@ -49,7 +50,7 @@ class VaultOptions(_Model):
         default_factory=_vault_namespace, min_length=1, validate_default=True
     )
     auth: VaultAuth = TokenAuth(method="token")
-    ca_bundle: Path | None = Field(default_factory=_vault_cacert)
+    ca_bundle: ConfigPath | None = Field(default_factory=_vault_cacert)
     timeout: PositiveDuration = timedelta(seconds=10)
     """For each request to Vault (connecting, and waiting for the answer)."""
 

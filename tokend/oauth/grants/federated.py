@@ -28,6 +28,7 @@ from pydantic import Field, model_validator
 
 from tokend.clock import SYSTEM_CLOCK
 from tokend.durations import PositiveDuration
+from tokend.files import RefusedFile, open_regular_file
 from tokend.oauth.dialects import Target
 from tokend.oauth.grants.base import (
     CREDENTIALS,
@@ -37,6 +38,7 @@ from tokend.oauth.grants.base import (
     HttpRequest,
 )
 from tokend.oauth.grants.certificate import ASSERTION_TYPE
+from tokend.paths import ConfigPath
 from tokend.secrets import SecretError
 from tokend.untrusted import unverified_exp
 
@@ -49,7 +51,7 @@ _MAX_TOKEN = 64 * 1024  # a service-account token is about 1 KiB
 
 class FederatedOptions(CredentialOptions):
     type: Literal["federated"]
-    token_file: Path | None = None
+    token_file: ConfigPath | None = None
     command: list[str] | None = Field(default=None, min_length=1)
     command_timeout: PositiveDuration = timedelta(seconds=10)
     from_environment: bool = False
@@ -170,8 +172,10 @@ class FederatedGrant:
 def read_token_file(path: Path) -> str:
     """The token in `path`, read now. Raises `SecretError` (never quoting the content)."""
     try:
-        with path.open("rb") as stream:
+        with open_regular_file(path) as stream:  # a FIFO would block each read: refused
             raw = stream.read(_MAX_TOKEN + 1)
+    except RefusedFile as exc:
+        raise SecretError(f"token_file {path}: {exc}") from None
     except FileNotFoundError:
         raise SecretError(f"token_file {path} does not exist") from None
     except PermissionError:
