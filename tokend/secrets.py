@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar
@@ -233,6 +234,9 @@ for _key, _form in (
     SECRET_FORMS.register(_key, SecretForm(_form))
 
 
+_KIND_LIKE = re.compile(r"[a-z][a-z_]{0,19}")
+
+
 def parse_secret_ref(value: Any) -> SecretReference:
     """Turn a config value into a secret reference, with one clear message when it is neither a
     string nor a single-key reference."""
@@ -247,7 +251,13 @@ def parse_secret_ref(value: Any) -> SecretReference:
         raise ValueError(f"expected a secret reference: one of {forms}")
     (kind,) = value
     if kind not in SECRET_FORMS:
-        raise ValueError(f"unknown secret reference '{kind}' (expected one of {forms})")
+        # `secret: {s3cr3t}` is YAML for a mapping whose key is the secret: only a key that
+        # reads as a misspelt kind (a lowercase word) is quoted back.
+        shown = f" '{kind}'" if isinstance(kind, str) and _KIND_LIKE.fullmatch(kind) else ""
+        raise ValueError(
+            f"unknown secret reference{shown} (expected one of {forms}; quote an inline secret "
+            "written in braces)"
+        )
     if not isinstance(value[kind], str) or not value[kind]:
         raise ValueError(f"{{{kind}: ...}} needs a non-empty string")
     try:

@@ -175,7 +175,8 @@ BAD_CONFIGS = [
         {"{env: CRM_SECRET}": "{vault_path: x}"},
         [
             "config.yaml: identities.crm-app.credential.secret: unknown secret reference 'vault_path' "
-            "(expected one of {env: ...}, {file: ...}, {credential: ...}, {vault: ...})"
+            "(expected one of {env: ...}, {file: ...}, {credential: ...}, {vault: ...}; quote an "
+            "inline secret written in braces)"
         ],
     ),
     (

@@ -36,6 +36,7 @@ def test_forms_parse() -> None:
     [
         ({"env": "A", "file": "/x"}, "expected a secret reference"),
         ({"nope": "A"}, "unknown secret reference 'nope'"),
+        ({"Xy9~Sup3rS3cret": None}, r"unknown secret reference \(expected"),  # not quoted back
         ({"env": ""}, "needs a non-empty string"),
         ({"env": 5}, "needs a non-empty string"),
         (5, "expected a secret reference"),
