@@ -1,10 +1,11 @@
 """The endpoint's HTTP server over raw sockets: keep-alive, pipelining in order, HTTP/1.0,
-`Expect: 100-continue`, and what it refuses (malformed requests, oversized heads and bodies),
-each refusal answered and the connection closed."""
+`Expect: 100-continue`, HEAD, upgrades and absolute-form targets, and what it refuses (malformed
+requests, oversized heads and bodies, CONNECT), each refusal answered and the connection closed."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import threading
@@ -33,8 +34,9 @@ async def echo(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": data})
 
 
-@pytest.fixture(scope="module")
-def port() -> Iterator[int]:
+@contextlib.contextmanager
+def serving() -> Iterator[int]:
+    """An echo server on a thread of its own; yields its port."""
     sock = bind_tcp("127.0.0.1", 0)
     server = HttpServer(echo, sock, None)
     thread = threading.Thread(target=asyncio.run, args=(server.serve(),), daemon=True)
@@ -42,6 +44,12 @@ def port() -> Iterator[int]:
     yield sock.getsockname()[1]
     server.stop()
     thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def port() -> Iterator[int]:
+    with serving() as port:
+        yield port
 
 
 def exchange(port: int, data: bytes, *, responses: int = 1) -> tuple[list[bytes], bool]:
@@ -138,3 +146,45 @@ def test_refusals_are_answered_then_closed(port: int, request_bytes: bytes, stat
     (response,), closed = exchange(port, request_bytes)
     assert response.startswith(b"HTTP/1.1 " + status), response[:80]
     assert closed
+
+
+@pytest.mark.parametrize("upgrade", [b"websocket", b"h2c"])
+def test_an_upgrade_is_answered_as_http_1_1(port: int, upgrade: bytes) -> None:
+    request = b"GET /u HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: %s\r\n\r\n" % upgrade
+    responses, closed = exchange(
+        port, request + b"GET /next HTTP/1.1\r\nHost: h\r\n\r\n", responses=2
+    )
+    assert [body_of(r)["path"] for r in responses] == ["/u", "/next"] and not closed
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n",
+        b"POST /u HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n"
+        b"Content-Length: 2\r\n\r\n{}",
+    ],
+)
+def test_connect_and_an_upgrade_with_a_body_are_refused(port: int, request_bytes: bytes) -> None:
+    (response,), closed = exchange(port, request_bytes)
+    assert response.startswith(b"HTTP/1.1 400 Bad Request") and closed
+
+
+def test_an_absolute_form_target_is_served_by_its_path_and_query(port: int) -> None:
+    for target, path in ((b"http://example.com/p?q=1", "/p"), (b"HTTP://example.com?q=1", "/")):
+        (response,), closed = exchange(port, b"GET %s HTTP/1.1\r\nHost: h\r\n\r\n" % target)
+        assert (body_of(response)["path"], body_of(response)["query"]) == (path, "q=1")
+        assert not closed
+
+
+@pytest.mark.parametrize("target", [b"http://a:b/x", b"http:///x", b"http://[::1", b"ftp://h/x"])
+def test_a_target_without_a_path_to_serve_is_a_400(port: int, target: bytes) -> None:
+    (response,), closed = exchange(port, b"GET %s HTTP/1.1\r\nHost: h\r\n\r\n" % target)
+    assert response.startswith(b"HTTP/1.1 400 Bad Request") and closed
+
+
+def test_head_is_answered_without_a_body(port: int) -> None:
+    requests = b"HEAD /h HTTP/1.1\r\nHost: h\r\n\r\nGET /g HTTP/1.1\r\nHost: h\r\n\r\n"
+    (head, get), closed = exchange(port, requests, responses=2)
+    assert head.startswith(b"HTTP/1.1 200 OK") and b"content-length:" in head
+    assert head.endswith(b"\r\n\r\n") and body_of(get)["path"] == "/g" and not closed

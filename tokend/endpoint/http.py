@@ -71,10 +71,12 @@ class HttpServer:
 
 
 class _Request:
-    __slots__ = ("body", "head", "headers", "keep_alive", "method", "url")
+    __slots__ = ("body", "head", "headers", "keep_alive", "method", "path", "query", "url")
 
     def __init__(self) -> None:
         self.url = b""
+        self.path = "/"
+        self.query = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.body = bytearray()
         self.head = 0
@@ -115,13 +117,20 @@ class _Connection(asyncio.Protocol):
         self._disarm()
 
     def data_received(self, data: bytes) -> None:
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserError as exc:  # callbacks' exceptions arrive wrapped
-            refused = exc.__context__
-            self._refuse(
-                refused.status if isinstance(refused, _Refused) else HTTPStatus.BAD_REQUEST
-            )
+        view = memoryview(data)
+        while True:
+            try:
+                self._parser.feed_data(view)
+                return
+            except httptools.HttpParserUpgrade as upgrade:
+                # The request was answered as plain HTTP/1.1 (on_headers_complete let through
+                # only upgrades without a body): what follows it is the next request.
+                view = view[int(upgrade.args[0]) :]
+            except httptools.HttpParserError as exc:  # callbacks' exceptions arrive wrapped
+                refused = exc.__context__
+                status = refused.status if isinstance(refused, _Refused) else None
+                self._refuse(status or HTTPStatus.BAD_REQUEST)
+                return
 
     def close(self) -> None:
         self._closing = True
@@ -146,6 +155,9 @@ class _Connection(asyncio.Protocol):
         request = self._request
         request.method = self._parser.get_method().decode("ascii")
         request.keep_alive = bool(self._parser.should_keep_alive())
+        if self._parser.should_upgrade():
+            _check_upgrade(request)
+        request.path, request.query = _target(request.url)
         if (b"expect", b"100-continue") in request.headers and self._transport is not None:
             self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
@@ -207,6 +219,8 @@ class _Connection(asyncio.Protocol):
         lines += [name + b": " + value for name, value in headers]
         if not request.keep_alive:
             lines.append(b"connection: close")
+        if request.method == "HEAD":  # the headers GET would have, and no body (RFC 9110 9.3.2)
+            body = b""
         self._transport.write(b"\r\n".join(lines) + b"\r\n\r\n" + body)
 
     def _refuse(self, status: HTTPStatus) -> None:
@@ -245,13 +259,41 @@ class _Refused(Exception):
         self.status = status
 
 
+def _check_upgrade(request: _Request) -> None:
+    """CONNECT is not served. Other upgrades (`Upgrade: websocket`, `h2c`: `curl --http2`) are
+    answered as plain HTTP/1.1, as RFC 9110 7.8 allows, except with a body: llhttp ends such a
+    request at its headers and would read the body as the next one."""
+    if request.method == "CONNECT" or any(
+        name in (b"content-length", b"transfer-encoding") and value.strip() != b"0"
+        for name, value in request.headers
+    ):
+        raise _Refused(HTTPStatus.BAD_REQUEST)
+
+
+def _target(url: bytes) -> tuple[str, bytes]:
+    """The path (decoded) and query of a request target: origin form (`/path?query`), or absolute
+    form (`http://host/path?query`, which RFC 9112 3.2.2 has servers accept; its host is not
+    used). Any other target is a 400, never an error from inside the app."""
+    try:
+        parsed = httptools.parse_url(url)
+    except httptools.HttpParserInvalidURLError:
+        raise _Refused(HTTPStatus.BAD_REQUEST) from None
+    path = parsed.path
+    if parsed.schema is not None:
+        if parsed.schema.lower() not in (b"http", b"https") or not parsed.host:
+            raise _Refused(HTTPStatus.BAD_REQUEST)
+        path = path or b"/"
+    if path is None:
+        raise _Refused(HTTPStatus.BAD_REQUEST)
+    return unquote(path.decode("latin-1")), parsed.query or b""
+
+
 def _scope(request: _Request, client: tuple[str, int] | None) -> dict[str, Any]:
-    url = httptools.parse_url(request.url)
     return {
         "type": "http",
         "method": request.method,
-        "path": unquote(url.path.decode("latin-1")),
-        "query_string": url.query or b"",
+        "path": request.path,
+        "query_string": request.query,
         "headers": request.headers,
         "client": client,
     }
