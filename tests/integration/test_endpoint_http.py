@@ -1,6 +1,7 @@
 """The endpoint's HTTP server over raw sockets: keep-alive, pipelining in order, HTTP/1.0,
 `Expect: 100-continue`, HEAD, upgrades and absolute-form targets, and what it refuses (malformed
-requests, oversized heads and bodies, CONNECT), each refusal answered and the connection closed."""
+requests, oversized heads and bodies, CONNECT), each refusal answered after the requests before
+it and the connection closed."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from tokend.endpoint import http
 from tokend.endpoint.http import HttpServer
 from tokend.server import bind_tcp
 
@@ -148,6 +150,16 @@ def test_refusals_are_answered_then_closed(port: int, request_bytes: bytes, stat
     assert closed
 
 
+def test_a_refusal_is_answered_after_the_requests_before_it(port: int) -> None:
+    for bad in (b"NOT HTTP\r\n\r\n", b"GET / HTTP/1.1\r\nX: " + b"a" * 20000 + b"\r\n\r\n"):
+        responses, closed = exchange(
+            port, b"GET /ok HTTP/1.1\r\nHost: h\r\n\r\n" + bad, responses=2
+        )
+        assert [r[:12] for r in responses] == [b"HTTP/1.1 200", responses[1][:12]]
+        assert body_of(responses[0])["path"] == "/ok" and responses[1][9:12] in (b"400", b"431")
+        assert closed
+
+
 @pytest.mark.parametrize("upgrade", [b"websocket", b"h2c"])
 def test_an_upgrade_is_answered_as_http_1_1(port: int, upgrade: bytes) -> None:
     request = b"GET /u HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: %s\r\n\r\n" % upgrade
@@ -188,3 +200,16 @@ def test_head_is_answered_without_a_body(port: int) -> None:
     (head, get), closed = exchange(port, requests, responses=2)
     assert head.startswith(b"HTTP/1.1 200 OK") and b"content-length:" in head
     assert head.endswith(b"\r\n\r\n") and body_of(get)["path"] == "/g" and not closed
+
+
+def test_a_head_that_never_ends_is_refused_at_the_limit(port: int) -> None:
+    """The bytes of the head count as they arrive, not a header once it is complete."""
+    start = b"GET / HTTP/1.1\r\nHost: h\r\nX-Pad: "
+    (response,), closed = exchange(port, start + b"a" * 2 * http.MAX_HEAD)
+    assert response.startswith(b"HTTP/1.1 431 ") and closed
+
+
+def test_too_many_headers_are_refused(port: int) -> None:
+    request = b"GET / HTTP/1.1\r\nHost: h\r\n" + b"a:\r\n" * 200 + b"\r\n"
+    (response,), closed = exchange(port, request)
+    assert response.startswith(b"HTTP/1.1 431 ") and closed

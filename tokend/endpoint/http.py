@@ -31,6 +31,11 @@ App = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 
 MAX_HEAD = 16 * 1024
 """Request line and headers, in bytes: a token request needs a few hundred."""
+MAX_HEADERS = 100
+HEAD_STEP = 1024
+"""Bytes fed to the parser at a time. llhttp does not say where in a chunk a head begins or ends,
+so a head is counted in whole steps while it is in progress: one that passes MAX_HEAD is refused
+before it is two steps longer, and none of MAX_HEAD or less is."""
 MAX_BODY = 64 * 1024
 MAX_CONNECTIONS = 1024
 MAX_PIPELINED = 16
@@ -71,9 +76,19 @@ class HttpServer:
 
 
 class _Request:
-    __slots__ = ("body", "head", "headers", "keep_alive", "method", "path", "query", "url")
+    __slots__ = (
+        "body",
+        "head",
+        "headers",
+        "keep_alive",
+        "method",
+        "path",
+        "query",
+        "refusal",
+        "url",
+    )
 
-    def __init__(self) -> None:
+    def __init__(self, refusal: HTTPStatus | None = None) -> None:
         self.url = b""
         self.path = "/"
         self.query = b""
@@ -82,6 +97,8 @@ class _Request:
         self.head = 0
         self.method = "GET"
         self.keep_alive = True
+        self.refusal = refusal
+        """Set for a request refused unparsed: it takes its turn in the queue like the others."""
 
 
 class _Connection(asyncio.Protocol):
@@ -93,6 +110,8 @@ class _Connection(asyncio.Protocol):
         self._pending: deque[_Request] = deque()
         self._busy = False
         self._closing = False
+        self._in_head = False
+        self._refused = False
         self._client: tuple[str, int] | None = None
         self._timer: asyncio.TimerHandle | None = None
 
@@ -118,40 +137,59 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         view = memoryview(data)
-        while True:
-            try:
-                self._parser.feed_data(view)
+        for start in range(0, len(view), HEAD_STEP):
+            if self._refused or self._closing:
                 return
-            except httptools.HttpParserUpgrade as upgrade:
-                # The request was answered as plain HTTP/1.1 (on_headers_complete let through
-                # only upgrades without a body): what follows it is the next request.
-                view = view[int(upgrade.args[0]) :]
-            except httptools.HttpParserError as exc:  # callbacks' exceptions arrive wrapped
-                refused = exc.__context__
-                status = refused.status if isinstance(refused, _Refused) else None
-                self._refuse(status or HTTPStatus.BAD_REQUEST)
-                return
+            self._feed(view[start : start + HEAD_STEP])
 
     def close(self) -> None:
         self._closing = True
         if self._transport is not None:
             self._transport.close()
 
+    # --- parsing -------------------------------------------------------------------------------
+
+    def _feed(self, data: memoryview) -> None:
+        """Parse one step; a head in progress before and after it grew by all of it."""
+        begun = self._request if self._in_head else None
+        self._parse(data)
+        if self._in_head and self._request is begun and not self._refused:
+            begun.head += len(data)
+            if begun.head > MAX_HEAD:
+                self._refuse(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE)
+
+    def _parse(self, data: memoryview) -> None:
+        while True:
+            try:
+                self._parser.feed_data(data)
+                return
+            except httptools.HttpParserUpgrade as upgrade:
+                # The request was answered as plain HTTP/1.1 (on_headers_complete let through
+                # only upgrades without a body): what follows it is the next request.
+                data = data[int(upgrade.args[0]) :]
+            except httptools.HttpParserError as exc:  # callbacks' exceptions arrive wrapped
+                refused = exc.__context__
+                status = refused.status if isinstance(refused, _Refused) else None
+                self._refuse(status or HTTPStatus.BAD_REQUEST)
+                return
+
     # --- parser callbacks ----------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
         self._request = _Request()
+        self._in_head = True
         self._arm(REQUEST_DEADLINE)
 
     def on_url(self, url: bytes) -> None:
         self._request.url += url
-        self._grow(len(url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._request.headers.append((name.lower(), value))
-        self._grow(len(name) + len(value))
+        if len(self._request.headers) > MAX_HEADERS:
+            raise _Refused(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE)
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
         request = self._request
         request.method = self._parser.get_method().decode("ascii")
         request.keep_alive = bool(self._parser.should_keep_alive())
@@ -169,17 +207,20 @@ class _Connection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         self._disarm()
         self._pending.append(self._request)
-        if len(self._pending) > MAX_PIPELINED and self._transport is not None:
-            self._transport.pause_reading()
+        self._update_reading()
         self._next()
 
     # --- answering -----------------------------------------------------------------------------
 
     def _next(self) -> None:
-        if self._busy or not self._pending or self._closing:
+        if self._busy or self._closing or not self._pending:
+            return
+        request = self._pending.popleft()
+        if request.refusal is not None:
+            self._send_refusal(request.refusal)
             return
         self._busy = True
-        asyncio.get_running_loop().create_task(self._answer(self._pending.popleft()))
+        asyncio.get_running_loop().create_task(self._answer(request))
 
     async def _answer(self, request: _Request) -> None:
         response: dict[str, Any] = {}
@@ -203,8 +244,7 @@ class _Connection(asyncio.Protocol):
         if not request.keep_alive:
             self.close()
             return
-        if self._transport is not None and len(self._pending) <= MAX_PIPELINED:
-            self._transport.resume_reading()
+        self._update_reading()
         if self._pending:
             self._next()
         else:
@@ -224,7 +264,14 @@ class _Connection(asyncio.Protocol):
         self._transport.write(b"\r\n".join(lines) + b"\r\n\r\n" + body)
 
     def _refuse(self, status: HTTPStatus) -> None:
-        """A request that cannot be parsed or is too big: answered, then the connection closes."""
+        """A request that cannot be parsed or is too big: nothing after it is read, the requests
+        before it are answered, then it is, and the connection closes."""
+        self._refused = True
+        self._pending.append(_Request(refusal=status))
+        self._update_reading()
+        self._next()
+
+    def _send_refusal(self, status: HTTPStatus) -> None:
         if self._transport is not None and not self._transport.is_closing():
             body = b'{"error":"%s"}' % status.phrase.lower().replace(" ", "_").encode()
             self._transport.write(
@@ -235,10 +282,14 @@ class _Connection(asyncio.Protocol):
 
     # --- limits --------------------------------------------------------------------------------
 
-    def _grow(self, size: int) -> None:
-        self._request.head += size
-        if self._request.head > MAX_HEAD:
-            raise _Refused(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE)
+    def _update_reading(self) -> None:
+        """Read only while few requests wait and none was refused."""
+        if self._transport is None or self._closing:
+            return
+        if self._refused or len(self._pending) > MAX_PIPELINED:
+            self._transport.pause_reading()
+        else:
+            self._transport.resume_reading()
 
     def _arm(self, seconds: float) -> None:
         self._disarm()
