@@ -1,7 +1,7 @@
 """The endpoint's HTTP server over raw sockets: keep-alive, pipelining in order, HTTP/1.0,
 `Expect: 100-continue`, HEAD, upgrades and absolute-form targets, and what it refuses (malformed
 requests, oversized heads and bodies, CONNECT), each refusal answered after the requests before
-it and the connection closed."""
+it and the connection closed; the connection cap and write backpressure."""
 
 from __future__ import annotations
 
@@ -213,3 +213,76 @@ def test_too_many_headers_are_refused(port: int) -> None:
     request = b"GET / HTTP/1.1\r\nHost: h\r\n" + b"a:\r\n" * 200 + b"\r\n"
     (response,), closed = exchange(port, request)
     assert response.startswith(b"HTTP/1.1 431 ") and closed
+
+
+def test_at_the_connection_cap_the_longest_idle_one_makes_room(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(http, "MAX_CONNECTIONS", 2)
+    with serving() as port:
+        held = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(2)]
+        for conn in held:  # answered: the server has them, and both are idle
+            conn.sendall(b"GET /held HTTP/1.1\r\nHost: h\r\n\r\n")
+            assert conn.recv(65536).startswith(b"HTTP/1.1 200")
+        (response,), _ = exchange(port, b"GET /new HTTP/1.1\r\nHost: h\r\n\r\n")
+        assert body_of(response)["path"] == "/new"
+        assert held[0].recv(1) == b""  # the longest idle was closed
+        held[1].sendall(b"GET /still HTTP/1.1\r\nHost: h\r\n\r\n")
+        assert held[1].recv(65536).startswith(b"HTTP/1.1 200")
+        for conn in held:
+            conn.close()
+
+
+class _Transport(asyncio.Transport):
+    """Records what the server writes and whether it reads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = bytearray()
+        self.reading = True
+        self.closed = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written += data
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 1) if name == "peername" else default
+
+
+def test_while_the_client_does_not_read_nothing_more_is_read_or_answered() -> None:
+    """asyncio's flow control: pause_writing comes when the client's unread answers pass the
+    transport's high-water mark."""
+
+    async def scenario() -> None:
+        with socket.socket() as sock:
+            connection = http._Connection(HttpServer(echo, sock, None))
+        transport = _Transport()
+        connection.connection_made(transport)
+        connection.pause_writing()
+        connection.data_received(b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n")
+        await _settle()
+        assert transport.written == b"" and not transport.reading
+        connection.resume_writing()
+        await _settle()
+        assert transport.written.startswith(b"HTTP/1.1 200") and transport.reading
+        connection.close()
+
+    asyncio.run(scenario())
+
+
+async def _settle() -> None:
+    """Let the tasks the server started run to their end (they await nothing slow)."""
+    for _ in range(5):
+        await asyncio.sleep(0)

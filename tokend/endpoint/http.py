@@ -6,8 +6,10 @@ so the server is most of its cost; uvicorn's per-request machinery (an ASGI cycl
 flow-control layer, several tasks) cost twice the CPU of this (bench/endpoint.py). What this
 keeps from a full server: llhttp parses every byte (malformed input is a 400 and the connection
 closes), keep-alive and pipelining (answered in order, one at a time), `Expect: 100-continue`,
-limits on header and body sizes and on open connections, a deadline for a whole request to
-arrive (slow clients cannot hold connections) and an idle timeout.
+limits on header and body sizes and on open connections (at the cap the longest-idle one makes
+room), write backpressure (a client that does not read its answers is neither read nor answered
+until it does), a deadline for a whole request to arrive (slow clients cannot hold connections)
+and an idle timeout.
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ class HttpServer:
         self._socket = sock
         self._ssl = ssl_context
         self.connections: set[_Connection] = set()
+        self.idle: dict[_Connection, None] = {}
+        """Connections between requests, longest idle first."""
         self._stop = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -73,6 +77,23 @@ class HttpServer:
             self._stop.set()
         else:
             self._loop.call_soon_threadsafe(self._stop.set)
+
+    def admit(self, connection: _Connection) -> bool:
+        """Count a new connection in; at MAX_CONNECTIONS the longest-idle one is closed to make
+        room, so one client holding idle keep-alive connections cannot shut others out. Refused
+        only when every connection has a request in progress."""
+        if len(self.connections) >= MAX_CONNECTIONS:
+            if not self.idle:
+                return False
+            oldest = next(iter(self.idle))
+            self.leave(oldest)
+            oldest.close()
+        self.connections.add(connection)
+        return True
+
+    def leave(self, connection: _Connection) -> None:
+        self.connections.discard(connection)
+        self.idle.pop(connection, None)
 
 
 class _Request:
@@ -111,7 +132,9 @@ class _Connection(asyncio.Protocol):
         self._busy = False
         self._closing = False
         self._in_head = False
+        self._in_message = False
         self._refused = False
+        self._write_paused = False
         self._client: tuple[str, int] | None = None
         self._timer: asyncio.TimerHandle | None = None
 
@@ -122,17 +145,16 @@ class _Connection(asyncio.Protocol):
             transport.close()
             return
         self._transport = transport
-        if len(self._server.connections) >= MAX_CONNECTIONS:
+        if not self._server.admit(self):
             transport.close()
             return
-        self._server.connections.add(self)
         peer = transport.get_extra_info("peername")
         self._client = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else None
-        self._arm(KEEP_ALIVE)
+        self._rest()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
-        self._server.connections.discard(self)
+        self._server.leave(self)
         self._disarm()
 
     def data_received(self, data: bytes) -> None:
@@ -141,6 +163,22 @@ class _Connection(asyncio.Protocol):
             if self._refused or self._closing:
                 return
             self._feed(view[start : start + HEAD_STEP])
+
+    def pause_writing(self) -> None:
+        """The client asks faster than it reads: answer and read nothing more until its answers
+        drain, so what the server holds for it stays bounded; and close it if they do not drain
+        within REQUEST_DEADLINE."""
+        self._write_paused = True
+        self._update_reading()
+        self._arm(REQUEST_DEADLINE)
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._in_message:
+            self._arm(REQUEST_DEADLINE)
+        else:
+            self._disarm()
+        self._continue()
 
     def close(self) -> None:
         self._closing = True
@@ -177,7 +215,8 @@ class _Connection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self._request = _Request()
-        self._in_head = True
+        self._in_head = self._in_message = True
+        self._server.idle.pop(self, None)
         self._arm(REQUEST_DEADLINE)
 
     def on_url(self, url: bytes) -> None:
@@ -206,6 +245,7 @@ class _Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self._disarm()
+        self._in_message = False
         self._pending.append(self._request)
         self._update_reading()
         self._next()
@@ -213,7 +253,7 @@ class _Connection(asyncio.Protocol):
     # --- answering -----------------------------------------------------------------------------
 
     def _next(self) -> None:
-        if self._busy or self._closing or not self._pending:
+        if self._busy or self._write_paused or self._closing or not self._pending:
             return
         request = self._pending.popleft()
         if request.refusal is not None:
@@ -244,11 +284,18 @@ class _Connection(asyncio.Protocol):
         if not request.keep_alive:
             self.close()
             return
+        self._continue()
+
+    def _continue(self) -> None:
+        """After an answer, or once answers drain: read again if nothing stops it, then answer
+        the next request or rest until one comes."""
         self._update_reading()
+        if self._closing or self._write_paused:
+            return
         if self._pending:
             self._next()
-        else:
-            self._arm(KEEP_ALIVE)
+        elif not self._in_message:
+            self._rest()
 
     def _write(
         self, status: int, headers: list[tuple[bytes, bytes]], body: bytes, request: _Request
@@ -283,13 +330,21 @@ class _Connection(asyncio.Protocol):
     # --- limits --------------------------------------------------------------------------------
 
     def _update_reading(self) -> None:
-        """Read only while few requests wait and none was refused."""
+        """Read only while answers can be written, few requests wait and none was refused: what
+        a client that sends without reading makes the server hold stays bounded."""
         if self._transport is None or self._closing:
             return
-        if self._refused or len(self._pending) > MAX_PIPELINED:
+        if self._write_paused or self._refused or len(self._pending) > MAX_PIPELINED:
             self._transport.pause_reading()
         else:
             self._transport.resume_reading()
+
+    def _rest(self) -> None:
+        """Between requests: the keep-alive timeout runs, and the connection is the newest idle
+        one (the last to be closed to make room)."""
+        self._server.idle.pop(self, None)
+        self._server.idle[self] = None
+        self._arm(KEEP_ALIVE)
 
     def _arm(self, seconds: float) -> None:
         self._disarm()
