@@ -286,3 +286,25 @@ async def _settle() -> None:
     """Let the tasks the server started run to their end (they await nothing slow)."""
     for _ in range(5):
         await asyncio.sleep(0)
+
+
+def test_a_chunk_of_many_requests_is_parsed_only_as_far_as_reading_goes() -> None:
+    """What stops reading also stops parsing a chunk already received, so a client cannot queue
+    thousands of requests in one packet; the rest is parsed, and answered, as answers go out."""
+    request = b"GET /p HTTP/1.1\r\nHost: h\r\n\r\n"
+
+    async def scenario() -> None:
+        with socket.socket() as sock:
+            connection = http._Connection(HttpServer(echo, sock, None))
+        transport = _Transport()
+        connection.connection_made(transport)
+        connection.data_received(request * 500)
+        assert len(connection._pending) < 100 and not transport.reading
+        for _ in range(100_000):
+            if transport.written.count(b"HTTP/1.1 200 OK") == 500:
+                break
+            await asyncio.sleep(0)
+        assert transport.written.count(b"HTTP/1.1 200 OK") == 500 and transport.reading
+        connection.close()
+
+    asyncio.run(scenario())

@@ -135,6 +135,8 @@ class _Connection(asyncio.Protocol):
         self._in_message = False
         self._refused = False
         self._write_paused = False
+        self._unread = memoryview(b"")
+        """Received but not parsed yet: parsing stops where reading pauses."""
         self._client: tuple[str, int] | None = None
         self._timer: asyncio.TimerHandle | None = None
 
@@ -158,11 +160,8 @@ class _Connection(asyncio.Protocol):
         self._disarm()
 
     def data_received(self, data: bytes) -> None:
-        view = memoryview(data)
-        for start in range(0, len(view), HEAD_STEP):
-            if self._refused or self._closing:
-                return
-            self._feed(view[start : start + HEAD_STEP])
+        self._unread = memoryview(bytes(self._unread) + data if self._unread else data)
+        self._read()
 
     def pause_writing(self) -> None:
         """The client asks faster than it reads: answer and read nothing more until its answers
@@ -186,6 +185,16 @@ class _Connection(asyncio.Protocol):
             self._transport.close()
 
     # --- parsing -------------------------------------------------------------------------------
+
+    def _read(self) -> None:
+        """Parse what was received a step at a time, stopping where reading pauses: the rest of a
+        chunk waits unparsed, so a chunk of many small requests queues no more than
+        MAX_PIPELINED (and a step's worth) of them."""
+        while self._unread and self._reading():
+            step, self._unread = self._unread[:HEAD_STEP], self._unread[HEAD_STEP:]
+            self._feed(step)
+        if self._refused:
+            self._unread = memoryview(b"")
 
     def _feed(self, data: memoryview) -> None:
         """Parse one step; a head in progress before and after it grew by all of it."""
@@ -292,9 +301,10 @@ class _Connection(asyncio.Protocol):
         self._update_reading()
         if self._closing or self._write_paused:
             return
+        self._read()
         if self._pending:
             self._next()
-        elif not self._in_message:
+        elif not (self._busy or self._in_message or self._closing):
             self._rest()
 
     def _write(
@@ -329,15 +339,23 @@ class _Connection(asyncio.Protocol):
 
     # --- limits --------------------------------------------------------------------------------
 
-    def _update_reading(self) -> None:
+    def _reading(self) -> bool:
         """Read only while answers can be written, few requests wait and none was refused: what
         a client that sends without reading makes the server hold stays bounded."""
-        if self._transport is None or self._closing:
+        return not (
+            self._closing
+            or self._write_paused
+            or self._refused
+            or len(self._pending) > MAX_PIPELINED
+        )
+
+    def _update_reading(self) -> None:
+        if self._transport is None or self._transport.is_closing():
             return
-        if self._write_paused or self._refused or len(self._pending) > MAX_PIPELINED:
-            self._transport.pause_reading()
-        else:
+        if self._reading():
             self._transport.resume_reading()
+        else:
+            self._transport.pause_reading()
 
     def _rest(self) -> None:
         """Between requests: the keep-alive timeout runs, and the connection is the newest idle
