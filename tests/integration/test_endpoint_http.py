@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import select
 import socket
 import threading
 from collections.abc import Iterator
@@ -209,6 +210,19 @@ def test_a_head_that_never_ends_is_refused_at_the_limit(port: int) -> None:
     assert response.startswith(b"HTTP/1.1 431 ") and closed
 
 
+def test_chunked_trailers_count_toward_the_message_limit(port: int) -> None:
+    """llhttp gathers a trailer's value whole before it calls back: the bytes count as they
+    arrive, so an endless trailer is refused (it used to grow, and slow every other client)."""
+    start = b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\nX-T: "
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+        conn.sendall(start)
+        for _ in range(2 * http.MAX_MESSAGE // 4096):  # until the server answers
+            if select.select([conn], [], [], 0)[0]:
+                break
+            conn.sendall(b"a" * 4096)
+        assert conn.recv(65536).startswith(b"HTTP/1.1 413 ")
+
+
 def test_too_many_headers_are_refused(port: int) -> None:
     request = b"GET / HTTP/1.1\r\nHost: h\r\n" + b"a:\r\n" * 200 + b"\r\n"
     (response,), closed = exchange(port, request)
@@ -241,6 +255,10 @@ class _Transport(asyncio.Transport):
         self.written = bytearray()
         self.reading = True
         self.closed = False
+        self.aborted = False
+
+    def abort(self) -> None:
+        self.aborted = self.closed = True
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         self.written += data
@@ -278,6 +296,27 @@ def test_while_the_client_does_not_read_nothing_more_is_read_or_answered() -> No
         await _settle()
         assert transport.written.startswith(b"HTTP/1.1 200") and transport.reading
         connection.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_client_whose_answers_never_drain_loses_its_slot(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """At the deadline the connection is aborted, its buffer dropped, and it leaves the server's
+    count at once: `close()` would wait for a buffer that never drains, holding the slot for good."""
+    monkeypatch.setattr(http, "REQUEST_DEADLINE", 0.01)
+
+    async def scenario() -> None:
+        with socket.socket() as sock:
+            server = HttpServer(echo, sock, None)
+        connection = http._Connection(server)
+        transport = _Transport()
+        connection.connection_made(transport)
+        assert connection in server.connections
+        connection.pause_writing()  # the client reads nothing
+        await asyncio.sleep(0.05)
+        assert transport.aborted and connection not in server.connections
 
     asyncio.run(scenario())
 

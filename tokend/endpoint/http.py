@@ -39,6 +39,8 @@ HEAD_STEP = 1024
 so a head is counted in whole steps while it is in progress: one that passes MAX_HEAD is refused
 before it is two steps longer, and none of MAX_HEAD or less is."""
 MAX_BODY = 64 * 1024
+MAX_MESSAGE = MAX_HEAD + 2 * MAX_BODY
+"""A whole request as it arrives: head, body with its chunked framing, trailers."""
 MAX_CONNECTIONS = 1024
 MAX_PIPELINED = 16
 REQUEST_DEADLINE = 10.0
@@ -106,6 +108,7 @@ class _Request:
         "path",
         "query",
         "refusal",
+        "size",
         "url",
     )
 
@@ -116,6 +119,7 @@ class _Request:
         self.headers: list[tuple[bytes, bytes]] = []
         self.body = bytearray()
         self.head = 0
+        self.size = 0
         self.method = "GET"
         self.keep_alive = True
         self.refusal = refusal
@@ -197,13 +201,20 @@ class _Connection(asyncio.Protocol):
             self._unread = memoryview(b"")
 
     def _feed(self, data: memoryview) -> None:
-        """Parse one step; a head in progress before and after it grew by all of it."""
-        begun = self._request if self._in_head else None
+        """Parse one step. A message (or its head) in progress before and after it grew by all
+        of it: llhttp gathers a header's or a chunked trailer's value whole before it calls back,
+        so what arrives is counted here, not what the callbacks see."""
+        begun, in_head = (self._request if self._in_message else None), self._in_head
         self._parse(data)
-        if self._in_head and self._request is begun and not self._refused:
+        if begun is None or self._request is not begun or self._refused or not self._in_message:
+            return
+        begun.size += len(data)
+        if in_head and self._in_head:
             begun.head += len(data)
             if begun.head > MAX_HEAD:
                 self._refuse(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE)
+        elif begun.size > MAX_MESSAGE:
+            self._refuse(HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
 
     def _parse(self, data: memoryview) -> None:
         while True:
@@ -374,8 +385,14 @@ class _Connection(asyncio.Protocol):
             self._timer = None
 
     def _expired(self) -> None:
-        with contextlib.suppress(Exception):
-            self.close()
+        """A deadline passed (the request's, the idle one, or answers that did not drain): the
+        connection is dropped at once, what is buffered for it with it. `close()` would wait
+        for the buffer to drain, and a client that never reads would keep its slot for good."""
+        self._closing = True
+        self._server.leave(self)
+        if self._transport is not None:
+            with contextlib.suppress(Exception):
+                self._transport.abort()
 
 
 class _Refused(Exception):
