@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -36,7 +37,7 @@ from tests.support.harness import Harness, harness
 from tests.support.idp import CLIENT_SECRET, FakeIdp
 from tests.support.servers import free_port
 from tokend.config import validate_config
-from tokend.endpoint.compat import FAILURES_ALLOWED
+from tokend.endpoint.compat import FAILURES_ALLOWED, RequestToken
 from tokend.endpoint.service import Endpoint
 from tokend.metrics import Metrics
 
@@ -165,11 +166,11 @@ async def wrong_credentials(compat: Compat) -> None:
     assert "accesstoken" not in limited.text
 
 
-def test_the_budget_is_the_identitys_whatever_the_client_address(
+def test_the_budget_is_the_usernames_whatever_the_client_address(
     run: Callable[[Scenario], None],
 ) -> None:
     """On loopback any of 127.0.0.0/8 reaches the listener: wrong passwords sent from five
-    addresses exhaust one budget (a per-address one would give each five). Wrong usernames do
+    addresses exhaust one budget (a per-address one would give each five). Other usernames do
     not spend it: the identity's right password still works after them."""
 
     async def scenario(compat: Compat) -> None:
@@ -185,6 +186,31 @@ def test_the_budget_is_the_identitys_whatever_the_client_address(
             assert await _post_from(compat, f"127.0.0.{source}", wrong) == 401
         right = {"username": USERNAME, "password": PASSWORD}
         assert await _post_from(compat, "127.0.0.200", right) == 429
+
+    run(scenario)
+
+
+def test_a_refused_username_costs_no_secret_read(
+    run: Callable[[Scenario], None], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once a username's budget is spent, its requests are refused before any configured
+    username or password is read (each may be a Vault request)."""
+    reads: list[object] = []
+    reading = RequestToken._digest_of
+
+    async def counted(self: RequestToken, reference: Any, *, casefold: bool = False) -> bytes:
+        reads.append(reference)
+        return await reading(self, reference, casefold=casefold)
+
+    monkeypatch.setattr(RequestToken, "_digest_of", counted)
+
+    async def scenario(compat: Compat) -> None:
+        for _ in range(FAILURES_ALLOWED):
+            assert (await compat.post({"username": USERNAME, "password": WRONG})).status_code == 401
+        assert reads  # each wrong password was compared with the configured ones
+        reads.clear()
+        limited = await compat.post({"username": USERNAME, "password": PASSWORD})
+        assert limited.status_code == 429 and reads == []
 
     run(scenario)
 

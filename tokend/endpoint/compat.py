@@ -5,12 +5,12 @@ from tokend's cache.
 The username must be a configured password identity's and the password its configured password:
 both compared in constant time, and a password is compared even for an unknown username, so the
 answer's timing does not tell which usernames exist. Wrong credentials are a 401 with a JSON error
-(the original answered errors with HTTP 200), and after a few for one identity within a minute,
-every request for it is refused with a 429 until the minute is over (the original forwarded every
-bad password to Entra ID: account lockout). The budget is the identity's, not a client address's:
-on loopback every client has the same address, and any of 127.0.0.0/8 reaches the listener, so a
-per-address budget would be shared by all and yet bypassed by any. The credentials a client sends
-are never echoed, logged or kept.
+(the original answered errors with HTTP 200), and after a few for one username within a minute,
+every request naming it is refused with a 429 until the minute is over (the original forwarded
+every bad password to Entra ID: account lockout), before any configured secret is read. The
+budget is the username's, not a client address's: on loopback every client has the same address,
+and any of 127.0.0.0/8 reaches the listener, so a per-address budget would be shared by all and
+yet bypassed by any. The credentials a client sends are never echoed, logged or kept.
 
 A password identity is one whose credential has `username` and `password` secret references
 (the `password` credential type); its token is the one configured token of that identity the
@@ -23,6 +23,7 @@ import hashlib
 import hmac
 import logging
 import time
+from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 from tokend.config import Config
@@ -40,29 +41,31 @@ log = logging.getLogger("tokend.endpoint")
 Headers = tuple[tuple[bytes, bytes], ...]
 
 FAILURES_ALLOWED = 5
-"""Wrong passwords an identity may be sent per `WINDOW` before it is refused for the rest of it."""
+"""Wrong credentials a username may be sent per `WINDOW` before it is refused for the rest of it."""
 WINDOW = 60.0
-UNKNOWN_USER = ""
-"""The budget that usernames no identity has share (guessing them gains nothing)."""
+MAX_USERNAMES = 10_000
+"""Usernames remembered (the least recently failed are forgotten first): a client that makes up
+usernames to push a real one out must send thousands of requests per five guesses."""
 
 
 class RateLimit:
-    """Failures per key (an identity's name) in a sliding window. Keys are the configured
-    identities and `UNKNOWN_USER`: as many as the config has, whatever clients send."""
+    """Failures per key (a username's digest) in a sliding window, for a bounded number of keys."""
 
     def __init__(self) -> None:
-        self._failures: dict[str, list[float]] = {}
+        self._failures: OrderedDict[bytes, list[float]] = OrderedDict()
 
-    def retry_after(self, key: str, now: float) -> int:
+    def retry_after(self, key: bytes, now: float) -> int:
         """Seconds until `key` may be tried again (0: now)."""
         recent = [t for t in self._failures.get(key, ()) if now - t < WINDOW]
         if len(recent) < FAILURES_ALLOWED:
             return 0
         return max(int(WINDOW - (now - recent[0])) + 1, 1)
 
-    def failed(self, key: str, now: float) -> None:
-        recent = [t for t in self._failures.get(key, []) if now - t < WINDOW]
+    def failed(self, key: bytes, now: float) -> None:
+        recent = [t for t in self._failures.pop(key, []) if now - t < WINDOW]
         self._failures[key] = [*recent, now][-FAILURES_ALLOWED:]
+        while len(self._failures) > MAX_USERNAMES:
+            self._failures.popitem(last=False)
 
 
 class RequestToken:
@@ -92,13 +95,13 @@ class RequestToken:
                 "bad_request",
             )
         username, password, resource = credentials
-        named, identity = await self._check(username, password)
-        known = identity or named
-        key, now = known.name if known else UNKNOWN_USER, time.monotonic()
+        # Usernames compare as Entra ID compares them: without regard to case.
+        key, now = _digest(username.casefold()), time.monotonic()
         if wait := self._limit.retry_after(key, now):  # even the right password, meanwhile
             message = "too many wrong credentials"
             retry: Headers = ((b"retry-after", str(wait).encode()),)
             return _error(429, "too_many_attempts", message, "rate_limited", retry)
+        identity = await self._check(key, password)
         if identity is None:
             self._limit.failed(key, now)
             client = scope["client"][0] if scope.get("client") else "local"
@@ -119,15 +122,12 @@ class RequestToken:
         expires_on = str(int(token.expires_at.timestamp()))
         return Answer(200, {"accesstoken": token.value, "expires_on": expires_on}, "success")
 
-    async def _check(
-        self, username: str, password: str
-    ) -> tuple[PasswordIdentity | None, PasswordIdentity | None]:
-        """The identity with this username, and the identity these credentials are right for
-        (the same one, or None). Every identity's username and password are compared, so timing
-        says nothing about which username exists."""
-        # Usernames compare as Entra ID compares them: without regard to case.
-        given_user, given_password = _digest(username.casefold()), _digest(password)
-        named = match = None
+    async def _check(self, given_user: bytes, password: str) -> PasswordIdentity | None:
+        """The identity these credentials are right for (`given_user`: the casefolded username's
+        digest); every identity's password is compared, so timing says nothing about which
+        username exists."""
+        given_password = _digest(password)
+        match = None
         for identity in self.identities:
             try:
                 user = await self._digest_of(identity.username, casefold=True)
@@ -138,11 +138,9 @@ class RequestToken:
             except SecretError as exc:
                 log.warning("requesttoken: identity %s: %s", identity.name, exc)
                 continue
-            if user_ok and named is None:
-                named = identity
             if user_ok and password_ok and match is None:
                 match = identity
-        return named, match
+        return match
 
     async def _digest_of(self, reference: SecretReference, *, casefold: bool = False) -> bytes:
         """The configured value, read now (replacing the secret file takes effect at once)."""
