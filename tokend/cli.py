@@ -106,8 +106,8 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print the raw /status JSON")
     status.add_argument(
         "--timeout",
-        type=_seconds,
-        help="give up when the whole answer has not come within this long, e.g. 5s (default: 15s)",
+        type=_positive_seconds,
+        help="give up when the whole answer has not come within this long, e.g. 5s (default: 30s)",
     )
     endpoint = command(
         "endpoint", _endpoint, "the local token endpoint: `env` prints the variables to export"
@@ -197,6 +197,13 @@ def _serve(
     except ListenError as exc:
         log.error("%s", exc)
         return EXIT_USAGE
+
+
+def _positive_seconds(text: str) -> float:
+    seconds = _seconds(text)
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"'{text}' is not more than 0 seconds")
+    return seconds
 
 
 def _seconds(text: str) -> float:

@@ -176,11 +176,11 @@ PROBLEMS_QUERY = "?tokens=problems"
 STATUS_LIMIT = 512 << 20
 """The most of `/status` that `tokend status` reads: tokend's takes ~600 bytes a token with one
 sink (~60 MB at 100,000 tokens); what is larger is not tokend's."""
-STATUS_DEADLINE = 15.0
+STATUS_DEADLINE = 30.0
 """Seconds for the whole exchange: connecting, asking, the whole answer. A socket's timeout
 counts for each read alone, so a server sending a byte a second held `tokend status` for as long
-as it liked. tokend's own `/status` at 100,000 tokens takes ~5 s (~12 s under heavy refreshing;
-`--problems` is far smaller)."""
+as it liked. tokend's own `/status` at 100,000 tokens takes ~5 s (~12 s under heavy refreshing
+on a slow host; `--problems` is far smaller)."""
 CONNECT_TIMEOUT = 5.0
 """Seconds for each of connecting, sending and a read, within `STATUS_DEADLINE`."""
 

@@ -123,7 +123,11 @@ class _Builder:
             if tag == _MERGE:
                 return _Merge()
             raise _unsupported_tag(event)
-        return construct(loader, yaml.ScalarNode(tag, event.value, style=event.style))
+        try:
+            return construct(loader, yaml.ScalarNode(tag, event.value, style=event.style))
+        except (ValueError, OverflowError):  # `2024-02-30`, `!!int abc`: not what it looks like
+            kind = tag.rsplit(":", 1)[-1]
+            raise YamlError(f"not a valid {kind} (quote the value if it is text)", event) from None
 
     def _sequence(self) -> list[Any]:
         items = []

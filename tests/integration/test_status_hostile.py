@@ -291,3 +291,14 @@ def test_a_body_dripped_after_quick_headers_meets_the_deadline() -> None:
     with _raw_server(answer) as url, pytest.raises(StatusUnavailable) as caught:
         fetch_status(url, deadline=2)
     assert str(caught.value) == "no whole answer within 2 s"
+
+
+@pytest.mark.parametrize("timeout", ["0", "0s", "0.0000001s"])
+def test_a_timeout_that_would_turn_the_deadline_off_is_refused(timeout: str) -> None:
+    """A timer of 0 is no timer: the deadline would be off, and a dripping server would hold
+    `tokend status` for good."""
+    result = tokend("status", "--url", "http://127.0.0.1:9", "--timeout", timeout)
+    assert result.returncode == 2
+    assert result.stderr.strip().endswith(
+        f"argument --timeout: '{timeout}' is not more than 0 seconds"
+    )

@@ -61,6 +61,8 @@ TAG = "unsupported tag (a value starting with '!' is a YAML tag); quote the valu
         ("a: !custom {b: 1}\n", TAG, 1),
         ("a: !Tr0ub4dor {b: 1}\n", TAG, 1),  # an unquoted password is never quoted back
         ("a: =\n", "a value YAML reads as a type no setting has; quote it", 1),
+        ("a:\n  b: 2024-02-30\n", "not a valid timestamp (quote the value if it is text)", 2),
+        ("a: !!int abc\n", "not a valid int (quote the value if it is text)", 1),
         ('a: "x\\0y"\n', "a value holds a NUL character (\\0), which no setting can", 1),
         ('a:\n  "k\\0": 1\n', "a key holds a NUL character (\\0), which no setting can", 2),
         ("a:\n  <<: [1, 2]\n", "<< takes a mapping or a list of mappings", 2),
