@@ -130,14 +130,19 @@ class Redactor:
         return edges
 
     def _mask_tokens(self, match: re.Match[str]) -> str:
-        run = match.group()
-        tokens = self._tokens
-        for start in range(len(run) - _TOKEN_KEY + 1):
-            for value in tokens.get(run[start : start + _TOKEN_KEY], ()):
-                if run.startswith(value, start):
-                    rest = run[start + len(value) :]
-                    return run[:start] + MASK + (_TOKEN_RUN.sub(self._mask_tokens, rest))
-        return run
+        """Every held token in a run, left to right (a loop, not recursion: a hostile echo can
+        join thousands of them with commas)."""
+        run, tokens = match.group(), self._tokens
+        shown: list[str] = []
+        start = done = 0
+        while start <= len(run) - _TOKEN_KEY:
+            found = _held_at(run, start, tokens.get(run[start : start + _TOKEN_KEY]))
+            if found:
+                shown += [run[done:start], MASK]
+                start = done = start + found
+            else:
+                start += 1
+        return "".join([*shown, run[done:]]) if shown else run
 
     def _secret_pattern(self) -> re.Pattern[str]:
         pattern = self._pattern
@@ -147,6 +152,14 @@ class Redactor:
                 ordered = sorted(self._secrets, key=len, reverse=True)
                 pattern = self._pattern = re.compile("|".join(map(re.escape, ordered)))
         return pattern
+
+
+def _held_at(run: str, start: int, candidates: set[str] | None) -> int:
+    """The length of the held token at `start` in `run` (0: none)."""
+    for value in candidates or ():
+        if run.startswith(value, start):
+            return len(value)
+    return 0
 
 
 @dataclass

@@ -217,3 +217,14 @@ def test_partial_secrets_at_the_edges_among_many_secrets() -> None:
     masks.add_secret("CANARY-added-later")
     assert masks.redact("bad secret CANARY-added") == "bad secret ***"
     assert masks.redact("bad secret CANARY-many-") == "bad secret ***"  # a start many share
+
+
+def test_thousands_of_held_tokens_in_one_run_are_masked() -> None:
+    """A hostile echo that joins held tokens with commas is one run of visible ASCII: each is
+    masked, in a loop (recursion would run out of stack, inside an error's constructor)."""
+    masks = Redactor()
+    token = "CANARY:opaque-token-0123456789"
+    masks.add_token(token)
+    text = ",".join([token] * 1500)
+    assert masks.redact(text) == ",".join(["***"] * 1500)
+    assert masks.redact(f"x{token}y{token}") == "x***y***"

@@ -66,19 +66,20 @@ def _env_file_problem(env_file: Path) -> str | None:
     return None
 
 
-_HEADER_SECRET = re.compile(r"[\x21-\x7e]+")
-_UNQUOTABLE = frozenset("'\"\\")
+_HEADER_SECRET = re.compile(r"[\x21-\x26\x28-\x7e]([\x20-\x26\x28-\x7e]*[\x21-\x26\x28-\x7e])?")
+"""Printable ASCII but the single quote, not starting or ending with a space."""
 
 
 def header_secret_problem(value: str) -> str | None:
-    """Why `value` cannot be the header secret, or None. It is sent as an HTTP header and
-    written single-quoted into the env file and `tokend endpoint env`'s `export` lines: a
-    quote, a backslash, a space or a control character would end it there early (and what
-    follows would run in the shell that sources it)."""
-    if not _HEADER_SECRET.fullmatch(value) or not _UNQUOTABLE.isdisjoint(value):
+    """Why `value` cannot be the header secret, or None. It is sent as an HTTP header value
+    (which HTTP trims of spaces at its ends) and written single-quoted into the env file and
+    `tokend endpoint env`'s `export` lines, where every character but the single quote stands
+    for itself: a `'` or a line break would end it there early, and what follows would run in
+    the shell that sources it."""
+    if not _HEADER_SECRET.fullmatch(value):
         return (
-            "must be printable ASCII without spaces, quotes or backslashes (it is an HTTP "
-            "header value, written into an env file)"
+            "must be printable ASCII without a single quote, and not start or end with a space "
+            "(it is an HTTP header value, written single-quoted into an env file)"
         )
     return None
 
