@@ -256,17 +256,21 @@ def run_daemon(
     return asyncio.run(_run_until_stopped(config, reload_config, announce, dev_idp))
 
 
+OPEN_FILES = 65536
+"""The soft limit on open files tokend asks for (up to the hard limit)."""
+
+
 def _allow_many_open_files() -> None:
-    """The soft limit on open files raised to the hard one. systemd starts services at 1,024,
-    which the endpoint's clients (up to a thousand connections) could use up, leaving tokend none
-    for its own requests and files; the low default only matters to select(), and asyncio polls
-    with epoll."""
+    """The soft limit on open files raised towards the hard one. systemd starts services at
+    1,024, which the endpoint's clients (up to a thousand connections) could use up, leaving
+    tokend none for its own requests and files; the low default only matters to select(), and
+    asyncio polls with epoll. Not past `OPEN_FILES`: the programs tokend runs inherit it, and some
+    close every descriptor up to it one by one. The hard limit is left as it is."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY:
-        hard = max(soft, 1 << 20)  # the kernel's usual ceiling (fs.nr_open)
-    if soft < hard:
+    wanted = OPEN_FILES if hard == resource.RLIM_INFINITY else min(OPEN_FILES, hard)
+    if soft < wanted:
         with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
 async def _run_until_stopped(

@@ -42,9 +42,12 @@ class TokendError(Exception):
 
 
 class ConfigError(TokendError):
-    """The config cannot be used. `lines` holds one self-contained message per problem."""
+    """The config cannot be used. `lines` holds one self-contained message per problem. They
+    quote the config, never a peer (and never a secret's value), so they are not masked: with a
+    line per token of a 100,000-token file, masking would cost seconds."""
 
     def __init__(self, lines: list[str]) -> None:
         self.lines = [one_line(line) for line in lines]
-        super().__init__("\n".join(self.lines), code="config")
         self.message = "\n".join(self.lines)
+        Exception.__init__(self, self.message)
+        self.code = "config"

@@ -8,6 +8,7 @@ produces several refreshes in a few seconds.
 from __future__ import annotations
 
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from tests.conftest import entra_identity, write_config
 from tests.support.idp import CLIENT_SECRET, FakeIdp, running_idp
 from tests.support.processes import TOKEND, start_tokend, tokend, wait_for
 from tests.support.servers import free_port, serve
+from tokend.daemon import OPEN_FILES, _allow_many_open_files
 from tokend.devidp import DevIdentityProvider
 
 
@@ -216,12 +218,14 @@ def test_a_listen_host_that_does_not_resolve_is_a_clear_error(
     assert checked.stderr.strip().endswith("listen: cannot resolve host 'nohost.invalid'")
 
 
-def test_the_open_file_limit_is_raised_to_the_hard_one(short_idp: FakeIdp, tmp_path: Path) -> None:
+def test_the_open_file_limit_is_raised(short_idp: FakeIdp, tmp_path: Path) -> None:
     """systemd starts services with a soft limit of 1,024 open files, which a local endpoint's
-    clients alone could use up: tokend raises it to the hard limit at start."""
+    clients alone could use up: tokend raises it towards the hard limit at start."""
+    hard = raised = 4096
     config = str(_config(short_idp, tmp_path, free_port()))
     lower = (
-        "import os, resource, sys; resource.setrlimit(resource.RLIMIT_NOFILE, (256, 4096)); "
+        "import os, resource, sys; "
+        f"resource.setrlimit(resource.RLIMIT_NOFILE, (256, {hard})); "
         "os.execv(sys.argv[1], sys.argv[1:])"
     )
     process = subprocess.Popen(
@@ -233,7 +237,26 @@ def test_the_open_file_limit_is_raised_to_the_hard_one(short_idp: FakeIdp, tmp_p
         wait_for((tmp_path / "crm.token").exists, what="the first token")
         limits = Path(f"/proc/{process.pid}/limits").read_text().splitlines()
         (line,) = [line for line in limits if line.startswith("Max open files")]
-        assert line.split()[3:5] == ["4096", "4096"]  # soft, hard
+        assert line.split()[3:5] == [str(raised), str(hard)]  # soft, hard
     finally:
         process.terminate()
         process.wait(20)
+
+
+@pytest.mark.parametrize(
+    ("limits", "asked"),
+    [
+        ((1024, 4096), (4096, 4096)),
+        ((1024, 1 << 20), (OPEN_FILES, 1 << 20)),  # capped: the programs tokend runs inherit it
+        ((1024, resource.RLIM_INFINITY), (OPEN_FILES, resource.RLIM_INFINITY)),
+        ((OPEN_FILES * 2, 1 << 20), None),  # never lowered
+    ],
+)
+def test_how_far_the_open_file_limit_is_raised(
+    monkeypatch: pytest.MonkeyPatch, limits: tuple[int, int], asked: tuple[int, int] | None
+) -> None:
+    calls: list[tuple[int, int]] = []
+    monkeypatch.setattr(resource, "getrlimit", lambda which: limits)
+    monkeypatch.setattr(resource, "setrlimit", lambda which, value: calls.append(value))
+    _allow_many_open_files()
+    assert calls == ([asked] if asked else [])

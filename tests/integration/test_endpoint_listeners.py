@@ -147,6 +147,23 @@ def test_busy_or_unusable_addresses(idp: FakeIdp, tmp_path: Path) -> None:
     assert not_socket.read_text() == ""  # left alone
 
 
+def test_a_start_that_cannot_bind_leaves_the_running_ones_env_file(
+    idp: FakeIdp, tmp_path: Path
+) -> None:
+    """Another tokend serves the address and wrote the env file its clients read: a second start
+    fails (exit 2) without replacing that file's header secret with one nobody serves."""
+    env_file = tmp_path / "endpoint.env"
+    env_file.write_text("IDENTITY_HEADER='the-running-ones'\n")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        endpoint = {"listen": f"127.0.0.1:{busy.getsockname()[1]}", "env_file": str(env_file)}
+        config = _config(idp, tmp_path, endpoint, free_port())
+        ran = tokend("run", "-c", str(config), env={"APP_SECRET": CLIENT_SECRET}, timeout=30)
+    assert ran.returncode == 2 and "Address already in use" in ran.stderr
+    assert env_file.read_text() == "IDENTITY_HEADER='the-running-ones'\n"
+
+
 def test_check_says_when_compat_has_no_password_identity(idp: FakeIdp, tmp_path: Path) -> None:
     """The requesttoken compatibility route signs users in with a password: an identity with a
     client secret cannot serve it, and `tokend check` says so before anything starts."""

@@ -68,9 +68,24 @@ class Endpoint:
             header_secret=self.header_secret,
             extra_routes=routes,
         )
-        if self.env_file is not None:  # now: a file that cannot be written stops the start
-            self._write_env_file(self.env_file)
-        self.listener = HttpServer(self.app, _bind(options), _tls_context(options))
+        self.listener = self._bound_and_announced()
+
+    def _bound_and_announced(self) -> HttpServer:
+        """The listener, bound; then the env file written, so that a start that cannot bind
+        (another tokend serves there) never replaces the running one's header secret, and one
+        that cannot write the file stops here instead of serving a secret nobody can read."""
+        sock = _bind(self.options)
+        try:
+            tls = _tls_context(self.options)
+            if self.env_file is not None:
+                self._write_env_file(self.env_file)
+        except BaseException:
+            sock.close()
+            if self.options.socket_path:
+                with contextlib.suppress(OSError):
+                    os.unlink(self.options.socket_path)
+            raise
+        return HttpServer(self.app, sock, tls)
 
     async def serve(self) -> None:
         log.info("%s", self.announcement())
