@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import os
-import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.support.fifo import within
 from tokend import secrets
 from tokend.secrets import (
     CredentialSecret,
@@ -127,20 +125,7 @@ def test_a_systemd_credential_that_is_not_a_regular_file_is_refused(
     make(tmp_path / "crm-secret")
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
     with pytest.raises(SecretError) as caught:
-        _within(10, CredentialSecret(credential="crm-secret").resolve, tmp_path / "crm-secret")
+        within(10, CredentialSecret(credential="crm-secret").resolve, tmp_path / "crm-secret")
     assert str(caught.value) == (
         f"systemd credential {tmp_path / 'crm-secret'} is not a regular file ({kind})"
     )
-
-
-def _within(seconds: float, call: Callable[[], object], fifo: Path) -> object:
-    """`call()`, failing the test if it blocks (on opening `fifo`, when it is one)."""
-    with ThreadPoolExecutor(1) as pool:
-        future = pool.submit(call)
-        try:
-            return future.result(timeout=seconds)
-        except TimeoutError:
-            while not future.done():  # each blocked open returns once a writer comes
-                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
-                time.sleep(0.01)
-            pytest.fail(f"reading {fifo} blocked")
