@@ -296,10 +296,10 @@ def _status(args: argparse.Namespace) -> int:
     from tokend.status import (
         STATUS_DEADLINE,
         StatusUnavailable,
+        UnusableUrl,
         fetch_status,
         listener_url,
         render_table,
-        url_problem,
     )
 
     try:
@@ -307,17 +307,12 @@ def _status(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return EXIT_USAGE
-    failing = f"cannot read tokend's status from {one_line(url)}"
-    problem = url_problem(url)
-    if problem is not None:
-        print(f"{failing}: {problem}", file=sys.stderr)
-        return EXIT_USAGE
     try:
         deadline = STATUS_DEADLINE if args.timeout is None else args.timeout
         status = fetch_status(url, problems=args.problems, deadline=deadline)
     except StatusUnavailable as exc:
-        print(f"{failing}: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        print(f"cannot read tokend's status from {one_line(url)}: {exc}", file=sys.stderr)
+        return EXIT_USAGE if isinstance(exc, UnusableUrl) else EXIT_FAILED
     print(json.dumps(status, indent=2) if args.json else render_table(status))
     return EXIT_OK if status.get("ready") else EXIT_FAILED
 

@@ -128,6 +128,10 @@ class StatusUnavailable(Exception):
     """No status could be read; the text says why in one line."""
 
 
+class UnusableUrl(StatusUnavailable):
+    """The URL cannot be tokend's listener (`url_problem`): nothing was asked."""
+
+
 _URL_CHARACTERS = re.compile(r"[!-~]+")
 """Visible ASCII: a space or a control character breaks the request line, and the standard
 library would raise on them rather than say so."""
@@ -193,7 +197,7 @@ def fetch_status(
     `StatusUnavailable`, also for a `url` that cannot be a listener (`url_problem`)."""
     problem = url_problem(url)
     if problem is not None:
-        raise StatusUnavailable(problem)
+        raise UnusableUrl(problem)
     request = urllib.request.Request(  # noqa: S310 - http(s) only: url_problem says so
         f"{url.rstrip('/')}/status{PROBLEMS_QUERY if problems else ''}",
         headers={"User-Agent": USER_AGENT},

@@ -11,15 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import http.client
-import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -35,7 +32,7 @@ from tests.support.delegated import (
 )
 from tests.support.harness import Harness, harness
 from tests.support.idp import CLIENT_SECRET, FakeIdp
-from tests.support.servers import free_port
+from tests.support.servers import free_port, post_json
 from tokend.config import validate_config
 from tokend.endpoint.compat import FAILURES_ALLOWED, RequestToken
 from tokend.endpoint.service import Endpoint
@@ -217,20 +214,8 @@ def test_a_refused_username_costs_no_secret_read(
 
 async def _post_from(compat: Compat, source: str, body: object) -> int:
     """The status of a POST of `body` sent from the local address `source`."""
-    parts = urlsplit(compat.url)
-
-    def post() -> int:
-        connection = http.client.HTTPConnection(
-            parts.hostname or "", parts.port, timeout=10, source_address=(source, 0)
-        )
-        try:
-            headers = {"Content-Type": "application/json"}
-            connection.request("POST", parts.path, json.dumps(body), headers)
-            return connection.getresponse().status
-        finally:
-            connection.close()
-
-    return await asyncio.to_thread(post)
+    status, _ = await asyncio.to_thread(post_json, compat.url, body, source=source)
+    return status
 
 
 @pytest.mark.parametrize(

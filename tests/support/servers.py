@@ -7,16 +7,20 @@ wait in the kernel's backlog: no start-up polling needed.
 from __future__ import annotations
 
 import asyncio
+import http.client
+import json
 import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
 import uvicorn
 
 from tests.support.pki import CertPair
 from tokend.server import HttpListener, bind_tcp
+from tokend.untrusted import json_or_none
 
 
 @contextmanager
@@ -65,3 +69,20 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def post_json(url: str, body: object, *, source: str = "127.0.0.1") -> tuple[int, Any]:
+    """POST `body` as JSON to `url` from the local address `source` (any of 127.0.0.0/8): the
+    status, and the answer's JSON (None if it is not JSON). Blocking: from async code, run it
+    with `asyncio.to_thread`."""
+    parts = urlsplit(url)
+    connection = http.client.HTTPConnection(
+        parts.hostname or "", parts.port, timeout=10, source_address=(source, 0)
+    )
+    try:
+        headers = {"Content-Type": "application/json"}
+        connection.request("POST", parts.path, json.dumps(body), headers)
+        response = connection.getresponse()
+        return response.status, json_or_none(response.read())
+    finally:
+        connection.close()

@@ -5,8 +5,6 @@ as the grant reads it."""
 from __future__ import annotations
 
 import asyncio
-import http.client
-import json
 import uuid
 from pathlib import Path
 
@@ -22,21 +20,10 @@ from tests.support.delegated import (
 )
 from tests.support.harness import harness
 from tests.support.openbao import Bao
-from tests.support.servers import free_port
+from tests.support.servers import free_port, post_json
 from tokend.config import validate_config
 from tokend.endpoint.service import Endpoint
 from tokend.metrics import Metrics
-
-
-def _post(port: int, body: object) -> tuple[int, dict[str, object]]:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        headers = {"Content-Type": "application/json"}
-        connection.request("POST", "/requesttoken", json.dumps(body), headers)
-        response = connection.getresponse()
-        return response.status, json.loads(response.read())
-    finally:
-        connection.close()
 
 
 def test_a_password_kept_in_vault_is_accepted(
@@ -47,6 +34,7 @@ def test_a_password_kept_in_vault_is_accepted(
     path = f"helper-{uuid.uuid4().hex[:8]}"
     bao.client().secrets.kv.v2.create_or_update_secret(path=path, secret={"password": PASSWORD})
     port = free_port()
+    url = f"http://127.0.0.1:{port}/requesttoken"
 
     async def scenario() -> None:
         with users_idp() as idp:
@@ -77,11 +65,11 @@ def test_a_password_kept_in_vault_is_accepted(
                 serving = asyncio.create_task(endpoint.serve())
                 try:
                     right = {"username": USER, "password": PASSWORD}
-                    status, body = await asyncio.to_thread(_post, port, right)
+                    status, body = await asyncio.to_thread(post_json, url, right)
                     assert status == 200, body
                     assert body["accesstoken"] == running.job("crm").token.value  # type: ignore[union-attr]
                     wrong = {"username": USER, "password": "not-it"}
-                    assert (await asyncio.to_thread(_post, port, wrong))[0] == 401
+                    assert (await asyncio.to_thread(post_json, url, wrong))[0] == 401
                 finally:
                     endpoint.stop()
                     await serving
